@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from migrate import __version__
-from migrate.errors import MigrateError
+from migrate.errors import MigrateError, UsageError
+from migrate.report import Report, human_bytes
 
 app = typer.Typer(
     name="migrate",
@@ -52,6 +58,180 @@ def version() -> None:
 # --- check (migrate/check.py) -------------------------------------------------------------
 
 # --- run / agent / demo (migrate/migration.py, migrate/agent.py) --------------------------
+
+
+class _RichProgress:
+    """Phases as they finish, and a live line for the transfer in flight (stderr only)."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.console = console
+        self.enabled = enabled
+        self._status: Any = None
+
+    def phase(self, name: str, description: str) -> None:
+        if self.enabled:
+            self._status = self.console.status(f"{description} ...")
+            self._status.start()
+
+    def phase_done(self, name: str, seconds: float) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+        if self.enabled:
+            self.console.print(f"  [green]\u2713[/] {name:<11} {seconds:7.3f} s", highlight=False)
+
+    def transfer(self, stream: str, raw: int, wire: int, total: int | None) -> None:
+        if self._status is not None:
+            of = f" of {human_bytes(total)}" if total else ""
+            self._status.update(
+                f"{stream}: {human_bytes(raw)}{of} ({human_bytes(wire)} on the wire)"
+            )
+
+
+def _print_report(rep: Report) -> None:
+    t = Table(title=f"{rep.container} \u2192 {rep.destination} ({rep.status})", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("destination name", f"{rep.dest_name} ({rep.dest_container_id[:12]})")
+    t.add_row("downtime", "-" if rep.downtime_s is None else f"{rep.downtime_s:.3f} s")
+    t.add_row("total", f"{rep.total_s:.3f} s")
+    b = rep.bytes
+    t.add_row(
+        "bytes",
+        f"{human_bytes(b.raw)} moved, {human_bytes(b.wire)} on the wire "
+        f"(image {human_bytes(b.image)}, rootfs {human_bytes(b.rootfs)}, "
+        f"checkpoint {human_bytes(b.checkpoint)})",
+    )
+    t.add_row("phases", ", ".join(f"{k} {v:.3f}s" for k, v in rep.phases.items()))
+    t.add_row("source copy", rep.source_action)
+    out.print(t)
+
+
+def _channel_factory(
+    to: str,
+    identity: Path | None,
+    known_hosts: Path | None,
+    accept_new_host_key: bool,
+    agent_command: str,
+    dest_docker_host: str | None,
+) -> Callable[[], Any]:
+    """How to reach the agent: over SSH, or `local://` (a subprocess on pipes, same host)."""
+    extra = f" --docker-host {shlex.quote(dest_docker_host)}" if dest_docker_host else ""
+    if to.startswith("local:"):
+        from migrate.transport.local import LocalChannel
+
+        argv = shlex.split(agent_command) if agent_command != DEFAULT_AGENT else None
+        if argv is None:
+            argv = [sys.executable, "-m", "migrate", "agent"]
+        if dest_docker_host:
+            argv += ["--docker-host", dest_docker_host]
+        return lambda: LocalChannel.start(argv)
+    from migrate.transport.ssh import SshOptions, connect, parse_destination
+
+    dest = parse_destination(to)
+    opts = SshOptions(
+        identity=identity, known_hosts=known_hosts, accept_new_host_key=accept_new_host_key
+    )
+
+    def factory() -> Any:
+        return connect(dest, opts).start_agent(agent_command + extra)
+
+    return factory
+
+
+DEFAULT_AGENT = "migrate agent"
+
+
+@app.command()
+def run(
+    container: str = typer.Argument(..., help="Name or id of the running container to move."),
+    to: str = typer.Option(
+        ..., "--to", help="Destination: ssh://[USER@]HOST[:PORT] (or local:// for this host)."
+    ),
+    identity: Path | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
+    known_hosts: Path | None = typer.Option(
+        None, "--known-hosts", help="known_hosts file to verify the destination's host key."
+    ),
+    accept_new_host_key: bool = typer.Option(
+        False, "--accept-new-host-key", help="Trust and record an unknown host key (first use)."
+    ),
+    agent_command: str = typer.Option(
+        DEFAULT_AGENT, "--agent-command", help="How to start the agent on the destination."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Container name on the destination."),
+    keep_source: bool = typer.Option(
+        False, "--keep-source", help="Keep the source container (stopped) instead of removing it."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
+    strategy: str = typer.Option(
+        "cold", "--strategy", help="cold (stop-and-copy, always rolls back) | lazy | auto."
+    ),
+    dest_docker_host: str | None = typer.Option(
+        None, "--dest-docker-host", help="DOCKER_HOST for the agent on the destination."
+    ),
+) -> None:
+    """Live-migrate one running container to another host.
+
+    The container is paused, checkpointed with CRIU and streamed with its read-write layer
+    (and the image layers the destination lacks) to an agent started over SSH, which restores
+    it. Until the destination reports it running, any failure rolls back and the source resumes.
+
+    Exit codes: 0 migrated; 1 failed and rolled back; 2 bad usage; 3 refused by a precheck
+    (nothing touched); 4 outcome in doubt (see `migrate recover`).
+    """
+    from migrate.engines.docker import DockerEngine
+    from migrate.migration import Migration, RunOptions, faults_from_env
+
+    if strategy not in ("cold", "auto"):
+        fail(UsageError(
+            f"strategy {strategy!r} is not available yet",
+            hint="use --strategy cold (auto selects cold on this version)",
+        ))
+    try:
+        factory = _channel_factory(
+            to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
+        )
+        engine = DockerEngine()
+        progress = _RichProgress(err, enabled=err.is_terminal and not as_json)
+        m = Migration(
+            RunOptions(
+                container=container,
+                destination=to,
+                name=name,
+                keep_source=keep_source,
+                dry_run=dry_run,
+                strategy="cold",
+                faults=faults_from_env(),
+            ),
+            engine,
+            factory,
+            progress,
+        )
+        rep = m.run()
+    except MigrateError as e:
+        if as_json:
+            out.print_json(data={"status": "failed", "error": e.to_wire()})
+        fail(e)
+        return
+    if as_json:
+        out.print_json(data=rep.to_json())
+    elif dry_run:
+        out.print(f"[green]ready[/]: {container} can migrate to {to} (nothing was touched)")
+    else:
+        _print_report(rep)
+
+
+@app.command(hidden=False)
+def agent(
+    docker_host: str | None = typer.Option(
+        None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
+    ),
+) -> None:
+    """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
+    from migrate.agent import run_agent
+
+    raise typer.Exit(run_agent(docker_host))
 
 
 def main() -> None:

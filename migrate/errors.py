@@ -258,6 +258,13 @@ class DiskFull(MigrateError):
 
 
 @_register
+class MigrationFailed(MigrateError):
+    """The migration failed and was rolled back: the source container runs again."""
+
+    code = "migration.failed"
+
+
+@_register
 class InjectedFault(MigrateError):
     """A fault was injected for testing (MIGRATE_FAULT)."""
 

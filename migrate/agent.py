@@ -1,0 +1,380 @@
+"""The destination agent (`migrate agent`): allow-listed handlers behind the wire protocol.
+
+It builds the container the source describes, fills its read-write layer and checkpoint from
+the streams it receives, and restores it. Until it has journalled ``committed``, any failure,
+an ``abort`` or a lost connection makes it delete everything it created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate import __version__, criu, layers
+from migrate.engines.base import ContainerSpec
+from migrate.errors import (
+    ConnectionLost,
+    CriuUnavailable,
+    EngineUnavailable,
+    Incompatible,
+    InjectedFault,
+    MigrateError,
+    NameConflict,
+    ProtocolError,
+    Unsupported,
+)
+from migrate.journal import Journal
+from migrate.protocol import (
+    MIN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION,
+    Connection,
+    StreamReader,
+    decode_control,
+    error_message,
+    response_message,
+    validate_request,
+)
+from migrate.protocol import KIND_CONTROL
+
+log = logging.getLogger(__name__)
+
+# How long a restored container must stay running before the agent reports `restored`.
+RESTORE_SETTLE_S = 0.2
+RESTORE_WAIT_S = 30.0
+# The source may go quiet for a long time while it dumps a large container.
+IDLE_TIMEOUT_S = 900.0
+
+
+@dataclass
+class _Migration:
+    id: str
+    name: str
+    container_id: str = ""
+    checkpoint: str = ""
+    state: str = "new"  # new|prepared|restored|committed|aborted
+    journal: Journal | None = None
+
+
+@dataclass
+class Agent:
+    conn: Connection
+    engine_factory: Callable[[], Any]
+    state_dir: Path | None = None
+    faults: set[str] = field(default_factory=set)
+    _engine: Any = None
+    _migrations: dict[str, _Migration] = field(default_factory=dict)
+    _done: bool = False
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            self._engine = self.engine_factory()
+        return self._engine
+
+    # --- main loop ------------------------------------------------------------------------
+
+    def serve(self) -> int:
+        try:
+            while not self._done:
+                try:
+                    frame = self.conn.recv_frame()
+                except ConnectionLost:
+                    log.warning("source went away")
+                    return self._abandon()
+                if frame.kind != KIND_CONTROL:
+                    # A stream nobody asked for: drop it (after a failed handler, say).
+                    continue
+                self._dispatch(decode_control(frame.body))
+            return 0
+        finally:
+            self._rollback_uncommitted("agent exiting")
+
+    def _abandon(self) -> int:
+        self._rollback_uncommitted("connection to the source lost")
+        return 1
+
+    def _dispatch(self, msg: dict[str, Any]) -> None:
+        rid = msg.get("id") if isinstance(msg.get("id"), int) else None
+        reader: StreamReader | None = None
+        try:
+            if msg.get("type") != "request":
+                raise ProtocolError(f"unexpected message type {msg.get('type')!r}")
+            rid, method, args = validate_request(msg)
+            handler = getattr(self, f"h_{method.name}")
+            if method.stream:
+                reader = StreamReader(self.conn)
+                result = handler(stream=reader, **args)
+                reader.drain()
+            else:
+                result = handler(**args)
+            self.conn.send_control(response_message(rid, result or {}))
+        except ConnectionLost:
+            raise
+        except MigrateError as e:
+            log.info("request failed: %s: %s", e.code, e.message)
+            if reader is not None and not reader.finished:
+                reader.drain()
+            self.conn.send_control(error_message(rid, e))
+        except Exception as e:  # a bug must still answer, not hang the source
+            log.exception("internal error")
+            if reader is not None and not reader.finished:
+                try:
+                    reader.drain()
+                except MigrateError:
+                    pass
+            err = MigrateError(f"agent internal error: {type(e).__name__}: {e}")
+            self.conn.send_control(error_message(rid, err))
+
+    # --- handlers (the allow-list is protocol.METHODS) -------------------------------------
+
+    def h_hello(
+        self, *, protocol: int, min_protocol: int, software: str, faults: list[Any]
+    ) -> dict[str, Any]:
+        # The newer side decides: we accept any peer whose range overlaps ours.
+        if min_protocol > PROTOCOL_VERSION or protocol < MIN_PROTOCOL_VERSION:
+            raise Incompatible(
+                f"protocol mismatch: source speaks {min_protocol}..{protocol}, "
+                f"agent {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
+                hint="install the same migrate version on both hosts",
+            )
+        self.faults = {str(f) for f in faults if isinstance(f, str)}
+        caps: dict[str, Any] = {
+            "software": __version__,
+            "protocol": min(protocol, PROTOCOL_VERSION),
+            "hostname": socket.gethostname(),
+            "kernel": platform.release(),
+        }
+        crit = criu.capabilities(criu.find_criu())
+        caps["criu_version"] = list(crit.version) if crit.version else None
+        caps["criu_ok"] = bool(crit.check_ok)
+        try:
+            info = self.engine.info()
+            caps["engine"] = {
+                "engine": info.engine,
+                "version": info.version,
+                "experimental": info.experimental,
+                "storage_driver": info.storage_driver,
+                "mem_total": info.mem_total,
+            }
+            caps["free_disk"] = shutil.disk_usage(info.data_root).free
+        except MigrateError as e:
+            caps["engine_error"] = e.to_wire()
+        return caps
+
+    def h_precheck(self, *, spec: dict[str, Any], name: str, criu_version: list[Any]) -> dict:
+        info = self.engine.info()
+        if not info.experimental:
+            raise EngineUnavailable(
+                "the destination's Docker daemon is not running with experimental features",
+                hint='add "experimental": true to /etc/docker/daemon.json on the destination '
+                "(or start dockerd with --experimental) and restart it",
+            )
+        if info.storage_driver != "overlay2":
+            raise Unsupported(
+                f"the destination uses the {info.storage_driver!r} storage driver",
+                hint="migrate supports overlay2 only",
+            )
+        found = criu.find_criu()
+        caps = criu.capabilities(found)
+        if caps.version is None:
+            raise CriuUnavailable(
+                "CRIU is not installed on the destination",
+                hint="run `make setup` (or install CRIU >= 4.2) on the destination",
+            )
+        src = tuple(int(x) for x in criu_version if isinstance(x, int))
+        if src and tuple(caps.version) < src:
+            raise CriuUnavailable(
+                f"the destination's CRIU {_v(caps.version)} is older than the source's {_v(src)}",
+                hint="upgrade CRIU on the destination to at least the source's version",
+            )
+        if not caps.check_ok:
+            raise CriuUnavailable(
+                f"`criu check` fails on the destination: {caps.check_output[-300:]}",
+                hint="run `migrate check` on the destination and apply its fixes",
+            )
+        if "agent:skip_name_check" not in self.faults and self.engine.exists(name):
+            raise NameConflict(
+                f"a container named {name!r} already exists on the destination",
+                hint="remove it there, or pick another name with --name",
+            )
+        ContainerSpec.from_wire(spec)  # validates the shape
+        return {"ok": True}
+
+    def h_image_status(self, *, image_id: str, diff_ids: list[Any]) -> dict[str, Any]:
+        img = self.engine.image(image_id)
+        if img is not None:
+            return {"image_present": True, "layers_present": list(img.diff_ids)}
+        have = self.engine.layers_present()
+        return {
+            "image_present": False,
+            "layers_present": [d for d in diff_ids if isinstance(d, str) and d in have],
+        }
+
+    def h_load_image(self, *, stream: StreamReader, image_id: str) -> dict[str, Any]:
+        def chunks() -> Iterator[bytes]:
+            while True:
+                b = stream.read(1 << 20)
+                if not b:
+                    return
+                yield b
+
+        self.engine.load_image(chunks())
+        if self.engine.image(image_id) is None:
+            raise MigrateError(f"image {image_id[:19]} is still missing after docker load")
+        return {"loaded": True}
+
+    def h_prepare(self, *, migration_id: str, spec: dict[str, Any], name: str) -> dict[str, Any]:
+        s = ContainerSpec.from_wire(spec)
+        m = _Migration(id=migration_id, name=name)
+        m.journal = Journal.for_migration("agent", migration_id, self.state_dir)
+        m.checkpoint = f"migrate-{migration_id[:12]}"
+        self._migrations[migration_id] = m
+        m.journal.append("prepare", name=name, source_id=s.id)
+        image = s.image_ref
+        img = self.engine.image(s.image_ref) if s.image_ref else None
+        if img is None or img.id != s.image_id:
+            image = s.image_id  # the tag means another image here: pin the exact one
+        m.container_id = self.engine.create(s, name, image=image)
+        m.state = "prepared"
+        m.journal.append("created", container_id=m.container_id)
+        return {"container_id": m.container_id}
+
+    def _mig(self, migration_id: str) -> _Migration:
+        m = self._migrations.get(migration_id)
+        if m is None:
+            raise ProtocolError(f"unknown migration {migration_id!r}")
+        return m
+
+    def h_put_rootfs(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        upper = Path(self.engine.state(m.container_id).upper_dir)
+        if not upper.is_dir():
+            raise MigrateError(f"the new container's read-write layer {upper} does not exist")
+        stats = layers.apply(stream, upper, policy=layers.ROOTFS_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_checkpoint(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
+        target.mkdir(parents=True, exist_ok=False)
+        if "agent:exit_mid_stream" in self.faults:
+            stream.read(1 << 16)
+            log.error("fault injected: agent exits in the middle of the checkpoint stream")
+            os._exit(137)
+        stats = layers.extract(stream, target, policy=layers.CHECKPOINT_POLICY)
+        if "agent:restore_fail" in self.faults:
+            # Corrupt a real image so that CRIU itself fails, with a real log to report.
+            for img in sorted(target.glob("core-*.img")):
+                img.write_bytes(b"\x00" * 16)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_restore(self, *, migration_id: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        assert m.journal is not None
+        t0 = time.monotonic()
+        m.journal.append("restoring")
+        self.engine.start_from_checkpoint(m.container_id, m.checkpoint)
+        deadline = time.monotonic() + RESTORE_WAIT_S
+        while True:
+            st = self.engine.state(m.container_id)
+            if st.running and not st.paused:
+                break
+            if st.status in ("exited", "dead") or time.monotonic() > deadline:
+                from migrate.errors import RestoreFailed
+
+                raise RestoreFailed(
+                    f"the restored container is {st.status}, not running",
+                    hint="see `docker logs` of the destination container and the CRIU log",
+                )
+            time.sleep(0.02)
+        restore_s = time.monotonic() - t0
+        m.state = "restored"
+        m.journal.append("restored", restore_s=restore_s)
+        return {"container_id": m.container_id, "restore_s": restore_s}
+
+    def h_commit(self, *, migration_id: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        if m.state != "restored":
+            raise ProtocolError(f"commit in state {m.state}")
+        assert m.journal is not None
+        m.journal.append("committed", container_id=m.container_id)  # point of no return
+        m.state = "committed"
+        # The checkpoint images have served their purpose; do not leave them behind.
+        try:
+            shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
+        except OSError as e:
+            log.warning("could not remove the checkpoint images: %s", e)
+        return {"committed": True}
+
+    def h_abort(self, *, migration_id: str) -> dict[str, Any]:
+        m = self._migrations.get(migration_id) or self._from_journal(migration_id)
+        if m is not None:
+            if m.state == "committed":
+                raise ProtocolError("abort of a committed migration")
+            self._rollback(m, "aborted by the source")
+        return {"aborted": True}
+
+    def _from_journal(self, migration_id: str) -> _Migration | None:
+        """Rebuild what an earlier agent (killed, say) had made, from its journal."""
+        j = Journal.for_migration("agent", migration_id, self.state_dir)
+        recs = j.records()
+        if not recs:
+            return None
+        m = _Migration(id=migration_id, name=str(recs[0].data.get("name", "")), journal=j)
+        for r in recs:
+            if r.event == "created":
+                m.container_id = str(r.data.get("container_id", ""))
+                m.state = "prepared"
+            elif r.event in ("restored", "committed", "aborted"):
+                m.state = r.event
+        return m
+
+    def h_status(self, *, migration_id: str) -> dict[str, Any]:
+        j = Journal.for_migration("agent", migration_id, self.state_dir)
+        return {"last": j.last()}
+
+    def h_bye(self) -> dict[str, Any]:
+        self._done = True
+        return {}
+
+    # --- rollback -------------------------------------------------------------------------
+
+    def _rollback(self, m: _Migration, why: str) -> None:
+        if m.state in ("committed", "aborted"):
+            return
+        log.warning("rolling back migration %s: %s", m.id, why)
+        if m.container_id:
+            try:
+                self.engine.remove(m.container_id, force=True)
+            except MigrateError as e:
+                log.error("could not remove %s: %s", m.container_id, e)
+        m.state = "aborted"
+        if m.journal is not None:
+            m.journal.append("aborted", reason=why)
+
+    def _rollback_uncommitted(self, why: str) -> None:
+        for m in list(self._migrations.values()):
+            self._rollback(m, why)
+
+
+def _v(v: Any) -> str:
+    return ".".join(str(x) for x in v)
+
+
+def run_agent(docker_host: str | None = None) -> int:
+    """Entry point of `migrate agent`: serve one source on stdin/stdout."""
+    from migrate.engines.docker import DockerEngine
+    from migrate.transport.stdio import StdioChannel
+
+    ch = StdioChannel.claim_stdio()
+    conn = Connection(ch, timeout=IDLE_TIMEOUT_S)
+    agent = Agent(conn, engine_factory=lambda: DockerEngine(docker_host))
+    return agent.serve()

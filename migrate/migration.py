@@ -1,0 +1,386 @@
+"""Source-side orchestration of a live migration (DESIGN.md, "Migration state machine").
+
+precheck -> image layers (still running) -> create on the destination -> pause -> checkpoint
+(tasks stay paused) -> stream read-write layer and checkpoint -> agent restores -> `restored`
+-> `commit` -> agent journals `committed` -> the source copy is removed (or killed and kept).
+
+Until the agent answers `restored`, every failure rolls back: the agent deletes what it made
+and the source container is unpaused. Once `commit` has been sent, a lost answer leaves the
+outcome in doubt: the source copy stays paused (never two running copies, never zero) and
+`migrate recover` settles it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate import __version__, criu, layers
+from migrate.engines.base import ContainerSpec, Engine
+from migrate.errors import (
+    ConnectionLost,
+    ContainerNotRunning,
+    CriuUnavailable,
+    EngineUnavailable,
+    InDoubt,
+    MigrateError,
+    MigrationFailed,
+    PrecheckFailed,
+    Timeout,
+    Unsupported,
+)
+from migrate.images import filter_save_stream
+from migrate.journal import DEFAULT_DIR, Journal
+from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.report import Bytes, NullProgress, Progress, Report, Timer
+from migrate.transport import Channel
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT_S = 60.0
+# Restoring goes through containerd's content store: seconds per GB of memory.
+RESTORE_TIMEOUT_S = 600.0
+IMAGE_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    container: str
+    destination: str  # for the report
+    name: str | None = None
+    keep_source: bool = False
+    dry_run: bool = False
+    strategy: str = "cold"
+    compression_level: int = 1
+    state_dir: Path = DEFAULT_DIR
+    faults: frozenset[str] = frozenset()
+
+
+@dataclass
+class Migration:
+    opts: RunOptions
+    engine: Engine
+    connect: Callable[[], Channel]
+    progress: Progress = field(default_factory=NullProgress)
+
+    def __post_init__(self) -> None:
+        self.id = uuid.uuid4().hex
+        self.timer = Timer(self.progress)
+        self.conn: Connection | None = None
+        self.paused = False
+        self.dest_created = False
+        self.commit_sent = False
+        self.dest_container_id = ""
+        self.dest_name = ""
+        self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0}
+        self.t_pause: float | None = None
+        self.downtime: float | None = None
+        self.staging = self.opts.state_dir / "staging" / self.id
+        self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
+
+    # --- public ---------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        t0 = time.monotonic()
+        try:
+            spec = self._precheck()
+            if self.opts.dry_run:
+                return self._report("dry_run", t0, "untouched")
+            self._transfer_image(spec)
+            self._prepare(spec)
+            self._freeze_and_move(spec)
+            self._commit(spec)
+            action = self._finish_source(spec)
+            return self._report("migrated", t0, action)
+        except InDoubt:
+            raise
+        except PrecheckFailed as e:
+            if self.paused or self.dest_created:
+                raise self._rollback(e) from None
+            raise
+        except MigrateError as e:
+            raise self._rollback(e) from None
+        except KeyboardInterrupt:
+            raise self._rollback(MigrateError("interrupted")) from None
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            if self.conn is not None:
+                self.conn.close()
+
+    # --- phases ---------------------------------------------------------------------------
+
+    def _precheck(self) -> ContainerSpec:
+        with self.timer.phase("precheck", "checking source and destination"):
+            st = self.engine.state(self.opts.container)
+            if not st.running or st.paused:
+                raise ContainerNotRunning(
+                    f"container {st.name} is {st.status}: only running containers migrate",
+                    hint=f"start it (`docker start {st.name}`) or unpause it first",
+                )
+            spec = self.engine.spec(self.opts.container)
+            self._check_supported(spec)
+            execs = self.engine.exec_sessions(spec.id)
+            if execs:
+                raise Unsupported(
+                    f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
+                    hint="CRIU cannot dump processes outside the container's process tree: "
+                    "end those exec sessions and retry",
+                )
+            info = self.engine.info()
+            if not info.experimental:
+                raise EngineUnavailable(
+                    "the source's Docker daemon is not running with experimental features",
+                    hint='add "experimental": true to /etc/docker/daemon.json and restart '
+                    "dockerd (or start it with --experimental)",
+                )
+            caps = criu.capabilities(criu.find_criu())
+            if caps.version is None or caps.version < criu.MIN_CRIU:
+                raise CriuUnavailable(
+                    "CRIU >= 4.2 is needed on the source"
+                    + (f" (found {'.'.join(map(str, caps.version))})" if caps.version else ""),
+                    hint="run `make setup` (it builds CRIU 4.2 from Debian's source package)",
+                )
+            self.dest_name = self.opts.name or spec.name
+            self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S,
+                                   level=self.opts.compression_level)
+            hello = self.conn.call(
+                "hello",
+                protocol=PROTOCOL_VERSION,
+                min_protocol=MIN_PROTOCOL_VERSION,
+                software=__version__,
+                faults=sorted(f for f in self.opts.faults if f.startswith("agent:")),
+            )
+            log.debug("agent: %s", hello)
+            self.conn.call(
+                "precheck",
+                spec=spec.to_wire(),
+                name=self.dest_name,
+                criu_version=list(caps.version),
+            )
+            self.journal.append("precheck", container=spec.id, destination=self.opts.destination)
+            return spec
+
+    def _check_supported(self, spec: ContainerSpec) -> None:
+        for m in spec.mounts:
+            if m.type in ("bind", "volume"):
+                raise Unsupported(
+                    f"{spec.name} has a {m.type} mount at {m.destination}: "
+                    "its content would not move with the container",
+                    hint="volumes and bind mounts are not migrated yet; "
+                    "run the container without them to migrate it",
+                )
+        if spec.network_mode.startswith("container:") or spec.network_mode == "host":
+            raise Unsupported(
+                f"{spec.name} uses network mode {spec.network_mode!r}",
+                hint="only bridge, user-defined and none networks can be migrated",
+            )
+
+    def _transfer_image(self, spec: ContainerSpec) -> None:
+        assert self.conn is not None
+        with self.timer.phase("image", "image layers"):
+            img = self.engine.image(spec.image_id)
+            if img is None:
+                raise MigrateError(f"the image of {spec.name} ({spec.image_id[:19]}) is gone")
+            status = self.conn.call("image_status", image_id=img.id, diff_ids=list(img.diff_ids))
+            if status.get("image_present"):
+                return
+            have = {d for d in status.get("layers_present", []) if isinstance(d, str)}
+            refs = [spec.image_ref] if spec.image_ref in img.repo_tags else []
+            refs = refs or list(img.repo_tags[:1]) or [img.id]
+            stats: dict[str, int] = {}
+            stream = filter_save_stream(self.engine.save_image(refs), have, stats)
+            res = self.conn.call(
+                "load_image",
+                stream=stream,
+                image_id=img.id,
+                timeout=IMAGE_TIMEOUT_S,
+                on_progress=lambda raw, wire: self.progress.transfer("image", raw, wire, None),
+            )
+            self._count("image", res["_stream"])
+            log.info("image: %s layers sent, %s skipped", stats.get("layers_sent"),
+                     stats.get("layers_skipped"))
+
+    def _prepare(self, spec: ContainerSpec) -> None:
+        assert self.conn is not None
+        with self.timer.phase("create", "creating the container on the destination"):
+            self.dest_created = True  # from here on the agent may have made something
+            res = self.conn.call("prepare", migration_id=self.id, spec=spec.to_wire(),
+                                 name=self.dest_name)
+            self.dest_container_id = str(res["container_id"])
+            self.journal.append("prepared", dest_container_id=self.dest_container_id)
+
+    def _freeze_and_move(self, spec: ContainerSpec) -> None:
+        assert self.conn is not None
+        img_dir = self.staging / "checkpoint"
+        work_dir = self.staging / "work"
+        with self.timer.phase("freeze", "pausing the container"):
+            self.journal.append("pausing")
+            self.t_pause = time.monotonic()
+            self.engine.pause(spec.id)
+            self.paused = True
+        self._fault("source:after_pause")
+        with self.timer.phase("checkpoint", "CRIU checkpoint"):
+            self.engine.checkpoint(spec.id, img_dir, work_dir)
+        upper = Path(self.engine.state(spec.id).upper_dir)
+        with self.timer.phase("rootfs", "read-write layer"):
+            res = self.conn.call(
+                "put_rootfs",
+                stream=layers.capture(upper),
+                migration_id=self.id,
+                timeout=RESTORE_TIMEOUT_S,
+                on_progress=lambda raw, wire: self.progress.transfer("rootfs", raw, wire, None),
+            )
+            self._count("rootfs", res["_stream"])
+        with self.timer.phase("transfer", "checkpoint images"):
+            total = _dir_size(img_dir)
+            res = self.conn.call(
+                "put_checkpoint",
+                stream=layers.capture(img_dir),
+                migration_id=self.id,
+                timeout=RESTORE_TIMEOUT_S,
+                on_progress=lambda raw, wire: self.progress.transfer(
+                    "checkpoint", raw, wire, total
+                ),
+            )
+            self._count("checkpoint", res["_stream"])
+        with self.timer.phase("restore", "restoring on the destination"):
+            self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S)
+            self.downtime = time.monotonic() - self.t_pause
+        self.journal.append("restored", downtime_s=self.downtime)
+
+    def _commit(self, spec: ContainerSpec) -> None:
+        assert self.conn is not None
+        self._fault("source:before_commit")
+        with self.timer.phase("commit", "hand-over"):
+            self.journal.append("committing")
+            self.commit_sent = True
+            try:
+                self.conn.call("commit", migration_id=self.id)
+            except (ConnectionLost, Timeout) as e:
+                self.journal.append("in_doubt", reason=e.message)
+                raise InDoubt(
+                    f"the destination restored {spec.name} but the answer to `commit` was lost "
+                    f"({e.message}); the source copy is kept paused",
+                    hint=f"run `migrate recover {spec.name} --to {self.opts.destination}` "
+                    "to settle it from both journals",
+                    details={"migration_id": self.id},
+                ) from None
+            self.journal.append("committed")
+            try:
+                self.conn.call("bye")
+            except MigrateError:
+                pass
+
+    def _finish_source(self, spec: ContainerSpec) -> str:
+        with self.timer.phase("cleanup", "retiring the source copy"):
+            self.engine.kill(spec.id)
+            if self.opts.keep_source:
+                action = "stopped"
+            else:
+                self.engine.remove(spec.id, force=True)
+                action = "removed"
+            self.paused = False
+            self.journal.append("done", source_action=action)
+            return action
+
+    # --- rollback -------------------------------------------------------------------------
+
+    def _rollback(self, cause: MigrateError) -> MigrateError:
+        if self.commit_sent:
+            return cause
+        problems: list[str] = []
+        if self.dest_created:
+            try:
+                self._abort_remote()
+            except MigrateError as e:
+                problems.append(f"cleaning up the destination failed: {e.message}")
+        if self.paused:
+            try:
+                self.engine.unpause(self.opts.container)
+                self.paused = False
+            except MigrateError as e:
+                problems.append(f"unpausing the source failed: {e.message}")
+        self.journal.append("rolled_back", cause=cause.code, problems=problems)
+        touched = self.dest_created or self.t_pause is not None
+        if not touched:
+            return cause
+        msg = f"{cause.message}\nRolled back: {self.opts.container} runs on the source again"
+        msg += "; nothing was left on the destination." if not problems else ". " + "; ".join(problems)
+        err = MigrationFailed(msg, hint=cause.hint, details={"cause": cause.code, **cause.details})
+        return err
+
+    def _abort_remote(self) -> None:
+        """Tell the agent to delete what it made; over a new session if the old one died."""
+        if self.conn is not None:
+            try:
+                self.conn.call("abort", migration_id=self.id, timeout=60)
+                return
+            except (ConnectionLost, Timeout):
+                log.warning("agent connection lost; cleaning up over a new session")
+            except MigrateError:
+                pass
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead channel may fail any way
+                pass
+        conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
+        try:
+            conn.call("hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
+                      software=__version__, faults=[])
+            conn.call("abort", migration_id=self.id, timeout=60)
+            conn.call("bye")
+        finally:
+            conn.close()
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _fault(self, point: str) -> None:
+        if point in self.opts.faults:
+            from migrate.errors import InjectedFault
+
+            raise InjectedFault(f"fault injected at {point}")
+
+    def _count(self, what: str, stream_stats: dict[str, Any]) -> None:
+        self.bytes[what] += int(stream_stats.get("raw", 0))
+        self.bytes["raw"] += int(stream_stats.get("raw", 0))
+        self.bytes["wire"] += int(stream_stats.get("wire", 0))
+
+    def _report(self, status: str, t0: float, action: str) -> Report:
+        return Report(
+            status=status,
+            container=self.opts.container,
+            source=os.uname().nodename,
+            destination=self.opts.destination,
+            dest_name=self.dest_name,
+            dest_container_id=self.dest_container_id,
+            strategy=self.opts.strategy,
+            downtime_s=self.downtime,
+            total_s=time.monotonic() - t0,
+            phases=dict(self.timer.phases),
+            bytes=Bytes(**self.bytes),
+            source_action=action,
+        )
+
+
+def _dir_size(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def faults_from_env() -> frozenset[str]:
+    """MIGRATE_FAULTS=point[,point...]: test-only fault injection (see docs/testing.md)."""
+    raw = os.environ.get("MIGRATE_FAULTS", "")
+    return frozenset(p.strip() for p in raw.split(",") if p.strip())

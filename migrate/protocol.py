@@ -1,0 +1,376 @@
+"""Wire protocol between the source and the agent (pure: framing over a Channel, no other I/O).
+
+A frame is a fixed 7-byte header (magic ``MG``, kind, body length) and a body:
+
+* ``CONTROL``: a JSON object (size-capped) — hello, request, response, error, event;
+* ``DATA``: raw bytes of the stream that the last request opened (zstd-compressed);
+* ``END``: end of that stream (empty body).
+
+Requests are named, allow-listed and keyword-only: each method declares its parameters and
+their JSON types here, and a request that does not match is refused before any handler runs.
+Nothing received is ever evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zstandard
+
+from migrate.errors import ConnectionLost, MigrateError, ProtocolError, from_wire
+from migrate.transport import Channel
+
+PROTOCOL_VERSION = 1
+MIN_PROTOCOL_VERSION = 1
+
+MAGIC = b"MG"
+HEADER = struct.Struct("!2sBI")
+KIND_CONTROL = 1
+KIND_DATA = 2
+KIND_END = 3
+KINDS = {KIND_CONTROL, KIND_DATA, KIND_END}
+
+# Caps: a hostile or broken peer must not make us allocate without bound.
+MAX_CONTROL_BYTES = 1 << 20
+MAX_DATA_BYTES = 4 << 20
+# Size of data frames we send: large enough to amortise per-frame costs, small enough to keep
+# memory low and progress smooth.
+DATA_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Frame:
+    kind: int
+    body: bytes
+
+
+def encode_frame(kind: int, body: bytes) -> bytes:
+    if kind not in KINDS:
+        raise ValueError(f"unknown frame kind {kind}")
+    cap = MAX_CONTROL_BYTES if kind == KIND_CONTROL else MAX_DATA_BYTES
+    if len(body) > cap:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds the cap of {cap}")
+    return HEADER.pack(MAGIC, kind, len(body)) + body
+
+
+def encode_control(msg: Mapping[str, Any]) -> bytes:
+    body = json.dumps(msg, separators=(",", ":"), allow_nan=False).encode()
+    return encode_frame(KIND_CONTROL, body)
+
+
+def decode_control(body: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError(f"control frame is not valid JSON: {e}") from None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        raise ProtocolError("control frame is not a typed JSON object")
+    return msg
+
+
+def _read_exact(ch: Channel, n: int) -> bytes:
+    parts: list[bytes] = []
+    got = 0
+    while got < n:
+        chunk = ch.recv(min(n - got, 1 << 20))
+        if not chunk:
+            raise ConnectionLost(
+                f"connection to {ch.peer} closed"
+                + (" in the middle of a frame" if got or parts else ""),
+                details={"stderr_tail": ch.stderr_tail()},
+            )
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def read_frame(ch: Channel) -> Frame:
+    magic, kind, length = HEADER.unpack(_read_exact(ch, HEADER.size))
+    if magic != MAGIC:
+        raise ProtocolError(
+            f"bad frame magic {magic!r} from {ch.peer}",
+            hint="the agent command printed something that is not the protocol; "
+            "check --agent-command and the remote shell's startup files",
+            details={"stderr_tail": ch.stderr_tail()},
+        )
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    cap = MAX_CONTROL_BYTES if kind == KIND_CONTROL else MAX_DATA_BYTES
+    if length > cap:
+        raise ProtocolError(f"frame of {length} bytes exceeds the cap of {cap}")
+    return Frame(kind, _read_exact(ch, length) if length else b"")
+
+
+# --- methods: the allow-list --------------------------------------------------------------
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "str": (str,),
+    "int": (int,),
+    "bool": (bool,),
+    "dict": (dict,),
+    "list": (list,),
+    "float": (int, float),
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    type: str
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    params: Mapping[str, Param] = field(default_factory=dict)
+    stream: bool = False  # the request is followed by DATA frames and an END frame
+
+
+def _m(method_name: str, /, *, stream: bool = False, **params: Param) -> Method:
+    return Method(method_name, params, stream)
+
+
+_S, _I, _D, _L, _B = Param("str"), Param("int"), Param("dict"), Param("list"), Param("bool")
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        _m("hello", protocol=_I, min_protocol=_I, software=_S, faults=_L),
+        _m("precheck", spec=_D, name=_S, criu_version=_L),
+        _m("image_status", image_id=_S, diff_ids=_L),
+        _m("load_image", stream=True, image_id=_S),
+        _m("prepare", migration_id=_S, spec=_D, name=_S),
+        _m("put_rootfs", stream=True, migration_id=_S),
+        _m("put_checkpoint", stream=True, migration_id=_S),
+        _m("restore", migration_id=_S),
+        _m("commit", migration_id=_S),
+        _m("abort", migration_id=_S),
+        _m("status", migration_id=_S),
+        _m("bye"),
+    )
+}
+
+
+def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, dict[str, Any]]:
+    """Check a request against the allow-list; return (id, method, keyword arguments)."""
+    rid = msg.get("id")
+    if not isinstance(rid, int) or isinstance(rid, bool):
+        raise ProtocolError("request without an integer id")
+    name = msg.get("method")
+    method = METHODS.get(name) if isinstance(name, str) else None
+    if method is None:
+        raise ProtocolError(f"method {name!r} is not allowed")
+    args = msg.get("args", {})
+    if not isinstance(args, dict):
+        raise ProtocolError(f"{method.name}: arguments must be an object")
+    unknown = set(args) - set(method.params)
+    if unknown:
+        raise ProtocolError(f"{method.name}: unexpected arguments {sorted(unknown)}")
+    for pname, p in method.params.items():
+        if pname not in args:
+            if p.required:
+                raise ProtocolError(f"{method.name}: missing argument {pname!r}")
+            continue
+        v = args[pname]
+        ok = isinstance(v, _JSON_TYPES[p.type]) and not (
+            p.type in ("int", "float") and isinstance(v, bool)
+        )
+        if not ok:
+            raise ProtocolError(f"{method.name}: argument {pname!r} must be {p.type}")
+    return rid, method, dict(args)
+
+
+# --- a connection: requests, responses and streams ----------------------------------------
+
+
+class Connection:
+    """Frames over a channel; the source side's request/response and stream helpers."""
+
+    def __init__(self, channel: Channel, *, timeout: float = 60.0, level: int = 1) -> None:
+        self.ch = channel
+        self.timeout = timeout
+        self.level = level
+        self._next_id = 1
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        channel.settimeout(timeout)
+
+    # low level
+    def send_frame(self, kind: int, body: bytes) -> None:
+        data = encode_frame(kind, body)
+        self.ch.sendall(data)
+        self.bytes_sent += len(data)
+
+    def send_control(self, msg: Mapping[str, Any]) -> None:
+        data = encode_control(msg)
+        self.ch.sendall(data)
+        self.bytes_sent += len(data)
+
+    def recv_frame(self) -> Frame:
+        f = read_frame(self.ch)
+        self.bytes_received += HEADER.size + len(f.body)
+        return f
+
+    def recv_control(self) -> dict[str, Any]:
+        f = self.recv_frame()
+        if f.kind != KIND_CONTROL:
+            raise ProtocolError(f"expected a control frame, got kind {f.kind}")
+        return decode_control(f.body)
+
+    # source side
+    def call(
+        self,
+        method: str,
+        *,
+        stream: Iterator[bytes] | None = None,
+        timeout: float | None = None,
+        on_progress: Any = None,
+        **args: Any,
+    ) -> dict[str, Any]:
+        """Call a method on the agent; raise the agent's error as the same class."""
+        m = METHODS[method]
+        if m.stream != (stream is not None):
+            raise ValueError(f"{method}: stream {'required' if m.stream else 'not allowed'}")
+        rid = self._next_id
+        self._next_id += 1
+        self.send_control({"type": "request", "id": rid, "method": method, "args": args})
+        stats = None
+        if stream is not None:
+            stats = self.send_stream(stream, on_progress=on_progress)
+        self.ch.settimeout(timeout if timeout is not None else self.timeout)
+        try:
+            while True:
+                msg = self.recv_control()
+                if msg.get("type") == "event":
+                    continue  # reserved for progress events
+                break
+        finally:
+            self.ch.settimeout(self.timeout)
+        if msg.get("id") != rid:
+            raise ProtocolError(f"answer to request {msg.get('id')} while waiting for {rid}")
+        if msg["type"] == "error":
+            raise from_wire(msg.get("error") or {})
+        if msg["type"] != "response":
+            raise ProtocolError(f"unexpected message type {msg['type']!r}")
+        result = msg.get("result")
+        if not isinstance(result, dict):
+            raise ProtocolError(f"{method}: result is not an object")
+        if stats is not None:
+            result.setdefault("_stream", stats)
+        return result
+
+    def send_stream(self, chunks: Iterator[bytes], *, on_progress: Any = None) -> dict[str, int]:
+        """Compress and send a stream as DATA frames, then END. Returns raw/wire byte counts."""
+        cctx = zstandard.ZstdCompressor(level=self.level)
+        comp = cctx.compressobj()
+        raw = wire = 0
+        pending: list[bytes] = []
+        pending_len = 0
+
+        def flush(data: bytes) -> None:
+            nonlocal wire
+            for i in range(0, len(data), DATA_CHUNK):
+                piece = data[i : i + DATA_CHUNK]
+                self.send_frame(KIND_DATA, piece)
+                wire += len(piece) + HEADER.size
+
+        for chunk in chunks:
+            if not chunk:
+                continue
+            raw += len(chunk)
+            out = comp.compress(chunk)
+            if out:
+                pending.append(out)
+                pending_len += len(out)
+            if pending_len >= DATA_CHUNK:
+                flush(b"".join(pending))
+                pending, pending_len = [], 0
+            if on_progress is not None:
+                on_progress(raw, wire)
+        pending.append(comp.flush())
+        flush(b"".join(pending))
+        self.send_frame(KIND_END, b"")
+        wire += HEADER.size
+        if on_progress is not None:
+            on_progress(raw, wire)
+        return {"raw": raw, "wire": wire}
+
+    def close(self) -> None:
+        self.ch.close()
+
+
+class StreamReader:
+    """File-like reader of one incoming stream (DATA frames until END), decompressed.
+
+    Used by the agent: handlers read it like a file (``tarfile.open(mode="r|")``).
+    The compressed input is capped so a hostile sender cannot fill the disk unboundedly;
+    what the data decompresses to is capped by whoever consumes it.
+    """
+
+    def __init__(self, conn: Connection, *, max_wire_bytes: int | None = None) -> None:
+        self.conn = conn
+        self._dctx = zstandard.ZstdDecompressor().decompressobj()
+        self._buf = bytearray()
+        self._eof = False
+        self.wire_bytes = 0
+        self.raw_bytes = 0
+        self.max_wire_bytes = max_wire_bytes
+
+    def _fill(self) -> None:
+        while not self._buf and not self._eof:
+            f = self.conn.recv_frame()
+            if f.kind == KIND_END:
+                self._eof = True
+                break
+            if f.kind != KIND_DATA:
+                raise ProtocolError("control frame inside a data stream")
+            self.wire_bytes += len(f.body)
+            if self.max_wire_bytes is not None and self.wire_bytes > self.max_wire_bytes:
+                raise ProtocolError("stream exceeds its size cap")
+            try:
+                out = self._dctx.decompress(f.body)
+            except zstandard.ZstdError as e:
+                raise ProtocolError(f"corrupt compressed stream: {e}") from None
+            self._buf += out
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while True:
+                chunk = self.read(1 << 20)
+                if not chunk:
+                    return b"".join(parts)
+                parts.append(chunk)
+        self._fill()
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        self.raw_bytes += len(out)
+        return out
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Consume the rest of the stream so the connection stays in sync after an error."""
+        while not self._eof:
+            self._buf.clear()
+            self._fill()
+        self._buf.clear()
+
+    @property
+    def finished(self) -> bool:
+        return self._eof and not self._buf
+
+
+def error_message(rid: int | None, err: MigrateError) -> dict[str, Any]:
+    return {"type": "error", "id": rid, "error": err.to_wire()}
+
+
+def response_message(rid: int, result: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "response", "id": rid, "result": dict(result)}

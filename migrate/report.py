@@ -1,0 +1,109 @@
+"""What a migration did: phase timings, bytes, downtime. Built by migration.py, shown by the CLI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Progress(Protocol):
+    """Where the migration reports what it is doing (the CLI draws it; tests may record it)."""
+
+    def phase(self, name: str, description: str) -> None: ...
+
+    def phase_done(self, name: str, seconds: float) -> None: ...
+
+    def transfer(self, stream: str, raw: int, wire: int, total: int | None) -> None: ...
+
+
+class NullProgress:
+    def phase(self, name: str, description: str) -> None:
+        pass
+
+    def phase_done(self, name: str, seconds: float) -> None:
+        pass
+
+    def transfer(self, stream: str, raw: int, wire: int, total: int | None) -> None:
+        pass
+
+
+@dataclass
+class Timer:
+    """Accumulates seconds per phase, in the order phases first ran."""
+
+    progress: Progress = field(default_factory=NullProgress)
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str, description: str = "") -> Iterator[None]:
+        self.progress.phase(name, description or name)
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            dt = time.monotonic() - t0
+            self.phases[name] = self.phases.get(name, 0.0) + dt
+            self.progress.phase_done(name, dt)
+
+
+@dataclass(frozen=True)
+class Bytes:
+    raw: int = 0  # what was moved, uncompressed
+    wire: int = 0  # what crossed the link (frames, compressed)
+    image: int = 0  # raw bytes of image layers sent
+    rootfs: int = 0  # raw bytes of the read-write layer
+    checkpoint: int = 0  # raw bytes of CRIU images
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "raw": self.raw,
+            "wire": self.wire,
+            "image": self.image,
+            "rootfs": self.rootfs,
+            "checkpoint": self.checkpoint,
+        }
+
+
+@dataclass(frozen=True)
+class Report:
+    status: str  # migrated | rolled_back | in_doubt | dry_run
+    container: str
+    source: str
+    destination: str
+    dest_name: str
+    dest_container_id: str
+    strategy: str
+    downtime_s: float | None
+    total_s: float
+    phases: dict[str, float]
+    bytes: Bytes
+    source_action: str = ""  # removed | stopped | resumed | kept paused
+    error: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "container": self.container,
+            "source": self.source,
+            "destination": self.destination,
+            "dest_name": self.dest_name,
+            "dest_container_id": self.dest_container_id,
+            "strategy": self.strategy,
+            "downtime_s": None if self.downtime_s is None else round(self.downtime_s, 4),
+            "total_s": round(self.total_s, 4),
+            "phases": {k: round(v, 4) for k, v in self.phases.items()},
+            "bytes": self.bytes.to_json(),
+            "source_action": self.source_action,
+            "error": self.error,
+        }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
