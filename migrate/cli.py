@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from migrate import __version__
@@ -30,9 +31,9 @@ err = Console(stderr=True)
 
 def fail(e: MigrateError) -> None:
     """Print an error with its hint and exit with its code."""
-    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {e.message}", highlight=False)
+    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {escape(e.message)}", highlight=False)
     if e.hint:
-        err.print(f"[bold]fix[/]: {e.hint}", highlight=False)
+        err.print(f"[bold]fix[/]: {escape(e.hint)}", highlight=False)
     raise typer.Exit(e.exit_code)
 
 

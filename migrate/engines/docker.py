@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -390,7 +391,36 @@ class DockerEngine:
         cid = self.state(ref).id
         return self.data_root / "containers" / cid / "checkpoints" / name
 
+    def _exec_root(self) -> Path:
+        """dockerd's --exec-root: from the process that serves our API socket."""
+        base = str(self.api.base_url)
+        sock = ""
+        if base.startswith("http+docker://") or base.startswith("unix"):
+            adapter = self.api.get_adapter(base)
+            sock = str(getattr(adapter, "socket_path", "") or "")
+        pid = _socket_owner(sock) if sock else None
+        if pid:
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                for i, a in enumerate(argv):
+                    if a == b"--exec-root" and i + 1 < len(argv):
+                        return Path(argv[i + 1].decode())
+                    if a.startswith(b"--exec-root="):
+                        return Path(a.split(b"=", 1)[1].decode())
+            except OSError:
+                pass
+        return Path("/var/run/docker")
+
     def start_from_checkpoint(self, ref: str, name: str) -> None:
+        cid = self.state(ref).id
+        # containerd deletes the task directory, CRIU's restore.log with it, as soon as the
+        # restore fails: hold the log open from the moment it appears so we can still read it.
+        log_path = (
+            self._exec_root() / "containerd" / "daemon" / "io.containerd.runtime.v2.task"
+            / "moby" / cid / "work" / "restore.log"
+        )
+        watcher = _LogHolder(log_path)
+        watcher.start()
         try:
             res = self.api._post(
                 self.api._url("/containers/{0}/start", ref), params={"checkpoint": name}
@@ -398,9 +428,9 @@ class DockerEngine:
             self.api._raise_for_status(res)
         except docker.errors.APIError as e:
             msg = str(e.explanation or e)
-            tail = ""
-            m = re.search(r"log file: (\S+)", msg)
-            if m:
+            tail = watcher.tail()
+            m = re.search(r"log file: (\S+?\.log)", msg)
+            if not tail and m:
                 tail = log_tail(Path(m.group(1)))
             raise RestoreFailed(
                 f"CRIU could not restore the container: {msg}"
@@ -408,6 +438,78 @@ class DockerEngine:
                 hint=_criu_hint(tail),
                 details={"criu_log": tail},
             ) from None
+        finally:
+            watcher.stop()
+
+
+class _LogHolder(threading.Thread):
+    """Opens a file as soon as it exists and keeps it open, so it outlives its deletion."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(daemon=True)
+        self.path = path
+        self._stop_evt = threading.Event()
+        self._fd: int | None = None
+
+    def run(self) -> None:
+        while not self._stop_evt.is_set() and self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                self._stop_evt.wait(0.005)
+
+    def tail(self) -> str:
+        self._stop_evt.set()
+        self.join(timeout=1)
+        if self._fd is None:
+            return ""
+        with os.fdopen(os.dup(self._fd), "rb") as f:
+            f.seek(0)
+            data = f.read()[-(256 << 10) :]
+        text = data.decode(errors="replace")
+        return _log_tail_text(text)
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(timeout=1)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _log_tail_text(text: str, lines: int = 8) -> str:
+    rows = text.splitlines()
+    # Every CRIU run here logs the RLIMIT_NOFILE line; it is harmless (PLATFORM.md).
+    errors = [r for r in rows if "Error" in r and "RLIMIT_NOFILE" not in r]
+    tail = rows[-lines:]
+    picked = [r for r in errors[-10:] if r not in tail] + tail
+    return "\n".join(picked)
+
+
+def _socket_owner(path: str) -> int | None:
+    """PID of the process listening on a unix socket path (dockerd for its API socket)."""
+    try:
+        inode = None
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            parts = line.split()
+            if len(parts) >= 8 and parts[7] == path and parts[5] == "01":
+                inode = parts[6]
+                break
+        if inode is None:
+            return None
+        target = f"socket:[{inode}]"
+        for pid_dir in Path("/proc").iterdir():
+            if not pid_dir.name.isdigit():
+                continue
+            try:
+                for fd in (pid_dir / "fd").iterdir():
+                    if os.readlink(fd) == target:
+                        return int(pid_dir.name)
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return None
 
 
 def _criu_hint(tail: str) -> str:
