@@ -79,20 +79,26 @@ def paramiko_defaults(base: SshOptions) -> SshOptions:
 
 def cases(base: SshOptions) -> list[Case]:
     d = paramiko_defaults(base)
+    gcm = replace(d, ciphers=("aes128-gcm@openssh.com",))
+    etm = replace(d, macs=("hmac-sha2-256-etm@openssh.com",))
+    window = replace(gcm, window_size=base.window_size, max_packet_size=base.max_packet_size)
     return [
-        Case("paramiko defaults (aes128-ctr+hmac-sha2-256, 2 MiB window, Channel.sendall/recv)", d,
-             naive_sendall=True),
+        Case(
+            "paramiko defaults (aes128-ctr+hmac-sha2-256, 2 MiB window, Channel.sendall/recv)",
+            d,
+            naive_sendall=True,
+        ),
         Case("defaults + SshChannel (chunked sendall, whole-buffer recv)", d),
-        Case("+ aes128-ctr + hmac-sha2-256-etm", replace(d, macs=("hmac-sha2-256-etm@openssh.com",))),
-        Case("+ aes128-gcm", replace(d, ciphers=("aes128-gcm@openssh.com",))),
-        Case("+ aes128-gcm + 16 MiB window, 256 KiB packets", replace(d, ciphers=("aes128-gcm@openssh.com",),
-                                                    window_size=base.window_size,
-                                                    max_packet_size=base.max_packet_size)),
+        Case("+ aes128-ctr + hmac-sha2-256-etm", etm),
+        Case("+ aes128-gcm", gcm),
+        Case("+ aes128-gcm + 16 MiB window, 256 KiB packets", window),
         Case("tuned (migrate's SshOptions defaults: + rekey every 64 GiB)", base),
         Case("OpenSSH ssh, default cipher", None),
-        Case("OpenSSH ssh -c aes128-gcm@openssh.com", None, openssh_cipher="aes128-gcm@openssh.com"),
+        Case(
+            "OpenSSH ssh -c aes128-gcm@openssh.com", None, openssh_cipher="aes128-gcm@openssh.com"
+        ),
         Case("OpenSSH ssh -c aes128-ctr", None, openssh_cipher="aes128-ctr"),
-    ]  # fmt: skip
+    ]
 
 
 def _timed(fn: Callable[[], str]) -> tuple[float, float, str]:
