@@ -68,10 +68,10 @@ PREFERRED_MACS: tuple[str, ...] = (
     "hmac-sha2-256",
     "hmac-sha2-512",
 )
-# paramiko rekeys every 512 MiB in each direction, and its rekeying is fragile: when the
-# transport thread has to send a message of its own mid-rekey (answering the agent's channel
-# close, a keepalive) it waits for the rekey it alone can finish, stalls 30 s and drops the
-# connection (seen in benchmarks/ssh_bench.py). So rekey only where OpenSSH itself would for
+# paramiko rekeys every 512 MiB in each direction, and its rekeying is fragile: when its
+# transport thread must send a message mid-rekey (seen: answering the agent's channel close;
+# its keepalives take the same path) it waits for the rekey it alone can finish, stalls 30 s
+# and drops the connection (benchmarks/results/ssh.md). So rekey only where OpenSSH itself would for
 # AES: after 2^32 blocks of 16 bytes (64 GiB).
 REKEY_BYTES = 1 << 36
 # sendall hands paramiko at most this much per call: paramiko slices what remains after each
