@@ -58,6 +58,57 @@ def version() -> None:
 
 # --- check (migrate/check.py) -------------------------------------------------------------
 
+_CHECK_MARKS = {"ok": "[green]\u2713[/]", "fail": "[bold red]\u2717[/]", "warn": "[yellow]![/]"}
+
+
+@app.command()
+def check(
+    to: str | None = typer.Option(
+        None, "--to", help="Also check the destination ssh://[USER@]HOST[:PORT] (not yet)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
+) -> None:
+    """Is this host ready to migrate containers: CRIU, Docker, runc, kernel, disk.
+
+    Every problem comes with the fix to apply. Exit codes: 0 ready (warnings allowed);
+    3 a required check failed; 2 bad usage.
+    """
+    from migrate.check import check_remote, run_checks, summarize
+    from migrate.errors import EXIT_REFUSED
+
+    try:
+        if to is not None:
+            check_remote(to)
+        report = run_checks()
+    except MigrateError as e:
+        if as_json:
+            out.print_json(data={"ready": False, "error": e.to_wire()})
+        fail(e)
+        return
+    if as_json:
+        out.print_json(data=report.to_json())
+    else:
+        t = Table(title=f"migrate check: {escape(report.host)}")
+        t.add_column("check", style="bold")
+        t.add_column("", justify="center")
+        t.add_column("value", overflow="fold")
+        t.add_column("fix", overflow="fold")
+        for r in report.results:
+            value = escape(r.value)
+            if r.problem:
+                # CRIU's output can run long; the JSON report carries all of it.
+                lines = r.problem.splitlines()
+                problem = "\n".join(lines[-4:]) if len(lines) > 4 else r.problem
+                colour = "red" if r.status == "fail" else "yellow"
+                value += f"\n[{colour}]{escape(problem)}[/]"
+            t.add_row(r.name, _CHECK_MARKS[r.status], value, escape(r.fix))
+        out.print(t)
+        colour = "green" if report.ready else "bold red"
+        out.print(f"[{colour}]{escape(summarize(report.results))}[/]", highlight=False)
+    if not report.ready:
+        raise typer.Exit(EXIT_REFUSED)
+
+
 # --- run / agent / demo (migrate/migration.py, migrate/agent.py) --------------------------
 
 

@@ -1,0 +1,589 @@
+"""`migrate check`: is this host ready to migrate containers, and if not, what to do.
+
+Each check yields a :class:`CheckResult` carrying the problem and the fix. ``required`` checks
+decide readiness; the others report what degrades (no post-copy, no iterative pre-copy, which
+containers cannot be dumped here) without refusing anything.
+
+The engine is reached through a callable returning :class:`EngineInfo` (or raising), so the
+checks never see Docker's JSON and tests can pass any answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from migrate import criu
+from migrate.engines.base import EngineInfo
+from migrate.errors import EngineUnavailable, MigrateError, UsageError
+from migrate.journal import DEFAULT_DIR
+
+log = logging.getLogger(__name__)
+
+EngineInfoProvider = Callable[[], EngineInfo]
+
+# Below this much free space a migration of anything but a small container is likely to fail
+# part-way (checkpoint images and the RW layer are staged on disk on both sides).
+MIN_FREE_BYTES = 1 << 30
+# CRIU's page pipes are ~3.3 MB; without CAP_SYS_RESOURCE, F_SETPIPE_SZ above
+# fs.pipe-max-size fails and CRIU 4.2.1's lazy-pages server then splices to an fd it never
+# opened ("page-pipe: splice: -1: Bad file descriptor", PLATFORM.md).
+MIN_PIPE_MAX_SIZE = 4 << 20
+CAP_SYS_RESOURCE = 24  # bit number in /proc/<pid>/status CapEff (linux/capability.h)
+
+DOCKER_TIMEOUT_S = 15.0
+TOOL_TIMEOUT_S = 10.0
+# Where `make setup` puts things and where tools hide from a minimal PATH (cron, sudo, ssh).
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+SETUP_FIX = (
+    "run `make setup` (scripts/setup.sh: builds CRIU 4.2 from Debian's source package and "
+    "installs it as /usr/local/sbin/criu), or set MIGRATE_CRIU to a criu >= 4.2"
+)
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str  # stable identifier (JSON consumers and tests rely on it)
+    ok: bool
+    value: str  # what was found
+    problem: str = ""  # why it is not ok ("" when ok)
+    fix: str = ""  # what to do about it
+    required: bool = True  # False: a warning, readiness does not depend on it
+
+    @property
+    def status(self) -> str:
+        """ "ok", "fail" (required and not ok) or "warn" (not required and not ok)."""
+        if self.ok:
+            return "ok"
+        return "fail" if self.required else "warn"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "status": self.status,
+            "required": self.required,
+            "value": self.value,
+            "problem": self.problem,
+            "fix": self.fix,
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    results: tuple[CheckResult, ...]
+    host: str = ""
+
+    @property
+    def ready(self) -> bool:
+        """Every required check passed."""
+        return all(r.ok for r in self.results if r.required)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "fail")
+
+    @property
+    def warnings(self) -> tuple[CheckResult, ...]:
+        return tuple(r for r in self.results if r.status == "warn")
+
+    def get(self, name: str) -> CheckResult | None:
+        return next((r for r in self.results if r.name == name), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "ready": self.ready,
+            "checks": [r.to_json() for r in self.results],
+        }
+
+
+def run_checks(
+    engine_info_provider: EngineInfoProvider | None = None,
+    *,
+    criu_binary: str | None = None,
+    staging_dir: Path | None = None,
+    min_free_bytes: int = MIN_FREE_BYTES,
+) -> CheckReport:
+    """Check this host. ``engine_info_provider`` defaults to the Docker daemon of DOCKER_HOST;
+    ``criu_binary`` to :func:`migrate.criu.find_criu`; ``staging_dir`` to the state
+    directory's staging area (where checkpoints are written before they travel)."""
+    binary = criu_binary or criu.find_criu()
+    caps = criu.capabilities(binary)
+    info, engine_error = _engine_info(engine_info_provider or _docker_info)
+    staging = staging_dir or DEFAULT_DIR / "staging"
+
+    results: list[CheckResult] = []
+    results += check_criu(caps)
+    results.append(check_pycriu(criu.pycriu_available()))
+    results += check_criu_features(caps)
+    caps_eff = _cap_eff()
+    results.append(check_pipe_max_size(_read_int(Path("/proc/sys/fs/pipe-max-size")), caps_eff))
+    results.append(check_cap_sys_resource(caps_eff))
+    results.append(check_cpuinfo(binary))
+    results += check_engine(info, engine_error)
+    results.append(check_runc(_find_tool("runc"), info))
+    results.append(check_iptables(_find_tool("iptables-restore")))
+    results.append(
+        check_disk(
+            "disk_data_root",
+            Path(info.data_root) if info and info.data_root else None,
+            min_free_bytes,
+            what="the Docker data root",
+        )
+    )
+    results.append(
+        check_disk("disk_staging", staging, min_free_bytes, what="the staging directory")
+    )
+    results.append(check_kernel(platform.release()))
+    return CheckReport(tuple(results), host=socket.gethostname())
+
+
+def check_remote(destination: str) -> CheckReport:
+    """Run the checks on ``destination`` over SSH (through the agent) and compare it with this
+    host (CRIU versions, ``criu cpuinfo check``). Not wired yet."""
+    raise UsageError(
+        f"checking a destination ({destination}) is not supported yet",
+        hint="run `migrate check` on the destination host itself",
+    )
+
+
+# --- CRIU ------------------------------------------------------------------------------------
+
+
+def check_criu(caps: criu.CriuCapabilities) -> list[CheckResult]:
+    """The `criu` row (present, new enough) and the `criu_check` row (self-check passes)."""
+    need = "{}.{}".format(*criu.MIN_CRIU[:2])
+    if caps.path is None:
+        return [
+            CheckResult(
+                "criu",
+                False,
+                "not found",
+                problem=f"criu not found (looked at ${criu.ENV_CRIU}, PATH, "
+                + ", ".join(criu.SEARCH_DIRS)
+                + f"); CRIU >= {need} is needed",
+                fix=SETUP_FIX,
+            ),
+            CheckResult("criu_check", False, "not run", problem="criu not found", fix=SETUP_FIX),
+        ]
+    have = criu.format_version(caps.version)
+    if caps.version is None:
+        row = CheckResult(
+            "criu",
+            False,
+            f"unknown version ({caps.path})",
+            problem=f"`{caps.path} --version` did not say which version it is",
+            fix=SETUP_FIX,
+        )
+    elif not caps.version_ok:
+        row = CheckResult(
+            "criu",
+            False,
+            f"{have} ({caps.path})",
+            problem=f"criu {have} is too old: {need} or newer is needed (3.17 fails on kernels "
+            ">= 6.13, 4.1 cannot dump inet sockets on kernels >= 6.16)",
+            fix=SETUP_FIX,
+        )
+    else:
+        row = CheckResult("criu", True, f"{have} ({caps.path})")
+    how = "criu swrk via pycriu" if caps.check_method == "pycriu" else "`criu check`"
+    if caps.check_ok:
+        chk = CheckResult("criu_check", True, f"passed ({how})")
+    else:
+        chk = CheckResult(
+            "criu_check",
+            False,
+            f"failed ({how})",
+            problem=caps.check_output or "criu check failed",
+            fix=f"run `{caps.path} check` for details; " + SETUP_FIX,
+        )
+    return [row, chk]
+
+
+def check_pycriu(available: bool) -> CheckResult:
+    if available:
+        return CheckResult("pycriu", True, "installed", required=False)
+    return CheckResult(
+        "pycriu",
+        False,
+        "not installed",
+        problem="pycriu is missing: the self-check falls back to `criu check`, and CRIU "
+        "images cannot be read (inspect, diagnostics)",
+        fix="run `make setup` (installs pycriu from CRIU's source tree into the venv)",
+        required=False,
+    )
+
+
+def check_criu_features(caps: criu.CriuCapabilities) -> list[CheckResult]:
+    """Optional CRIU/kernel features: what is lost without them; never required."""
+    if caps.path is None:
+        return [
+            CheckResult(n, False, "unknown", problem="criu not found", required=False)
+            for n in ("lazy_pages", "mem_dirty_track")
+        ]
+    rows = []
+    if caps.lazy_pages:
+        rows.append(CheckResult("lazy_pages", True, "available (uffd-noncoop)", required=False))
+    else:
+        rows.append(
+            CheckResult(
+                "lazy_pages",
+                False,
+                "unavailable",
+                problem="no post-copy migration (--strategy lazy): `criu check --feature "
+                "uffd-noncoop` fails (the kernel lacks non-cooperative userfaultfd)",
+                fix="a kernel with CONFIG_USERFAULTFD=y; cold migration works without it",
+                required=False,
+            )
+        )
+    if caps.mem_dirty_track:
+        rows.append(CheckResult("mem_dirty_track", True, "available", required=False))
+    else:
+        rows.append(
+            CheckResult(
+                "mem_dirty_track",
+                False,
+                "unavailable",
+                problem="no iterative pre-copy: the kernel does not track dirty memory "
+                "(soft-dirty), so all memory is copied while the container is frozen",
+                fix="a kernel with CONFIG_MEM_SOFT_DIRTY=y; nothing to do otherwise (cold and "
+                "lazy migration work without it)",
+                required=False,
+            )
+        )
+    return rows
+
+
+def check_cpuinfo(binary: str | None) -> CheckResult:
+    """`criu cpuinfo dump` + `check` work here: the base of the host-to-host CPU check."""
+    if binary is None:
+        return CheckResult("cpuinfo", False, "not run", problem="criu not found", required=False)
+    try:
+        with tempfile.TemporaryDirectory(prefix="migrate-check-") as d:
+            criu.cpuinfo_dump(Path(d), binary)
+            res = criu.cpuinfo_check(Path(d), binary)
+    except MigrateError as e:
+        return CheckResult(
+            "cpuinfo",
+            False,
+            "failed",
+            problem=e.message,
+            fix="CPU compatibility with the destination cannot be verified before restore",
+            required=False,
+        )
+    if not res.ok:
+        return CheckResult("cpuinfo", False, "failed", problem=res.output, required=False)
+    return CheckResult("cpuinfo", True, "dump/check work (compare hosts with --to)", required=False)
+
+
+def check_pipe_max_size(value: int | None, cap_eff: int | None) -> CheckResult:
+    shown = "unknown" if value is None else str(value)
+    if value is not None and value >= MIN_PIPE_MAX_SIZE:
+        return CheckResult("pipe_max_size", True, shown, required=False)
+    if cap_eff is not None and cap_eff >> CAP_SYS_RESOURCE & 1:
+        # CAP_SYS_RESOURCE lifts the limit for CRIU.
+        return CheckResult("pipe_max_size", True, f"{shown} (CAP_SYS_RESOURCE)", required=False)
+    return CheckResult(
+        "pipe_max_size",
+        False,
+        shown,
+        problem=f"lazy pages (post-copy) need fs.pipe-max-size >= {MIN_PIPE_MAX_SIZE} without "
+        'CAP_SYS_RESOURCE: CRIU\'s page server fails with "splice: Bad file descriptor"',
+        fix=f"echo {MIN_PIPE_MAX_SIZE} > /proc/sys/fs/pipe-max-size "
+        "(persist it with fs.pipe-max-size in /etc/sysctl.d/)",
+        required=False,
+    )
+
+
+def check_cap_sys_resource(cap_eff: int | None) -> CheckResult:
+    if cap_eff is None:
+        return CheckResult(
+            "cap_sys_resource", False, "unknown", problem="cannot read CapEff", required=False
+        )
+    if cap_eff >> CAP_SYS_RESOURCE & 1:
+        return CheckResult("cap_sys_resource", True, "present", required=False)
+    return CheckResult(
+        "cap_sys_resource",
+        False,
+        "missing",
+        problem="without CAP_SYS_RESOURCE CRIU cannot read the rlimits of processes running as "
+        'another user ("Can\'t get rlimit: Operation not permitted"): containers with non-root '
+        "processes (PostgreSQL, nginx workers as www-data) cannot be checkpointed here",
+        fix="run migrate as root with full capabilities (not in a restricted sandbox); until "
+        "then only containers whose processes all run as root can migrate",
+        required=False,
+    )
+
+
+# --- engine ----------------------------------------------------------------------------------
+
+
+def check_engine(info: EngineInfo | None, error: MigrateError | None) -> list[CheckResult]:
+    """Reachable, experimental (checkpoints need it), storage driver overlay2."""
+    if info is None:
+        problem = error.message if error else "the Docker daemon did not answer"
+        why = "unknown: the Docker daemon is not reachable"
+        return [
+            CheckResult(
+                "docker",
+                False,
+                "unreachable",
+                problem=problem,
+                fix=(error.hint if error and error.hint else "")
+                or "start dockerd (with --experimental), or point DOCKER_HOST at its socket",
+            ),
+            CheckResult("docker_experimental", False, "unknown", problem=why),
+            CheckResult("storage_driver", False, "unknown", problem=why),
+        ]
+    rows = [
+        CheckResult(
+            "docker",
+            True,
+            f"{info.engine} {info.version} (API {info.api_version}, cgroup v{info.cgroup_version})"
+            if info.cgroup_version
+            else f"{info.engine} {info.version} (API {info.api_version})",
+        )
+    ]
+    if info.experimental:
+        rows.append(CheckResult("docker_experimental", True, "on"))
+    else:
+        rows.append(
+            CheckResult(
+                "docker_experimental",
+                False,
+                "off",
+                problem="checkpoint/restore needs the daemon's experimental features",
+                fix='add "experimental": true to /etc/docker/daemon.json and restart dockerd '
+                "(or start it with --experimental)",
+            )
+        )
+    if info.storage_driver == "overlay2":
+        rows.append(CheckResult("storage_driver", True, "overlay2"))
+    else:
+        rows.append(
+            CheckResult(
+                "storage_driver",
+                False,
+                info.storage_driver or "unknown",
+                problem=f"storage driver {info.storage_driver!r} is not supported (overlay2 only "
+                "for now: the container's read-write layer is taken from overlay2's upperdir)",
+                fix='set "storage-driver": "overlay2" in /etc/docker/daemon.json and restart '
+                "dockerd (images and containers of the old driver are not carried over)",
+            )
+        )
+    return rows
+
+
+def check_runc(runc: str | None, info: EngineInfo | None) -> CheckResult:
+    """runc takes the checkpoints (the engine calls it directly) and restores via Docker."""
+    docker_side = f"; docker uses {info.runc_version}" if info and info.runc_version else ""
+    if runc is None:
+        return CheckResult(
+            "runc",
+            False,
+            "not found" + docker_side,
+            problem="runc not found: checkpoints are taken by running runc directly",
+            fix="apt-get install runc (or put the runc Docker uses on PATH)",
+        )
+    version = _runc_version(runc)
+    value = f"{version or 'unknown version'} ({runc}){docker_side}"
+    if info is not None and info.runtime and info.runtime != "runc":
+        return CheckResult(
+            "runc",
+            False,
+            value,
+            problem=f"Docker's default runtime is {info.runtime!r}: only runc is supported",
+            fix='set "default-runtime": "runc" in /etc/docker/daemon.json and restart dockerd',
+        )
+    if version is None:
+        return CheckResult(
+            "runc",
+            False,
+            value,
+            problem=f"`{runc} --version` failed",
+            fix="reinstall runc (apt-get install --reinstall runc)",
+        )
+    return CheckResult("runc", True, value)
+
+
+def check_iptables(path: str | None) -> CheckResult:
+    if path:
+        return CheckResult("iptables_restore", True, path)
+    return CheckResult(
+        "iptables_restore",
+        False,
+        "not found",
+        problem="CRIU locks the container's network with iptables-restore during checkpoint "
+        "and restore",
+        fix="apt-get install iptables",
+    )
+
+
+# --- host ------------------------------------------------------------------------------------
+
+
+def check_disk(name: str, path: Path | None, min_free: int, *, what: str) -> CheckResult:
+    """Free space where ``path`` is (or would be created), warning below ``min_free``."""
+    if path is None:
+        return CheckResult(name, False, "unknown", problem=f"{what} is unknown", required=False)
+    probe = _existing_ancestor(path)
+    if probe is None:
+        return CheckResult(
+            name, False, "unknown", problem=f"cannot find {path} on this host", required=False
+        )
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError as e:
+        return CheckResult(
+            name, False, "unknown", problem=f"cannot measure {path}: {e}", required=False
+        )
+    value = f"{_gib(free)} free ({path})"
+    if free >= min_free:
+        return CheckResult(name, True, value, required=False)
+    return CheckResult(
+        name,
+        False,
+        value,
+        problem=f"less than {_gib(min_free)} free on {what}: checkpoint images and the "
+        "container's files are staged there",
+        fix=f"free space on the filesystem holding {probe}",
+        required=False,
+    )
+
+
+def check_kernel(release: str) -> CheckResult:
+    # Informational: the kernel-specific limits are what the CRIU checks above test.
+    return CheckResult("kernel", True, release or "unknown", required=False)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _engine_info(
+    provider: EngineInfoProvider,
+) -> tuple[EngineInfo | None, MigrateError | None]:
+    try:
+        return provider(), None
+    except MigrateError as e:
+        return None, e
+    except Exception as e:  # a check reports what went wrong, it does not crash
+        log.debug("engine info failed", exc_info=True)
+        return None, EngineUnavailable(f"cannot query the Docker daemon: {e}")
+
+
+# TODO(engine): move to engines/docker.py
+def _docker_info() -> EngineInfo:
+    """EngineInfo of the daemon at DOCKER_HOST, with a timeout short enough for a check."""
+    import docker
+    import requests
+
+    where = os.environ.get("DOCKER_HOST") or "the default socket"
+    try:
+        client = docker.from_env(timeout=int(DOCKER_TIMEOUT_S))
+        try:
+            i = client.info()
+            v = client.version()
+        finally:
+            client.close()
+    except (docker.errors.DockerException, requests.RequestException) as e:
+        raise EngineUnavailable(
+            f"cannot reach the Docker daemon at {where}: {e}",
+            hint="start dockerd (with --experimental), or point DOCKER_HOST at its socket",
+        ) from None
+    runc = next(
+        (str(c.get("Version", "")) for c in v.get("Components") or [] if c.get("Name") == "runc"),
+        "",
+    )
+    return EngineInfo(
+        engine="docker",
+        version=str(v.get("Version", "")),
+        api_version=str(v.get("ApiVersion", "")),
+        experimental=bool(v.get("Experimental", i.get("ExperimentalBuild", False))),
+        storage_driver=str(i.get("Driver", "")),
+        data_root=str(i.get("DockerRootDir", "")),
+        runtime=str(i.get("DefaultRuntime", "")),
+        runc_version=runc,
+        cgroup_version=str(i.get("CgroupVersion", "")),
+        kernel=str(i.get("KernelVersion", "")),
+        os=str(i.get("OperatingSystem", "")),
+        mem_total=int(i.get("MemTotal", 0) or 0),
+        host_name=str(i.get("Name", "")),
+    )
+
+
+def _find_tool(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in SBIN_DIRS:
+        cand = os.path.join(d, name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+def _runc_version(runc: str) -> str | None:
+    try:
+        p = subprocess.run(
+            [runc, "--version"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=TOOL_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.debug("%s --version: %s", runc, e)
+        return None
+    m = re.search(r"runc version (\S+)", p.stdout)
+    return m.group(1) if p.returncode == 0 and m else None
+
+
+def _cap_eff(status: Path = Path("/proc/self/status")) -> int | None:
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _existing_ancestor(path: Path) -> Path | None:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def summarize(results: Iterable[CheckResult]) -> str:
+    """One line: how many checks failed / warned."""
+    rs = list(results)
+    fails = sum(r.status == "fail" for r in rs)
+    warns = sum(r.status == "warn" for r in rs)
+    if fails:
+        return f"not ready: {fails} required check(s) failed, {warns} warning(s)"
+    return f"ready ({warns} warning(s))" if warns else "ready"
