@@ -56,6 +56,126 @@ def version() -> None:
 
 # --- lab (migrate/lab.py) -----------------------------------------------------------------
 
+lab_app = typer.Typer(
+    help="Two sandbox hosts on this machine (netns + dockerd + sshd each). See docs/lab.md.",
+    no_args_is_help=True,
+)
+app.add_typer(lab_app, name="lab")
+
+_LAB_NAME = typer.Option("mlab", "--name", help="Lab name; namespaces are NAME-a and NAME-b.")
+_LAB_SUBNET = typer.Option(
+    None,
+    "--subnet",
+    help="Private IPv4 subnet (default: the one saved by the last `up`, else 10.213.7.0/24);"
+    " host a gets the first address, b the second, the root namespace the last.",
+)
+_LAB_STATE = typer.Option(
+    None, "--state-dir", help="Data roots, keys, logs [default: /var/lib/migrate-lab/NAME]."
+)
+_LAB_RUN = typer.Option(
+    None, "--run-dir", help="Sockets, pidfiles, exec roots [default: /run/migrate-lab/NAME]."
+)
+
+
+def _lab(name: str, subnet: str | None, state_dir: Path | None, run_dir: Path | None) -> Any:
+    from migrate.lab import Lab, resolve_config
+
+    return Lab(resolve_config(name, subnet, state_dir, run_dir))
+
+
+def _print_lab_status(st: Any) -> None:
+    t = Table(title=f"lab {escape(st.name)} ({st.subnet})")
+    for col in ("host", "netns", "address", "daemon", "pid", "", "detail"):
+        t.add_column(col)
+    for h in st.hosts:
+        for d in (h.dockerd, h.sshd):
+            mark = "[green]\u2713[/]" if d.healthy else "[bold red]\u2717[/]"
+            netns = h.netns if h.netns_present else f"{h.netns} (absent)"
+            pid = "-" if d.pid is None else str(d.pid)
+            t.add_row(h.host, netns, h.addr, d.kind, pid, mark, escape(d.detail))
+    out.print(t)
+
+
+@lab_app.command("up")
+def lab_up(
+    name: str = _LAB_NAME,
+    subnet: str | None = _LAB_SUBNET,
+    state_dir: Path | None = _LAB_STATE,
+    run_dir: Path | None = _LAB_RUN,
+) -> None:
+    """Bring the lab up (idempotent: reuses what is healthy, replaces what is stale)."""
+    try:
+        st = _lab(name, subnet, state_dir, run_dir).up()
+    except MigrateError as e:
+        fail(e)
+        return
+    _print_lab_status(st)
+    out.print(f'use it: eval "$(migrate lab env --name {name})"', highlight=False)
+
+
+@lab_app.command("down")
+def lab_down(
+    name: str = _LAB_NAME,
+    state_dir: Path | None = _LAB_STATE,
+    run_dir: Path | None = _LAB_RUN,
+    purge: bool = typer.Option(
+        False, "--purge", help="Also delete the state dir (images, containers, keys, logs)."
+    ),
+) -> None:
+    """Stop the lab's daemons (by pidfile), unmount their leftovers, remove the namespaces."""
+    from migrate.errors import LabError
+
+    try:
+        st = _lab(name, None, state_dir, run_dir).down(purge=purge)
+    except MigrateError as e:
+        fail(e)
+        return
+    if not st.down:
+        _print_lab_status(st)
+        fail(LabError(f"lab {name} is not completely down"))
+    out.print(f"lab {name} is down" + (" (state purged)" if purge else ""), highlight=False)
+
+
+@lab_app.command("status")
+def lab_status(
+    name: str = _LAB_NAME,
+    state_dir: Path | None = _LAB_STATE,
+    run_dir: Path | None = _LAB_RUN,
+    as_json: bool = typer.Option(False, "--json", help="Print only JSON on stdout."),
+) -> None:
+    """Is each host's dockerd and sshd healthy? Exit 0 if all are, 1 if not."""
+    import dataclasses
+
+    try:
+        st = _lab(name, None, state_dir, run_dir).status()
+    except MigrateError as e:
+        fail(e)
+        return
+    if as_json:
+        out.print_json(data={**dataclasses.asdict(st), "healthy": st.healthy})
+    else:
+        _print_lab_status(st)
+    if not st.healthy:
+        raise typer.Exit(1)
+
+
+@lab_app.command("env")
+def lab_env(
+    name: str = _LAB_NAME,
+    state_dir: Path | None = _LAB_STATE,
+    run_dir: Path | None = _LAB_RUN,
+) -> None:
+    """Print shell exports for the lab: eval "$(migrate lab env)"."""
+    from migrate.lab import shell_exports
+
+    try:
+        env = _lab(name, None, state_dir, run_dir).env()
+    except MigrateError as e:
+        fail(e)
+        return
+    sys.stdout.write(shell_exports(env))
+
+
 # --- check (migrate/check.py) -------------------------------------------------------------
 
 _CHECK_MARKS = {"ok": "[green]\u2713[/]", "fail": "[bold red]\u2717[/]", "warn": "[yellow]![/]"}
@@ -284,6 +404,38 @@ def agent(
     from migrate.agent import run_agent
 
     raise typer.Exit(run_agent(docker_host))
+
+
+@app.command()
+def demo(name: str = _LAB_NAME) -> None:
+    """Bring up the sandbox lab and migrate a demo container from host a to host b.
+
+    Placeholder: brings the lab up and imports the demo image; the demo migration itself is
+    not written yet.
+    """
+    from migrate.lab_images import ensure_busybox_image
+
+    lab = _lab(name, None, None, None)
+    try:
+        st = lab.up()
+        image = ensure_busybox_image(lab.host("a").docker_host)
+    except MigrateError as e:
+        fail(e)
+        return
+    _print_lab_status(st)
+    out.print(
+        f"image {image.tag} is on host a. [yellow]The demo migration is not written yet.[/]\n"
+        f"Try it by hand:\n"
+        f'  eval "$(migrate lab env --name {name})"\n'
+        f"  nsenter --net=/run/netns/$MIGRATE_LAB_A_NETNS env DOCKER_HOST=$MIGRATE_LAB_A_DOCKER_HOST"
+        f" /usr/bin/docker run -d --name counter {image.tag} sh -c 'i=0; while :; do"
+        f" i=$((i+1)); echo $i; sleep 1; done'\n"
+        f"  nsenter --net=/run/netns/$MIGRATE_LAB_A_NETNS env DOCKER_HOST=$MIGRATE_LAB_A_DOCKER_HOST"
+        f" migrate run counter --to $MIGRATE_LAB_B_URL --identity $MIGRATE_LAB_KEY"
+        f' --known-hosts $MIGRATE_LAB_KNOWN_HOSTS --agent-command "$MIGRATE_AGENT_COMMAND"',
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { echo "setup must run as root (it installs packages and builds CRIU)" >&2; exit 2; }
 
-SYS_PKGS=(docker.io containerd runc iptables openssh-server openssh-client iproute2 busybox-static
+SYS_PKGS=(python3 python3-venv docker.io containerd runc iptables openssh-server openssh-client iproute2 busybox-static
   gcc make zstd procps psmisc kmod ca-certificates dpkg-dev
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev pkgconf protobuf-c-compiler protobuf-compiler
