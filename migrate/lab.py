@@ -644,16 +644,20 @@ class Lab:
         detail = ""
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                detail = f"exited with {proc.returncode}"
+                last = " ".join(tail(p.sshd_log).strip().splitlines()[-2:])
+                detail = f"exited with {proc.returncode}: {last}"
                 break
-            ok, detail = self._ssh_banner(h)
-            if ok:
-                log.info("lab %s/%s: started sshd %d", c.name, h, proc.pid)
-                return
+            # sshd writes its pidfile once it listens: only then is the banner surely its own.
+            if read_pid(p.sshd_pidfile) == proc.pid:
+                ok, detail = self._ssh_banner(h)
+                if ok:
+                    log.info("lab %s/%s: started sshd %d", c.name, h, proc.pid)
+                    return
             time.sleep(POLL_S)
         raise LabError(
             f"lab {c.name}/{h}: sshd did not come up ({detail})",
-            hint=f"see {p.sshd_log}",
+            hint=f"see {p.sshd_log}; if the address is in use, find the listener with "
+            f"`nsenter --net={NETNS_DIR / c.netns(h)} ss -ltnp`",
             details={"log_tail": tail(p.sshd_log)},
         )
 
