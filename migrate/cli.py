@@ -70,10 +70,10 @@ _LAB_SUBNET = typer.Option(
     " host a gets the first address, b the second, the root namespace the last.",
 )
 _LAB_STATE = typer.Option(
-    None, "--state-dir", help="Data roots, keys, logs [default: /var/lib/migrate-lab/NAME]."
+    None, "--state-dir", help="Data roots, keys, logs (default: /var/lib/migrate-lab/NAME)."
 )
 _LAB_RUN = typer.Option(
-    None, "--run-dir", help="Sockets, pidfiles, exec roots [default: /run/migrate-lab/NAME]."
+    None, "--run-dir", help="Sockets, pidfiles, exec roots (default: /run/migrate-lab/NAME)."
 )
 
 
