@@ -17,12 +17,9 @@ MIGRATE = ROOT / ".venv" / "bin" / "migrate"
 
 
 @pytest.fixture(scope="module")
-def docker_host() -> str:
-    # TODO(lab): take DOCKER_HOST from the lab fixture in tests/conftest.py once it is final.
-    host = os.environ.get("MIGRATE_TEST_DOCKER_HOST", "")
-    if not host:
-        pytest.skip("set MIGRATE_TEST_DOCKER_HOST to a dockerd started with --experimental")
-    return host
+def docker_host(lab) -> str:  # type: ignore[no-untyped-def]
+    """Lab host A's daemon (or MIGRATE_TEST_DOCKER_HOST to point at another one)."""
+    return os.environ.get("MIGRATE_TEST_DOCKER_HOST") or lab.host("a").docker_host
 
 
 def test_check_ready_against_real_dockerd(docker_host: str) -> None:

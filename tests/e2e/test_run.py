@@ -1,0 +1,113 @@
+"""`migrate run` between the two lab hosts over real SSH (issue: live migration)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+COUNTER = (
+    "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "sleep 0.1; done"
+)
+
+
+def _count(client: Any, name: str) -> int:
+    out = client.containers.get(name).exec_run(["cat", "/tmp/count"]).output
+    return int(out.decode().strip() or 0)
+
+
+@pytest.fixture
+def counter_image(lab: Any, test_image: str) -> str:
+    from migrate.lab_images import build_image
+
+    tag = "migrate-test/counter:1"
+    build_image(
+        lab.host("a").docker_host,
+        tag,
+        base=test_image,
+        files={"/etc/deleteme": b"gone soon\n", "/etc/motd": b"hello\n"},
+    )
+    return tag
+
+
+def _start_counter(docker_a: Any, name: str, image: str) -> None:
+    docker_a.containers.run(image, ["sh", "-c", COUNTER], name=name, detach=True,
+                            environment={"SECRET": "s3"}, labels={"app": "counter"})
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _count(docker_a, name) >= 20:
+                return
+        except (ValueError, Exception):  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("counter did not start")
+
+
+def test_counter_and_files_resume_on_b(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, counter_image: str,
+) -> None:
+    _start_counter(docker_a, container_name, counter_image)
+    before = _count(docker_a, container_name)
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["status"] == "migrated"
+    assert rep["downtime_s"] > 0 and rep["bytes"]["checkpoint"] > 0
+    c = docker_b.containers.get(container_name)
+    assert c.status == "running"
+    after = _count(docker_b, container_name)
+    assert after >= before, "the counter restarted instead of continuing"
+    time.sleep(0.5)
+    assert _count(docker_b, container_name) > after, "the counter stopped"
+    assert c.exec_run(["cat", "/created"]).output == b"new\n"
+    assert c.exec_run(["cat", "/etc/motd"]).output == b"hello\nchanged\n"
+    assert c.exec_run(["ls", "/etc/deleteme"]).exit_code != 0
+    assert "SECRET=s3" in c.attrs["Config"]["Env"]
+    assert c.attrs["Config"]["Labels"]["app"] == "counter"
+    assert not docker_a.containers.list(all=True, filters={"name": container_name})
+
+
+def test_missing_container_is_refused(migrate_on_a: Any, migrate_args: list[str]) -> None:
+    p = migrate_on_a("run", "no-such-container-xyz", *migrate_args)
+    assert p.returncode == 3
+    assert "no container" in p.stderr
+
+
+def test_unknown_host_key_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
+    test_image: str, tmp_path: Any,
+) -> None:
+    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    kh = tmp_path / "empty_known_hosts"
+    kh.write_text("")
+    args = list(migrate_args)
+    args[args.index("--known-hosts") + 1] = str(kh)
+    p = migrate_on_a("run", container_name, *args)
+    assert p.returncode == 3, p.stderr
+    assert "SHA256:" in p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+
+
+@pytest.mark.parametrize("fault", ["agent:restore_fail", "agent:exit_mid_stream"])
+def test_fault_rolls_back(
+    fault: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, counter_image: str,
+) -> None:
+    _start_counter(docker_a, container_name, counter_image)
+    before = _count(docker_a, container_name)
+    p = migrate_on_a("run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": fault})
+    assert p.returncode == 1, p.stderr
+    assert "Rolled back" in p.stderr
+    if fault == "agent:restore_fail":
+        assert "CRIU log" in p.stderr
+    c = docker_a.containers.get(container_name)
+    assert c.status == "running"
+    time.sleep(0.5)
+    assert _count(docker_a, container_name) > before
+    assert not docker_b.containers.list(all=True, filters={"name": container_name})
