@@ -111,3 +111,37 @@ def test_fault_rolls_back(
     time.sleep(0.5)
     assert _count(docker_a, container_name) > before
     assert not docker_b.containers.list(all=True, filters={"name": container_name})
+
+
+def test_tcp_server_answers_on_b(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, run_on_b: Any,
+) -> None:
+    docker_a.containers.run(
+        test_image,
+        ["sh", "-c", "mkdir -p /www; echo served-from-memory > /www/index.html; "
+         "exec httpd -f -p 80 -h /www"],
+        name=container_name, detach=True,
+    )  # fmt: skip
+    time.sleep(1)
+    p = migrate_on_a("run", container_name, *migrate_args)
+    assert p.returncode == 0, p.stderr
+    c = docker_b.containers.get(container_name)
+    ip = c.attrs["NetworkSettings"]["IPAddress"]
+    assert ip
+    r = run_on_b(["busybox", "wget", "-qO-", f"http://{ip}/"], timeout=30)
+    assert r.stdout.strip() == "served-from-memory", r.stderr
+
+
+def test_demo_runs_twice(lab: Any) -> None:
+    import subprocess
+
+    from migrate.lab_config import migrate_executable
+
+    for _ in range(2):
+        p = subprocess.run(
+            [str(migrate_executable()), "demo", "--name", lab.config.name],
+            capture_output=True, text=True, timeout=600, check=False,
+        )
+        assert p.returncode == 0, p.stderr + p.stdout
+        assert "kept counting" in p.stdout
