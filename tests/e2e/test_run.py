@@ -145,3 +145,86 @@ def test_demo_runs_twice(lab: Any) -> None:
         )
         assert p.returncode == 0, p.stderr + p.stdout
         assert "kept counting" in p.stdout
+
+
+def test_image_sent_only_when_missing(
+    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:
+    from migrate.lab_images import build_image, remove_image
+
+    tag = "migrate-test/only-on-a:1"
+    build_image(lab.host("a").docker_host, tag, base=test_image, files={"/marker": b"x" * 4096})
+    remove_image(lab.host("b").docker_host, tag)
+    docker_a.containers.run(tag, ["sleep", "1000"], name=container_name, detach=True)
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["bytes"]["image"] > 0  # absent on B: transferred
+    assert docker_b.containers.get(container_name).exec_run(["cat", "/marker"]).output == b"x" * 4096
+    docker_b.containers.get(container_name).remove(force=True)
+    docker_a.containers.run(tag, ["sleep", "1000"], name=container_name, detach=True)
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["bytes"]["image"] == 0  # present on B: not sent
+
+
+def test_config_survives_under_a_new_name(
+    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:
+    new = container_name + "-moved"
+    docker_a.containers.run(
+        test_image, ["sleep 1000"], entrypoint=["sh", "-c"], name=container_name, detach=True,
+        environment={"A": "1"}, labels={"tier": "web"}, working_dir="/tmp", user="0:0",
+        restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
+        ports={"80/tcp": 18080}, mem_limit="64m", nano_cpus=500_000_000,
+    )  # fmt: skip
+    want = docker_a.containers.get(container_name).attrs
+    try:
+        p = migrate_on_a("run", container_name, *migrate_args, "--name", new)
+        assert p.returncode == 0, p.stderr
+        got = docker_b.containers.get(new).attrs
+        for key in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "Hostname"):
+            assert got["Config"][key] == want["Config"][key], key
+        for key in ("RestartPolicy", "NetworkMode", "PortBindings", "Memory", "NanoCpus"):
+            assert got["HostConfig"][key] == want["HostConfig"][key], key
+        assert got["State"]["Running"]
+    finally:
+        for client in (docker_a, docker_b):
+            for c in client.containers.list(all=True, filters={"name": new}):
+                c.remove(force=True)
+
+
+def test_name_taken_on_b_rolls_back(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, counter_image: str, test_image: str,
+) -> None:
+    _start_counter(docker_a, container_name, counter_image)
+    docker_b.containers.create(test_image, ["true"], name=container_name)
+    p = migrate_on_a("run", container_name, *migrate_args)
+    assert p.returncode == 3, p.stderr  # the precheck sees it: nothing touched
+    # Taken after the precheck (a race): docker create on B refuses, the source rolls back.
+    p = migrate_on_a(
+        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:skip_name_check"}
+    )
+    assert p.returncode == 1, p.stderr
+    assert "already exists" in p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+    assert docker_b.containers.get(container_name).status == "created"  # the other one, untouched
+
+
+def test_older_criu_on_destination_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, test_image: str, tmp_path: Any,
+) -> None:
+    fake = tmp_path / "criu"
+    fake.write_text("#!/bin/sh\necho 'Version: 4.1.0'\n")
+    fake.chmod(0o755)
+    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    args = list(migrate_args)
+    i = args.index("--agent-command") + 1
+    args[i] = f"env MIGRATE_CRIU={fake} {args[i]}"
+    p = migrate_on_a("run", container_name, *args)
+    assert p.returncode == 3, p.stderr
+    assert "older" in p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
