@@ -19,6 +19,7 @@ import fcntl
 import os
 import platform
 import shutil
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -146,8 +147,8 @@ def main() -> None:
             dst = work / "dst-gnu"
             dst.mkdir()
             cmd = (
-                f"tar --xattrs --sparse -cf - -C {src} . | "
-                f"tar --xattrs --xattrs-include='*' -xf - -C {dst}"
+                f"tar --xattrs --sparse -cf - -C {shlex.quote(str(src))} . | "
+                f"tar --xattrs --xattrs-include='*' -xf - -C {shlex.quote(str(dst))}"
             )
             t, _ = timed(lambda: subprocess.run(cmd, shell=True, check=True))
             rows.append(("GNU tar c \\| tar x (reference)", t, mbps(t)))

@@ -483,44 +483,11 @@ def _engine_info(
         return None, EngineUnavailable(f"cannot query the Docker daemon: {e}")
 
 
-# TODO(engine): move to engines/docker.py
 def _docker_info() -> EngineInfo:
     """EngineInfo of the daemon at DOCKER_HOST, with a timeout short enough for a check."""
-    import docker
-    import requests
+    from migrate.engines.docker import DockerEngine
 
-    where = os.environ.get("DOCKER_HOST") or "the default socket"
-    try:
-        client = docker.from_env(timeout=int(DOCKER_TIMEOUT_S))
-        try:
-            i = client.info()
-            v = client.version()
-        finally:
-            client.close()
-    except (docker.errors.DockerException, requests.RequestException) as e:
-        raise EngineUnavailable(
-            f"cannot reach the Docker daemon at {where}: {e}",
-            hint="start dockerd (with --experimental), or point DOCKER_HOST at its socket",
-        ) from None
-    runc = next(
-        (str(c.get("Version", "")) for c in v.get("Components") or [] if c.get("Name") == "runc"),
-        "",
-    )
-    return EngineInfo(
-        engine="docker",
-        version=str(v.get("Version", "")),
-        api_version=str(v.get("ApiVersion", "")),
-        experimental=bool(v.get("Experimental", i.get("ExperimentalBuild", False))),
-        storage_driver=str(i.get("Driver", "")),
-        data_root=str(i.get("DockerRootDir", "")),
-        runtime=str(i.get("DefaultRuntime", "")),
-        runc_version=runc,
-        cgroup_version=str(i.get("CgroupVersion", "")),
-        kernel=str(i.get("KernelVersion", "")),
-        os=str(i.get("OperatingSystem", "")),
-        mem_total=int(i.get("MemTotal", 0) or 0),
-        host_name=str(i.get("Name", "")),
-    )
+    return DockerEngine(timeout=int(DOCKER_TIMEOUT_S)).info()
 
 
 def _find_tool(name: str) -> str | None:

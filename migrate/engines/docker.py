@@ -58,12 +58,12 @@ _DROP_HOSTCONFIG = ("ContainerIDFile",)
 class DockerEngine:
     name = "docker"
 
-    def __init__(self, base_url: str | None = None) -> None:
+    def __init__(self, base_url: str | None = None, *, timeout: int = API_TIMEOUT) -> None:
         try:
             if base_url:
-                self.client = docker.DockerClient(base_url=base_url, timeout=API_TIMEOUT)
+                self.client = docker.DockerClient(base_url=base_url, timeout=timeout)
             else:
-                self.client = docker.from_env(timeout=API_TIMEOUT)
+                self.client = docker.from_env(timeout=timeout)
             self.api = self.client.api
             self.api.ping()
         except (docker.errors.DockerException, requests.RequestException) as e:
@@ -342,7 +342,7 @@ class DockerEngine:
         """runc's state root for a running container: from its shim's options.json."""
         try:
             status = Path(f"/proc/{pid}/status").read_text()
-            ppid = int(re.search(r"^PPid:\s*(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+            ppid = int(re.search(r"^PPid:\s*(\d+)", status, re.MULTILINE).group(1))  # type: ignore[union-attr]
             bundle = Path(os.readlink(f"/proc/{ppid}/cwd"))
             opts = json.loads((bundle / "options.json").read_text())
             ns = bundle.parent.name  # .../io.containerd.runtime.v2.task/<namespace>/<id>
@@ -372,7 +372,7 @@ class DockerEngine:
         ]  # fmt: skip
         log.debug("checkpoint: %s", argv)
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT)
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False)
         except subprocess.TimeoutExpired:
             raise CheckpointFailed(
                 f"CRIU dump of {st.name} did not finish in {RUNC_TIMEOUT} s",
@@ -395,7 +395,7 @@ class DockerEngine:
         """dockerd's --exec-root: from the process that serves our API socket."""
         base = str(self.api.base_url)
         sock = ""
-        if base.startswith("http+docker://") or base.startswith("unix"):
+        if base.startswith(("http+docker://", "unix")):
             adapter = self.api.get_adapter(base)
             sock = str(getattr(adapter, "socket_path", "") or "")
         pid = _socket_owner(sock) if sock else None
