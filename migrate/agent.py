@@ -25,7 +25,6 @@ from migrate.errors import (
     CriuUnavailable,
     EngineUnavailable,
     Incompatible,
-    InjectedFault,
     MigrateError,
     NameConflict,
     ProtocolError,
@@ -33,6 +32,7 @@ from migrate.errors import (
 )
 from migrate.journal import Journal
 from migrate.protocol import (
+    KIND_CONTROL,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Connection,
@@ -42,7 +42,6 @@ from migrate.protocol import (
     response_message,
     validate_request,
 )
-from migrate.protocol import KIND_CONTROL
 
 log = logging.getLogger(__name__)
 

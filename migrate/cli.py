@@ -31,9 +31,11 @@ err = Console(stderr=True)
 
 def fail(e: MigrateError) -> None:
     """Print an error with its hint and exit with its code."""
-    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {escape(e.message)}", highlight=False)
+    # soft_wrap: a message is one line in a log or a pipe, whatever the console width.
+    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {escape(e.message)}", highlight=False,
+              soft_wrap=True)  # fmt: skip
     if e.hint:
-        err.print(f"[bold]fix[/]: {escape(e.hint)}", highlight=False)
+        err.print(f"[bold]fix[/]: {escape(e.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
 
 
@@ -424,7 +426,7 @@ def demo(name: str = _LAB_NAME) -> None:
     except MigrateError as e:
         fail(e)
         return
-    from migrate.report import Report, Bytes
+    from migrate.report import Bytes, Report
 
     r = res.report
     rep = Report(

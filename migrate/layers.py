@@ -964,7 +964,7 @@ class _Parser:
                     break
             if len(numbers) < wanted and len(text) > 20:
                 raise self._invalid("malformed sparse map", name)
-        segments = tuple(zip(numbers[1::2], numbers[2::2]))
+        segments = tuple(zip(numbers[1::2], numbers[2::2], strict=False))
         pos = 0
         for offset, length in segments:
             if offset < pos or offset + length > apparent:

@@ -8,11 +8,28 @@ from typing import Any
 
 import pytest
 
+from migrate.lab import migrate_executable
+
 COUNTER = (
     "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
     "sleep 0.1; done"
 )
+
+
+@pytest.fixture(params=["ssh", "local"])
+def transport_args(request: Any, lab: Any, lab_env: dict[str, str],
+                   migrate_args: list[str]) -> list[str]:  # fmt: skip
+    """The `--to ...` options for each transport: SSH to B, or `local://` with the agent as a
+    subprocess on pipes, started in B's network namespace against B's daemon."""
+    if request.param == "ssh":
+        return migrate_args
+    netns = lab_env["MIGRATE_LAB_B_NETNS"]
+    return [
+        "--to", "local://",
+        "--agent-command", f"nsenter --net=/run/netns/{netns} {migrate_executable()} agent",
+        "--dest-docker-host", lab.host("b").docker_host,
+    ]  # fmt: skip
 
 
 def _count(client: Any, name: str) -> int:
@@ -49,12 +66,12 @@ def _start_counter(docker_a: Any, name: str, image: str) -> None:
 
 
 def test_counter_and_files_resume_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    migrate_on_a: Any, transport_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, counter_image: str,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     before = _count(docker_a, container_name)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    p = migrate_on_a("run", container_name, *transport_args, "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["status"] == "migrated"
@@ -96,12 +113,12 @@ def test_unknown_host_key_is_refused(
 
 @pytest.mark.parametrize("fault", ["agent:restore_fail", "agent:exit_mid_stream"])
 def test_fault_rolls_back(
-    fault: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    fault: str, migrate_on_a: Any, transport_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, counter_image: str,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     before = _count(docker_a, container_name)
-    p = migrate_on_a("run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": fault})
+    p = migrate_on_a("run", container_name, *transport_args, env_extra={"MIGRATE_FAULTS": fault})
     assert p.returncode == 1, p.stderr
     assert "Rolled back" in p.stderr
     if fault == "agent:restore_fail":

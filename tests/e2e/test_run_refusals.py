@@ -1,0 +1,120 @@
+"""`migrate run` refuses before touching anything (exit 3, with the fix): a container that is
+not running, a destination daemon without experimental features."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate.lab import docker_client
+from migrate.lab_config import DOCKERD
+from migrate.lab_sys import read_pid, stop_pid
+
+UNSHARE = "/usr/bin/unshare"
+
+
+def _nothing_on(client: Any, name: str) -> bool:
+    return not client.containers.list(all=True, filters={"name": name})
+
+
+@pytest.mark.parametrize("state", ["exited", "created", "paused"])
+def test_container_not_running_is_refused(
+    state: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    if state == "created":
+        docker_a.containers.create(test_image, ["sleep", "1000"], name=container_name)
+    else:
+        c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name,
+                                    detach=True)  # fmt: skip
+        if state == "exited":
+            c.kill()
+            c.wait(timeout=30)
+        else:
+            c.pause()
+    p = migrate_on_a("run", container_name, *migrate_args)
+    assert p.returncode == 3, p.stderr
+    assert f"is {state}" in p.stderr and "only running containers migrate" in p.stderr
+    assert "docker start" in p.stderr or "unpause" in p.stderr  # the fix
+    assert docker_a.containers.get(container_name).status == state  # untouched
+    assert _nothing_on(docker_b, container_name)
+
+
+@pytest.fixture
+def plain_dockerd_b(lab: Any) -> Iterator[str]:
+    """A second dockerd for host B, started WITHOUT --experimental: its own data root, exec
+    root and socket, and a network namespace of its own (dockerd owns docker0 in its
+    namespace: `--bridge none` in B's would delete B's bridge). The agent reaches it through
+    the unix socket. Yields its DOCKER_HOST; stopped by pidfile afterwards."""
+    root = Path(f"/run/migrate-test-plain-{lab.config.name}")
+    if root.exists():  # leftovers of an interrupted run
+        _stop_plain(root)
+        shutil.rmtree(root, ignore_errors=True)
+    for d in ("data", "exec"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "daemon.json").write_text("{}\n")
+    sock = root / "docker.sock"
+    argv = [
+        str(DOCKERD), "--config-file", str(root / "daemon.json"),
+        "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
+        "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
+        "--iptables=false", "--ip-masq=false",
+    ]  # fmt: skip
+    with open(root / "dockerd.log", "ab") as logf:
+        subprocess.Popen(
+            [UNSHARE, "--net", "--", *argv],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )  # fmt: skip
+    host = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(Exception):
+                client = docker_client(host, timeout=5)
+                try:
+                    if client.ping():
+                        break
+                finally:
+                    client.close()
+            if time.monotonic() > deadline:
+                raise AssertionError((root / "dockerd.log").read_text()[-2000:])
+            time.sleep(0.3)
+        yield host
+    finally:
+        _stop_plain(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop_plain(root: Path) -> None:
+    # dockerd stops its containerd on SIGTERM; a containerd left by a killed dockerd is
+    # stopped from its own pidfile.
+    for pidfile in (root / "docker.pid", root / "exec" / "containerd" / "containerd.pid"):
+        pid = read_pid(pidfile)
+        if pid is not None:
+            stop_pid(pid, f"test dockerd ({pidfile.name})")
+
+
+def test_destination_daemon_not_experimental_is_refused(
+    plain_dockerd_b: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, test_image: str,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    p = migrate_on_a("run", container_name, *migrate_args, "--dest-docker-host", plain_dockerd_b)
+    assert p.returncode == 3, p.stderr
+    assert "not running with experimental features" in p.stderr
+    assert "experimental" in p.stderr.split("not running with experimental features", 1)[1]
+    assert docker_a.containers.get(container_name).status == "running"
+    client = docker_client(plain_dockerd_b, timeout=30)
+    try:
+        assert client.containers.list(all=True) == []
+        assert client.images.list() == []  # not even the image was sent
+    finally:
+        client.close()
