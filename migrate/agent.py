@@ -7,6 +7,7 @@ an ``abort`` or a lost connection makes it delete everything it created.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import platform
@@ -206,6 +207,15 @@ class Agent:
             )
         ContainerSpec.from_wire(spec)  # validates the shape
         return {"ok": True}
+
+    def h_cpuinfo_check(self, *, image_b64: str) -> dict[str, Any]:
+        """Would a checkpoint taken on the source (its ``cpuinfo.img``) restore on this CPU?"""
+        try:
+            image = base64.b64decode(image_b64, validate=True)
+        except ValueError as e:
+            raise ProtocolError(f"cpuinfo_check: image is not base64: {e}") from e
+        res = criu.cpuinfo_compatible(image)
+        return {"ok": res.ok, "output": res.output}
 
     def h_image_status(self, *, image_id: str, diff_ids: list[Any]) -> dict[str, Any]:
         img = self.engine.image(image_id)

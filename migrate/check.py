@@ -10,6 +10,7 @@ checks never see Docker's JSON and tests can pass any answer.
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import platform
@@ -18,14 +19,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate import criu
+from migrate import __version__, criu
 from migrate.engines.base import EngineInfo
-from migrate.errors import EngineUnavailable, MigrateError, UsageError
+from migrate.errors import EngineUnavailable, MigrateError
 from migrate.journal import DEFAULT_DIR
 
 log = logging.getLogger(__name__)
@@ -150,13 +151,100 @@ def run_checks(
     return CheckReport(tuple(results), host=socket.gethostname())
 
 
-def check_remote(destination: str) -> CheckReport:
-    """Run the checks on ``destination`` over SSH (through the agent) and compare it with this
-    host (CRIU versions, ``criu cpuinfo check``). Not wired yet."""
-    raise UsageError(
-        f"checking a destination ({destination}) is not supported yet",
-        hint="run `migrate check` on the destination host itself",
+def check_destination(conn: Any) -> CheckReport:
+    """The destination's readiness, asked of its agent over ``conn`` (a protocol Connection):
+    its handshake (CRIU, Docker, disk) and whether a checkpoint taken here restores on its CPU.
+    """
+    from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+
+    hello = conn.call(
+        "hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
+        software=__version__, faults=[],
+    )  # fmt: skip
+    local = criu.capabilities(criu.find_criu(), probe_features=False)
+    cpu: dict[str, Any] | None = None
+    if local.path is not None:
+        try:
+            image = criu.cpuinfo_image(local.path)
+        except MigrateError:
+            cpu = None  # this host's own check reports its CRIU problem
+        else:
+            cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
+    return CheckReport(
+        tuple(destination_results(hello, cpu, local.version)),
+        host=str(hello.get("hostname") or ""),
     )
+
+
+def destination_results(
+    hello: Mapping[str, Any],
+    cpu: Mapping[str, Any] | None,
+    local_criu: tuple[int, int, int] | None,
+) -> list[CheckResult]:
+    """Rows for the destination from its agent's answers (pure, for unit tests)."""
+    rows = [CheckResult("agent", True, f"migrate {hello.get('software')}, "
+                        f"protocol {hello.get('protocol')}, kernel {hello.get('kernel')}")]  # fmt: skip
+    version = hello.get("criu_version")
+    theirs = tuple(version) if isinstance(version, list) and len(version) == 3 else None
+    need = "{}.{}".format(*criu.MIN_CRIU[:2])
+    fix = "run `make setup` on the destination (it builds CRIU >= " + need + ")"
+    if theirs is None:
+        rows.append(CheckResult("criu", False, "not found", problem="no usable criu", fix=fix))
+    elif theirs < criu.MIN_CRIU:
+        rows.append(CheckResult("criu", False, criu.format_version(theirs),
+                                problem=f"CRIU >= {need} is needed", fix=fix))  # fmt: skip
+    elif local_criu is not None and theirs < local_criu:
+        rows.append(CheckResult(
+            "criu", False, criu.format_version(theirs),
+            problem=f"older than this host's {criu.format_version(local_criu)}: it may not "
+            "read this host's checkpoint images",
+            fix="install the same CRIU on both hosts (`make setup`)",
+        ))  # fmt: skip
+    else:
+        rows.append(CheckResult("criu", True, criu.format_version(theirs)))
+    rows.append(CheckResult(
+        "criu_check", bool(hello.get("criu_ok")), "passed" if hello.get("criu_ok") else "failed",
+        problem="" if hello.get("criu_ok") else "`criu check` fails on the destination",
+        fix="" if hello.get("criu_ok") else "run `migrate check` on the destination for details",
+    ))  # fmt: skip
+    engine = hello.get("engine")
+    if isinstance(engine, Mapping):
+        info = EngineInfo(
+            engine=str(engine.get("engine") or "docker"),
+            version=str(engine.get("version") or ""),
+            api_version="",
+            experimental=bool(engine.get("experimental")),
+            storage_driver=str(engine.get("storage_driver") or ""),
+            data_root="", runtime="", runc_version="", cgroup_version="", kernel="", os="",
+            mem_total=int(engine.get("mem_total") or 0), host_name="",
+        )  # fmt: skip
+        rows.append(CheckResult("docker", True, f"{info.engine} {info.version}"))
+        rows += [r for r in check_engine(info, None) if r.name != "docker"]
+    else:
+        found = hello.get("engine_error")
+        err: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        rows.append(CheckResult(
+            "docker", False, "unreachable", problem=str(err.get("message") or "no answer"),
+            fix=str(err.get("hint") or "start dockerd --experimental on the destination"),
+        ))  # fmt: skip
+    free = hello.get("free_disk")
+    if isinstance(free, int):
+        value = f"{_gib(free)} free (Docker's data root)"
+        rows.append(CheckResult(
+            "disk_data_root", free >= MIN_FREE_BYTES, value, required=False,
+            problem="" if free >= MIN_FREE_BYTES else f"less than {_gib(MIN_FREE_BYTES)} free: "
+            "image layers, the container's files and checkpoint images land there",
+            fix="" if free >= MIN_FREE_BYTES else "free space on the destination",
+        ))  # fmt: skip
+    if cpu is not None:
+        ok = bool(cpu.get("ok"))
+        rows.append(CheckResult(
+            "cpu", ok, "compatible" if ok else "incompatible",
+            problem="" if ok else "a checkpoint taken here would not restore there (CPU "
+            "features missing): " + str(cpu.get("output") or ""),
+            fix="" if ok else "migrate between hosts with the same CPU features",
+        ))  # fmt: skip
+    return rows
 
 
 # --- CRIU ------------------------------------------------------------------------------------

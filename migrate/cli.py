@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -183,52 +184,100 @@ def lab_env(
 _CHECK_MARKS = {"ok": "[green]\u2713[/]", "fail": "[bold red]\u2717[/]", "warn": "[yellow]![/]"}
 
 
+_SSH_IDENTITY = typer.Option(None, "--identity", "-i", help="SSH private key.")
+_SSH_KNOWN_HOSTS = typer.Option(
+    None, "--known-hosts", help="known_hosts file to verify the destination's host key."
+)
+_SSH_ACCEPT_NEW = typer.Option(
+    False, "--accept-new-host-key", help="Trust and record an unknown host key (first use)."
+)
+_AGENT_COMMAND = typer.Option(
+    "migrate agent", "--agent-command", help="How to start the agent on the destination."
+)
+_DEST_DOCKER_HOST = typer.Option(
+    None, "--dest-docker-host", help="DOCKER_HOST for the agent on the destination."
+)
+
+
 @app.command()
 def check(
     to: str | None = typer.Option(
-        None, "--to", help="Also check the destination ssh://[USER@]HOST[:PORT] (not yet)."
+        None, "--to", help="Also check the destination ssh://[USER@]HOST[:PORT] (or local://), "
+        "through its agent: CRIU, Docker, disk, and whether this host's CPU features are there."
     ),
+    identity: Path | None = _SSH_IDENTITY,
+    known_hosts: Path | None = _SSH_KNOWN_HOSTS,
+    accept_new_host_key: bool = _SSH_ACCEPT_NEW,
+    agent_command: str = _AGENT_COMMAND,
+    dest_docker_host: str | None = _DEST_DOCKER_HOST,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
 ) -> None:
-    """Is this host ready to migrate containers: CRIU, Docker, runc, kernel, disk.
+    """Is this host (and the destination) ready to migrate containers: CRIU, Docker, runc,
+    kernel, CPU, disk.
 
     Every problem comes with the fix to apply. Exit codes: 0 ready (warnings allowed);
-    3 a required check failed; 2 bad usage.
+    3 a required check failed (here or on the destination) or the destination is unreachable;
+    2 bad usage.
     """
-    from migrate.check import check_remote, run_checks, summarize
+    from migrate.check import check_destination, run_checks
     from migrate.errors import EXIT_REFUSED
+    from migrate.protocol import Connection
 
+    dest = None
     try:
-        if to is not None:
-            check_remote(to)
+        factory = None
+        if to is not None:  # a bad --to is refused before anything runs
+            factory = _channel_factory(
+                to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
+            )
         report = run_checks()
+        if factory is not None:
+            conn = Connection(factory(), timeout=120.0)
+            try:
+                dest = check_destination(conn)
+                conn.call("bye")
+            finally:
+                conn.close()
     except MigrateError as e:
         if as_json:
             out.print_json(data={"ready": False, "error": e.to_wire()})
         fail(e)
         return
+    ready = report.ready and (dest is None or dest.ready)
     if as_json:
-        out.print_json(data=report.to_json())
+        data = report.to_json()
+        if dest is not None:
+            data["destination"] = dest.to_json()
+            data["ready"] = ready
+        out.print_json(data=data)
     else:
-        t = Table(title=f"migrate check: {escape(report.host)}")
-        t.add_column("check", style="bold")
-        t.add_column("", justify="center")
-        t.add_column("value", overflow="fold")
-        t.add_column("fix", overflow="fold")
-        for r in report.results:
-            value = escape(r.value)
-            if r.problem:
-                # CRIU's output can run long; the JSON report carries all of it.
-                lines = r.problem.splitlines()
-                problem = "\n".join(lines[-4:]) if len(lines) > 4 else r.problem
-                colour = "red" if r.status == "fail" else "yellow"
-                value += f"\n[{colour}]{escape(problem)}[/]"
-            t.add_row(r.name, _CHECK_MARKS[r.status], value, escape(r.fix))
-        out.print(t)
-        colour = "green" if report.ready else "bold red"
-        out.print(f"[{colour}]{escape(summarize(report.results))}[/]", highlight=False)
-    if not report.ready:
+        _print_checks(report, f"migrate check: {report.host}")
+        if dest is not None:
+            _print_checks(dest, f"destination {to}: {dest.host}")
+    if not ready:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def _print_checks(report: Any, title: str) -> None:
+    from migrate.check import summarize
+
+    t = Table(title=escape(title))
+    t.add_column("check", style="bold")
+    t.add_column("", justify="center")
+    t.add_column("value", overflow="fold")
+    t.add_column("fix", overflow="fold")
+    for r in report.results:
+        value = escape(r.value)
+        if r.problem:
+            # CRIU's output can run long; the JSON report carries all of it.
+            lines = r.problem.splitlines()
+            problem = "\n".join(lines[-4:]) if len(lines) > 4 else r.problem
+            colour = "red" if r.status == "fail" else "yellow"
+            value += f"\n[{colour}]{escape(problem)}[/]"
+        t.add_row(r.name, _CHECK_MARKS[r.status], value, escape(r.fix))
+    out.print(t)
+    colour = "green" if report.ready else "bold red"
+    out.print(f"[{colour}]{escape(summarize(report.results))}[/]", highlight=False)
 
 
 # --- run / agent / demo (migrate/migration.py, migrate/agent.py) --------------------------
@@ -241,8 +290,10 @@ class _RichProgress:
         self.console = console
         self.enabled = enabled
         self._status: Any = None
+        self._t0 = time.monotonic()
 
     def phase(self, name: str, description: str) -> None:
+        self._t0 = time.monotonic()
         if self.enabled:
             self._status = self.console.status(f"{description} ...")
             self._status.start()
@@ -256,10 +307,15 @@ class _RichProgress:
 
     def transfer(self, stream: str, raw: int, wire: int, total: int | None) -> None:
         if self._status is not None:
-            of = f" of {human_bytes(total)}" if total else ""
-            self._status.update(
-                f"{stream}: {human_bytes(raw)}{of} ({human_bytes(wire)} on the wire)"
-            )
+            self._status.update(transfer_line(stream, raw, wire, total,
+                                              time.monotonic() - self._t0))  # fmt: skip
+
+
+def transfer_line(stream: str, raw: int, wire: int, total: int | None, elapsed: float) -> str:
+    """`rootfs: 12.0 MiB of 40.0 MiB (3.1 MiB on the wire), 96.0 MiB/s`"""
+    of = f" of {human_bytes(total)}" if total else ""
+    rate = f", {human_bytes(raw / elapsed)}/s" if elapsed > 0.05 else ""
+    return f"{stream}: {human_bytes(raw)}{of} ({human_bytes(wire)} on the wire){rate}"
 
 
 def _print_report(rep: Report) -> None:
@@ -322,16 +378,10 @@ def run(
     to: str = typer.Option(
         ..., "--to", help="Destination: ssh://[USER@]HOST[:PORT] (or local:// for this host)."
     ),
-    identity: Path | None = typer.Option(None, "--identity", "-i", help="SSH private key."),
-    known_hosts: Path | None = typer.Option(
-        None, "--known-hosts", help="known_hosts file to verify the destination's host key."
-    ),
-    accept_new_host_key: bool = typer.Option(
-        False, "--accept-new-host-key", help="Trust and record an unknown host key (first use)."
-    ),
-    agent_command: str = typer.Option(
-        DEFAULT_AGENT, "--agent-command", help="How to start the agent on the destination."
-    ),
+    identity: Path | None = _SSH_IDENTITY,
+    known_hosts: Path | None = _SSH_KNOWN_HOSTS,
+    accept_new_host_key: bool = _SSH_ACCEPT_NEW,
+    agent_command: str = _AGENT_COMMAND,
     name: str | None = typer.Option(None, "--name", help="Container name on the destination."),
     keep_source: bool = typer.Option(
         False, "--keep-source", help="Keep the source container (stopped) instead of removing it."
@@ -341,9 +391,7 @@ def run(
     strategy: str = typer.Option(
         "cold", "--strategy", help="cold (stop-and-copy, always rolls back) | lazy | auto."
     ),
-    dest_docker_host: str | None = typer.Option(
-        None, "--dest-docker-host", help="DOCKER_HOST for the agent on the destination."
-    ),
+    dest_docker_host: str | None = _DEST_DOCKER_HOST,
 ) -> None:
     """Live-migrate one running container to another host.
 

@@ -12,6 +12,7 @@ outcome in doubt: the source copy stays paused (never two running copies, never 
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ from migrate.errors import (
     ContainerNotRunning,
     CriuUnavailable,
     EngineUnavailable,
+    Incompatible,
     InDoubt,
     MigrateError,
     MigrationFailed,
@@ -164,8 +166,24 @@ class Migration:
                 name=self.dest_name,
                 criu_version=list(caps.version),
             )
+            self._check_cpu()
             self.journal.append("precheck", container=spec.id, destination=self.opts.destination)
             return spec
+
+    def _check_cpu(self) -> None:
+        """A checkpoint restores only on a CPU with the features its programs may use: ask the
+        destination's CRIU about this host's CPU before anything is frozen."""
+        assert self.conn is not None
+        image = criu.cpuinfo_image()
+        res = self.conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
+        if not res.get("ok"):
+            raise Incompatible(
+                "the destination's CPU lacks features this host's CPU has: a checkpoint taken "
+                "here would not restore there",
+                hint="migrate between hosts with the same CPU features (`migrate check --to "
+                "DEST` shows it)",
+                details={"criu_log": str(res.get("output") or "")},
+            )
 
     def _check_supported(self, spec: ContainerSpec) -> None:
         for m in spec.mounts:

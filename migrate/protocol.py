@@ -141,6 +141,7 @@ METHODS: dict[str, Method] = {
     for m in (
         _m("hello", protocol=_I, min_protocol=_I, software=_S, faults=_L),
         _m("precheck", spec=_D, name=_S, criu_version=_L),
+        _m("cpuinfo_check", image_b64=_S),
         _m("image_status", image_id=_S, diff_ids=_L),
         _m("load_image", stream=True, image_id=_S),
         _m("prepare", migration_id=_S, spec=_D, name=_S),

@@ -1,9 +1,11 @@
 """`migrate run` refuses before touching anything (exit 3, with the fix): a container that is
-not running, a destination daemon without experimental features."""
+not running, a destination daemon without experimental features or with another CPU; and
+`migrate check --to DEST` reporting the destination."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -118,3 +120,56 @@ def test_destination_daemon_not_experimental_is_refused(
         assert client.images.list() == []  # not even the image was sent
     finally:
         client.close()
+
+
+def _criu_saying_cpu_differs(tmp_path: Path) -> Path:
+    """The real CRIU, except that `cpuinfo check` answers as on a host lacking a CPU feature
+    (both lab hosts share this machine's CPU, so a real mismatch cannot happen here)."""
+    real = shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/usr/bin")
+    assert real
+    fake = tmp_path / "criu"
+    fake.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = cpuinfo ] && [ "$2" = check ]; then\n'
+        "  echo 'Error (criu/cpu.c:1): cpu: CPU has no avx512f' >&2; exit 1\n"
+        "fi\n"
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def test_destination_cpu_mismatch_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
+    docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    args = list(migrate_args)
+    i = args.index("--agent-command") + 1
+    args[i] = f"env MIGRATE_CRIU={_criu_saying_cpu_differs(tmp_path)} {args[i]}"
+    p = migrate_on_a("run", container_name, *args)
+    assert p.returncode == 3, p.stderr
+    assert "CPU lacks features" in p.stderr and "same CPU features" in p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+    assert _nothing_on(docker_b, container_name)
+
+
+def test_check_to_destination(
+    migrate_on_a: Any, migrate_args: list[str], plain_dockerd_b: str, tmp_path: Path
+) -> None:
+    p = migrate_on_a("check", *migrate_args, "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(p.stdout)
+    assert data["ready"] is True
+    dest = {c["name"]: c for c in data["destination"]["checks"]}
+    for name in ("agent", "criu", "criu_check", "docker", "docker_experimental", "cpu"):
+        assert dest[name]["ok"], dest[name]
+    # The same destination with a daemon lacking experimental features: not ready, with the fix.
+    p = migrate_on_a("check", *migrate_args, "--dest-docker-host", plain_dockerd_b, "--json")
+    assert p.returncode == 3, p.stdout + p.stderr
+    dest = {c["name"]: c for c in json.loads(p.stdout)["destination"]["checks"]}
+    assert dest["docker_experimental"]["status"] == "fail"
+    assert "experimental" in dest["docker_experimental"]["fix"]
+    # And a human-readable table naming the destination.
+    p = migrate_on_a("check", *migrate_args)
+    assert p.returncode == 0 and "destination ssh://" in p.stdout, p.stdout + p.stderr

@@ -16,7 +16,7 @@ import pytest
 from migrate import check, criu
 from migrate.check import CheckReport, CheckResult, run_checks
 from migrate.engines.base import EngineInfo
-from migrate.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable, UsageError
+from migrate.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable
 
 pytestmark = pytest.mark.unit
 
@@ -227,9 +227,44 @@ def test_run_checks_uses_given_engine_info(tmp_path: Path) -> None:
     assert str(tmp_path) in rep.get("disk_data_root").value  # type: ignore[union-attr]
 
 
-def test_check_remote_not_yet() -> None:
-    with pytest.raises(UsageError, match="not supported yet"):
-        check.check_remote("ssh://host-b")
+HELLO = {
+    "software": "0.1.0", "protocol": 1, "kernel": "6.1", "hostname": "b",
+    "criu_version": [4, 2, 1], "criu_ok": True,
+    "engine": {"engine": "docker", "version": "20.10.24", "experimental": True,
+               "storage_driver": "overlay2", "mem_total": 1 << 34},
+    "free_disk": 50 << 30,
+}  # fmt: skip
+
+
+def dest_rows(hello: dict[str, Any], cpu: dict[str, Any] | None = None,
+              local: tuple[int, int, int] | None = (4, 2, 1)) -> dict[str, CheckResult]:  # fmt: skip
+    rows = check.destination_results(hello, cpu or {"ok": True, "output": ""}, local)
+    return {r.name: r for r in rows}
+
+
+def test_destination_ready() -> None:
+    rows = dest_rows(HELLO)
+    assert all(r.ok for r in rows.values()), rows
+    assert {"agent", "criu", "criu_check", "docker", "docker_experimental", "storage_driver",
+            "disk_data_root", "cpu"} <= set(rows)  # fmt: skip
+
+
+def test_destination_problems_each_have_a_fix() -> None:
+    assert not dest_rows({**HELLO, "criu_version": [4, 1, 0]})["criu"].ok
+    older = dest_rows({**HELLO, "criu_version": [4, 2, 0]})["criu"]
+    assert not older.ok and "older than this host's 4.2.1" in older.problem
+    assert dest_rows({**HELLO, "criu_version": None})["criu"].value == "not found"
+    off = dest_rows({**HELLO, "engine": {**HELLO["engine"], "experimental": False}})
+    assert not off["docker_experimental"].ok and "experimental" in off["docker_experimental"].fix
+    gone = dest_rows({k: v for k, v in HELLO.items() if k != "engine"}
+                     | {"engine_error": {"message": "no socket", "hint": "start it"}})  # fmt: skip
+    assert not gone["docker"].ok and gone["docker"].fix == "start it"
+    cpu = dest_rows(HELLO, {"ok": False, "output": "cpuinfo: fpu_xfeatures_mask mismatch"})["cpu"]
+    assert not cpu.ok and "fpu_xfeatures_mask" in cpu.problem and cpu.required
+    low = dest_rows({**HELLO, "free_disk": 1 << 20})["disk_data_root"]
+    assert not low.ok and not low.required
+    for rows in (off, gone):
+        assert all(r.fix for r in rows.values() if not r.ok)
 
 
 # --- the real CLI ------------------------------------------------------------------------
@@ -305,9 +340,8 @@ def test_cli_real_criu_rows_ok() -> None:
     assert not {n for n, c in r.items() if c["status"] == "fail"} & {"criu", "criu_check"}
 
 
-def test_cli_to_not_supported_yet() -> None:
-    p = run_cli("--to", "ssh://host-b", "--json")
-    assert p.returncode == EXIT_USAGE
+def test_cli_to_bad_destination_is_usage() -> None:
+    p = run_cli("--to", "ftp://host-b", "--json")
+    assert p.returncode == EXIT_USAGE, p.stderr
     data = json.loads(p.stdout)
-    assert data["error"]["code"] == "usage"
-    assert "not supported yet" in p.stderr
+    assert data["error"]["code"].startswith("usage")
