@@ -421,6 +421,7 @@ class DockerEngine:
         )
         watcher = _LogHolder(log_path)
         watcher.start()
+        images = self.checkpoint_dir(ref, name)
         try:
             res = self.api._post(
                 self.api._url("/containers/{0}/start", ref), params={"checkpoint": name}
@@ -440,6 +441,11 @@ class DockerEngine:
             ) from None
         finally:
             watcher.stop()
+            # containerd unpacks the images into a temporary directory for CRIU and never
+            # deletes it: one leaked copy of the container's memory per restore.
+            for leftover in _containerd_restore_copies(self._exec_root(), images):
+                log.debug("removing containerd's restore copy %s", leftover)
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 class _LogHolder(threading.Thread):
@@ -484,6 +490,59 @@ def _log_tail_text(text: str, lines: int = 8) -> str:
     tail = rows[-lines:]
     picked = [r for r in errors[-10:] if r not in tail] + tail
     return "\n".join(picked)
+
+
+_COMPARE_MAX = 1 << 20  # image files compared to recognise containerd's copy of ours
+
+
+def _containerd_restore_copies(exec_root: Path, images: Path) -> list[Path]:
+    """containerd's ``ctrd-checkpoint*`` temporary directories holding a copy of ``images``.
+
+    They live in containerd's temporary directory ($XDG_RUNTIME_DIR, else $TMPDIR, else /tmp,
+    seen through its own root in case it has a private /tmp). A directory counts as ours only
+    when every small image file in it is byte-identical to ours: other restores, of other
+    containers, may be running at the same time."""
+    sock = exec_root / "containerd" / "containerd.sock"
+    pid = _socket_owner(str(sock)) if sock.exists() else None
+    if pid is None:
+        pid = _socket_owner("/run/containerd/containerd.sock")
+    roots: list[Path] = []
+    if pid is not None:
+        env: dict[str, str] = {}
+        try:
+            for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                k, _, v = item.decode(errors="replace").partition("=")
+                env[k] = v
+        except OSError:
+            pass
+        tmp = env.get("XDG_RUNTIME_DIR") or env.get("TMPDIR") or "/tmp"
+        roots.append(Path(f"/proc/{pid}/root") / tmp.lstrip("/"))
+    roots.append(Path("/tmp"))
+    try:
+        ours = {f.name: f for f in images.iterdir() if f.is_file()}
+    except OSError:
+        return []
+    small = {n: f for n, f in ours.items() if f.stat().st_size <= _COMPARE_MAX}
+    if not small:
+        return []
+    found: list[Path] = []
+    seen: set[tuple[int, int]] = set()
+    for root in roots:
+        try:
+            candidates = sorted(root.glob("ctrd-checkpoint*"))
+        except OSError:
+            continue
+        for d in candidates:
+            try:
+                st = d.stat()
+                if (st.st_dev, st.st_ino) in seen or not d.is_dir():
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                if all((d / n).read_bytes() == f.read_bytes() for n, f in small.items()):
+                    found.append(d)
+            except OSError:
+                continue
+    return found
 
 
 def _socket_owner(path: str) -> int | None:

@@ -1,0 +1,47 @@
+"""After a migration nothing is left behind: no staging directory on the source, and no copy
+of the checkpoint in containerd's temporary directory on the destination (containerd unpacks
+the images there for CRIU and never deletes them: a copy of the container's memory each time).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+TMP = Path("/tmp")
+
+
+def _copies_with(marker: bytes) -> list[Path]:
+    """containerd restore copies (in /tmp: the lab's containerd has no TMPDIR) whose memory
+    pages hold ``marker``."""
+    found = []
+    for d in TMP.glob("ctrd-checkpoint*"):
+        for pages in d.glob("pages-*.img"):
+            try:
+                if marker in pages.read_bytes():
+                    found.append(d)
+                    break
+            except OSError:
+                continue
+    return found
+
+
+def test_no_checkpoint_copies_or_staging_left(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    marker = f"MARK-{container_name}-{time.time_ns()}"
+    # The marker lives in the shell's memory (a variable), so it is in the dumped pages.
+    docker_a.containers.run(
+        test_image, ["sh", "-c", f'm="{marker}"; while true; do sleep 1; done'],
+        name=container_name, detach=True,
+    )  # fmt: skip
+    staging = Path("/var/lib/migrate/staging")
+    before = set(staging.iterdir()) if staging.is_dir() else set()
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    assert docker_b.containers.get(container_name).status == "running"
+    assert _copies_with(marker.encode()) == [], "containerd's copy of the checkpoint was left"
+    after = set(staging.iterdir()) if staging.is_dir() else set()
+    assert after <= before, f"staging left on the source: {sorted(after - before)}"
