@@ -492,6 +492,10 @@ def demo(name: str = _LAB_NAME) -> None:
     )
 
 
+# Commands kept in their own modules register themselves on `app` when imported.
+from migrate import cli_bundle  # noqa: E402,F401
+
+
 def main() -> None:
     app()
 

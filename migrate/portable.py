@@ -1,0 +1,194 @@
+"""`migrate export` / `migrate import`: a running container to a bundle file and back.
+
+Export: save the image (still running), pause, checkpoint with CRIU, capture the read-write
+layer, then unpause (``--leave-running``) or kill the source, and write the bundle from the
+staged files (migrate/bundle.py). Import: verify the whole bundle before creating anything,
+load the image if missing, create, apply the layer, place the checkpoint and start from it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from migrate import __version__, bundle, criu, layers
+from migrate.engines.base import ContainerSpec, Engine
+from migrate.errors import (
+    BundleInvalid,
+    ContainerNotRunning,
+    MigrateError,
+    NameConflict,
+    RestoreFailed,
+)
+from migrate.journal import DEFAULT_DIR
+
+IMAGE_MEMBER = "image/docker-save.tar"
+ROOTFS_MEMBER = "rootfs-diff.tar"
+CHECKPOINT_PREFIX = "checkpoint/"
+RESTORE_WAIT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    manifest: bundle.Manifest
+    path: Path
+    bundle_bytes: int
+    pause_s: float
+    checkpoint_time: str
+    source_action: str  # "running" or "stopped"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    container_id: str
+    name: str
+    started: bool
+    restore_s: float
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def export(
+    engine: Engine,
+    container: str,
+    out: Path,
+    *,
+    leave_running: bool = False,
+    state_dir: Path = DEFAULT_DIR,
+) -> ExportResult:
+    st = engine.state(container)
+    if not st.running or st.paused:
+        raise ContainerNotRunning(
+            f"container {st.name} is {st.status}: only running containers are exported",
+            hint=f"start it (`docker start {st.name}`) or unpause it first",
+        )
+    spec = engine.spec(container)
+    img = engine.image(spec.image_id)
+    if img is None:
+        raise MigrateError(f"the image of {spec.name} ({spec.image_id[:19]}) is gone")
+    staging = state_dir / "staging" / f"export-{uuid.uuid4().hex}"
+    staging.mkdir(parents=True)
+    paused = False
+    try:
+        refs = [spec.image_ref] if spec.image_ref in img.repo_tags else []
+        refs = refs or list(img.repo_tags[:1]) or [img.id]
+        with open(staging / "image.tar", "wb") as f:
+            for chunk in engine.save_image(refs):
+                f.write(chunk)
+        t_pause = time.monotonic()
+        engine.pause(spec.id)
+        paused = True
+        checkpoint_time = _now()
+        engine.checkpoint(spec.id, staging / "checkpoint", staging / "work")
+        with open(staging / ROOTFS_MEMBER, "wb") as f:
+            layers.capture_to(Path(engine.state(spec.id).upper_dir), f)
+        if leave_running:
+            engine.unpause(spec.id)
+            action = "running"
+        else:
+            engine.kill(spec.id)
+            action = "stopped"
+        paused = False
+        pause_s = time.monotonic() - t_pause
+        files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
+        for p in sorted((staging / "checkpoint").iterdir()):
+            if not p.is_file() or p.is_symlink():
+                raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
+            files.append((CHECKPOINT_PREFIX + p.name, p))
+        info = engine.info()
+        caps = criu.capabilities(criu.find_criu())
+        meta = {
+            "container": spec.name,
+            "spec": spec.to_wire(),
+            "image": {"id": img.id, "ref": spec.image_ref, "diff_ids": list(img.diff_ids)},
+            "engine": {"name": info.engine, "version": info.version},
+            "criu_version": ".".join(map(str, caps.version)) if caps.version else None,
+            "migrate_version": __version__,
+            "source_host": socket.gethostname(),
+            "created": checkpoint_time,
+            "checkpoint": "checkpoint",
+        }
+        manifest = bundle.write_file(out, files, meta)
+        return ExportResult(manifest, out, out.stat().st_size, pause_s, checkpoint_time, action)
+    finally:
+        if paused:
+            try:
+                engine.unpause(spec.id)
+            except MigrateError:
+                pass
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def import_bundle(
+    engine: Engine,
+    path: Path,
+    *,
+    name: str | None = None,
+    start: bool = True,
+    state_dir: Path = DEFAULT_DIR,
+) -> ImportResult:
+    staging = state_dir / "staging" / f"import-{uuid.uuid4().hex}"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    manifest = bundle.extract(path, staging)  # everything verified before anything is made
+    try:
+        try:
+            spec = ContainerSpec.from_wire(manifest.meta["spec"])
+            image_id = str(manifest.meta["image"]["id"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
+        new_name = name or spec.name
+        if engine.exists(new_name):
+            raise NameConflict(
+                f"a container named {new_name} already exists on this host",
+                hint="choose another name with --name",
+            )
+        if engine.image(image_id) is None:
+            engine.load_image(_chunks(staging / IMAGE_MEMBER))
+        img = engine.image(spec.image_ref) if spec.image_ref else None
+        image = spec.image_ref if img is not None and img.id == image_id else image_id
+        cid = engine.create(spec, new_name, image=image)
+        try:
+            upper = Path(engine.state(cid).upper_dir)
+            with open(staging / ROOTFS_MEMBER, "rb") as f:
+                layers.apply(f, upper, policy=layers.ROOTFS_POLICY)
+            cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
+            target = engine.checkpoint_dir(cid, cp_name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(staging / "checkpoint"), str(target))
+            if not start:
+                return ImportResult(cid, new_name, False, 0.0)
+            t0 = time.monotonic()
+            engine.start_from_checkpoint(cid, cp_name)
+            deadline = t0 + RESTORE_WAIT_S
+            while True:
+                st = engine.state(cid)
+                if st.running and not st.paused:
+                    break
+                if st.status in ("exited", "dead") or time.monotonic() > deadline:
+                    raise RestoreFailed(f"the restored container is {st.status}, not running")
+                time.sleep(0.02)
+            restore_s = time.monotonic() - t0
+            shutil.rmtree(target, ignore_errors=True)
+            return ImportResult(cid, new_name, True, restore_s)
+        except BaseException:
+            try:
+                engine.remove(cid)
+            except MigrateError:
+                pass
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            yield b
