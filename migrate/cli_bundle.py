@@ -73,3 +73,35 @@ def import_cmd(
         return
     state = f"restored in {res.restore_s:.2f} s" if res.started else "created (not started)"
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
+
+
+@app.command("inspect")
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="A bundle file, or a directory of CRIU images."),
+    as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
+) -> None:
+    """Show what a bundle holds: versions, sizes, process tree, memory, files, sockets, mounts."""
+    from migrate.inspect import inspect
+
+    try:
+        ins = inspect(path)
+    except MigrateError as e:
+        fail(e)
+        return
+    if as_json:
+        out.print_json(json.dumps(ins.to_json()))
+        return
+    for key in ("container", "source_host", "created", "engine", "criu_version", "image"):
+        if key in ins.meta:
+            out.print(f"[bold]{key}[/]: {ins.meta[key]}", highlight=False)
+    out.print(
+        "[bold]sizes[/]: " + ", ".join(f"{k} {human_bytes(v)}" for k, v in ins.sizes.items()),
+        highlight=False,
+    )
+    out.print("[bold]processes[/] (pid ppid pages command):", highlight=False)
+    for p in ins.processes:
+        out.print(f"  {p.pid:>6} {p.ppid:>6} {p.pages:>8}  {p.cmdline or p.comm}", highlight=False)
+    for title, items in (("files", ins.files), ("sockets", ins.sockets), ("mounts", ins.mounts)):
+        out.print(f"[bold]{title}[/] ({len(items)}):", highlight=False)
+        for item in items:
+            out.print(f"  {item}", highlight=False)

@@ -25,8 +25,14 @@ def other_names(lab: Any) -> Iterator[list[str]]:
 
 
 def test_export_copy_import_twice(
-    migrate_on_a: Any, run_on_b: Any, container_name: str, other_names: list[str],
-    docker_a: Any, docker_b: Any, counter_image: str, tmp_path: Path,  # noqa: F811
+    migrate_on_a: Any,
+    run_on_b: Any,
+    container_name: str,
+    other_names: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,  # noqa: F811 - the fixture from test_run
+    tmp_path: Path,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     bundle_a = tmp_path / "a" / "c.tar.zst"
@@ -57,8 +63,14 @@ def test_export_copy_import_twice(
 
 
 def test_tampered_bundle_creates_nothing(
-    migrate_on_a: Any, run_on_b: Any, container_name: str, other_names: list[str],
-    docker_a: Any, docker_b: Any, counter_image: str, tmp_path: Path,  # noqa: F811
+    migrate_on_a: Any,
+    run_on_b: Any,
+    container_name: str,
+    other_names: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,  # noqa: F811 - the fixture from test_run
+    tmp_path: Path,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     path = tmp_path / "c.tar.zst"
@@ -71,3 +83,28 @@ def test_tampered_bundle_creates_nothing(
     assert p.returncode == 2, p.stderr
     assert "bundle.invalid" in p.stderr
     assert {c.id for c in docker_b.containers.list(all=True)} == before
+
+
+def test_inspect_matches_docker_top(
+    migrate_on_a: Any, container_name: str, docker_a: Any, test_image: str, tmp_path: Path
+) -> None:
+    script = "sleep 1001 & sleep 1002 & while true; do sleep 0.3; done"
+    c = docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
+                                detach=True)  # fmt: skip
+    time.sleep(1)
+    path = tmp_path / "c.tar.zst"
+    top = {" ".join(p[-1:]) for p in c.top()["Processes"]}
+    p = migrate_on_a("export", container_name, "-o", str(path), "--leave-running")
+    assert p.returncode == 0, p.stderr
+    p = migrate_on_a("inspect", str(path), "--json")
+    assert p.returncode == 0, p.stderr
+    ins = json.loads(p.stdout)
+    cmds = {proc["cmdline"] for proc in ins["processes"]}
+    assert {"sleep 1001", "sleep 1002", f"sh -c {script}"} <= cmds
+    assert {"sleep 1001", "sleep 1002", f"sh -c {script}"} <= top
+    root = [proc for proc in ins["processes"] if proc["ppid"] == 0]
+    assert len(root) == 1 and root[0]["pid"] == 1
+    assert all(proc["ppid"] == 1 for proc in ins["processes"] if proc["pid"] != 1)
+    assert all(proc["pages"] > 0 for proc in ins["processes"])
+    assert ins["meta"]["container"] == container_name and ins["sizes"]["checkpoint"] > 0
+    assert any(m.startswith("/ ") for m in ins["mounts"])
