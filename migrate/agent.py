@@ -165,6 +165,7 @@ class Agent:
                 "mem_total": info.mem_total,
             }
             caps["free_disk"] = shutil.disk_usage(info.data_root).free
+            caps["mem_available"] = _mem_available()
         except MigrateError as e:
             caps["engine_error"] = e.to_wire()
         return caps
@@ -372,6 +373,17 @@ class Agent:
     def _rollback_uncommitted(self, why: str) -> None:
         for m in list(self._migrations.values()):
             self._rollback(m, why)
+
+
+def _mem_available() -> int:
+    """MemAvailable from /proc/meminfo in bytes (0 if unreadable): where `evacuate` places."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _v(v: Any) -> str:

@@ -444,6 +444,98 @@ def run(
         _print_report(rep)
 
 
+@app.command()
+def evacuate(
+    to: str = typer.Option(
+        ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
+    ),
+    label: list[str] = typer.Option(  # noqa: B006 - typer reads the default
+        [], "--label", help="Only containers with this label KEY=VALUE (repeatable: all must match)."
+    ),
+    parallel: int = typer.Option(1, "--parallel", "-j", help="Migrations in flight at once."),
+    identity: Path | None = _SSH_IDENTITY,
+    known_hosts: Path | None = _SSH_KNOWN_HOSTS,
+    accept_new_host_key: bool = _SSH_ACCEPT_NEW,
+    agent_command: str = _AGENT_COMMAND,
+    dest_docker_host: str | None = _DEST_DOCKER_HOST,
+    keep_source: bool = typer.Option(
+        False, "--keep-source", help="Keep each source container (stopped) instead of removing it."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
+) -> None:
+    """Drain this host: live-migrate every running container (or those with --label) to the
+    target hosts.
+
+    Biggest containers first, each to the target with the most memory available that accepts
+    it (a target refusing in its precheck is skipped for the next). Containers that cannot move
+    (bind mounts, exec sessions, a failed restore...) are rolled back, left running here and
+    reported with the reason. Exit codes: 0 drained; 1 some containers were left here (each
+    still running); 2 bad usage; 3 no target reachable; 4 an outcome is in doubt
+    (`migrate recover`).
+    """
+    from migrate.engines.docker import DockerEngine
+    from migrate.errors import EXIT_FAILED, EXIT_IN_DOUBT
+    from migrate.evacuate import Outcome, evacuate, parse_labels, parse_targets
+
+    def channels(target: str) -> Callable[[], Any]:
+        return _channel_factory(
+            target, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
+        )
+
+    def done(o: Outcome) -> None:
+        if as_json:
+            return
+        mark = "[green]\u2713[/]" if o.moved else "[red]\u2717[/]"
+        extra = ""
+        if o.report is not None and o.report.downtime_s is not None:
+            extra = f" (downtime {o.report.downtime_s:.3f} s)"
+        elif o.error:
+            extra = f": {o.error.get('message', '')}"
+        err.print(f"{mark} {escape(o.container)} \u2192 {escape(o.target or '-')} "
+                  f"{o.status}{escape(extra)}", highlight=False, soft_wrap=True)  # fmt: skip
+
+    try:
+        targets = parse_targets(to)
+        labels = parse_labels(label)
+        for t in targets:
+            channels(t)  # a malformed target is refused before anything moves
+        res = evacuate(targets, channels, DockerEngine, labels=labels, parallel=parallel,
+                       keep_source=keep_source, on_done=done)  # fmt: skip
+    except MigrateError as e:
+        if as_json:
+            out.print_json(data={"status": "failed", "error": e.to_wire()})
+        fail(e)
+        return
+    if as_json:
+        out.print_json(data=res.to_json())
+    else:
+        table = Table(title=f"evacuate \u2192 {escape(to)}: {res.status}")
+        for col in ("container", "status", "target", "memory", "downtime", "reason / fix"):
+            table.add_column(col, overflow="fold")
+        for o in res.outcomes:
+            down = "-"
+            if o.report is not None and o.report.downtime_s is not None:
+                down = f"{o.report.downtime_s:.3f} s"
+            why = ""
+            if o.error:
+                why = str(o.error.get("message", ""))
+                if o.error.get("hint"):
+                    why += f"\nfix: {o.error['hint']}"
+            table.add_row(escape(o.container), o.status, escape(o.target),
+                          human_bytes(o.memory), down, escape(why))  # fmt: skip
+        out.print(table)
+        for target, said in res.targets.items():
+            if not said.get("reachable"):
+                msg = (said.get("error") or {}).get("message", "")
+                out.print(f"[yellow]target {escape(target)} unreachable[/]: {escape(str(msg))}")
+        moved = sum(o.moved for o in res.outcomes)
+        out.print(f"{moved} of {len(res.outcomes)} containers moved in {res.total_s:.1f} s")
+    if res.status == "in_doubt":
+        raise typer.Exit(EXIT_IN_DOUBT)
+    if res.status != "drained":
+        raise typer.Exit(EXIT_FAILED)
+
+
 @app.command(hidden=False)
 def agent(
     docker_host: str | None = typer.Option(

@@ -250,6 +250,35 @@ class DockerEngine:
     def unpause(self, ref: str) -> None:
         self._call("unpause", self.api.unpause, ref)
 
+    def running_containers(self, labels: Mapping[str, str] | None = None) -> list[str]:
+        """Names of the running (not paused) containers, optionally only those carrying every
+        label in ``labels``."""
+        filters: dict[str, Any] = {"status": "running"}
+        if labels:
+            filters["label"] = [f"{k}={v}" for k, v in labels.items()]
+        try:
+            found = self.api.containers(filters=filters)
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker ps: {e.explanation or e}") from None
+        names = []
+        for c in found:
+            first = (c.get("Names") or [c.get("Id", "")])[0]
+            names.append(str(first).lstrip("/"))
+        return sorted(names)
+
+    def memory_usage(self, ref: str) -> int:
+        """Bytes of memory the container uses now (cgroup usage minus page cache), 0 if
+        unknown. One-shot stats: no second sample, so it answers at once."""
+        try:
+            st = self.api.stats(ref, stream=False, one_shot=True)
+        except (docker.errors.APIError, TypeError):
+            return 0
+        mem = st.get("memory_stats") or {}
+        usage = int(mem.get("usage") or 0)
+        stats = mem.get("stats") or {}
+        cache = int(stats.get("inactive_file") or stats.get("cache") or 0)
+        return max(usage - cache, 0)
+
     def kill(self, ref: str) -> None:
         # SIGKILL works on a paused container and the tasks die as they thaw: they never run.
         self._call("kill", self.api.kill, ref)
