@@ -179,6 +179,23 @@ def lab_env(
     sys.stdout.write(shell_exports(env))
 
 
+@lab_app.command("inventory")
+def lab_inventory(
+    name: str = _LAB_NAME,
+    state_dir: Path | None = _LAB_STATE,
+    run_dir: Path | None = _LAB_RUN,
+) -> None:
+    """Print an Ansible inventory (YAML) for the lab's hosts, for the playbooks in playbooks/."""
+    from migrate.lab_config import ansible_inventory
+
+    try:
+        cfg = _lab(name, None, state_dir, run_dir).config
+    except MigrateError as e:
+        fail(e)
+        return
+    sys.stdout.write(ansible_inventory(cfg))
+
+
 # --- check (migrate/check.py) -------------------------------------------------------------
 
 _CHECK_MARKS = {"ok": "[green]\u2713[/]", "fail": "[bold red]\u2717[/]", "warn": "[yellow]![/]"}

@@ -3,6 +3,9 @@
 # Installs system packages, builds CRIU >= 4.2 from Debian's source package only when
 # the installed criu is older or fails `criu check`, installs pycriu into the project's
 # venv, and the project itself (editable, with test dependencies).
+# Environment: VENV (default ROOT/.venv), MIGRATE_EXTRAS (pip extras, default "test"; empty
+# for a production host), MIGRATE_CACHE. The last line says whether anything changed, so
+# configuration management (playbooks/prepare.yml) can report changes truthfully.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,8 +13,11 @@ VENV="${VENV:-$ROOT/.venv}"
 CACHE="${MIGRATE_CACHE:-/var/cache/migrate-setup}"
 CRIU_MIN="4.2"
 STAMP="$VENV/.migrate-setup-stamp"
+EXTRAS="${MIGRATE_EXTRAS-test}"
+CHANGED=0
 
 log() { printf '[setup] %s\n' "$*" >&2; }
+changed() { CHANGED=1; log "$@"; }
 
 [ "$(id -u)" = 0 ] || { echo "setup must run as root (it installs packages and builds CRIU)" >&2; exit 2; }
 
@@ -33,7 +39,7 @@ install_system_packages() {
   local missing
   missing="$(missing_pkgs)"
   if [ -z "$missing" ]; then log "system packages present"; return; fi
-  log "installing: $missing"
+  changed "installing: $missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   # shellcheck disable=SC2086
@@ -99,7 +105,7 @@ ensure_criu() {
   else
     build_criu
     criu_ok /usr/local/sbin/criu || { echo "built criu fails 'criu check'" >&2; /usr/local/sbin/criu check >&2 || true; return 1; }
-    log "installed criu $(/usr/local/sbin/criu --version | awk '/^Version:/{print $2}') to /usr/local/sbin"
+    changed "installed criu $(/usr/local/sbin/criu --version | awk '/^Version:/{print $2}') to /usr/local/sbin"
   fi
 }
 
@@ -115,25 +121,27 @@ ensure_pycriu() {
     log "generating pycriu"
     make -C "$tree" -j"$(nproc)" lib >"$CACHE/pycriu-build.log" 2>&1 || { tail -n 30 "$CACHE/pycriu-build.log" >&2; return 1; }
   fi
+  changed "installing pycriu into $VENV"
   "$VENV/bin/pip" install -q "protobuf<4" "$tree/lib"
 }
 
 ensure_venv() {
   if [ ! -x "$VENV/bin/python" ]; then
-    log "creating $VENV"
+    changed "creating $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip
   fi
 }
 
 ensure_project() {
-  local h
-  h="$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)"
+  local h spec="$ROOT"
+  [ -z "$EXTRAS" ] || spec="$ROOT[$EXTRAS]"
+  h="$( (cat "$ROOT/pyproject.toml"; echo "extras=$EXTRAS") | sha256sum | cut -d' ' -f1)"
   if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$h" ] && "$VENV/bin/python" -c 'import migrate' 2>/dev/null; then
     log "project installed"; return
   fi
-  log "installing migrate (editable, with test dependencies)"
-  "$VENV/bin/pip" install -q -e "$ROOT[test]"
+  changed "installing migrate (editable${EXTRAS:+, extras: $EXTRAS})"
+  "$VENV/bin/pip" install -q -e "$spec"
   echo "$h" > "$STAMP"
 }
 
@@ -142,7 +150,9 @@ sysctls() {
   # CAP_SYS_RESOURCE that fails silently (PLATFORM.md). Root may raise the cap.
   local cur
   cur="$(cat /proc/sys/fs/pipe-max-size 2>/dev/null || echo 0)"
-  if [ "$cur" -lt 4194304 ]; then echo 4194304 > /proc/sys/fs/pipe-max-size || true; fi
+  if [ "$cur" -lt 4194304 ]; then
+    echo 4194304 > /proc/sys/fs/pipe-max-size && changed "fs.pipe-max-size raised to 4 MiB" || true
+  fi
   sysctl -qw net.ipv4.ip_forward=1 >/dev/null 2>&1 || true
 }
 
@@ -152,4 +162,4 @@ ensure_venv
 ensure_pycriu
 ensure_project
 sysctls
-log "ready"
+if [ "$CHANGED" = 1 ]; then log "ready (changed)"; else log "ready (no changes)"; fi
