@@ -31,9 +31,10 @@ from migrate.errors import (
     ProtocolError,
     Unsupported,
 )
-from migrate.journal import Journal
+from migrate.journal import DEFAULT_DIR, Journal
 from migrate.protocol import (
     KIND_CONTROL,
+    METHODS,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Connection,
@@ -51,6 +52,8 @@ RESTORE_SETTLE_S = 0.2
 RESTORE_WAIT_S = 30.0
 # The source may go quiet for a long time while it dumps a large container.
 IDLE_TIMEOUT_S = 900.0
+# Label on every drill container: which drill made it (and that it is one).
+DRILL_LABEL = "org.migrate.drill"
 
 
 @dataclass
@@ -64,6 +67,24 @@ class _Migration:
 
 
 @dataclass
+class _Drill:
+    id: str
+    name: str
+    container_id: str = ""
+    image_id: str = ""
+    image_loaded: bool = False  # loaded for the drill only: removed with it
+    done: bool = False  # removed, or kept on request: nothing left to clean up at exit
+
+
+# A drill's settle time and verification command are bounded (the source waits for them).
+MAX_DRILL_WAIT_S = 3600.0
+# Free space the bundle, the image it loads and the restored files need, as a multiple of the
+# bundle's (compressed) size, plus a fixed reserve.
+DRILL_DISK_FACTOR = 4
+DRILL_DISK_RESERVE = 256 << 20
+
+
+@dataclass
 class Agent:
     conn: Connection
     engine_factory: Callable[[], Any]
@@ -71,6 +92,7 @@ class Agent:
     faults: set[str] = field(default_factory=set)
     _engine: Any = None
     _migrations: dict[str, _Migration] = field(default_factory=dict)
+    _drills: dict[str, _Drill] = field(default_factory=dict)
     _done: bool = False
 
     @property
@@ -96,6 +118,7 @@ class Agent:
             return 0
         finally:
             self._rollback_uncommitted("agent exiting")
+            self._remove_drills()
 
     def _abandon(self) -> int:
         self._rollback_uncommitted("connection to the source lost")
@@ -151,6 +174,8 @@ class Agent:
             "protocol": min(protocol, PROTOCOL_VERSION),
             "hostname": socket.gethostname(),
             "kernel": platform.release(),
+            # What this agent can do: a source checks before it asks (drills, say).
+            "methods": sorted(METHODS),
         }
         crit = criu.capabilities(criu.find_criu())
         caps["criu_version"] = list(crit.version) if crit.version else None
@@ -354,6 +379,124 @@ class Agent:
     def h_bye(self) -> dict[str, Any]:
         self._done = True
         return {}
+
+    # --- drills (migrate/drill.py): restore a bundle isolated, check it, remove it ---------
+
+    def _drill(self, drill_id: str) -> _Drill:
+        d = self._drills.get(drill_id)
+        if d is None:
+            raise ProtocolError(f"unknown drill {drill_id!r}")
+        return d
+
+    def h_drill_restore(
+        self, *, stream: StreamReader, drill_id: str, name: str, size: int
+    ) -> dict[str, Any]:
+        """Receive a bundle (``size`` bytes) and import it under ``name``, isolated."""
+        from migrate import bundle
+        from migrate.errors import BundleInvalid, DiskFull
+        from migrate.portable import import_bundle
+
+        if not drill_id.isalnum() or len(drill_id) > 64 or drill_id in self._drills:
+            raise ProtocolError(f"bad or reused drill id {drill_id!r}")
+        if size <= 0:
+            raise ProtocolError(f"drill_restore: bad bundle size {size}")
+        base = self.state_dir or DEFAULT_DIR
+        staging = base / "staging" / f"drill-{drill_id}"
+        staging.mkdir(parents=True, exist_ok=False)
+        d = _Drill(id=drill_id, name=name)
+        self._drills[drill_id] = d
+        try:
+            need = size * DRILL_DISK_FACTOR + DRILL_DISK_RESERVE
+            free = shutil.disk_usage(staging).free
+            if free < need:
+                raise DiskFull(
+                    f"the destination has {free >> 20} MiB free under {base}; the drill needs "
+                    f"about {need >> 20} MiB",
+                    hint="free space on the destination (or point MIGRATE_STATE_DIR elsewhere)",
+                )
+            path = staging / "bundle.tar.zst"
+            got = 0
+            with open(path, "wb") as f:
+                while chunk := stream.read(1 << 20):
+                    got += len(chunk)
+                    if got > size:  # the declared size is the cap
+                        raise ProtocolError(f"drill bundle larger than the declared {size} bytes")
+                    f.write(chunk)
+            if got != size:
+                raise ProtocolError(f"drill bundle is {got} bytes, {size} were declared")
+            try:
+                d.image_id = str(bundle.read_manifest(path).meta["image"]["id"])
+            except (KeyError, TypeError) as e:
+                raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
+            had_image = self.engine.image(d.image_id) is not None
+            try:
+                res = import_bundle(self.engine, path, name=name, state_dir=base, isolated=True,
+                                    labels={DRILL_LABEL: drill_id})  # fmt: skip
+            except BaseException:
+                if not had_image:
+                    self._remove_image(d)
+                raise
+            d.container_id, d.image_loaded = res.container_id, res.image_loaded
+            return {
+                "container_id": res.container_id,
+                "restore_s": res.restore_s,
+                "recovery_s": res.total_s,
+                "image_loaded": res.image_loaded,
+                "bundle_bytes": got,
+            }
+        except BaseException:
+            d.done = True  # import_bundle removed what it made
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def h_drill_verify(
+        self, *, drill_id: str, settle_s: float, argv: list[Any], timeout_s: float
+    ) -> dict[str, Any]:
+        """Still running after ``settle_s``? Then run ``argv`` inside (if any) for its exit."""
+        d = self._drill(drill_id)
+        if not all(isinstance(a, str) for a in argv):
+            raise ProtocolError("drill_verify: argv must be a list of strings")
+        if not 0 <= settle_s <= MAX_DRILL_WAIT_S or not 0 < timeout_s <= MAX_DRILL_WAIT_S:
+            raise ProtocolError("drill_verify: settle or timeout out of range")
+        time.sleep(settle_s)
+        st = self.engine.state(d.container_id)
+        res: dict[str, Any] = {"status": st.status, "running": st.running and not st.paused,
+                               "exit_code": None, "timed_out": False, "output": ""}  # fmt: skip
+        if res["running"] and argv:
+            ex = self.engine.exec(d.container_id, [str(a) for a in argv], timeout_s)
+            res.update(exit_code=ex.exit_code, timed_out=ex.exit_code is None, output=ex.output)
+        return res
+
+    def h_drill_remove(self, *, drill_id: str, keep: bool) -> dict[str, Any]:
+        d = self._drill(drill_id)
+        if keep:
+            d.done = True
+            return {"kept": True, "container_removed": False, "image_removed": False}
+        self.engine.remove(d.container_id, force=True)
+        d.done = True
+        return {"kept": False, "container_removed": True, "image_removed": self._remove_image(d)}
+
+    def _remove_image(self, d: _Drill) -> bool:
+        try:
+            return bool(d.image_id) and self.engine.remove_image(d.image_id)
+        except MigrateError as e:
+            log.warning("could not remove the drill's image %s: %s", d.image_id[:19], e)
+            return False
+
+    def _remove_drills(self) -> None:
+        """The source is gone before it said keep or remove: a drill never outlives it."""
+        for d in self._drills.values():
+            if d.done or not d.container_id:
+                continue
+            log.warning("removing drill container %s (the source went away)", d.name)
+            try:
+                self.engine.remove(d.container_id, force=True)
+                if d.image_loaded:
+                    self._remove_image(d)
+            except MigrateError as e:
+                log.error("could not remove drill container %s: %s", d.name, e)
+            d.done = True
 
     # --- rollback -------------------------------------------------------------------------
 

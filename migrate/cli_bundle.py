@@ -1,13 +1,29 @@
-"""`migrate export` and `migrate import` (portable bundles, docs/bundle.md)."""
+"""`migrate export`, `import`, `inspect` and `drill` (portable bundles, docs/bundle.md)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 from pathlib import Path
 
 import typer
+from rich.markdown import Markdown
+from rich.markup import escape
 
-from migrate.cli import app, fail, out
+from migrate.cli import (
+    _AGENT_COMMAND,
+    _DEST_DOCKER_HOST,
+    _SSH_ACCEPT_NEW,
+    _SSH_IDENTITY,
+    _SSH_KNOWN_HOSTS,
+    _channel_factory,
+    _RichProgress,
+    app,
+    err,
+    fail,
+    out,
+)
 from migrate.errors import MigrateError
 from migrate.report import human_bytes
 
@@ -105,3 +121,102 @@ def inspect_cmd(
         out.print(f"[bold]{title}[/] ({len(items)}):", highlight=False)
         for item in items:
             out.print(f"  {item}", highlight=False)
+
+
+@app.command("drill")
+def drill_cmd(
+    container: str = typer.Argument(..., help="Running container to drill (it keeps running)."),
+    to: str = typer.Option(
+        ..., "--to", help="Standby host: ssh://[USER@]HOST[:PORT] (or local:// for this host)."
+    ),
+    verify_cmd: str | None = typer.Option(
+        None, "--verify-cmd",
+        help="Command run inside the drill copy, split into words like a shell would but never "
+        "run through one (use `sh -c '...'` for pipes); must exit 0.",
+    ),
+    settle: float = typer.Option(
+        5.0, "--settle", min=0.0, max=3600.0,
+        help="Seconds the drill copy must keep running before it is verified.",
+    ),
+    verify_timeout: float = typer.Option(
+        60.0, "--verify-timeout", min=0.1, max=3600.0, help="Seconds --verify-cmd may take."
+    ),
+    keep: bool = typer.Option(
+        False, "--keep", help="Leave the drill copy running on the standby (network none)."
+    ),
+    report: Path | None = typer.Option(
+        None, "--report", help="Write the JSON report here and the Markdown one next to it (.md)."
+    ),
+    identity: Path | None = _SSH_IDENTITY,
+    known_hosts: Path | None = _SSH_KNOWN_HOSTS,
+    accept_new_host_key: bool = _SSH_ACCEPT_NEW,
+    agent_command: str = _AGENT_COMMAND,
+    dest_docker_host: str | None = _DEST_DOCKER_HOST,
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
+) -> None:
+    """Disaster-recovery drill: prove the container restores on a standby host.
+
+    The container keeps running here (paused only for its checkpoint). A bundle of it is
+    restored on the standby under a drill name, with no network, no published ports and no
+    restart policy; it must still run after --settle seconds and --verify-cmd must exit 0
+    inside it; then the copy is removed (unless --keep). Exit codes: 0 passed; 1 the drill
+    failed (the report says why); 2 bad usage; 3 refused by a precheck (nothing was touched).
+    """
+    from migrate.drill import Drill, DrillOptions
+    from migrate.engines.docker import DockerEngine
+    from migrate.errors import EXIT_FAILED, EXIT_REFUSED, UsageError
+
+    try:
+        argv = tuple(shlex.split(verify_cmd)) if verify_cmd is not None else ()
+    except ValueError as e:
+        fail(UsageError(f"--verify-cmd: {e}", hint="check the quotes"))
+        return
+    if verify_cmd is not None and not argv:
+        fail(UsageError("--verify-cmd is empty", hint="give a command, e.g. --verify-cmd 'true'"))
+    md_path = None
+    if report is not None:
+        if report.suffix == ".md":
+            fail(UsageError("--report names the JSON file; the Markdown one is written next to it",
+                            hint="use --report FILE.json"))  # fmt: skip
+        md_path = report.with_suffix(".md")
+    try:
+        factory = _channel_factory(
+            to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
+        )
+        engine = DockerEngine()
+    except MigrateError as e:
+        fail(e)
+        return
+    progress = _RichProgress(err, enabled=err.is_terminal and not as_json)
+    opts = DrillOptions(container=container, destination=to, verify_argv=argv,
+                        settle_s=settle, verify_timeout_s=verify_timeout, keep=keep)  # fmt: skip
+    rep = Drill(opts, engine, factory, progress).run()
+    doc = rep.to_json()
+    if report is not None and md_path is not None:
+        try:
+            _write_atomic(report, json.dumps(doc, indent=2) + "\n")
+            _write_atomic(md_path, rep.to_markdown())
+        except OSError as e:
+            err.print(f"[bold red]error[/]: cannot write the report: {escape(str(e))}")
+            raise typer.Exit(EXIT_FAILED) from None
+    if as_json:
+        out.print_json(json.dumps(doc))
+    else:
+        out.print(Markdown(rep.to_markdown()))
+    if rep.status == "refused":
+        if rep.error:
+            err.print(f"[bold red]refused[/] ({escape(str(rep.error.get('code')))}): "
+                      f"{escape(str(rep.reason))}", highlight=False, soft_wrap=True)  # fmt: skip
+            if rep.error.get("hint"):
+                err.print(f"[bold]fix[/]: {escape(str(rep.error['hint']))}", soft_wrap=True)
+        raise typer.Exit(EXIT_REFUSED)
+    if not rep.passed:
+        err.print(f"[bold red]drill failed[/]: {escape(str(rep.reason))}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

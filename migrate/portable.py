@@ -12,7 +12,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,7 +49,10 @@ class ImportResult:
     container_id: str
     name: str
     started: bool
-    restore_s: float
+    restore_s: float  # CRIU restore: from `start --checkpoint` to running
+    image_id: str = ""
+    image_loaded: bool = False  # the image was missing here and came from the bundle
+    total_s: float = 0.0  # from the bundle on disk to the container running (recovery time)
 
 
 def _now() -> str:
@@ -134,7 +137,12 @@ def import_bundle(
     name: str | None = None,
     start: bool = True,
     state_dir: Path = DEFAULT_DIR,
+    isolated: bool = False,
+    labels: Mapping[str, str] | None = None,
 ) -> ImportResult:
+    """Verify, then recreate and restore. ``isolated`` and ``labels`` go to ``Engine.create``
+    (drills restore with no network, no published ports, no restart policy)."""
+    t_begin = time.monotonic()
     staging = state_dir / "staging" / f"import-{uuid.uuid4().hex}"
     staging.parent.mkdir(parents=True, exist_ok=True)
     manifest = bundle.extract(path, staging)  # everything verified before anything is made
@@ -150,11 +158,12 @@ def import_bundle(
                 f"a container named {new_name} already exists on this host",
                 hint="choose another name with --name",
             )
-        if engine.image(image_id) is None:
+        loaded = engine.image(image_id) is None
+        if loaded:
             engine.load_image(_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
-        cid = engine.create(spec, new_name, image=image)
+        cid = engine.create(spec, new_name, image=image, isolated=isolated, labels=labels)
         try:
             upper = Path(engine.state(cid).upper_dir)
             with open(staging / ROOTFS_MEMBER, "rb") as f:
@@ -164,7 +173,8 @@ def import_bundle(
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(staging / "checkpoint"), str(target))
             if not start:
-                return ImportResult(cid, new_name, False, 0.0)
+                return ImportResult(cid, new_name, False, 0.0, image_id, loaded,
+                                    time.monotonic() - t_begin)  # fmt: skip
             t0 = time.monotonic()
             engine.start_from_checkpoint(cid, cp_name)
             deadline = t0 + RESTORE_WAIT_S
@@ -177,7 +187,8 @@ def import_bundle(
                 time.sleep(0.02)
             restore_s = time.monotonic() - t0
             shutil.rmtree(target, ignore_errors=True)
-            return ImportResult(cid, new_name, True, restore_s)
+            return ImportResult(cid, new_name, True, restore_s, image_id, loaded,
+                                time.monotonic() - t_begin)  # fmt: skip
         except BaseException:
             try:
                 engine.remove(cid)

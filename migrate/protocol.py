@@ -135,6 +135,7 @@ def _m(method_name: str, /, *, stream: bool = False, **params: Param) -> Method:
 
 
 _S, _I, _D, _L, _B = Param("str"), Param("int"), Param("dict"), Param("list"), Param("bool")
+_F = Param("float")
 
 METHODS: dict[str, Method] = {
     m.name: m
@@ -151,6 +152,10 @@ METHODS: dict[str, Method] = {
         _m("commit", migration_id=_S),
         _m("abort", migration_id=_S),
         _m("status", migration_id=_S),
+        # Disaster-recovery drills (migrate/drill.py): the stream is a bundle file.
+        _m("drill_restore", stream=True, drill_id=_S, name=_S, size=_I),
+        _m("drill_verify", drill_id=_S, settle_s=_F, argv=_L, timeout_s=_F),
+        _m("drill_remove", drill_id=_S, keep=_B),
         _m("bye"),
     )
 }

@@ -108,6 +108,12 @@ class ImageInfo:
     size: int
 
 
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None  # None: it did not finish within the timeout
+    output: str  # the tail of stdout and stderr, interleaved
+
+
 class Engine(Protocol):
     name: str
 
@@ -127,7 +133,15 @@ class Engine(Protocol):
 
     def load_image(self, chunks: Iterable[bytes]) -> None: ...
 
-    def create(self, spec: ContainerSpec, name: str, image: str | None = None) -> str: ...
+    def create(
+        self,
+        spec: ContainerSpec,
+        name: str,
+        image: str | None = None,
+        *,
+        isolated: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> str: ...
 
     def pause(self, ref: str) -> None: ...
 
@@ -150,3 +164,7 @@ class Engine(Protocol):
     def start_from_checkpoint(self, ref: str, name: str) -> None: ...
 
     def exec_sessions(self, ref: str) -> list[str]: ...
+
+    def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult: ...
+
+    def remove_image(self, ref: str) -> bool: ...

@@ -30,6 +30,7 @@ from migrate.engines.base import (
     ContainerSpec,
     ContainerState,
     EngineInfo,
+    ExecResult,
     ImageInfo,
     MountSpec,
     PortBinding,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # content store and can take seconds per GB.
 API_TIMEOUT = 300
 RUNC_TIMEOUT = 600
+_EXEC_TAIL = 4096
 
 # Fields of Config / HostConfig that describe the old container instance, not its intent.
 _DROP_CONFIG = ("Image",)
@@ -213,8 +215,21 @@ class DockerEngine:
             raw={"Config": cfg, "HostConfig": host, "Endpoints": endpoints},
         )
 
-    def create(self, spec: ContainerSpec, name: str, image: str | None = None) -> str:
-        """Create a container that matches ``spec`` (not started). Returns its id."""
+    def create(
+        self,
+        spec: ContainerSpec,
+        name: str,
+        image: str | None = None,
+        *,
+        isolated: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Create a container that matches ``spec`` (not started). Returns its id.
+
+        ``isolated`` (drills): network mode none, no published ports, no links, restart policy
+        no, so the copy can neither be reached nor answer in place of the original.
+        ``labels`` are added to the container's own.
+        """
         cfg = {k: v for k, v in dict(spec.raw.get("Config") or {}).items() if k not in _DROP_CONFIG}
         host = {
             k: v
@@ -225,10 +240,17 @@ class DockerEngine:
         # /etc/hostname and inspect agree on the destination (PLATFORM.md).
         cfg["Hostname"] = spec.hostname
         cfg["Image"] = image or spec.image_ref or spec.image_id
+        if labels:
+            cfg["Labels"] = {**dict(cfg.get("Labels") or {}), **labels}
+        mode = spec.network_mode
+        if isolated:
+            mode = "none"
+            host.update(NetworkMode="none", PortBindings={}, PublishAllPorts=False, Links=None,
+                        RestartPolicy={"Name": "no", "MaximumRetryCount": 0})  # fmt: skip
+            cfg.pop("MacAddress", None)
         body: dict[str, Any] = dict(cfg)
         body["HostConfig"] = host
         endpoints = dict(spec.raw.get("Endpoints") or {})
-        mode = spec.network_mode
         if endpoints and mode not in ("", "default", "bridge", "host", "none") and not mode.startswith(
             "container:"
         ):
@@ -316,7 +338,54 @@ class DockerEngine:
                 out.append(" ".join([str(pc.get("entrypoint", ""))] + list(pc.get("arguments") or [])))
         return out
 
+    def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
+        """Run ``argv`` inside the container (no shell of ours); keep the last 4 KiB of output.
+
+        A command still running after ``timeout`` is reported with exit code None (Docker
+        cannot kill an exec session; it ends with the container).
+        """
+        try:
+            eid = self.api.exec_create(ref, argv, stdout=True, stderr=True)["Id"]
+        except docker.errors.NotFound:
+            raise ContainerNotFound(f"container {ref!r} is gone") from None
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker exec {ref}: {e.explanation or e}") from None
+        tail = bytearray()
+
+        def pump() -> None:
+            try:
+                for chunk in self.api.exec_start(eid, stream=True):
+                    tail.extend(chunk)
+                    del tail[:-_EXEC_TAIL]
+            except (docker.errors.APIError, requests.RequestException) as e:
+                tail.extend(f"\n[migrate: reading the output failed: {e}]".encode())
+
+        t = threading.Thread(target=pump, daemon=True, name=f"exec-{eid[:12]}")
+        t.start()
+        t.join(timeout)
+        code: int | None = None
+        if not t.is_alive():
+            try:
+                res = self.api.exec_inspect(eid)
+            except docker.errors.APIError as e:
+                raise EngineError(f"docker exec inspect {ref}: {e.explanation or e}") from None
+            if not res.get("Running") and res.get("ExitCode") is not None:
+                code = int(res["ExitCode"])
+        return ExecResult(code, bytes(tail).decode(errors="replace"))
+
     # --- images ---------------------------------------------------------------------------
+
+    def remove_image(self, ref: str) -> bool:
+        """Remove an image unless a container still uses it. True if it was removed."""
+        try:
+            self.api.remove_image(ref, force=False, noprune=False)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # in use by a container: keep it
+                return False
+            raise EngineError(f"docker rmi {ref}: {e.explanation or e}") from None
 
     def image(self, ref: str) -> ImageInfo | None:
         try:

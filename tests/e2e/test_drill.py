@@ -1,0 +1,147 @@
+"""`migrate drill` on the lab over real SSH (issue 4, acceptance 5): the source keeps running
+with its state, the copy on B is verified in isolation and removed, the report says what
+happened; a failing --verify-cmd fails the drill; --keep leaves the isolated copy running."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from test_run import COUNTER, _count  # noqa: F401
+from test_run_leftovers import _copies_with
+
+STAGING = Path("/var/lib/migrate/staging")
+DRILL_LABEL = "org.migrate.drill"
+
+
+def _start(docker_a: Any, name: str, image: str, marker: str) -> None:
+    # The marker sits in the shell's memory, so the checkpoint's pages (and any copy of them
+    # left behind on B) contain it.
+    script = f'm="{marker}"; ' + COUNTER
+    docker_a.containers.run(image, ["sh", "-c", script], name=name, detach=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _count(docker_a, name) >= 20:
+                return
+        except (ValueError, Exception):  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("counter did not start")
+
+
+def _assert_nothing_left_on_b(docker_b: Any, rep: dict[str, Any], marker: str) -> None:
+    assert not docker_b.containers.list(
+        all=True, filters={"label": f"{DRILL_LABEL}={rep['drill_id']}"}
+    )
+    assert not docker_b.containers.list(all=True, filters={"name": rep["drill_name"]})
+    root = Path(docker_b.info()["DockerRootDir"])
+    if rep["drill_container_id"]:
+        assert not (root / "containers" / rep["drill_container_id"]).exists()
+    for side in ("drill-", "drill-source-"):
+        assert not (STAGING / f"{side}{rep['drill_id']}").exists(), "staging left behind"
+    assert _copies_with(marker.encode()) == [], "a copy of the checkpoint was left"
+
+
+def _drill(migrate_on_a: Any, migrate_args: list[str], name: str, report: Path,
+           *extra: str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    p = migrate_on_a("drill", name, *migrate_args, "--report", str(report), "--json", *extra)
+    rep = json.loads(p.stdout)
+    assert json.loads(report.read_text()) == rep
+    return p, rep
+
+
+def test_drill_passes_and_leaves_nothing(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    marker = f"MARK-{container_name}-{time.time_ns()}"
+    _start(docker_a, container_name, test_image, marker)
+    started = docker_a.api.inspect_container(container_name)["State"]["StartedAt"]
+    report = tmp_path / "drill.json"
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, report,
+                    "--settle", "1", "--verify-cmd", "sh -c 'test $(cat /tmp/count) -gt 0'")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert rep["status"] == "passed" and rep["reason"] is None
+    # The source never stopped: it still counts, from where it was (not restarted).
+    c = docker_a.containers.get(container_name)
+    assert c.status == "running" and rep["source_running"] is True
+    n = _count(docker_a, container_name)
+    time.sleep(0.5)
+    assert _count(docker_a, container_name) > n >= 20
+    assert c.attrs["RestartCount"] == 0 and c.attrs["State"]["StartedAt"] == started
+    # The report has what a DR audit needs.
+    assert rep["recovery_point"] and rep["recovery_time_s"] > 0 and rep["restore_s"] > 0
+    assert rep["restore_s"] <= rep["recovery_time_s"]
+    assert 0 < rep["source_pause_s"] < 30
+    sizes = rep["sizes"]
+    assert sizes["bundle"] > 0 and sizes["checkpoint"] > 0 and sizes["image"] > 0
+    assert "rootfs" in sizes and sizes["wire"] > 0
+    v = rep["verification"]
+    assert v["running"] is True and v["exit_code"] == 0 and v["settle_s"] == 1
+    assert v["command"] == ["sh", "-c", "test $(cat /tmp/count) -gt 0"]
+    assert rep["kept"] is False and rep["teardown"]["container_removed"] is True
+    md = report.with_suffix(".md").read_text()
+    assert "PASSED" in md and rep["recovery_point"] in md and "recovery time" in md
+    _assert_nothing_left_on_b(docker_b, rep, marker)
+
+
+def test_failing_verify_cmd_fails_the_drill(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    marker = f"MARK-{container_name}-{time.time_ns()}"
+    _start(docker_a, container_name, test_image, marker)
+    report = tmp_path / "drill.json"
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, report, "--settle", "0",
+                    "--verify-cmd", "sh -c 'echo not ready >&2; exit 3'")  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert rep["status"] == "failed"
+    assert "exited with 3" in rep["reason"] and "exited with 3" in p.stderr
+    assert rep["verification"]["exit_code"] == 3
+    assert "not ready" in rep["verification"]["output"]
+    md = report.with_suffix(".md").read_text()
+    assert "FAILED" in md and "exited with 3" in md
+    assert docker_a.containers.get(container_name).status == "running"
+    _assert_nothing_left_on_b(docker_b, rep, marker)
+
+
+def test_keep_leaves_an_isolated_copy(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    _start(docker_a, container_name, test_image, "keep")
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
+                    "--settle", "0", "--keep")  # fmt: skip
+    try:
+        assert p.returncode == 0, p.stderr
+        assert rep["kept"] is True and rep["verification"]["command"] is None
+        copy = docker_b.containers.get(rep["drill_name"])
+        assert copy.status == "running"
+        assert copy.attrs["HostConfig"]["NetworkMode"] == "none"
+        assert not copy.attrs["HostConfig"]["PortBindings"]
+        assert copy.attrs["HostConfig"]["RestartPolicy"]["Name"] in ("", "no")
+        assert copy.labels[DRILL_LABEL] == rep["drill_id"]
+        # Only the loopback interface inside: nothing outside can reach it.
+        devs = copy.exec_run(["cat", "/proc/net/dev"]).output.decode().splitlines()[2:]
+        assert [d.split(":")[0].strip() for d in devs] == ["lo"]
+        # It resumed from the checkpoint (kept counting from there).
+        n = int(copy.exec_run(["cat", "/tmp/count"]).output)
+        assert n >= 20
+        assert docker_a.containers.get(container_name).status == "running"
+    finally:
+        for c in docker_b.containers.list(all=True, filters={"name": rep["drill_name"]}):
+            c.remove(force=True)
+
+
+def test_not_running_container_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    docker_a.containers.create(test_image, ["sleep", "100"], name=container_name)
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
+    assert p.returncode == 3, p.stderr
+    assert rep["status"] == "refused" and "created" in rep["reason"]
+    assert rep["error"]["code"] == "precheck.container_not_running"
