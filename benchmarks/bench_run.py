@@ -1,0 +1,756 @@
+"""`migrate run` against the manual procedure and the raw SSH link, on the sandbox lab.
+
+    .venv/bin/python benchmarks/bench_run.py                      # 256 MiB, empty RW layer
+    .venv/bin/python benchmarks/bench_run.py --mem 64,256,1024 --rw 0,100,1024 [--full]
+    .venv/bin/python benchmarks/bench_run.py --legs migrate,raw   # skip the manual procedure
+
+For each case (MEM MiB of process memory, RW MiB written to the read-write layer; both half
+random bytes and half text, see memfill.c) it runs, on lab hosts a -> b, one after another:
+
+  manual   what an operator does today with /usr/bin/docker (20.10) and OpenSSH, each step
+           timed: docker pause, docker checkpoint create --leave-running, docker save | ssh
+           docker load (the image is absent on b), ssh docker create, tar of the upper dir
+           over ssh into the new container's upper dir, tar of the checkpoint into its
+           checkpoints dir, ssh docker start --checkpoint. Downtime = pause to started.
+           ssh runs over one ControlMaster connection opened beforehand (no handshake per
+           step), so the manual numbers are the best an operator gets.
+  migrate  `migrate run --json` of an identical container: downtime_s, total_s, phases, bytes,
+           and the peak RSS (VmHWM) of the source process and of the agent on b.
+  raw      OpenSSH `ssh b 'cat >/dev/null'` of as many random bytes as migrate moved raw,
+           with the default cipher and with aes128-gcm.
+
+Every migrated container is checked: the process hashes its memory on SIGUSR1, and the hash
+on b must equal the one taken on a (the seed is random, so a restart from scratch cannot
+match). A case whose check fails is reported as failed, never as a result.
+
+Writes benchmarks/results/NAME.json and NAME.md (NAME: run-256mb for the default case,
+matrix for several cases; --name overrides) and, with --plot, NAME.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate.lab import Lab, LabHost, migrate_executable
+from migrate.lab_config import LabConfig
+from migrate.lab_images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+DOCKER = "/usr/bin/docker"  # 20.10, the daemons' version (/usr/local/bin/docker is v28)
+IMAGE = "migrate-bench/memfill:1"
+MiB = 1 << 20
+STEP_TIMEOUT_S = 1800.0
+READY_TIMEOUT_S = 600.0
+SAMPLE_EVERY_S = 0.05
+
+# Goals: issue 3 (downtime <= 0.7x manual, wire <= 0.6x raw) and issue 8.
+GOAL_DOWNTIME_VS_MANUAL_ISSUE3 = 0.7
+GOAL_WIRE_VS_RAW = 0.6
+GOAL_DOWNTIME_VS_MANUAL_ISSUE8 = 0.3
+GOAL_PEAK_RSS_MB = 200.0
+
+
+# --- results -----------------------------------------------------------------------------
+
+
+@dataclass
+class Step:
+    name: str
+    seconds: float
+    in_downtime: bool
+
+
+@dataclass
+class ManualResult:
+    steps: list[Step]
+    downtime_s: float
+    downtime_without_image_s: float  # the same with the image copied before the pause
+    total_s: float
+    bytes: dict[str, int]  # image (docker save), rootfs (upper dir), checkpoint, raw (sum)
+    verified: bool
+    # reference: the checkpoint's bytes through zstd in this process (level -> wire/raw, MB/s)
+    zstd: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class MigrateResult:
+    report: dict[str, Any]
+    wall_s: float  # the `migrate run` process, start to exit
+    source_peak_rss_kb: int | None
+    agent_peak_rss_kb: int | None
+    verified: bool
+
+
+@dataclass
+class RawResult:
+    bytes: int
+    seconds: dict[str, float]  # cipher -> seconds
+
+
+@dataclass
+class Case:
+    mem_mb: int
+    rw_mb: int
+    manual: ManualResult | None = None
+    migrate: MigrateResult | None = None
+    raw: RawResult | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def compile_workload(out_dir: Path) -> bytes:
+    exe = out_dir / "memfill"
+    subprocess.run(
+        ["gcc", "-O2", "-static", "-Wall", "-o", str(exe), str(HERE / "memfill.c")],
+        check=True, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    return exe.read_bytes()
+
+
+def build_workload_image(a: LabHost) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        binary = compile_workload(Path(tmp))
+    ensure_busybox_image(a.docker_host)
+    build_image(
+        a.docker_host,
+        IMAGE,
+        files={"/usr/local/bin/memfill": binary},
+        run=["chmod 755 /usr/local/bin/memfill"],
+        extra=['ENTRYPOINT ["/usr/local/bin/memfill"]'],
+    )
+
+
+def docker(h: LabHost, *args: str, timeout: float = STEP_TIMEOUT_S, check: bool = True) -> str:
+    p = h.run([DOCKER, *args], timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} on {h.name}: {p.stderr.strip()[-800:]}")
+    return p.stdout.strip()
+
+
+def inspect(h: LabHost, name: str) -> dict[str, Any]:
+    return json.loads(docker(h, "inspect", name))[0]  # type: ignore[no-any-return]
+
+
+def upper_dir(h: LabHost, name: str) -> Path:
+    return Path(inspect(h, name)["GraphDriver"]["Data"]["UpperDir"])
+
+
+def tree_bytes(root: Path) -> int:
+    total = 0
+    for dp, _dirs, files in os.walk(root):
+        for f in files:
+            st = os.lstat(os.path.join(dp, f))
+            total += st.st_size
+    return total
+
+
+def zstd_reference(root: Path, levels: Sequence[int] = (1, 3)) -> dict[str, dict[str, float]]:
+    """What zstd (one thread) makes of the checkpoint images: the floor for wire/raw."""
+    import zstandard
+
+    out = {}
+    for level in levels:
+        raw = wire = 0
+        t0 = time.perf_counter()
+        for dp, _dirs, files in os.walk(root):
+            for f in sorted(files):
+                c = zstandard.ZstdCompressor(level=level).compressobj()
+                with open(os.path.join(dp, f), "rb") as fh:
+                    while chunk := fh.read(MiB):
+                        raw += len(chunk)
+                        wire += len(c.compress(chunk))
+                wire += len(c.flush())
+        dt = time.perf_counter() - t0
+        out[str(level)] = {"wire_vs_raw": wire / raw if raw else 0.0, "mb_s": raw / dt / 1e6}
+    return out
+
+
+def clear_b(b: LabHost, name: str) -> None:
+    """Nothing of a previous leg on b: the container, and the image (so it is absent)."""
+    docker(b, "rm", "-f", name, check=False)
+    remove_image(b.docker_host, IMAGE)
+    remove_image(b.docker_host, BUSYBOX_TAG)
+    if docker(b, "images", "-q", IMAGE, check=False):
+        raise RuntimeError(f"{IMAGE} is still on b")
+
+
+def start_workload(a: LabHost, name: str, mem_mb: int, rw_mb: int) -> Path:
+    docker(a, "run", "-d", "--name", name, IMAGE, str(mem_mb), str(rw_mb))
+    upper = upper_dir(a, name)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not (upper / "tmp" / "ready").exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} not ready after {READY_TIMEOUT_S:.0f} s")
+        st = inspect(a, name)["State"]
+        if not st["Running"]:
+            raise RuntimeError(f"{name} exited ({st['ExitCode']}) before it was ready")
+        time.sleep(0.2)
+    return upper
+
+
+def read_sum(upper: Path) -> tuple[int, str]:
+    seq, digest = (upper / "tmp" / "sum").read_text().split()
+    return int(seq), digest
+
+
+def request_sum(h: LabHost, name: str, upper: Path, after: int) -> tuple[int, str]:
+    """Ask the process to hash its memory; wait for a sequence number above ``after``."""
+    docker(h, "kill", "-s", "USR1", name)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            seq, digest = read_sum(upper)
+        except (FileNotFoundError, ValueError):
+            seq, digest = -1, ""
+        if seq > after:
+            return seq, digest
+        time.sleep(0.05)
+    raise RuntimeError(f"{name} on {h.name} did not answer the checksum request")
+
+
+def verify_on_b(b: LabHost, name: str, before: tuple[int, str]) -> bool:
+    """The memory hash on b equals the one taken on a, and the counter continued."""
+    st = inspect(b, name)["State"]
+    if not st["Running"]:
+        log(f"verify: {name} is not running on b ({st['Status']})")
+        return False
+    seq, digest = request_sum(b, name, upper_dir(b, name), before[0])
+    ok = digest == before[1] and seq == before[0] + 1
+    log(f"verify: a {before} -> b {(seq, digest)}: {'OK' if ok else 'MISMATCH'}")
+    return ok
+
+
+# --- peak RSS sampling ---------------------------------------------------------------------
+
+
+def _status_kb(pid: int, key: str) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"^{key}:\s+(\d+) kB", text, re.M)
+    return int(m.group(1)) if m else None
+
+
+def _net_ns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
+
+
+class PeakSampler:
+    """Samples VmHWM (the kernel's own peak RSS) of the source process and of every `migrate
+    agent` process in b's network namespace, every SAMPLE_EVERY_S, until stopped. VmHWM only
+    grows, so the last sample before a process exits is its peak up to that moment."""
+
+    def __init__(self, source_pid: int, b: LabHost) -> None:
+        self.source_pid = source_pid
+        self.b_ns = f"net:[{os.stat(b.netns_path).st_ino}]"
+        self.source_kb: int | None = None
+        self.agent_kb: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _agents(self) -> list[int]:
+        found = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit() or _net_ns(d) != self.b_ns:
+                continue
+            try:
+                argv = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            # the agent is python running the `migrate` script with the argument `agent`
+            if b"agent" in argv and any(a.endswith(b"/migrate") for a in argv):
+                found.append(int(d))
+        return found
+
+    def _run(self) -> None:
+        last_scan = 0.0
+        while not self._stop.is_set():
+            kb = _status_kb(self.source_pid, "VmHWM")
+            if kb is not None:
+                self.source_kb = max(self.source_kb or 0, kb)
+            now = time.monotonic()
+            if now - last_scan > 0.25:
+                for pid in self._agents():
+                    self.agent_kb.setdefault(pid, 0)
+                last_scan = now
+            for pid in list(self.agent_kb):
+                kb = _status_kb(pid, "VmHWM")
+                if kb is not None:
+                    self.agent_kb[pid] = max(self.agent_kb[pid], kb)
+            self._stop.wait(SAMPLE_EVERY_S)
+
+    @property
+    def agent_peak_kb(self) -> int | None:
+        return max(self.agent_kb.values()) if self.agent_kb else None
+
+
+# --- the legs ------------------------------------------------------------------------------
+
+
+class SshMaster:
+    """One OpenSSH ControlMaster connection from host a to host b, reused by every step."""
+
+    def __init__(self, lab: Lab, a: LabHost, tmp: Path) -> None:
+        self.lab, self.a = lab, a
+        self.control = tmp / "cm"
+        self.opts = ["-o", f"ControlPath={self.control}", "-o", "ControlMaster=auto"]
+
+    def argv(self, *cmd: str) -> list[str]:
+        base = self.lab.ssh_argv("b", *cmd)
+        return [base[0], *self.opts, *base[1:]]
+
+    def shell(self, *cmd: str) -> str:
+        return " ".join(shlex.quote(x) for x in self.argv(*cmd))
+
+    def __enter__(self) -> SshMaster:
+        base = self.lab.ssh_argv("b")
+        argv = [base[0], *self.opts, "-o", "ControlPersist=600", "-MNf", *base[1:]]
+        self.a.run(argv, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        base = self.lab.ssh_argv("b")
+        self.a.run([base[0], *self.opts, "-O", "exit", *base[1:]], check=False, timeout=30)
+
+
+def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
+    name = f"bench-m-{uuid.uuid4().hex[:6]}"
+    clear_b(b, name)
+    upper_a = start_workload(a, name, case.mem_mb, case.rw_mb)
+    try:
+        before = request_sum(a, name, upper_a, 0)
+        cfg = inspect(a, name)
+        id_a = cfg["Id"]
+        root_a = Path(docker(a, "info", "-f", "{{.DockerRootDir}}"))
+        root_b = Path(docker(b, "info", "-f", "{{.DockerRootDir}}"))
+        cp = "bench"
+        cp_a = root_a / "containers" / id_a / "checkpoints" / cp
+        tar_x = "tar --xattrs --xattrs-include='*' --numeric-owner"
+        steps: list[Step] = []
+        state: dict[str, str] = {}
+        with tempfile.TemporaryDirectory() as tmp, SshMaster(lab, a, Path(tmp)) as ssh:
+
+            def sh(cmd: str) -> str:
+                p = a.run(["bash", "-o", "pipefail", "-c", cmd], timeout=STEP_TIMEOUT_S,
+                          check=False)  # fmt: skip
+                if p.returncode != 0:
+                    raise RuntimeError(f"manual step failed: {cmd}\n{p.stderr.strip()[-800:]}")
+                return p.stdout.strip()
+
+            def create() -> None:
+                args = [DOCKER, "create", "--name", name, "--hostname",
+                        cfg["Config"]["Hostname"], cfg["Config"]["Image"], *cfg["Args"]]  # fmt: skip
+                state["id_b"] = sh(ssh.shell(*args)).splitlines()[-1]
+                state["upper_b"] = sh(ssh.shell(DOCKER, "inspect", "-f",
+                                                "{{.GraphDriver.Data.UpperDir}}", name))  # fmt: skip
+
+            def rootfs() -> None:
+                remote = f"{tar_x} -xpf - -C {shlex.quote(state['upper_b'])}"
+                sh(f"{tar_x} -C {shlex.quote(str(upper_a))} -cf - . | {ssh.shell(remote)}")
+
+            def checkpoint_copy() -> None:
+                d = shlex.quote(str(root_b / "containers" / state["id_b"] / "checkpoints" / cp))
+                remote = f"mkdir -p {d} && tar -xf - -C {d}"
+                sh(f"tar -C {shlex.quote(str(cp_a))} -cf - . | {ssh.shell(remote)}")
+
+            plan: list[tuple[str, bool, Callable[[], object]]] = [
+                ("docker pause", True, lambda: sh(f"{DOCKER} pause {name}")),
+                ("docker checkpoint create --leave-running", True,
+                 lambda: sh(f"{DOCKER} checkpoint create --leave-running {name} {cp}")),
+                ("docker save | ssh docker load", True,
+                 lambda: sh(f"{DOCKER} save {IMAGE} | {ssh.shell(DOCKER, 'load')}")),
+                ("ssh docker create (+ inspect upper dir)", True, create),
+                ("tar upper dir | ssh tar -x", True, rootfs),
+                ("tar checkpoint | ssh tar -x into checkpoints/", True, checkpoint_copy),
+                ("ssh docker start --checkpoint", True,
+                 lambda: sh(ssh.shell(DOCKER, "start", "--checkpoint", cp, name))),
+                ("docker rm -f (source)", False, lambda: sh(f"{DOCKER} rm -f {name}")),
+            ]  # fmt: skip
+            for label, in_downtime, fn in plan:
+                if label.startswith("docker rm"):
+                    # the checkpoint and upper dir vanish with the source: measure them first
+                    sizes = {"checkpoint": tree_bytes(cp_a), "rootfs": tree_bytes(upper_a)}
+                    # level 9 only where it stays cheap (~80 MB/s here)
+                    levels = (1, 3, 9) if sizes["checkpoint"] <= 300 * MiB else (1, 3)
+                    zref = zstd_reference(cp_a, levels)
+                t0 = time.monotonic()
+                fn()
+                steps.append(Step(label, time.monotonic() - t0, in_downtime))
+                log(f"manual: {label}: {steps[-1].seconds:.2f} s")
+            # the steps ran back to back; the sizes and zstd reference above are not counted
+            total = sum(s.seconds for s in steps)
+        image_bytes = int(a.run(["bash", "-o", "pipefail", "-c",
+                                 f"{DOCKER} save {IMAGE} | wc -c"]).stdout)  # fmt: skip
+        sizes["image"] = image_bytes
+        sizes["raw"] = sum(sizes.values())
+        downtime = sum(s.seconds for s in steps if s.in_downtime)
+        image_s = sum(s.seconds for s in steps if s.name.startswith("docker save"))
+        ok = verify_on_b(b, name, before)
+        return ManualResult(steps, downtime, downtime - image_s, total, sizes, ok, zref)
+    finally:
+        docker(a, "rm", "-f", name, check=False)
+        clear_b(b, name)
+
+
+def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case) -> MigrateResult:
+    name = f"bench-r-{uuid.uuid4().hex[:6]}"
+    clear_b(b, name)
+    upper_a = start_workload(a, name, case.mem_mb, case.rw_mb)
+    env = lab.env()
+    try:
+        before = request_sum(a, name, upper_a, 0)
+        argv = [str(migrate_executable()), "run", name, "--to", b.url,
+                "--identity", env["MIGRATE_LAB_KEY"],
+                "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
+                "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
+        t0 = time.monotonic()
+        p = a.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with PeakSampler(p.pid, b) as sampler:
+            out, err = p.communicate(timeout=STEP_TIMEOUT_S)
+        wall = time.monotonic() - t0
+        if p.returncode != 0:
+            raise RuntimeError(f"migrate run exited {p.returncode}: {err.strip()[-1500:]}"
+                               f"\n{out[-1500:]}")  # fmt: skip
+        report = json.loads(out)
+        log(f"migrate: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
+            f"phases {report['phases']}")  # fmt: skip
+        ok = verify_on_b(b, name, before)
+        return MigrateResult(report, wall, sampler.source_kb, sampler.agent_peak_kb, ok)
+    finally:
+        docker(a, "rm", "-f", name, check=False)
+        clear_b(b, name)
+
+
+RAW_CIPHERS: dict[str, list[str]] = {
+    "default": [],
+    "aes128-gcm@openssh.com": ["-c", "aes128-gcm@openssh.com"],
+}
+
+
+def run_raw(lab: Lab, a: LabHost, nbytes: int) -> RawResult:
+    """OpenSSH `ssh b 'cat >/dev/null'` of ``nbytes`` random bytes read from tmpfs."""
+    path = Path("/dev/shm") / f"migrate-bench-{uuid.uuid4().hex[:8]}"
+    try:
+        block = os.urandom(8 * MiB)
+        with open(path, "wb") as f:
+            left = nbytes
+            while left > 0:
+                f.write(block[: min(left, len(block))])
+                left -= len(block)
+        seconds = {}
+        for cipher, opts in RAW_CIPHERS.items():
+            base = lab.ssh_argv("b", "cat >/dev/null")
+            with open(path, "rb") as f:
+                t0 = time.monotonic()
+                subprocess.run(a.argv([base[0], *opts, *base[1:]]), stdin=f, check=True,
+                               timeout=STEP_TIMEOUT_S, capture_output=True)  # fmt: skip
+                seconds[cipher] = time.monotonic() - t0
+            log(f"raw ssh ({cipher}): {nbytes / MiB:.0f} MiB in {seconds[cipher]:.2f} s")
+        return RawResult(nbytes, seconds)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+# --- one case, the matrix --------------------------------------------------------------------
+
+
+def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
+    a, b = lab.host("a"), lab.host("b")
+    log(f"case: {case.mem_mb} MiB memory, {case.rw_mb} MiB read-write layer")
+    if "manual" in legs:
+        try:
+            case.manual = run_manual(lab, a, b, case)
+        except Exception as e:  # noqa: BLE001 - a failed leg is reported, the rest still runs
+            case.errors.append(f"manual: {e}")
+            log(f"manual FAILED: {e}")
+    if "migrate" in legs:
+        try:
+            case.migrate = run_migrate(lab, a, b, case)
+        except Exception as e:  # noqa: BLE001
+            case.errors.append(f"migrate: {e}")
+            log(f"migrate FAILED: {e}")
+    if "raw" in legs:
+        nbytes = 0
+        if case.migrate is not None:
+            nbytes = int(case.migrate.report["bytes"]["raw"])
+        elif case.manual is not None:
+            nbytes = case.manual.bytes["raw"]
+        if nbytes:
+            try:
+                case.raw = run_raw(lab, a, nbytes)
+            except Exception as e:  # noqa: BLE001
+                case.errors.append(f"raw: {e}")
+                log(f"raw FAILED: {e}")
+
+
+def case_list(mems: list[int], rws: list[int], full: bool) -> list[Case]:
+    """Every memory size with the smallest RW layer, and every RW layer with the middle memory
+    size (--full: every combination)."""
+    if full:
+        pairs = [(m, r) for m in mems for r in rws]
+    else:
+        mid = sorted(mems)[len(mems) // 2]
+        pairs = [(m, min(rws)) for m in mems] + [(mid, r) for r in rws if r != min(rws)]
+    return [Case(m, r) for m, r in dict.fromkeys(pairs)]
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def derived(case: Case) -> dict[str, Any]:
+    """The numbers the goals are about, for one case."""
+    d: dict[str, Any] = {}
+    m, man, raw = case.migrate, case.manual, case.raw
+    if m is not None:
+        rb = m.report["bytes"]
+        d["migrate_downtime_s"] = m.report["downtime_s"]
+        d["migrate_total_s"] = m.report["total_s"]
+        d["wire_vs_raw"] = ratio(rb["wire"], rb["raw"])
+        d["source_peak_rss_mb"] = (
+            None if m.source_peak_rss_kb is None else m.source_peak_rss_kb / 1024
+        )
+        d["agent_peak_rss_mb"] = None if m.agent_peak_rss_kb is None else m.agent_peak_rss_kb / 1024
+        peaks = [k for k in (m.source_peak_rss_kb, m.agent_peak_rss_kb) if k is not None]
+        d["peak_rss_MB"] = max(peaks) * 1024 / 1e6 if peaks else None  # MB, as the goal says
+    if man is not None:
+        d["manual_downtime_s"] = man.downtime_s
+        d["manual_downtime_without_image_s"] = man.downtime_without_image_s
+        d["manual_total_s"] = man.total_s
+    if m is not None and man is not None:
+        d["downtime_vs_manual"] = ratio(m.report["downtime_s"], man.downtime_s)
+        d["downtime_vs_manual_without_image"] = ratio(m.report["downtime_s"],
+                                                      man.downtime_without_image_s)  # fmt: skip
+        d["total_vs_manual"] = ratio(m.report["total_s"], man.total_s)
+    if m is not None and raw is not None:
+        best = min(raw.seconds.values())
+        d["raw_ssh_best_s"] = best
+        d["raw_ssh_mb_s"] = raw.bytes / best / 1e6
+        # effective rate of migrate's data phases: raw bytes over the time spent moving them
+        ph = m.report["phases"]
+        moving = sum(ph.get(k, 0.0) for k in ("image", "rootfs", "transfer"))
+        d["migrate_data_phases_s"] = moving
+        d["migrate_effective_mb_s"] = m.report["bytes"]["raw"] / moving / 1e6 if moving else None
+    return d
+
+
+def fmt(x: Any, spec: str = ".2f", unit: str = "") -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "NO"
+    return f"{x:{spec}}{unit}"
+
+
+def verdict(value: float | None, limit: float) -> str:
+    if value is None:
+        return "not measured"
+    return f"{'MET' if value <= limit else 'NOT MET'} ({value:.2f} vs <= {limit})"
+
+
+def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
+    out = [f"# `migrate run` vs the manual procedure vs the raw link ({meta['title']})", ""]
+    out.append(
+        f"Generated by `benchmarks/bench_run.py{(' ' + meta['argv']) if meta['argv'] else ''}` on {meta['date']} "
+        f"({meta['host']}, {meta['cpus']} CPUs, kernel {meta['kernel']}), lab `{meta['lab']}`, "
+        f"migrate at commit {meta['git']}. One run per case; this VM is shared, expect +-20 %."
+    )
+    out += ["", "Workload: a static C process (benchmarks/memfill.c) holding MEM MiB, half "
+            "random bytes, half log-like text; its read-write layer holds RW MiB of files of the "
+            "same mix. Memory verified after each migration: the process hashes its memory on "
+            "SIGUSR1 and the hash on b must equal the one on a (random seed, so a fresh start "
+            "cannot match).", ""]  # fmt: skip
+    out += ["## Summary", "",
+            "| memory | RW layer | manual downtime | (image pre-copied) | migrate downtime | "
+            "ratio | manual total | migrate total | raw MiB | wire MiB | wire/raw | "
+            "raw ssh (best) | migrate data phases | source peak RSS | agent peak RSS | verified |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for c in cases:
+        d = derived(c)
+        rb = c.migrate.report["bytes"] if c.migrate else {}
+        ver = []
+        if c.manual:
+            ver.append(f"manual {fmt(c.manual.verified)}")
+        if c.migrate:
+            ver.append(f"migrate {fmt(c.migrate.verified)}")
+        out.append(
+            f"| {c.mem_mb} MiB | {c.rw_mb} MiB | {fmt(d.get('manual_downtime_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('manual_downtime_without_image_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('migrate_downtime_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('downtime_vs_manual'), '.2f', 'x')} "
+            f"| {fmt(d.get('manual_total_s'), '.2f', ' s')} | {fmt(d.get('migrate_total_s'), '.2f', ' s')} "
+            f"| {fmt(rb.get('raw', 0) / MiB if rb else None, '.0f')} "
+            f"| {fmt(rb.get('wire', 0) / MiB if rb else None, '.0f')} "
+            f"| {fmt(d.get('wire_vs_raw'), '.2f')} "
+            f"| {fmt(d.get('raw_ssh_best_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('migrate_data_phases_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('source_peak_rss_mb'), '.0f', ' MiB')} "
+            f"| {fmt(d.get('agent_peak_rss_mb'), '.0f', ' MiB')} | {', '.join(ver) or '-'} |"
+        )
+    out += ["", "ratio = migrate downtime / manual downtime. Downtime: manual = `docker pause` to "
+            "`docker start --checkpoint` done on b (all steps below marked *); migrate = its "
+            "report's `downtime_s` (pause to the destination running). \"image pre-copied\": "
+            "the manual downtime without the `docker save | load` step, i.e. if the operator "
+            "had copied the image before pausing. raw ssh: OpenSSH `ssh b 'cat >/dev/null'` of "
+            "migrate's raw byte count (best of default cipher and aes128-gcm). Peak RSS: VmHWM "
+            "of the `migrate run` process and of the `migrate agent` process on b, sampled "
+            "every 50 ms.", ""]  # fmt: skip
+
+    out += ["## Goals", ""]
+    for c in cases:
+        d = derived(c)
+        out.append(f"- {c.mem_mb} MiB / RW {c.rw_mb} MiB: "
+                   f"downtime <= 0.7x manual (issue 3): "
+                   f"{verdict(d.get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE3)}; "
+                   f"<= 0.3x (issue 8): "
+                   f"{verdict(d.get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE8)}; "
+                   f"wire <= 0.6x raw: {verdict(d.get('wire_vs_raw'), GOAL_WIRE_VS_RAW)}; "
+                   f"peak RSS < {GOAL_PEAK_RSS_MB:.0f} MB: "
+                   f"{verdict(d.get('peak_rss_MB'), GOAL_PEAK_RSS_MB)}")  # fmt: skip
+    out.append("")
+
+    out += ["## Where the time goes", ""]
+    for c in cases:
+        out += [f"### {c.mem_mb} MiB memory, {c.rw_mb} MiB read-write layer", ""]
+        if c.manual:
+            out += ["Manual procedure (* = inside the downtime):", "",
+                    "| step | s |", "|---|---:|"]  # fmt: skip
+            for s in c.manual.steps:
+                out.append(f"| {s.name}{' *' if s.in_downtime else ''} | {s.seconds:.2f} |")
+            mb = c.manual.bytes
+            out += [f"| **downtime** | **{c.manual.downtime_s:.2f}** |",
+                    f"| total | {c.manual.total_s:.2f} |", "",
+                    f"Bytes over ssh (uncompressed): image {mb['image'] / MiB:.1f} MiB, "
+                    f"upper dir {mb['rootfs'] / MiB:.1f} MiB, checkpoint "
+                    f"{mb['checkpoint'] / MiB:.1f} MiB. Reference, the same checkpoint "
+                    "through zstd in one thread: " + ", ".join(
+                        f"level {k}: wire/raw {v['wire_vs_raw']:.3f} at {v['mb_s']:.0f} MB/s"
+                        for k, v in c.manual.zstd.items()) + ".", ""]  # fmt: skip
+        if c.migrate:
+            r = c.migrate.report
+            out += [
+                "`migrate run` phases (in the order they ran; * = inside the downtime, "
+                "from `freeze` through `restore`):",
+                "",
+                "| phase | s |",
+                "|---|---:|",
+            ]
+            inside = False
+            for k, v in r["phases"].items():
+                inside = inside or k == "freeze"
+                out.append(f"| {k}{' *' if inside else ''} | {v:.2f} |")
+                if k == "restore":
+                    inside = False
+            rb = r["bytes"]
+            out += [f"| **downtime** | **{r['downtime_s']:.2f}** |",
+                    f"| total (report) | {r['total_s']:.2f} |",
+                    f"| `migrate run` process wall time | {c.migrate.wall_s:.2f} |", "",
+                    "Bytes: " + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in rb.items()), ""]  # fmt: skip
+        if c.raw:
+            out += ["Raw link: " + ", ".join(
+                f"{k} {v:.2f} s ({c.raw.bytes / v / 1e6:.0f} MB/s)" for k, v in c.raw.seconds.items()
+            ) + f" for {c.raw.bytes / MiB:.0f} MiB.", ""]  # fmt: skip
+        for e in c.errors:
+            out += [f"**FAILED** {e}", ""]
+    return "\n".join(out)
+
+
+def git_describe() -> str:
+    p = subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h"],
+                       capture_output=True, text=True, check=False)  # fmt: skip
+    return p.stdout.strip() if p.returncode == 0 else "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--lab", default=os.environ.get("MIGRATE_BENCH_LAB", "mbench"))
+    ap.add_argument("--subnet", default=os.environ.get("MIGRATE_BENCH_SUBNET", "10.213.20.0/24"))
+    ap.add_argument("--mem", default="256", help="memory sizes in MiB, comma-separated")
+    ap.add_argument("--rw", default="0", help="read-write layer sizes in MiB, comma-separated")
+    ap.add_argument("--full", action="store_true", help="every (mem, rw) pair, not the two axes")
+    ap.add_argument("--legs", default="manual,migrate,raw")
+    ap.add_argument("--name", help="output name under benchmarks/results/")
+    ap.add_argument("--plot", action="store_true", help="also write NAME.png (matplotlib)")
+    args = ap.parse_args(argv)
+    mems = [int(x) for x in args.mem.split(",")]
+    rws = [int(x) for x in args.rw.split(",")]
+    legs = [x.strip() for x in args.legs.split(",")]
+    cases = case_list(mems, rws, args.full)
+    name = args.name or ("run-256mb" if [(c.mem_mb, c.rw_mb) for c in cases] == [(256, 0)]
+                         else "matrix")  # fmt: skip
+
+    lab = Lab(LabConfig(name=args.lab, subnet=args.subnet))
+    lab.up()
+    build_workload_image(lab.host("a"))
+    t0 = time.monotonic()
+    for c in cases:
+        run_case(lab, c, legs)
+    meta = {
+        "title": ", ".join(f"{c.mem_mb}/{c.rw_mb}" for c in cases) + " MiB (memory/RW)",
+        "argv": " ".join(sys.argv[1:] if argv is None else argv),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "kernel": platform.release(),
+        "lab": args.lab,
+        "git": git_describe(),
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    doc = {"meta": meta, "cases": [asdict(c) | {"derived": derived(c)} for c in cases]}
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(cases, meta) + "\n")
+    log(f"wrote {RESULTS / name}.json and .md ({meta['seconds']} s)")
+    if args.plot:
+        from plot import plot  # benchmarks/plot.py: needs the `bench` extra (matplotlib)
+
+        plot(doc, RESULTS / f"{name}.png")
+        log(f"wrote {RESULTS / name}.png")
+    print((RESULTS / f"{name}.md").read_text())
+    failed = any(c.errors for c in cases) or any(
+        (c.manual and not c.manual.verified) or (c.migrate and not c.migrate.verified)
+        for c in cases
+    )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
