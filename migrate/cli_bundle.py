@@ -85,9 +85,13 @@ def import_cmd(
         out.print_json(json.dumps({
             "status": "restored" if res.started else "created", "name": res.name,
             "container_id": res.container_id, "restore_s": round(res.restore_s, 3),
+            "checkpoint": res.checkpoint or None,
         }))  # fmt: skip
         return
-    state = f"restored in {res.restore_s:.2f} s" if res.started else "created (not started)"
+    state = (
+        f"restored in {res.restore_s:.2f} s" if res.started else "created (not started); "
+        f"restore it with `docker start --checkpoint {res.checkpoint} {res.name}`"
+    )
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
 
 

@@ -285,7 +285,13 @@ class Drill:
             return spec
 
     def _drill(self, spec: ContainerSpec) -> DrillReport:
-        from migrate.portable import CHECKPOINT_PREFIX, IMAGE_MEMBER, ROOTFS_MEMBER, export
+        from migrate.portable import (
+            CHECKPOINT_PREFIX,
+            IMAGE_MEMBER,
+            LOG_MEMBER,
+            ROOTFS_MEMBER,
+            export,
+        )
 
         assert self.conn is not None
         self.staging.mkdir(parents=True)
@@ -296,7 +302,8 @@ class Drill:
         sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
         for m in exp.manifest.members:
             part = ("checkpoint" if m.name.startswith(CHECKPOINT_PREFIX) else
-                    {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs"}.get(m.name, "other"))  # fmt: skip
+                    {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs",
+                     LOG_MEMBER: "log"}.get(m.name, "other"))  # fmt: skip
             sizes[part] = sizes.get(part, 0) + m.size
         self.fields.update(recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s,
                            sizes=sizes)  # fmt: skip

@@ -8,6 +8,7 @@ load the image if missing, create, apply the layer, place the checkpoint and sta
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import time
@@ -30,6 +31,7 @@ from migrate.journal import DEFAULT_DIR
 
 IMAGE_MEMBER = "image/docker-save.tar"
 ROOTFS_MEMBER = "rootfs-diff.tar"
+LOG_MEMBER = "container.log"
 CHECKPOINT_PREFIX = "checkpoint/"
 RESTORE_WAIT_S = 60.0
 
@@ -53,6 +55,7 @@ class ImportResult:
     image_id: str = ""
     image_loaded: bool = False  # the image was missing here and came from the bundle
     total_s: float = 0.0  # from the bundle on disk to the container running (recovery time)
+    checkpoint: str = ""  # with start=False: `docker start --checkpoint CHECKPOINT NAME`
 
 
 def _now() -> str:
@@ -86,6 +89,10 @@ def export(
         with open(staging / "image.tar", "wb") as f:
             for chunk in engine.save_image(refs):
                 f.write(chunk)
+        log_src = engine.log_file(spec.id)
+        log_copy = staging / LOG_MEMBER
+        # Most of the log is copied while the container runs, the rest while it is paused.
+        log_at = _copy_log(log_src, log_copy, 0) if log_src is not None else None
         t_pause = time.monotonic()
         engine.pause(spec.id)
         paused = True
@@ -93,6 +100,8 @@ def export(
         engine.checkpoint(spec.id, staging / "checkpoint", staging / "work")
         with open(staging / ROOTFS_MEMBER, "wb") as f:
             layers.capture_to(Path(engine.state(spec.id).upper_dir), f)
+        if log_src is not None and log_at is not None:
+            _copy_log(log_src, log_copy, log_at)
         if leave_running:
             engine.unpause(spec.id)
             action = "running"
@@ -102,6 +111,8 @@ def export(
         paused = False
         pause_s = time.monotonic() - t_pause
         files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
+        if log_copy.is_file():
+            files.append((LOG_MEMBER, log_copy))
         for p in sorted((staging / "checkpoint").iterdir()):
             if not p.is_file() or p.is_symlink():
                 raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
@@ -168,13 +179,14 @@ def import_bundle(
             upper = Path(engine.state(cid).upper_dir)
             with open(staging / ROOTFS_MEMBER, "rb") as f:
                 layers.apply(f, upper, policy=layers.ROOTFS_POLICY)
+            _place_log(engine, cid, staging / LOG_MEMBER)
             cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
             target = engine.checkpoint_dir(cid, cp_name)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(staging / "checkpoint"), str(target))
             if not start:
                 return ImportResult(cid, new_name, False, 0.0, image_id, loaded,
-                                    time.monotonic() - t_begin)  # fmt: skip
+                                    time.monotonic() - t_begin, cp_name)  # fmt: skip
             t0 = time.monotonic()
             engine.start_from_checkpoint(cid, cp_name)
             deadline = t0 + RESTORE_WAIT_S
@@ -203,3 +215,37 @@ def _chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while b := f.read(1 << 20):
             yield b
+
+
+def _copy_log(src: Path, dst: Path, offset: int) -> int | None:
+    """Append ``src`` from ``offset`` to ``dst``; the new offset. A log that shrank (rotated)
+    is copied again from its start. None if it cannot be read (the bundle goes without it)."""
+    try:
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                offset = 0
+                dst.unlink(missing_ok=True)
+            f.seek(offset)
+            with open(dst, "ab") as out:
+                while offset < size and (b := f.read(min(1 << 20, size - offset))):
+                    out.write(b)
+                    offset += len(b)
+        return offset
+    except FileNotFoundError:
+        return 0
+    except OSError:
+        dst.unlink(missing_ok=True)
+        return None
+
+
+def _place_log(engine: Engine, cid: str, log: Path) -> None:
+    """Put the source's log where the new container's log driver will append to it, so
+    `docker logs` shows the history too. Skipped if the driver keeps no such file."""
+    if not log.is_file():
+        return
+    target = engine.log_file(cid)
+    if target is None or (target.exists() and target.stat().st_size > 0):
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(log, target)

@@ -373,6 +373,16 @@ class DockerEngine:
                 code = int(res["ExitCode"])
         return ExecResult(code, bytes(tail).decode(errors="replace"))
 
+    def log_file(self, ref: str) -> Path | None:
+        """The container's log file when Docker keeps one we can carry (json-file driver):
+        where it is, or for a container never started, where the driver will append to it."""
+        c = self._inspect(ref)
+        if ((c.get("HostConfig") or {}).get("LogConfig") or {}).get("Type") != "json-file":
+            return None
+        if c.get("LogPath"):
+            return Path(str(c["LogPath"]))
+        return self.data_root / "containers" / c["Id"] / f"{c['Id']}-json.log"
+
     # --- images ---------------------------------------------------------------------------
 
     def remove_image(self, ref: str) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import remove_containers
-from test_run import _count, _start_counter, counter_image  # noqa: F401 - fixture
+from test_run import COUNTER, _count, _start_counter, counter_image  # noqa: F401 - fixture
 
 from migrate.lab import migrate_executable
 
@@ -108,3 +108,52 @@ def test_inspect_matches_docker_top(
     assert all(proc["pages"] > 0 for proc in ins["processes"])
     assert ins["meta"]["container"] == container_name and ins["sizes"]["checkpoint"] > 0
     assert any(m.startswith("/ ") for m in ins["mounts"])
+
+
+def test_import_no_start_leaves_the_checkpoint_ready(
+    migrate_on_a: Any,
+    run_on_b: Any,
+    container_name: str,
+    other_names: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,  # noqa: F811 - the fixture from test_run
+    tmp_path: Path,
+) -> None:
+    # A counter that also logs: the log travels in the bundle (container.log).
+    docker_a.containers.run(counter_image, ["sh", "-c", f"echo logged-on-a; {COUNTER}"],
+                            name=container_name, detach=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _count(docker_a, container_name) >= 20:
+                break
+        except (ValueError, Exception):  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    path = tmp_path / "c.tar.zst"
+    p = migrate_on_a("export", container_name, "-o", str(path), "--leave-running")
+    assert p.returncode == 0, p.stderr
+    at_export = _count(docker_a, container_name)
+    p = migrate_on_a("inspect", str(path), "--json")
+    assert json.loads(p.stdout)["sizes"]["container.log"] > 0
+    name = other_names[0]
+    p = run_on_b([str(migrate_executable()), "import", str(path), "--name", name, "--no-start",
+                  "--json"])  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["status"] == "created" and res["checkpoint"]
+    c = docker_b.containers.get(name)
+    assert c.status == "created"
+    root = Path(docker_b.info()["DockerRootDir"])
+    cp_dir = root / "containers" / c.id / "checkpoints" / res["checkpoint"]
+    assert (cp_dir / "inventory.img").is_file(), "the CRIU images are not in place"
+    # What the output tells the user to run restores it, with its memory.
+    p = run_on_b(["/usr/bin/docker", "start", "--checkpoint", res["checkpoint"], name])
+    assert p.returncode == 0, p.stderr
+    assert docker_b.containers.get(name).status == "running"
+    after = _count(docker_b, name)
+    assert 20 <= after <= at_export + 5, "the counter restarted instead of continuing"
+    # `docker logs` on B shows what the container logged on A before the export, once.
+    logs = docker_b.containers.get(name).logs().decode()
+    assert logs.count("logged-on-a") == 1, logs
