@@ -237,7 +237,7 @@ class Drill:
             for m in spec.mounts:
                 if m.type in ("bind", "volume"):
                     raise Unsupported(
-                        f"{spec.name} has a {m.type} mount at {m.destination}: bundles do not "
+                        f"{spec.name} has a {m.type} mount at {m.destination}: drills do not "
                         "carry volumes yet, so the drill copy would not have that data",
                         hint="drill containers without volumes or bind mounts (docs/bundle.md)",
                     )

@@ -32,6 +32,7 @@ from migrate.journal import DEFAULT_DIR
 IMAGE_MEMBER = "image/docker-save.tar"
 ROOTFS_MEMBER = "rootfs-diff.tar"
 LOG_MEMBER = "container.log"
+VOLUME_PREFIX = "volumes/"
 CHECKPOINT_PREFIX = "checkpoint/"
 RESTORE_WAIT_S = 60.0
 
@@ -102,6 +103,7 @@ def export(
             layers.capture_to(Path(engine.state(spec.id).upper_dir), f)
         if log_src is not None and log_at is not None:
             _copy_log(log_src, log_copy, log_at)
+        volumes = _capture_volumes(spec, staging / "volumes")  # frozen: consistent with memory
         if leave_running:
             engine.unpause(spec.id)
             action = "running"
@@ -113,6 +115,8 @@ def export(
         files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
         if log_copy.is_file():
             files.append((LOG_MEMBER, log_copy))
+        for v in volumes:
+            files.append((v["member"], staging / v["member"]))
         for p in sorted((staging / "checkpoint").iterdir()):
             if not p.is_file() or p.is_symlink():
                 raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
@@ -129,6 +133,7 @@ def export(
             "source_host": socket.gethostname(),
             "created": checkpoint_time,
             "checkpoint": "checkpoint",
+            "volumes": volumes,
         }
         manifest = bundle.write_file(out, files, meta)
         return ExportResult(manifest, out, out.stat().st_size, pause_s, checkpoint_time, action)
@@ -169,17 +174,28 @@ def import_bundle(
                 f"a container named {new_name} already exists on this host",
                 hint="choose another name with --name",
             )
+        volumes = _bundle_volumes(manifest)
+        for v in volumes:
+            if not _anonymous(v["name"]) and engine.volume_exists(v["name"]):
+                raise NameConflict(
+                    f"a volume named {v['name']} already exists on this host; the bundle "
+                    "carries its content and will not overwrite or merge into it",
+                    hint=f"remove it (`docker volume rm {v['name']}`) if it is not needed, or "
+                    "import on another host",
+                )
         loaded = engine.image(image_id) is None
         if loaded:
             engine.load_image(_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
         cid = engine.create(spec, new_name, image=image, isolated=isolated, labels=labels)
+        filled: list[str] = []  # volumes this import wrote into (new and empty before)
         try:
             upper = Path(engine.state(cid).upper_dir)
             with open(staging / ROOTFS_MEMBER, "rb") as f:
                 layers.apply(f, upper, policy=layers.ROOTFS_POLICY)
             _place_log(engine, cid, staging / LOG_MEMBER)
+            _fill_volumes(engine, cid, staging, volumes, filled)
             cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
             target = engine.checkpoint_dir(cid, cp_name)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -202,8 +218,15 @@ def import_bundle(
             return ImportResult(cid, new_name, True, restore_s, image_id, loaded,
                                 time.monotonic() - t_begin)  # fmt: skip
         except BaseException:
+            made: list[str] = []
+            try:
+                made = _volumes_of(engine, cid, volumes, filled)
+            except MigrateError:
+                pass
             try:
                 engine.remove(cid)
+                for name in made:
+                    engine.remove_volume(name)
             except MigrateError:
                 pass
             raise
@@ -249,3 +272,79 @@ def _place_log(engine: Engine, cid: str, log: Path) -> None:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, target)
+
+
+def _anonymous(name: str) -> bool:
+    """Docker names anonymous volumes with 64 hex digits; the create makes a new one."""
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _capture_volumes(spec: ContainerSpec, into: Path) -> list[dict[str, str]]:
+    """Each volume mount's content as ``volumes/<name>.tar`` (layers.py format)."""
+    out = []
+    for m in spec.mounts:
+        if m.type != "volume" or not m.name:
+            continue
+        member = f"{VOLUME_PREFIX}{m.name}.tar"
+        bundle.check_name(member)
+        into.mkdir(exist_ok=True)
+        with open(into / f"{m.name}.tar", "wb") as f:
+            layers.capture_to(Path(m.source), f)
+        out.append({"name": m.name, "destination": m.destination, "member": member})
+    return out
+
+
+def _bundle_volumes(manifest: bundle.Manifest) -> list[dict[str, str]]:
+    """The volumes the manifest declares, each backed by a member (checked, not trusted)."""
+    raw = manifest.meta.get("volumes") or []
+    names = {m.name for m in manifest.members}
+    out = []
+    if not isinstance(raw, list):
+        raise BundleInvalid("bundle member 'manifest.json': bad volume list")
+    for v in raw:
+        if not isinstance(v, dict) or not all(
+            isinstance(v.get(k), str) for k in ("name", "destination", "member")
+        ):
+            raise BundleInvalid("bundle member 'manifest.json': bad volume entry")
+        if v["member"] != f"{VOLUME_PREFIX}{v['name']}.tar" or v["member"] not in names:
+            raise BundleInvalid(f"bundle member {v['member']!r}: volume without its content",
+                                details={"member": v["member"]})  # fmt: skip
+        out.append({k: v[k] for k in ("name", "destination", "member")})
+    return out
+
+
+def _volumes_of(
+    engine: Engine, cid: str, volumes: list[dict[str, str]], filled: list[str]
+) -> list[str]:
+    """The volumes a failed import made and must remove: those it filled, and those at the
+    bundle's destinations that are still empty (the create made them; nothing else uses them).
+    A volume that had content before is never among them."""
+    want = {v["destination"] for v in volumes}
+    out = []
+    for m in engine.spec(cid).mounts:
+        if m.type != "volume" or not m.name or m.destination not in want:
+            continue
+        src = Path(m.source) if m.source else None
+        if m.name in filled or (src is not None and src.is_dir() and not any(src.iterdir())):
+            out.append(m.name)
+    return out
+
+
+def _fill_volumes(
+    engine: Engine, cid: str, staging: Path, volumes: list[dict[str, str]], filled: list[str]
+) -> None:
+    """Write each carried volume into the (new, empty) volume the create made for it."""
+    if not volumes:
+        return
+    mounts = {m.destination: m for m in engine.spec(cid).mounts if m.type == "volume"}
+    for v in volumes:
+        m = mounts.get(v["destination"])
+        if m is None or not m.source:
+            raise RestoreFailed(f"the new container has no volume at {v['destination']}")
+        target = Path(m.source)
+        if any(target.iterdir()):
+            raise NameConflict(f"volume {m.name} on this host is not empty",
+                               hint="remove it (`docker volume rm`) or import elsewhere")  # fmt: skip
+        filled.append(m.name)
+        with open(staging / v["member"], "rb") as f:
+            layers.apply(f, target, policy=layers.VOLUME_POLICY)

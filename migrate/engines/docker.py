@@ -383,6 +383,25 @@ class DockerEngine:
             return Path(str(c["LogPath"]))
         return self.data_root / "containers" / c["Id"] / f"{c['Id']}-json.log"
 
+    # --- volumes --------------------------------------------------------------------------
+
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self.api.inspect_volume(name)
+            return True
+        except docker.errors.NotFound:
+            return False
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker volume inspect {name}: {e.explanation or e}") from None
+
+    def remove_volume(self, name: str) -> None:
+        try:
+            self.api.remove_volume(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker volume rm {name}: {e.explanation or e}") from None
+
     # --- images ---------------------------------------------------------------------------
 
     def remove_image(self, ref: str) -> bool:

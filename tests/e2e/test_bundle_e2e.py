@@ -157,3 +157,57 @@ def test_import_no_start_leaves_the_checkpoint_ready(
     # `docker logs` on B shows what the container logged on A before the export, once.
     logs = docker_b.containers.get(name).logs().decode()
     assert logs.count("logged-on-a") == 1, logs
+
+
+def test_named_volume_travels_in_the_bundle(
+    migrate_on_a: Any,
+    run_on_b: Any,
+    container_name: str,
+    other_names: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
+    vol = f"mt-vol-{uuid.uuid4().hex[:10]}"
+    script = (
+        "echo hello > /data/hello; mkdir -p /data/sub; ln -s ../hello /data/sub/link; "
+        "i=0; while true; do i=$((i+1)); echo $i > /data/count.new; mv /data/count.new "
+        "/data/count; sleep 0.1; done"
+    )
+    try:
+        docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
+                                detach=True, volumes={vol: {"bind": "/data", "mode": "rw"}})  # fmt: skip
+        time.sleep(1.5)
+        path = tmp_path / "v.tar.zst"
+        p = migrate_on_a("export", container_name, "-o", str(path), "--leave-running")
+        assert p.returncode == 0, p.stderr
+        p = migrate_on_a("inspect", str(path), "--json")
+        ins = json.loads(p.stdout)
+        assert ins["sizes"]["volumes"] > 0
+        assert [v["name"] for v in ins["meta"]["volumes"]] == [vol]
+        exe = str(migrate_executable())
+        p = run_on_b([exe, "import", str(path), "--name", other_names[0], "--json"])
+        assert p.returncode == 0, p.stderr
+        c = docker_b.containers.get(other_names[0])
+        assert c.status == "running"
+        assert [m["Name"] for m in c.attrs["Mounts"]] == [vol]
+        assert c.exec_run(["cat", "/data/hello"]).output == b"hello\n"
+        assert c.exec_run(["cat", "/data/sub/link"]).output == b"hello\n"
+        # The file in the volume and the shell's memory were captured at the same instant:
+        # the restored loop goes on from the value it last wrote.
+        n = int(c.exec_run(["cat", "/data/count"]).output)
+        time.sleep(0.5)
+        assert int(c.exec_run(["cat", "/data/count"]).output) > n >= 10
+        # A second import would merge into that volume: refused before anything is created.
+        p = run_on_b([exe, "import", str(path), "--name", other_names[1]])
+        assert p.returncode == 3, p.stderr
+        assert "precheck.name_conflict" in p.stderr and vol in p.stderr
+        assert not docker_b.containers.list(all=True, filters={"name": other_names[1]})
+    finally:
+        for client, names in ((docker_a, [container_name]), (docker_b, other_names)):
+            for n in names:
+                for ctr in client.containers.list(all=True, filters={"name": n}):
+                    ctr.remove(force=True)
+            for v in client.volumes.list(filters={"name": vol}):
+                v.remove(force=True)
