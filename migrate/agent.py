@@ -73,6 +73,7 @@ class _Drill:
     container_id: str = ""
     image_id: str = ""
     image_loaded: bool = False  # loaded for the drill only: removed with it
+    volumes: tuple[str, ...] = ()  # the drill copy's own volumes: removed with it
     done: bool = False  # removed, or kept on request: nothing left to clean up at exit
 
 
@@ -425,20 +426,28 @@ class Agent:
             if got != size:
                 raise ProtocolError(f"drill bundle is {got} bytes, {size} were declared")
             try:
-                d.image_id = str(bundle.read_manifest(path).meta["image"]["id"])
+                meta = bundle.read_manifest(path).meta
+                d.image_id = str(meta["image"]["id"])
+                # The copy gets volumes of its own: the standby may hold a replica under the
+                # original name, which a drill must never touch.
+                renames = {str(v["name"]): f"{v['name']}-drill-{drill_id[:8]}"
+                           for v in meta.get("volumes") or []}  # fmt: skip
             except (KeyError, TypeError) as e:
                 raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
             had_image = self.engine.image(d.image_id) is not None
             try:
                 res = import_bundle(self.engine, path, name=name, state_dir=base, isolated=True,
-                                    labels={DRILL_LABEL: drill_id})  # fmt: skip
+                                    labels={DRILL_LABEL: drill_id},
+                                    volume_names=renames)  # fmt: skip
             except BaseException:
                 if not had_image:
                     self._remove_image(d)
                 raise
             d.container_id, d.image_loaded = res.container_id, res.image_loaded
+            d.volumes = res.volumes
             return {
                 "container_id": res.container_id,
+                "volumes": list(res.volumes),
                 "restore_s": res.restore_s,
                 "recovery_s": res.total_s,
                 "image_loaded": res.image_loaded,
@@ -474,8 +483,11 @@ class Agent:
             d.done = True
             return {"kept": True, "container_removed": False, "image_removed": False}
         self.engine.remove(d.container_id, force=True)
+        for v in d.volumes:
+            self.engine.remove_volume(v)
         d.done = True
-        return {"kept": False, "container_removed": True, "image_removed": self._remove_image(d)}
+        return {"kept": False, "container_removed": True, "volumes_removed": list(d.volumes),
+                "image_removed": self._remove_image(d)}  # fmt: skip
 
     def _remove_image(self, d: _Drill) -> bool:
         try:
@@ -492,6 +504,8 @@ class Agent:
             log.warning("removing drill container %s (the source went away)", d.name)
             try:
                 self.engine.remove(d.container_id, force=True)
+                for v in d.volumes:
+                    self.engine.remove_volume(v)
                 if d.image_loaded:
                     self._remove_image(d)
             except MigrateError as e:

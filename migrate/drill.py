@@ -235,11 +235,13 @@ class Drill:
                 )
             spec = self.engine.spec(self.opts.container)
             for m in spec.mounts:
-                if m.type in ("bind", "volume"):
+                # Volumes travel in the bundle (the copy gets its own); a bind mount is a path
+                # of this host, which the standby does not have.
+                if m.type == "bind":
                     raise Unsupported(
-                        f"{spec.name} has a {m.type} mount at {m.destination}: drills do not "
-                        "carry volumes yet, so the drill copy would not have that data",
-                        hint="drill containers without volumes or bind mounts (docs/bundle.md)",
+                        f"{spec.name} has a bind mount at {m.destination}: its content is a "
+                        "path of this host, not carried in the bundle",
+                        hint="use a named volume instead of the bind mount (docs/bundle.md)",
                     )
             if spec.network_mode == "host" or spec.network_mode.startswith("container:"):
                 raise Unsupported(
@@ -290,6 +292,7 @@ class Drill:
             IMAGE_MEMBER,
             LOG_MEMBER,
             ROOTFS_MEMBER,
+            VOLUME_PREFIX,
             export,
         )
 
@@ -302,6 +305,7 @@ class Drill:
         sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
         for m in exp.manifest.members:
             part = ("checkpoint" if m.name.startswith(CHECKPOINT_PREFIX) else
+                    "volumes" if m.name.startswith(VOLUME_PREFIX) else
                     {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs",
                      LOG_MEMBER: "log"}.get(m.name, "other"))  # fmt: skip
             sizes[part] = sizes.get(part, 0) + m.size

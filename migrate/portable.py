@@ -57,6 +57,7 @@ class ImportResult:
     image_loaded: bool = False  # the image was missing here and came from the bundle
     total_s: float = 0.0  # from the bundle on disk to the container running (recovery time)
     checkpoint: str = ""  # with start=False: `docker start --checkpoint CHECKPOINT NAME`
+    volumes: tuple[str, ...] = ()  # the volumes this import created and filled
 
 
 def _now() -> str:
@@ -155,9 +156,11 @@ def import_bundle(
     state_dir: Path = DEFAULT_DIR,
     isolated: bool = False,
     labels: Mapping[str, str] | None = None,
+    volume_names: Mapping[str, str] | None = None,
 ) -> ImportResult:
-    """Verify, then recreate and restore. ``isolated`` and ``labels`` go to ``Engine.create``
-    (drills restore with no network, no published ports, no restart policy)."""
+    """Verify, then recreate and restore. ``isolated``, ``labels`` and ``volume_names`` go to
+    ``Engine.create`` (drills restore with no network, no published ports, no restart policy,
+    and volumes of their own)."""
     t_begin = time.monotonic()
     staging = state_dir / "staging" / f"import-{uuid.uuid4().hex}"
     staging.parent.mkdir(parents=True, exist_ok=True)
@@ -176,11 +179,12 @@ def import_bundle(
             )
         volumes = _bundle_volumes(manifest)
         for v in volumes:
-            if not _anonymous(v["name"]) and engine.volume_exists(v["name"]):
+            vname = (volume_names or {}).get(v["name"], v["name"])
+            if not _anonymous(vname) and engine.volume_exists(vname):
                 raise NameConflict(
-                    f"a volume named {v['name']} already exists on this host; the bundle "
+                    f"a volume named {vname} already exists on this host; the bundle "
                     "carries its content and will not overwrite or merge into it",
-                    hint=f"remove it (`docker volume rm {v['name']}`) if it is not needed, or "
+                    hint=f"remove it (`docker volume rm {vname}`) if it is not needed, or "
                     "import on another host",
                 )
         loaded = engine.image(image_id) is None
@@ -188,7 +192,8 @@ def import_bundle(
             engine.load_image(_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
-        cid = engine.create(spec, new_name, image=image, isolated=isolated, labels=labels)
+        cid = engine.create(spec, new_name, image=image, isolated=isolated, labels=labels,
+                            volume_names=volume_names)  # fmt: skip
         filled: list[str] = []  # volumes this import wrote into (new and empty before)
         try:
             upper = Path(engine.state(cid).upper_dir)
@@ -202,7 +207,7 @@ def import_bundle(
             shutil.move(str(staging / "checkpoint"), str(target))
             if not start:
                 return ImportResult(cid, new_name, False, 0.0, image_id, loaded,
-                                    time.monotonic() - t_begin, cp_name)  # fmt: skip
+                                    time.monotonic() - t_begin, cp_name, tuple(filled))  # fmt: skip
             t0 = time.monotonic()
             engine.start_from_checkpoint(cid, cp_name)
             deadline = t0 + RESTORE_WAIT_S
@@ -216,7 +221,7 @@ def import_bundle(
             restore_s = time.monotonic() - t0
             shutil.rmtree(target, ignore_errors=True)
             return ImportResult(cid, new_name, True, restore_s, image_id, loaded,
-                                time.monotonic() - t_begin)  # fmt: skip
+                                time.monotonic() - t_begin, "", tuple(filled))  # fmt: skip
         except BaseException:
             made: list[str] = []
             try:

@@ -141,6 +141,7 @@ class Engine(Protocol):
         *,
         isolated: bool = False,
         labels: Mapping[str, str] | None = None,
+        volume_names: Mapping[str, str] | None = None,
     ) -> str: ...
 
     def pause(self, ref: str) -> None: ...

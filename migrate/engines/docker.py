@@ -223,12 +223,14 @@ class DockerEngine:
         *,
         isolated: bool = False,
         labels: Mapping[str, str] | None = None,
+        volume_names: Mapping[str, str] | None = None,
     ) -> str:
         """Create a container that matches ``spec`` (not started). Returns its id.
 
         ``isolated`` (drills): network mode none, no published ports, no links, restart policy
         no, so the copy can neither be reached nor answer in place of the original.
-        ``labels`` are added to the container's own.
+        ``labels`` are added to the container's own. ``volume_names`` maps named volumes to
+        the names to use instead (a drill copy gets its own volumes).
         """
         cfg = {k: v for k, v in dict(spec.raw.get("Config") or {}).items() if k not in _DROP_CONFIG}
         host = {
@@ -248,6 +250,8 @@ class DockerEngine:
             host.update(NetworkMode="none", PortBindings={}, PublishAllPorts=False, Links=None,
                         RestartPolicy={"Name": "no", "MaximumRetryCount": 0})  # fmt: skip
             cfg.pop("MacAddress", None)
+        if volume_names:
+            _rename_volumes(host, volume_names)
         body: dict[str, Any] = dict(cfg)
         body["HostConfig"] = host
         endpoints = dict(spec.raw.get("Endpoints") or {})
@@ -573,6 +577,24 @@ class DockerEngine:
             for leftover in _containerd_restore_copies(self._exec_root(), images):
                 log.debug("removing containerd's restore copy %s", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _rename_volumes(host: dict[str, Any], names: Mapping[str, str]) -> None:
+    """Point the named volumes of a HostConfig (``Binds`` "name:/dst[:opts]" and ``Mounts``
+    of type volume) at other names. Bind mounts start with "/" and never match a name."""
+    if host.get("Binds"):
+        binds = []
+        for b in host["Binds"]:
+            src, sep, rest = str(b).partition(":")
+            binds.append(f"{names[src]}{sep}{rest}" if sep and src in names else b)
+        host["Binds"] = binds
+    if host.get("Mounts"):
+        host["Mounts"] = [
+            {**m, "Source": names[m["Source"]]}
+            if m.get("Type") == "volume" and m.get("Source") in names
+            else m
+            for m in host["Mounts"]
+        ]
 
 
 class _LogHolder(threading.Thread):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,48 @@ def test_not_running_container_is_refused(
     assert p.returncode == 3, p.stderr
     assert rep["status"] == "refused" and "created" in rep["reason"]
     assert rep["error"]["code"] == "precheck.container_not_running"
+
+
+def test_drill_with_a_named_volume_uses_its_own_copy(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    vol = f"mt-vol-{uuid.uuid4().hex[:10]}"
+    script = "echo hello > /data/hello; while true; do sleep 0.2; done"
+    try:
+        # The standby holds a volume of the same name (a replica, say): the drill must not
+        # touch it.
+        replica = docker_b.volumes.create(vol)
+        docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
+                                detach=True, volumes={vol: {"bind": "/data", "mode": "rw"}})  # fmt: skip
+        time.sleep(1)
+        p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
+                        "--settle", "0", "--verify-cmd", "grep -q hello /data/hello")  # fmt: skip
+        assert p.returncode == 0, p.stderr
+        assert rep["status"] == "passed" and rep["sizes"]["volumes"] > 0
+        own = f"{vol}-drill-{rep['drill_id'][:8]}"
+        assert rep["teardown"]["volumes_removed"] == [own]
+        assert not docker_b.volumes.list(filters={"name": own})
+        assert Path(replica.attrs["Mountpoint"]).is_dir()
+        assert not any(Path(replica.attrs["Mountpoint"]).iterdir()), "the replica was written"
+        assert docker_a.containers.get(container_name).status == "running"
+    finally:
+        for client in (docker_a, docker_b):
+            for ctr in client.containers.list(all=True, filters={"name": container_name}):
+                ctr.remove(force=True)
+            for v in client.volumes.list(filters={"name": vol}):
+                v.remove(force=True)
+
+
+def test_bind_mount_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sleep", "100"], name=container_name, detach=True,
+                            volumes={"/tmp": {"bind": "/host-tmp", "mode": "ro"}})  # fmt: skip
+    before = {c.id for c in docker_b.containers.list(all=True)}
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
+    assert p.returncode == 3, p.stderr
+    assert rep["status"] == "refused" and rep["error"]["code"] == "precheck.unsupported"
+    assert "bind mount" in rep["reason"] and rep["recovery_point"] is None
+    assert {c.id for c in docker_b.containers.list(all=True)} == before
