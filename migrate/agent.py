@@ -32,6 +32,7 @@ from migrate.errors import (
     Unsupported,
 )
 from migrate.journal import DEFAULT_DIR, Journal
+from migrate.lock import PidLock
 from migrate.protocol import (
     KIND_CONTROL,
     METHODS,
@@ -64,6 +65,9 @@ class _Migration:
     checkpoint: str = ""
     state: str = "new"  # new|prepared|restored|committed|aborted
     journal: Journal | None = None
+    # Held by the agent process serving this migration, so another agent (started by
+    # `migrate recover` or a rollback over a new session) never acts on it at the same time.
+    lock: PidLock | None = None
 
 
 @dataclass
@@ -112,23 +116,41 @@ class Agent:
                 except ConnectionLost:
                     log.warning("source went away")
                     return self._abandon()
+                except MigrateError as e:
+                    # A broken frame (bad magic, oversized length) or silence: the stream can
+                    # not be resynchronised. Say why, undo what is uncommitted, and exit.
+                    log.error("closing the session: %s", e.message)
+                    self._send_quietly(error_message(None, e))
+                    return self._abandon(2)
                 if frame.kind != KIND_CONTROL:
                     # A stream nobody asked for: drop it (after a failed handler, say).
                     continue
-                self._dispatch(decode_control(frame.body))
+                try:
+                    self._dispatch(frame.body)
+                except ConnectionLost:
+                    log.warning("source went away")
+                    return self._abandon()
             return 0
         finally:
             self._rollback_uncommitted("agent exiting")
             self._remove_drills()
 
-    def _abandon(self) -> int:
-        self._rollback_uncommitted("connection to the source lost")
-        return 1
+    def _send_quietly(self, msg: dict[str, Any]) -> None:
+        try:
+            self.conn.send_control(msg)
+        except MigrateError:
+            pass
 
-    def _dispatch(self, msg: dict[str, Any]) -> None:
-        rid = msg.get("id") if isinstance(msg.get("id"), int) else None
+    def _abandon(self, rc: int = 1) -> int:
+        self._rollback_uncommitted("connection to the source lost")
+        return rc
+
+    def _dispatch(self, body: bytes) -> None:
+        rid: int | None = None
         reader: StreamReader | None = None
         try:
+            msg = decode_control(body)
+            rid = msg.get("id") if isinstance(msg.get("id"), int) else None
             if msg.get("type") != "request":
                 raise ProtocolError(f"unexpected message type {msg.get('type')!r}")
             rid, method, args = validate_request(msg)
@@ -145,7 +167,14 @@ class Agent:
         except MigrateError as e:
             log.info("request failed: %s: %s", e.code, e.message)
             if reader is not None and not reader.finished:
-                reader.drain()
+                try:
+                    reader.drain()
+                except ConnectionLost:
+                    raise
+                except MigrateError as e2:
+                    # The stream itself is broken (corrupt, oversized): no way to resync.
+                    self._send_quietly(error_message(rid, e))
+                    raise ConnectionLost(f"stream unusable: {e2.message}") from None
             self.conn.send_control(error_message(rid, e))
         except Exception as e:  # a bug must still answer, not hang the source
             log.exception("internal error")
@@ -153,7 +182,8 @@ class Agent:
                 try:
                     reader.drain()
                 except MigrateError:
-                    pass
+                    self._send_quietly(error_message(rid, MigrateError("agent internal error")))
+                    raise ConnectionLost("stream unusable after an internal error") from None
             err = MigrateError(f"agent internal error: {type(e).__name__}: {e}")
             self.conn.send_control(error_message(rid, err))
 
@@ -232,7 +262,7 @@ class Agent:
                 f"a container named {name!r} already exists on the destination",
                 hint="remove it there, or pick another name with --name",
             )
-        ContainerSpec.from_wire(spec)  # validates the shape
+        _spec(spec)  # validates the shape
         return {"ok": True}
 
     def h_cpuinfo_check(self, *, image_b64: str) -> dict[str, Any]:
@@ -268,9 +298,16 @@ class Agent:
         return {"loaded": True}
 
     def h_prepare(self, *, migration_id: str, spec: dict[str, Any], name: str) -> dict[str, Any]:
-        s = ContainerSpec.from_wire(spec)
+        s = _spec(spec)
+        if migration_id in self._migrations:
+            raise ProtocolError(f"migration {migration_id} was already prepared")
+        journal = self._journal(migration_id)
+        if journal.records():
+            raise ProtocolError(f"migration {migration_id} already has a journal here")
         m = _Migration(id=migration_id, name=name)
-        m.journal = Journal.for_migration("agent", migration_id, self.state_dir)
+        m.lock = self._lock(migration_id)
+        m.lock.acquire()
+        m.journal = journal
         m.checkpoint = f"migrate-{migration_id[:12]}"
         self._migrations[migration_id] = m
         m.journal.append("prepare", name=name, source_id=s.id)
@@ -341,8 +378,10 @@ class Agent:
         if m.state != "restored":
             raise ProtocolError(f"commit in state {m.state}")
         assert m.journal is not None
+        self._fault("agent:exit_before_commit")
         m.journal.append("committed", container_id=m.container_id)  # point of no return
         m.state = "committed"
+        self._fault("agent:exit_after_commit")
         # The checkpoint images have served their purpose; do not leave them behind.
         try:
             shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
@@ -351,20 +390,52 @@ class Agent:
         return {"committed": True}
 
     def h_abort(self, *, migration_id: str) -> dict[str, Any]:
-        m = self._migrations.get(migration_id) or self._from_journal(migration_id)
+        m = self._migrations.get(migration_id)
         if m is not None:
             if m.state == "committed":
                 raise ProtocolError("abort of a committed migration")
             self._rollback(m, "aborted by the source")
-        return {"aborted": True}
+            return {"aborted": True}
+        m = self._from_journal(migration_id)  # takes its lock: Busy if another agent has it
+        if m is None:
+            return {"aborted": True, "known": False}
+        try:
+            if m.state == "committed":
+                raise ProtocolError("abort of a committed migration")
+            # Whatever the journal says, make sure the container is gone (a rollback by an
+            # agent that was killed half way may have journalled nothing).
+            self._rollback(m, "aborted from the journal", force=True)
+        finally:
+            if m.lock is not None:
+                m.lock.release()
+        return {"aborted": True, "known": True}
+
+    def _journal(self, migration_id: str) -> Journal:
+        try:
+            return Journal.for_migration("agent", migration_id, self.state_dir)
+        except ValueError:
+            raise ProtocolError(f"bad migration id {migration_id[:80]!r}") from None
+
+    def _lock(self, migration_id: str) -> PidLock:
+        base = (self.state_dir or DEFAULT_DIR) / "journal" / "agent"
+        return PidLock(
+            base / f"{migration_id}.lock",
+            busy=f"migration {migration_id} is still being handled by an agent",
+            hint="that agent rolls back by itself when it notices the lost connection "
+            "(seconds, with SSH keep-alives); run `migrate recover` again then",
+        )
 
     def _from_journal(self, migration_id: str) -> _Migration | None:
         """Rebuild what an earlier agent (killed, say) had made, from its journal."""
-        j = Journal.for_migration("agent", migration_id, self.state_dir)
+        j = self._journal(migration_id)
         recs = j.records()
         if not recs:
             return None
-        m = _Migration(id=migration_id, name=str(recs[0].data.get("name", "")), journal=j)
+        lock = self._lock(migration_id)
+        lock.acquire()
+        m = _Migration(id=migration_id, name=str(recs[0].data.get("name", "")), journal=j,
+                       lock=lock)  # fmt: skip
+        m.checkpoint = f"migrate-{migration_id[:12]}"
         for r in recs:
             if r.event == "created":
                 m.container_id = str(r.data.get("container_id", ""))
@@ -374,8 +445,16 @@ class Agent:
         return m
 
     def h_status(self, *, migration_id: str) -> dict[str, Any]:
-        j = Journal.for_migration("agent", migration_id, self.state_dir)
-        return {"last": j.last()}
+        j = self._journal(migration_id)
+        live = False
+        if j.records() and migration_id not in self._migrations:
+            lock = self._lock(migration_id)
+            try:
+                lock.acquire()
+                lock.release()
+            except MigrateError:
+                live = True  # another agent still serves it
+        return {"last": j.last(), "live": live}
 
     def h_bye(self) -> dict[str, Any]:
         self._done = True
@@ -514,8 +593,8 @@ class Agent:
 
     # --- rollback -------------------------------------------------------------------------
 
-    def _rollback(self, m: _Migration, why: str) -> None:
-        if m.state in ("committed", "aborted"):
+    def _rollback(self, m: _Migration, why: str, *, force: bool = False) -> None:
+        if m.state == "committed" or (m.state == "aborted" and not force):
             return
         log.warning("rolling back migration %s: %s", m.id, why)
         if m.container_id:
@@ -530,6 +609,20 @@ class Agent:
     def _rollback_uncommitted(self, why: str) -> None:
         for m in list(self._migrations.values()):
             self._rollback(m, why)
+            if m.lock is not None:
+                m.lock.release()
+
+    def _fault(self, point: str) -> None:
+        if point in self.faults:
+            log.error("fault injected: agent exits at %s", point)
+            os._exit(137)
+
+
+def _spec(data: dict[str, Any]) -> ContainerSpec:
+    try:
+        return ContainerSpec.from_wire(data)
+    except ValueError as e:
+        raise ProtocolError(f"invalid container spec: {e}") from None
 
 
 def _mem_available() -> int:

@@ -462,6 +462,59 @@ def run(
 
 
 @app.command()
+def recover(
+    container: str | None = typer.Argument(
+        None, help="Container (name or id) whose migration to settle; default: every unsettled "
+        "migration to --to."
+    ),
+    to: str = typer.Option(
+        ..., "--to", help="The destination of that migration: ssh://[USER@]HOST[:PORT] or local://."
+    ),
+    identity: Path | None = _SSH_IDENTITY,
+    known_hosts: Path | None = _SSH_KNOWN_HOSTS,
+    accept_new_host_key: bool = _SSH_ACCEPT_NEW,
+    agent_command: str = _AGENT_COMMAND,
+    dest_docker_host: str | None = _DEST_DOCKER_HOST,
+    as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
+) -> None:
+    """Settle migrations left in doubt (or whose `migrate run` was killed), from both journals.
+
+    If the destination's journal holds `committed`, the commit is finished (the source copy is
+    removed, or stopped if it ran with --keep-source); otherwise the destination's copy is
+    deleted and the source copy resumes. Exit codes: 0 settled (or nothing to settle);
+    3 a migration of that container is still running; 4 still in doubt (destination
+    unreachable, or its agent still serves the migration): nothing was changed for it.
+    """
+    from migrate.engines.docker import DockerEngine
+    from migrate.recover import pending_for
+    from migrate.recover import recover as do_recover
+
+    try:
+        factory = _channel_factory(
+            to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
+        )
+        engine = DockerEngine()
+        pending = pending_for(container, to, engine)
+        settled = do_recover(pending, engine, factory)
+    except MigrateError as e:
+        if as_json:
+            out.print_json(data={"status": "in_doubt" if e.exit_code == 4 else "failed",
+                                 "error": e.to_wire()})  # fmt: skip
+        fail(e)
+        return
+    if as_json:
+        out.print_json(data={"status": "settled", "settled": [s.to_json() for s in settled]})
+        return
+    if not settled:
+        out.print("nothing to recover: no unsettled migration" +
+                  (f" of {escape(container)}" if container else f" to {escape(to)}"))
+    for s in settled:
+        what = "finished the commit" if s.outcome == "committed" else "rolled back"
+        out.print(f"{escape(s.container)} ({s.migration_id[:12]}): {what}"
+                  f" ({', '.join(s.actions) or 'nothing left to do'})", highlight=False)
+
+
+@app.command()
 def evacuate(
     to: str = typer.Option(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."

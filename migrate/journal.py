@@ -65,3 +65,53 @@ class Journal:
     def last(self) -> str:
         recs = self.records()
         return recs[-1].event if recs else ""
+
+
+# Last source-journal events after which nothing is left to settle.
+SETTLED = frozenset({"done", "rolled_back", "recovered"})
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A source-side migration that did not reach a settled end (killed, in doubt...)."""
+
+    migration_id: str
+    container_id: str
+    name: str
+    destination: str
+    dest_name: str
+    keep_source: bool
+    last: str
+    journal: Journal
+
+
+def unsettled(base: Path | None = None) -> list[Pending]:
+    """Source journals whose last record is not a settled end, oldest first."""
+    root = (base or DEFAULT_DIR) / "journal" / "source"
+    try:
+        files = sorted(root.glob("*.jsonl"), key=lambda p: p.stat().st_mtime)
+    except OSError:
+        return []
+    out = []
+    for f in files:
+        j = Journal(f)
+        recs = j.records()
+        if not recs or recs[-1].event in SETTLED:
+            continue
+        first = next((r for r in recs if r.event == "precheck"), None)
+        if first is None:
+            continue
+        d = first.data
+        out.append(
+            Pending(
+                migration_id=f.stem,
+                container_id=str(d.get("container", "")),
+                name=str(d.get("name", "")),
+                destination=str(d.get("destination", "")),
+                dest_name=str(d.get("dest_name", "")),
+                keep_source=bool(d.get("keep_source", False)),
+                last=recs[-1].event,
+                journal=j,
+            )
+        )
+    return out

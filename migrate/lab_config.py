@@ -269,6 +269,10 @@ UsePAM no
 StrictModes no
 PrintMotd no
 MaxSessions 64
+# The agent's end of the keep-alives: a source that vanished (link cut, host died) is noticed
+# within ~15 s, the session closes and the agent rolls back what it made.
+ClientAliveInterval 3
+ClientAliveCountMax 5
 MaxStartups 100:30:200
 SetEnv DOCKER_HOST={cfg.docker_host(host)} MIGRATE_LAB_NAME={cfg.name} MIGRATE_LAB_HOST={host}
 Subsystem sftp internal-sftp

@@ -18,7 +18,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from typing import Any
 from migrate import __version__, criu, layers
 from migrate.engines.base import ContainerSpec, Engine
 from migrate.errors import (
+    Busy,
     ConnectionLost,
     ContainerNotRunning,
     CriuUnavailable,
@@ -39,7 +40,8 @@ from migrate.errors import (
     Unsupported,
 )
 from migrate.images import filter_save_stream
-from migrate.journal import DEFAULT_DIR, Journal
+from migrate.journal import DEFAULT_DIR, Journal, unsettled
+from migrate.lock import ContainerLock
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.transport import Channel
@@ -50,6 +52,8 @@ CALL_TIMEOUT_S = 60.0
 # Restoring goes through containerd's content store: seconds per GB of memory.
 RESTORE_TIMEOUT_S = 600.0
 IMAGE_TIMEOUT_S = 1800.0
+# How long a rollback keeps trying to reach the agent to delete what it made.
+ABORT_RETRY_S = 45.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class RunOptions:
     strategy: str = "cold"
     compression_level: int = 1
     state_dir: Path = DEFAULT_DIR
+    lock_dir: Path | None = None  # None: migrate.lock.DEFAULT_LOCK_DIR
     faults: frozenset[str] = frozenset()
 
 
@@ -86,6 +91,7 @@ class Migration:
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
         self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
+        self.lock: ContainerLock | None = None
 
     # --- public ---------------------------------------------------------------------------
 
@@ -95,6 +101,12 @@ class Migration:
             spec = self._precheck()
             if self.opts.dry_run:
                 return self._report("dry_run", t0, "untouched")
+            # From here on the migration is journalled until it is settled (`migrate recover`
+            # reads what a killed run left).
+            self.journal.append(
+                "precheck", container=spec.id, name=spec.name, destination=self.opts.destination,
+                dest_name=self.dest_name, keep_source=self.opts.keep_source,
+            )  # fmt: skip
             self._transfer_image(spec)
             self._prepare(spec)
             self._freeze_and_move(spec)
@@ -115,12 +127,26 @@ class Migration:
             shutil.rmtree(self.staging, ignore_errors=True)
             if self.conn is not None:
                 self.conn.close()
+            if self.lock is not None:
+                self.lock.release()
 
     # --- phases ---------------------------------------------------------------------------
 
     def _precheck(self) -> ContainerSpec:
         with self.timer.phase("precheck", "checking source and destination"):
             st = self.engine.state(self.opts.container)
+            # Held until run() returns; the kernel drops it if this process dies.
+            lock = ContainerLock(st.id, st.name, self.opts.lock_dir)
+            lock.acquire()
+            self.lock = lock
+            pending = [j for j in unsettled(self.opts.state_dir) if j.container_id == st.id]
+            if pending:
+                raise InDoubt(
+                    f"an earlier migration of {st.name} ({pending[0].migration_id}) is not "
+                    f"settled (last step: {pending[0].last}); nothing was touched",
+                    hint=f"run `migrate recover {st.name} --to {pending[0].destination}` first",
+                    details={"migration_id": pending[0].migration_id},
+                )
             if not st.running or st.paused:
                 raise ContainerNotRunning(
                     f"container {st.name} is {st.status}: only running containers migrate",
@@ -167,7 +193,6 @@ class Migration:
                 criu_version=list(caps.version),
             )
             self._check_cpu()
-            self.journal.append("precheck", container=spec.id, destination=self.opts.destination)
             return spec
 
     def _check_cpu(self) -> None:
@@ -238,6 +263,7 @@ class Migration:
         assert self.conn is not None
         img_dir = self.staging / "checkpoint"
         work_dir = self.staging / "work"
+        self._fault("source:before_pause")
         with self.timer.phase("freeze", "pausing the container"):
             self.journal.append("pausing")
             self.t_pause = time.monotonic()
@@ -260,7 +286,7 @@ class Migration:
             total = _dir_size(img_dir)
             res = self.conn.call(
                 "put_checkpoint",
-                stream=layers.capture(img_dir),
+                stream=self._faulty(layers.capture(img_dir), "source:mid_stream"),
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
                 on_progress=lambda raw, wire: self.progress.transfer(
@@ -291,6 +317,7 @@ class Migration:
                     details={"migration_id": self.id},
                 ) from None
             self.journal.append("committed")
+            self._fault("source:after_commit")
             try:
                 self.conn.call("bye")
             except MigrateError:
@@ -318,15 +345,21 @@ class Migration:
             try:
                 self._abort_remote()
             except MigrateError as e:
-                problems.append(f"cleaning up the destination failed: {e.message}")
+                problems.append(
+                    f"cleaning up the destination failed: {e.message} (the agent removes its "
+                    "copy when it notices the lost connection; `migrate recover` settles it)"
+                )
         if self.paused:
             try:
                 self.engine.unpause(self.opts.container)
                 self.paused = False
             except MigrateError as e:
                 problems.append(f"unpausing the source failed: {e.message}")
-        self.journal.append("rolled_back", cause=cause.code, problems=problems)
         touched = self.dest_created or self.t_pause is not None
+        if touched or self.journal.records():
+            # `rollback_incomplete` leaves the migration for `migrate recover` to settle.
+            event = "rolled_back" if not problems else "rollback_incomplete"
+            self.journal.append(event, cause=cause.code, problems=problems)
         if not touched:
             return cause
         msg = f"{cause.message}\nRolled back: {self.opts.container} runs on the source again"
@@ -335,7 +368,9 @@ class Migration:
         return err
 
     def _abort_remote(self) -> None:
-        """Tell the agent to delete what it made; over a new session if the old one died."""
+        """Tell the agent to delete what it made; over a new session if the old one died, and
+        again for a while if the link is down (a link that comes back within
+        ABORT_RETRY_S is cleaned up now rather than by `migrate recover`)."""
         if self.conn is not None:
             try:
                 self.conn.call("abort", migration_id=self.id, timeout=60)
@@ -348,22 +383,45 @@ class Migration:
                 self.conn.close()
             except Exception:  # noqa: BLE001 - closing a dead channel may fail any way
                 pass
-        conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
-        try:
-            conn.call("hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
-                      software=__version__, faults=[])
-            conn.call("abort", migration_id=self.id, timeout=60)
-            conn.call("bye")
-        finally:
-            conn.close()
+        deadline = time.monotonic() + ABORT_RETRY_S
+        while True:
+            try:
+                abort_over_new_session(self.connect, self.id)
+                return
+            except MigrateError as e:
+                if time.monotonic() > deadline or not isinstance(
+                    e, (ConnectionLost, Timeout, PrecheckFailed, Busy)
+                ):
+                    raise
+                log.warning("cleanup on the destination failed (%s); retrying", e.message)
+                time.sleep(2.0)
 
     # --- helpers --------------------------------------------------------------------------
 
     def _fault(self, point: str) -> None:
+        """Test-only hooks (MIGRATE_FAULTS): ``source:POINT`` raises there; ``source:wait:POINT``
+        writes this pid to $MIGRATE_FAULT_MARK and waits until that file is removed (a test
+        kills this process, or cuts the link, meanwhile)."""
+        name = point.removeprefix("source:")
+        if f"source:wait:{name}" in self.opts.faults:
+            mark = Path(os.environ.get("MIGRATE_FAULT_MARK", "/tmp/migrate-fault-mark"))
+            mark.write_text(f"{os.getpid()} {name}\n")
+            log.warning("fault injected: waiting at %s until %s is removed", name, mark)
+            while mark.exists():
+                time.sleep(0.05)
         if point in self.opts.faults:
             from migrate.errors import InjectedFault
 
             raise InjectedFault(f"fault injected at {point}")
+
+    def _faulty(self, chunks: Iterator[bytes], point: str) -> Iterator[bytes]:
+        """Pass a stream through, calling the fault hook ``point`` after its first chunk."""
+        first = True
+        for c in chunks:
+            yield c
+            if first:
+                first = False
+                self._fault(point)
 
     def _count(self, what: str, stream_stats: dict[str, Any]) -> None:
         self.bytes[what] += int(stream_stats.get("raw", 0))
@@ -402,3 +460,15 @@ def faults_from_env() -> frozenset[str]:
     """MIGRATE_FAULTS=point[,point...]: test-only fault injection (see docs/testing.md)."""
     raw = os.environ.get("MIGRATE_FAULTS", "")
     return frozenset(p.strip() for p in raw.split(",") if p.strip())
+
+
+def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) -> None:
+    """Ask a fresh agent to roll back ``migration_id`` from its journal."""
+    conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
+    try:
+        conn.call("hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
+                  software=__version__, faults=[])  # fmt: skip
+        conn.call("abort", migration_id=migration_id, timeout=60)
+        conn.call("bye")
+    finally:
+        conn.close()

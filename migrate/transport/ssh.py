@@ -79,11 +79,13 @@ REKEY_BYTES = 1 << 36
 SEND_CHUNK = 1 << 20
 
 CONNECT_TIMEOUT_S = 10.0
-KEEPALIVE_INTERVAL_S = 5.0
+# Keep-alives every 2 s keep data in flight, so a dead link trips DEAD_PEER_TIMEOUT_S below
+# even while we only wait for an answer (issue 5: noticed within seconds, not hours).
+KEEPALIVE_INTERVAL_S = 2.0
 OP_TIMEOUT_S = 60.0
 # With keepalives flowing, unacknowledged data for this long means the peer is gone: the kernel
 # then drops the socket (TCP_USER_TIMEOUT) instead of retransmitting for ~15 minutes.
-DEAD_PEER_TIMEOUT_S = 30.0
+DEAD_PEER_TIMEOUT_S = 15.0
 # How long close() lets the agent exit after its stdin hit EOF.
 CLOSE_TIMEOUT_S = 10.0
 # stdout EOF and stderr EOF arrive together; let the drain thread catch up before explaining.

@@ -1,0 +1,236 @@
+"""Nothing lost, nothing twice (issue 5): the per-container lock, concurrent migrations, and
+the two-phase hand-over under SIGKILL of the source and of the agent, settled by
+`migrate recover`.
+
+The source is stopped at a step with the ``source:wait:STEP`` fault hook: it writes its pid to
+$MIGRATE_FAULT_MARK and waits until the test removes that file (or kills it meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migrate.lab import migrate_executable
+
+COUNTER = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
+    "sleep 0.1; done"
+)
+STAGING = Path("/var/lib/migrate/staging")
+LOCKS = Path("/run/migrate/locks")
+
+
+def count(client: Any, name: str) -> int:
+    out = client.containers.get(name).exec_run(["cat", "/tmp/count"]).output
+    return int(out.decode().strip() or 0)
+
+
+def start_counter(client: Any, image: str, name: str, env: dict[str, str] | None = None) -> int:
+    client.containers.run(image, ["sh", "-c", COUNTER], name=name, detach=True,
+                          environment=env or {})  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            n = count(client, name)
+            if n >= 5:
+                return n
+        except Exception:  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    raise AssertionError("counter did not start")
+
+
+def assert_counts_on(client: Any, name: str, at_least: int) -> None:
+    c = client.containers.get(name)
+    assert c.status == "running", c.status
+    n = count(client, name)
+    assert n >= at_least, f"state lost: count {n} < {at_least}"
+    time.sleep(0.4)
+    assert count(client, name) > n, "the counter does not run"
+
+
+def absent(client: Any, name: str) -> bool:
+    return not client.containers.list(all=True, filters={"name": f"^/{name}$"})
+
+
+def wait_absent(client: Any, name: str, seconds: float = 30) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if absent(client, name):
+            return True
+        time.sleep(0.5)
+    return absent(client, name)
+
+
+def start_run(lab: Any, name: str, args: list[str], mark: Path, fault: str) -> subprocess.Popen[str]:
+    return lab.host("a").popen(
+        [str(migrate_executable()), "run", name, *args],
+        env={**lab.env(), "MIGRATE_FAULTS": fault, "MIGRATE_FAULT_MARK": str(mark)},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if mark.exists():
+            text = mark.read_text().split()
+            if text:
+                return int(text[0])
+        if proc.poll() is not None:
+            raise AssertionError(f"migrate exited early ({proc.returncode}): {proc.stderr.read()}")  # type: ignore[union-attr]
+        time.sleep(0.05)
+    raise AssertionError("the fault hook was never reached")
+
+
+def recover(migrate_on_a: Any, name: str, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`migrate recover`, retried while it says in doubt because the agent that served the
+    killed run has not yet noticed (it rolls back by itself within seconds)."""
+    deadline = time.monotonic() + 60
+    while True:
+        p = migrate_on_a("recover", name, *args, "--json")
+        if p.returncode != 4 or time.monotonic() > deadline:
+            return p
+        time.sleep(2)
+
+
+def dest_checkpoints(lab: Any) -> list[Path]:
+    root = lab.config.paths("b").data_root / "containers"
+    return [d for d in root.glob("*/checkpoints/*") if d.is_dir()]
+
+
+def test_second_run_of_the_same_container_is_refused(
+    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    first = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    try:
+        pid = wait_mark(mark, first)
+        second = migrate_on_a("run", container_name, *migrate_args)
+        assert second.returncode == 3, second.stderr
+        assert "already being migrated" in second.stderr
+        assert f"pid {pid}" in second.stderr
+        assert docker_a.containers.get(container_name).status == "running"
+    finally:
+        mark.unlink(missing_ok=True)
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert_counts_on(docker_b, container_name, before)
+    assert absent(docker_a, container_name)
+    assert not any(LOCKS.glob("*.lock")) or all(
+        p.read_text().strip() != str(pid) for p in LOCKS.glob("*.lock")
+    ), "the lock file of the finished run was left"
+
+
+def test_three_containers_migrate_concurrently(
+    lab: Any, migrate_args: list[str], docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    import uuid
+
+    from conftest import remove_containers
+
+    names = [f"mt-{uuid.uuid4().hex[:10]}" for _ in range(3)]
+    try:
+        before = {n: start_counter(docker_a, test_image, n) for n in names}
+        procs = {
+            n: lab.host("a").popen([str(migrate_executable()), "run", n, *migrate_args, "--json"],
+                                   env=lab.env(), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+            for n in names
+        }
+        for n, p in procs.items():
+            out, err = p.communicate(timeout=300)
+            assert p.returncode == 0, f"{n}: {err}"
+            assert json.loads(out)["status"] == "migrated"
+        for n in names:
+            assert_counts_on(docker_b, n, before[n])
+            assert absent(docker_a, n)
+    finally:
+        for h in ("a", "b"):
+            remove_containers(lab.host(h).docker_host, *names)
+
+
+# (step the source is killed at, who holds the container afterwards)
+KILL_POINTS = [
+    ("before_pause", "a"),
+    ("mid_stream", "a"),
+    ("before_commit", "a"),  # `restored` journalled by the agent, `commit` never sent
+    ("after_commit", "b"),  # the agent journalled `committed`: the point of no return
+]
+
+
+@pytest.mark.parametrize(("point", "winner"), KILL_POINTS)
+def test_source_killed_then_recover(
+    point: str, winner: str, lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    try:
+        pid = wait_mark(mark, proc)
+        os.kill(pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        mark.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+    # A new run of that container is refused until the killed one is settled.
+    if point != "after_commit" or not absent(docker_a, container_name):
+        p = migrate_on_a("run", container_name, *migrate_args)
+        assert p.returncode in (3, 4), p.stderr
+        assert "recover" in p.stderr
+
+    p = recover(migrate_on_a, container_name, migrate_args)
+    assert p.returncode == 0, p.stderr + p.stdout
+    settled = json.loads(p.stdout)["settled"]
+    assert len(settled) == 1
+    assert settled[0]["outcome"] == ("committed" if winner == "b" else "rolled_back")
+
+    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
+    assert_counts_on(here, container_name, before)
+    assert wait_absent(gone, container_name), "a second copy was left"
+    # (other migrations may be staging at the same time on this machine: look at ours only)
+    assert not (STAGING / settled[0]["migration_id"]).exists(), "source staging left"
+    assert not [d for d in dest_checkpoints(lab) if container_name in str(d)]
+    # Settled: recover again has nothing to do, and a new migration is accepted.
+    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
+
+
+@pytest.mark.parametrize(("fault", "winner"), [
+    ("agent:exit_before_commit", "a"),  # the agent dies with `commit` unjournalled
+    ("agent:exit_after_commit", "b"),  # ...with `committed` journalled, before answering
+])  # fmt: skip
+def test_agent_dies_at_commit_in_doubt_then_recover(
+    fault: str, winner: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    before = start_counter(docker_a, test_image, container_name)
+    p = migrate_on_a("run", container_name, *migrate_args, "--json",
+                     env_extra={"MIGRATE_FAULTS": fault})  # fmt: skip
+    assert p.returncode == 4, p.stderr
+    assert json.loads(p.stdout)["error"]["code"] == "handover.in_doubt"
+    assert "migrate recover" in p.stderr
+    # Never two running copies: the source waits, paused.
+    assert docker_a.containers.get(container_name).status == "paused"
+    again = migrate_on_a("run", container_name, *migrate_args)
+    assert again.returncode == 4 and "recover" in again.stderr, again.stderr
+
+    p = recover(migrate_on_a, container_name, migrate_args)
+    assert p.returncode == 0, p.stderr + p.stdout
+    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
+    assert_counts_on(here, container_name, before)
+    assert wait_absent(gone, container_name)

@@ -1,0 +1,60 @@
+"""A dead link is noticed within seconds (SSH keep-alives + TCP_USER_TIMEOUT on the source,
+ClientAlive in the destination's sshd) and rolled back (issue 5).
+
+The link between the lab hosts (the `lab0` veth pair) is set down in the middle of the
+checkpoint stream and up again later: the source must give up within a bounded time, resume
+its container with its state, and nothing may be left on B.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_handover import assert_counts_on, start_counter, start_run, wait_absent, wait_mark
+
+from migrate.lab import LINK_IFACE
+
+# Longer than the source's dead-peer timeout (15 s), or TCP would just resume the stream.
+LINK_DOWN_S = 22.0
+# Detection (~15 s) + rollback retries until the link is back + margin.
+BOUND_S = 75.0
+
+
+def set_link(lab: Any, up: bool) -> None:
+    subprocess.run(["ip", "-n", lab.host("a").netns, "link", "set", LINK_IFACE,
+                    "up" if up else "down"], check=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("point", ["mid_stream", "before_pause"])
+def test_link_cut_rolls_back_in_bounded_time(
+    point: str, lab: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
+    try:
+        wait_mark(mark, proc)
+        set_link(lab, False)
+        t0 = time.monotonic()
+        restore.start()
+        mark.unlink()
+        _, err = proc.communicate(timeout=BOUND_S + 60)
+        elapsed = time.monotonic() - t0
+    finally:
+        mark.unlink(missing_ok=True)
+        restore.cancel()
+        set_link(lab, True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "Rolled back" in err
+    assert elapsed < BOUND_S, f"the dead link took {elapsed:.0f} s to notice and roll back"
+    assert_counts_on(docker_a, container_name, before)
+    assert wait_absent(docker_b, container_name, 30), "the destination copy was left on B"
