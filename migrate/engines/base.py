@@ -78,15 +78,64 @@ class ContainerSpec:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> ContainerSpec:
+        """Rebuild a spec that crossed the wire; ValueError if anything has the wrong shape
+        (a hostile or broken peer must not reach the engine with it)."""
+        if not isinstance(data, Mapping):
+            raise ValueError("spec must be an object")
         d = dict(data)
-        d["env"] = tuple(d.get("env") or ())
-        d["cmd"] = tuple(d.get("cmd") or ())
-        d["entrypoint"] = tuple(d.get("entrypoint") or ())
-        d["labels"] = dict(d.get("labels") or {})
-        d["ports"] = tuple(PortBinding(**p) for p in d.get("ports") or ())
-        d["mounts"] = tuple(MountSpec(**m) for m in d.get("mounts") or ())
-        d["raw"] = dict(d.get("raw") or {})
+        names = {f for f in cls.__dataclass_fields__}
+        if set(d) - names:
+            raise ValueError(f"spec: unexpected fields {sorted(set(d) - names)[:5]}")
+        missing = {"id", "name", "image_id"} - set(d)
+        if missing:
+            raise ValueError(f"spec: missing fields {sorted(missing)}")
+        for k in ("id", "name", "image_ref", "image_id", "hostname", "working_dir", "user",
+                  "restart_policy", "network_mode"):  # fmt: skip
+            _want(isinstance(d.setdefault(k, ""), str), k, "a string")
+        for k in ("env", "cmd", "entrypoint"):
+            v = d.get(k) or []
+            _want(isinstance(v, list | tuple) and all(isinstance(x, str) for x in v), k,
+                  "a list of strings")  # fmt: skip
+            d[k] = tuple(v)
+        labels = d.get("labels") or {}
+        _want(isinstance(labels, Mapping) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()), "labels",
+            "an object of strings")  # fmt: skip
+        d["labels"] = dict(labels)
+        for k in ("memory", "nano_cpus"):
+            v = d.setdefault(k, 0)
+            _want(isinstance(v, int) and not isinstance(v, bool) and v >= 0, k, "an integer")
+        _want(isinstance(d.setdefault("tty", False), bool), "tty", "a boolean")
+        d["ports"] = tuple(_records(PortBinding, d.get("ports"), "ports"))
+        d["mounts"] = tuple(_records(MountSpec, d.get("mounts"), "mounts"))
+        raw = d.get("raw") or {}
+        _want(isinstance(raw, Mapping), "raw", "an object")
+        d["raw"] = dict(raw)
         return cls(**d)
+
+
+def _want(ok: bool, field_name: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"spec: {field_name} must be {what}")
+
+
+def _records(kind: Any, items: Any, field_name: str) -> list[Any]:
+    """Each item an object with exactly the (string / bool) fields of ``kind``."""
+    items = items or []
+    _want(isinstance(items, list | tuple), field_name, "a list")
+    fields = kind.__dataclass_fields__
+    out = []
+    for it in items:
+        _want(isinstance(it, Mapping) and set(it) <= set(fields), field_name,
+              f"a list of objects with fields {sorted(fields)}")  # fmt: skip
+        for k, v in it.items():
+            want_t = bool if fields[k].type in ("bool", bool) else str
+            _want(isinstance(v, want_t), f"{field_name}.{k}", want_t.__name__)
+        try:
+            out.append(kind(**it))
+        except TypeError as e:
+            raise ValueError(f"spec: {field_name}: {e}") from None
+    return out
 
 
 @dataclass(frozen=True)
