@@ -8,10 +8,11 @@ PYTEST  := $(VENV)/bin/pytest
 MIGRATE := $(VENV)/bin/migrate
 # Extra pytest arguments, e.g. make test PYTEST_ARGS="-m unit -x"
 PYTEST_ARGS ?=
-# Extra bench_run.py arguments, e.g. make bench BENCH_ARGS="--lab mb --subnet 10.213.10.0/24"
-BENCH_ARGS ?=
+# bench_run.py arguments: the matrix of issue 8 (~15 min). Quick: BENCH_ARGS="--mem 64".
+# The lab: MIGRATE_BENCH_LAB / MIGRATE_BENCH_SUBNET (default mbench, 10.213.20.0/24).
+BENCH_ARGS ?= --mem 64,256,1024 --rw 0,100,1024 --incompressible --plot
 
-.PHONY: help setup test test-unit lint demo bench lab-up lab-down lab-status
+.PHONY: help setup test test-unit lint demo bench bench-256 lab-up lab-down lab-status
 
 help:
 	@echo "make setup      install system packages, CRIU >= 4.2, the venv (idempotent)"
@@ -19,7 +20,8 @@ help:
 	@echo "make test-unit  the pure unit tests only"
 	@echo "make lint       ruff + mypy"
 	@echo "make demo       setup, then bring up the sandbox lab and run the demo"
-	@echo "make bench      migrate run vs the manual procedure vs raw ssh (docs/benchmarks.md)"
+	@echo "make bench      migrate run vs the manual procedure vs raw ssh, 64 MiB-1 GiB (docs/benchmarks.md)"
+	@echo "make bench-256  the same for one 256 MiB container only (about 1 minute)"
 	@echo "make lab-up | lab-down | lab-status   the sandbox lab (docs/lab.md)"
 
 setup:
@@ -39,9 +41,13 @@ lint: setup
 demo: setup
 	$(MIGRATE) demo
 
-# Uses its own lab (mbench, 10.213.20.0/24 unless BENCH_ARGS says --lab/--subnet).
+# Results in benchmarks/results/ (matrix.* / run-256mb.*); the plot needs the bench extra.
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	$(VENV)/bin/python benchmarks/bench_run.py $(BENCH_ARGS)
+
+bench-256: setup
+	$(VENV)/bin/python benchmarks/bench_run.py
 
 lab-up: setup
 	$(MIGRATE) lab up

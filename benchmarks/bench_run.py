@@ -36,6 +36,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migrate.engines.docker import _containerd_restore_copies
 from migrate.lab import Lab, LabHost, migrate_executable
 from migrate.lab_config import LabConfig
 from migrate.lab_images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
@@ -59,12 +61,21 @@ MiB = 1 << 20
 STEP_TIMEOUT_S = 1800.0
 READY_TIMEOUT_S = 600.0
 SAMPLE_EVERY_S = 0.05
+LEGS = ("manual", "migrate", "raw")  # also possible: "lazy" (migrate run --strategy lazy)
+# Phases of `migrate run` that stream the read-write layer and the checkpoint; the stream
+# throughput is their raw bytes over these seconds. (The image phase is left out: for this
+# small image it is mostly `docker load` on b, not streaming.)
+DATA_PHASES = ("rootfs", "transfer")
 
 # Goals: issue 3 (downtime <= 0.7x manual, wire <= 0.6x raw) and issue 8.
 GOAL_DOWNTIME_VS_MANUAL_ISSUE3 = 0.7
 GOAL_WIRE_VS_RAW = 0.6
 GOAL_DOWNTIME_VS_MANUAL_ISSUE8 = 0.3
 GOAL_PEAK_RSS_MB = 200.0
+GOAL_LAZY_DOWNTIME_S = 0.5
+GOAL_LAZY_FLATNESS = 0.2
+GOAL_RW_1G_EXTRA = 0.1
+GOAL_STREAM_VS_SSH = 0.8
 
 
 # --- results -----------------------------------------------------------------------------
@@ -108,10 +119,19 @@ class RawResult:
 class Case:
     mem_mb: int
     rw_mb: int
+    text_pct: int = 50  # share of text in memory and files; 0 = incompressible
+    layers: tuple[str, ...] = ()  # the workload image's diff IDs (cleared from b per leg)
+    legs: tuple[str, ...] = LEGS
     manual: ManualResult | None = None
-    migrate: MigrateResult | None = None
+    migrate: MigrateResult | None = None  # the default strategy (cold)
+    lazy: MigrateResult | None = None  # --strategy lazy (post-copy), when that leg runs
     raw: RawResult | None = None
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        text = "" if self.text_pct == 50 else f", {self.text_pct} % text"
+        return f"{self.mem_mb} MiB / RW {self.rw_mb} MiB{text}"
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -130,17 +150,18 @@ def compile_workload(out_dir: Path) -> bytes:
     return exe.read_bytes()
 
 
-def build_workload_image(a: LabHost) -> None:
+def build_workload_image(a: LabHost) -> tuple[str, ...]:
+    """The workload image on host a; returns its layer diff IDs."""
     with tempfile.TemporaryDirectory() as tmp:
         binary = compile_workload(Path(tmp))
     ensure_busybox_image(a.docker_host)
-    build_image(
+    return build_image(
         a.docker_host,
         IMAGE,
         files={"/usr/local/bin/memfill": binary},
         run=["chmod 755 /usr/local/bin/memfill"],
         extra=['ENTRYPOINT ["/usr/local/bin/memfill"]'],
-    )
+    ).layers
 
 
 def docker(h: LabHost, *args: str, timeout: float = STEP_TIMEOUT_S, check: bool = True) -> str:
@@ -188,17 +209,30 @@ def zstd_reference(root: Path, levels: Sequence[int] = (1, 3)) -> dict[str, dict
     return out
 
 
-def clear_b(b: LabHost, name: str) -> None:
-    """Nothing of a previous leg on b: the container, and the image (so it is absent)."""
+def clear_b(b: LabHost, name: str, layers: Sequence[str]) -> None:
+    """Nothing of a previous leg on b: the container, and the image with every layer of it
+    (other images of the sandbox lab that share the busybox base layer are removed too, or
+    migrate would rightly skip that layer and send less than `docker save`)."""
     docker(b, "rm", "-f", name, check=False)
     remove_image(b.docker_host, IMAGE)
     remove_image(b.docker_host, BUSYBOX_TAG)
+    for image_id in set(docker(b, "images", "-aq", check=False).split()):
+        try:
+            have = inspect(b, image_id)["RootFS"].get("Layers") or []
+        except (RuntimeError, IndexError, KeyError):
+            continue
+        if set(have) & set(layers):
+            docker(b, "rmi", "-f", image_id, check=False)
+            if image_id in docker(b, "images", "-aq", check=False).split():
+                log(f"warning: image {image_id} on b shares layers with {IMAGE} and is in use "
+                    "(a container?): migrate will rightly not send those layers")  # fmt: skip
     if docker(b, "images", "-q", IMAGE, check=False):
         raise RuntimeError(f"{IMAGE} is still on b")
 
 
-def start_workload(a: LabHost, name: str, mem_mb: int, rw_mb: int) -> Path:
-    docker(a, "run", "-d", "--name", name, IMAGE, str(mem_mb), str(rw_mb))
+def start_workload(a: LabHost, name: str, case: Case) -> Path:
+    docker(a, "run", "-d", "--name", name, IMAGE,
+           str(case.mem_mb), str(case.rw_mb), str(case.text_pct))  # fmt: skip
     upper = upper_dir(a, name)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not (upper / "tmp" / "ready").exists():
@@ -325,10 +359,10 @@ class PeakSampler:
 class SshMaster:
     """One OpenSSH ControlMaster connection from host a to host b, reused by every step."""
 
-    def __init__(self, lab: Lab, a: LabHost, tmp: Path) -> None:
+    def __init__(self, lab: Lab, a: LabHost, tmp: Path, extra: Sequence[str] = ()) -> None:
         self.lab, self.a = lab, a
         self.control = tmp / "cm"
-        self.opts = ["-o", f"ControlPath={self.control}", "-o", "ControlMaster=auto"]
+        self.opts = ["-o", f"ControlPath={self.control}", "-o", "ControlMaster=auto", *extra]
 
     def argv(self, *cmd: str) -> list[str]:
         base = self.lab.ssh_argv("b", *cmd)
@@ -350,19 +384,19 @@ class SshMaster:
 
 def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
     name = f"bench-m-{uuid.uuid4().hex[:6]}"
-    clear_b(b, name)
-    upper_a = start_workload(a, name, case.mem_mb, case.rw_mb)
+    clear_b(b, name, case.layers)
+    root_a = Path(docker(a, "info", "-f", "{{.DockerRootDir}}"))
+    root_b = Path(docker(b, "info", "-f", "{{.DockerRootDir}}"))
+    cp = "bench"
+    state: dict[str, str] = {}
     try:
+        upper_a = start_workload(a, name, case)
         before = request_sum(a, name, upper_a, 0)
         cfg = inspect(a, name)
         id_a = cfg["Id"]
-        root_a = Path(docker(a, "info", "-f", "{{.DockerRootDir}}"))
-        root_b = Path(docker(b, "info", "-f", "{{.DockerRootDir}}"))
-        cp = "bench"
         cp_a = root_a / "containers" / id_a / "checkpoints" / cp
         tar_x = "tar --xattrs --xattrs-include='*' --numeric-owner"
         steps: list[Step] = []
-        state: dict[str, str] = {}
         with tempfile.TemporaryDirectory() as tmp, SshMaster(lab, a, Path(tmp)) as ssh:
 
             def sh(cmd: str) -> str:
@@ -424,20 +458,28 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
         return ManualResult(steps, downtime, downtime - image_s, total, sizes, ok, zref)
     finally:
         docker(a, "rm", "-f", name, check=False)
-        clear_b(b, name)
+        if "id_b" in state:
+            # containerd never deletes the copy of the images it unpacked for CRIU (the agent
+            # cleans up after itself; an operator's `docker start --checkpoint` leaks it)
+            cp_b = root_b / "containers" / state["id_b"] / "checkpoints" / cp
+            for leftover in _containerd_restore_copies(lab.config.paths("b").exec_root, cp_b):
+                shutil.rmtree(leftover, ignore_errors=True)
+        clear_b(b, name, case.layers)
 
 
-def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case) -> MigrateResult:
+def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = "") -> MigrateResult:
     name = f"bench-r-{uuid.uuid4().hex[:6]}"
-    clear_b(b, name)
-    upper_a = start_workload(a, name, case.mem_mb, case.rw_mb)
+    clear_b(b, name, case.layers)
     env = lab.env()
     try:
+        upper_a = start_workload(a, name, case)
         before = request_sum(a, name, upper_a, 0)
         argv = [str(migrate_executable()), "run", name, "--to", b.url,
                 "--identity", env["MIGRATE_LAB_KEY"],
                 "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
                 "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
+        if strategy:
+            argv += ["--strategy", strategy]
         t0 = time.monotonic()
         p = a.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with PeakSampler(p.pid, b) as sampler:
@@ -447,13 +489,13 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case) -> MigrateResult:
             raise RuntimeError(f"migrate run exited {p.returncode}: {err.strip()[-1500:]}"
                                f"\n{out[-1500:]}")  # fmt: skip
         report = json.loads(out)
-        log(f"migrate: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
+        log(f"migrate {strategy or 'cold'}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
             f"phases {report['phases']}")  # fmt: skip
         ok = verify_on_b(b, name, before)
         return MigrateResult(report, wall, sampler.source_kb, sampler.agent_peak_kb, ok)
     finally:
         docker(a, "rm", "-f", name, check=False)
-        clear_b(b, name)
+        clear_b(b, name, case.layers)
 
 
 RAW_CIPHERS: dict[str, list[str]] = {
@@ -463,7 +505,9 @@ RAW_CIPHERS: dict[str, list[str]] = {
 
 
 def run_raw(lab: Lab, a: LabHost, nbytes: int) -> RawResult:
-    """OpenSSH `ssh b 'cat >/dev/null'` of ``nbytes`` random bytes read from tmpfs."""
+    """OpenSSH `ssh b 'cat >/dev/null'` of ``nbytes`` random bytes read from tmpfs, over a
+    ControlMaster connection opened beforehand (the handshake is not timed: migrate's data
+    phases do not include its connection set-up either)."""
     path = Path("/dev/shm") / f"migrate-bench-{uuid.uuid4().hex[:8]}"
     try:
         block = os.urandom(8 * MiB)
@@ -474,10 +518,13 @@ def run_raw(lab: Lab, a: LabHost, nbytes: int) -> RawResult:
                 left -= len(block)
         seconds = {}
         for cipher, opts in RAW_CIPHERS.items():
-            base = lab.ssh_argv("b", "cat >/dev/null")
-            with open(path, "rb") as f:
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                SshMaster(lab, a, Path(tmp), opts) as ssh,
+                open(path, "rb") as f,
+            ):
                 t0 = time.monotonic()
-                subprocess.run(a.argv([base[0], *opts, *base[1:]]), stdin=f, check=True,
+                subprocess.run(a.argv(ssh.argv("cat >/dev/null")), stdin=f, check=True,
                                timeout=STEP_TIMEOUT_S, capture_output=True)  # fmt: skip
                 seconds[cipher] = time.monotonic() - t0
             log(f"raw ssh ({cipher}): {nbytes / MiB:.0f} MiB in {seconds[cipher]:.2f} s")
@@ -491,7 +538,8 @@ def run_raw(lab: Lab, a: LabHost, nbytes: int) -> RawResult:
 
 def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
     a, b = lab.host("a"), lab.host("b")
-    log(f"case: {case.mem_mb} MiB memory, {case.rw_mb} MiB read-write layer")
+    log(f"case: {case.label}")
+    legs = [x for x in legs if x in case.legs]
     if "manual" in legs:
         try:
             case.manual = run_manual(lab, a, b, case)
@@ -504,6 +552,12 @@ def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
         except Exception as e:  # noqa: BLE001
             case.errors.append(f"migrate: {e}")
             log(f"migrate FAILED: {e}")
+    if "lazy" in legs:
+        try:
+            case.lazy = run_migrate(lab, a, b, case, "lazy")
+        except Exception as e:  # noqa: BLE001
+            case.errors.append(f"lazy: {e}")
+            log(f"lazy FAILED: {e}")
     if "raw" in legs:
         nbytes = 0
         if case.migrate is not None:
@@ -518,15 +572,21 @@ def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
                 log(f"raw FAILED: {e}")
 
 
-def case_list(mems: list[int], rws: list[int], full: bool) -> list[Case]:
+def case_list(
+    mems: list[int], rws: list[int], full: bool, text_pct: int = 50, incompressible: bool = False
+) -> list[Case]:
     """Every memory size with the smallest RW layer, and every RW layer with the middle memory
-    size (--full: every combination)."""
+    size (--full: every combination); --incompressible adds the middle memory size with no text
+    (migrate and raw only: the stream-throughput goal)."""
+    mid = sorted(mems)[len(mems) // 2]
     if full:
         pairs = [(m, r) for m in mems for r in rws]
     else:
-        mid = sorted(mems)[len(mems) // 2]
         pairs = [(m, min(rws)) for m in mems] + [(mid, r) for r in rws if r != min(rws)]
-    return [Case(m, r) for m, r in dict.fromkeys(pairs)]
+    cases = [Case(m, r, text_pct) for m, r in dict.fromkeys(pairs)]
+    if incompressible:
+        cases.append(Case(mid, min(rws), 0, legs=("migrate", "lazy", "raw")))
+    return cases
 
 
 # --- report ------------------------------------------------------------------------------
@@ -536,21 +596,35 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else a / b
 
 
+def data_seconds(report: dict[str, Any]) -> float:
+    return float(sum(v for k, v in report["phases"].items() if k in DATA_PHASES))
+
+
 def derived(case: Case) -> dict[str, Any]:
     """The numbers the goals are about, for one case."""
     d: dict[str, Any] = {}
-    m, man, raw = case.migrate, case.manual, case.raw
+    m, man, raw, lazy = case.migrate, case.manual, case.raw, case.lazy
     if m is not None:
         rb = m.report["bytes"]
         d["migrate_downtime_s"] = m.report["downtime_s"]
         d["migrate_total_s"] = m.report["total_s"]
         d["wire_vs_raw"] = ratio(rb["wire"], rb["raw"])
-        d["source_peak_rss_mb"] = (
+        kb = [k for k in (m.source_peak_rss_kb, m.agent_peak_rss_kb) if k is not None]
+        d["source_peak_rss_mib"] = (
             None if m.source_peak_rss_kb is None else m.source_peak_rss_kb / 1024
         )
-        d["agent_peak_rss_mb"] = None if m.agent_peak_rss_kb is None else m.agent_peak_rss_kb / 1024
-        peaks = [k for k in (m.source_peak_rss_kb, m.agent_peak_rss_kb) if k is not None]
-        d["peak_rss_MB"] = max(peaks) * 1024 / 1e6 if peaks else None  # MB, as the goal says
+        d["agent_peak_rss_mib"] = (
+            None if m.agent_peak_rss_kb is None else m.agent_peak_rss_kb / 1024
+        )
+        d["peak_rss_MB"] = max(kb) * 1024 / 1e6 if kb else None  # MB (10^6), as the goal says
+        moving = data_seconds(m.report)
+        d["migrate_data_phases_s"] = moving
+        # raw bytes over the seconds spent in the phases that move data: what the user gets
+        streamed = rb["rootfs"] + rb["checkpoint"]
+        d["migrate_effective_mb_s"] = streamed / moving / 1e6 if moving else None
+    if lazy is not None:
+        d["lazy_downtime_s"] = lazy.report["downtime_s"]
+        d["lazy_total_s"] = lazy.report["total_s"]
     if man is not None:
         d["manual_downtime_s"] = man.downtime_s
         d["manual_downtime_without_image_s"] = man.downtime_without_image_s
@@ -560,15 +634,12 @@ def derived(case: Case) -> dict[str, Any]:
         d["downtime_vs_manual_without_image"] = ratio(m.report["downtime_s"],
                                                       man.downtime_without_image_s)  # fmt: skip
         d["total_vs_manual"] = ratio(m.report["total_s"], man.total_s)
-    if m is not None and raw is not None:
+    if raw is not None:
         best = min(raw.seconds.values())
         d["raw_ssh_best_s"] = best
         d["raw_ssh_mb_s"] = raw.bytes / best / 1e6
-        # effective rate of migrate's data phases: raw bytes over the time spent moving them
-        ph = m.report["phases"]
-        moving = sum(ph.get(k, 0.0) for k in ("image", "rootfs", "transfer"))
-        d["migrate_data_phases_s"] = moving
-        d["migrate_effective_mb_s"] = m.report["bytes"]["raw"] / moving / 1e6 if moving else None
+        if d.get("migrate_effective_mb_s"):
+            d["stream_vs_ssh"] = d["migrate_effective_mb_s"] / d["raw_ssh_mb_s"]
     return d
 
 
@@ -580,76 +651,150 @@ def fmt(x: Any, spec: str = ".2f", unit: str = "") -> str:
     return f"{x:{spec}}{unit}"
 
 
-def verdict(value: float | None, limit: float) -> str:
+def verdict(value: float | None, limit: float, at_least: bool = False) -> str:
     if value is None:
         return "not measured"
-    return f"{'MET' if value <= limit else 'NOT MET'} ({value:.2f} vs <= {limit})"
+    met = value >= limit if at_least else value <= limit
+    return f"{'MET' if met else 'NOT MET'} ({value:.2f}, goal {'>=' if at_least else '<='} {limit})"
+
+
+def find(cases: list[Case], mem: int, rw: int, text: int = 50) -> Case | None:
+    return next((c for c in cases if (c.mem_mb, c.rw_mb, c.text_pct) == (mem, rw, text)), None)
+
+
+def goals(cases: list[Case]) -> list[str]:
+    """Issue 3's and issue 8's goals, each with the cases it was judged on."""
+    out = []
+    c256 = find(cases, 256, 0)
+    d256 = derived(c256) if c256 else {}
+    out.append(
+        "- Issue 3, cold downtime at 256 MiB <= 0.7x manual: "
+        f"{verdict(d256.get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE3)}."
+    )
+    wires = [(c, derived(c).get("wire_vs_raw")) for c in cases if c.text_pct == 50]
+    out.append(
+        "- Issue 3, wire <= 0.6x raw (half-text workload): "
+        f"{verdict(d256.get('wire_vs_raw'), GOAL_WIRE_VS_RAW)} at 256 MiB; all cases: "
+        + ", ".join(f"{c.label} {fmt(w)}" for c, w in wires)
+        + ". The zstd floor of this workload is under each case below (level 1, 3, 9)."
+    )
+    for mem in (256, 1024):
+        c = find(cases, mem, 0)
+        if c is not None:
+            out.append(
+                f"- Issue 8 goal 1, cold downtime at {mem} MiB <= 0.3x manual: "
+                f"{verdict(derived(c).get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE8)}."
+            )
+    zero = min((c.rw_mb for c in cases), default=0)
+    lazy: list[tuple[int, float]] = [
+        (c.mem_mb, float(c.lazy.report["downtime_s"]))
+        for c in cases
+        if c.rw_mb == zero
+        and c.text_pct == 50
+        and c.lazy is not None
+        and c.lazy.report.get("downtime_s") is not None
+    ]
+    if lazy:
+        big = max(lazy)
+        lo, hi = min(v for _, v in lazy), max(v for _, v in lazy)
+        out.append(f"- Issue 8 goal 2, lazy downtime at {big[0]} MiB: "
+                   f"{verdict(big[1], GOAL_LAZY_DOWNTIME_S)} s; flat across "
+                   f"{', '.join(str(m) for m, _ in lazy)} MiB: "
+                   f"{verdict(hi / lo - 1 if lo else None, GOAL_LAZY_FLATNESS)} (max/min - 1).")  # fmt: skip
+    else:
+        out.append("- Issue 8 goal 2 (lazy downtime): not measured (run with --legs ...,lazy "
+                   "once `migrate run --strategy lazy` exists).")  # fmt: skip
+    by_rw = [c for c in cases if c.text_pct == 50 and c.migrate is not None]
+    empty = [c for c in by_rw if c.rw_mb == zero]
+    big_rw = [c for c in by_rw if c.rw_mb >= 1024]
+    pairs = [(e, g) for g in big_rw for e in empty if e.mem_mb == g.mem_mb]
+    for e, g in pairs:
+        assert e.migrate is not None and g.migrate is not None
+        extra = g.migrate.report["downtime_s"] / e.migrate.report["downtime_s"] - 1
+        out.append(
+            f"- Issue 8 goal 3, {g.mem_mb} MiB with a {g.rw_mb} MiB unchanged RW layer "
+            f"vs an empty one: {verdict(extra, GOAL_RW_1G_EXTRA)} extra downtime."
+        )
+    if not pairs:
+        out.append("- Issue 8 goal 3 (1 GiB RW layer): not measured in this run.")
+    for c in cases:
+        d = derived(c)
+        if "stream_vs_ssh" not in d:
+            continue
+        kind = "incompressible" if c.text_pct == 0 else f"{c.text_pct} % text"
+        goal = GOAL_STREAM_VS_SSH if c.text_pct == 0 else 1.0
+        out.append(f"- Issue 8 goal 4, {c.label} ({kind}): RW layer + checkpoint raw bytes "
+                   f"over the {'+'.join(DATA_PHASES)} phases "
+                   f"{d['migrate_effective_mb_s']:.0f} MB/s vs OpenSSH "
+                   f"{d['raw_ssh_mb_s']:.0f} MB/s: "
+                   f"{verdict(d['stream_vs_ssh'], goal, at_least=True)}.")  # fmt: skip
+    peaks: list[tuple[Case, float]] = [
+        (c, float(derived(c)["peak_rss_MB"]))
+        for c in cases
+        if derived(c).get("peak_rss_MB") is not None
+    ]
+    if peaks:
+        c, v = max(peaks, key=lambda x: x[1])
+        out.append(f"- Issue 8 goal 5, peak RSS of source and agent (largest, at {c.label}): "
+                   f"{verdict(v, GOAL_PEAK_RSS_MB)} MB.")  # fmt: skip
+    return out
 
 
 def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
+    argv = f" {meta['argv']}" if meta["argv"] else ""
     out = [f"# `migrate run` vs the manual procedure vs the raw link ({meta['title']})", ""]
     out.append(
-        f"Generated by `benchmarks/bench_run.py{(' ' + meta['argv']) if meta['argv'] else ''}` on {meta['date']} "
+        f"Generated by `benchmarks/bench_run.py{argv}` on {meta['date']} in {meta['seconds']:.0f} s "
         f"({meta['host']}, {meta['cpus']} CPUs, kernel {meta['kernel']}), lab `{meta['lab']}`, "
         f"migrate at commit {meta['git']}. One run per case; this VM is shared, expect +-20 %."
     )
     out += ["", "Workload: a static C process (benchmarks/memfill.c) holding MEM MiB, half "
-            "random bytes, half log-like text; its read-write layer holds RW MiB of files of the "
-            "same mix. Memory verified after each migration: the process hashes its memory on "
-            "SIGUSR1 and the hash on b must equal the one on a (random seed, so a fresh start "
-            "cannot match).", ""]  # fmt: skip
+            "random bytes, half log-like text (unless the case says otherwise); its read-write "
+            "layer holds RW MiB of files of the same mix. Memory verified after each migration: "
+            "the process hashes its memory on SIGUSR1 and the hash on b must equal the one on a "
+            "(random seed, so a fresh start cannot match).", ""]  # fmt: skip
     out += ["## Summary", "",
-            "| memory | RW layer | manual downtime | (image pre-copied) | migrate downtime | "
-            "ratio | manual total | migrate total | raw MiB | wire MiB | wire/raw | "
+            "| case | manual downtime | (image pre-copied) | migrate downtime | ratio | "
+            "lazy downtime | manual total | migrate total | raw MiB | wire MiB | wire/raw | "
             "raw ssh (best) | migrate data phases | source peak RSS | agent peak RSS | verified |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
     for c in cases:
         d = derived(c)
         rb = c.migrate.report["bytes"] if c.migrate else {}
-        ver = []
-        if c.manual:
-            ver.append(f"manual {fmt(c.manual.verified)}")
-        if c.migrate:
-            ver.append(f"migrate {fmt(c.migrate.verified)}")
+        ver = [f"{leg} {fmt(r.verified)}"
+               for leg, r in (("manual", c.manual), ("migrate", c.migrate), ("lazy", c.lazy))
+               if r is not None]  # fmt: skip
         out.append(
-            f"| {c.mem_mb} MiB | {c.rw_mb} MiB | {fmt(d.get('manual_downtime_s'), '.2f', ' s')} "
+            f"| {c.label} | {fmt(d.get('manual_downtime_s'), '.2f', ' s')} "
             f"| {fmt(d.get('manual_downtime_without_image_s'), '.2f', ' s')} "
             f"| {fmt(d.get('migrate_downtime_s'), '.2f', ' s')} "
             f"| {fmt(d.get('downtime_vs_manual'), '.2f', 'x')} "
-            f"| {fmt(d.get('manual_total_s'), '.2f', ' s')} | {fmt(d.get('migrate_total_s'), '.2f', ' s')} "
-            f"| {fmt(rb.get('raw', 0) / MiB if rb else None, '.0f')} "
-            f"| {fmt(rb.get('wire', 0) / MiB if rb else None, '.0f')} "
+            f"| {fmt(d.get('lazy_downtime_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('manual_total_s'), '.2f', ' s')} "
+            f"| {fmt(d.get('migrate_total_s'), '.2f', ' s')} "
+            f"| {fmt(rb['raw'] / MiB if rb else None, '.0f')} "
+            f"| {fmt(rb['wire'] / MiB if rb else None, '.0f')} "
             f"| {fmt(d.get('wire_vs_raw'), '.2f')} "
             f"| {fmt(d.get('raw_ssh_best_s'), '.2f', ' s')} "
             f"| {fmt(d.get('migrate_data_phases_s'), '.2f', ' s')} "
-            f"| {fmt(d.get('source_peak_rss_mb'), '.0f', ' MiB')} "
-            f"| {fmt(d.get('agent_peak_rss_mb'), '.0f', ' MiB')} | {', '.join(ver) or '-'} |"
+            f"| {fmt(d.get('source_peak_rss_mib'), '.0f', ' MiB')} "
+            f"| {fmt(d.get('agent_peak_rss_mib'), '.0f', ' MiB')} | {', '.join(ver) or '-'} |"
         )
     out += ["", "ratio = migrate downtime / manual downtime. Downtime: manual = `docker pause` to "
             "`docker start --checkpoint` done on b (all steps below marked *); migrate = its "
             "report's `downtime_s` (pause to the destination running). \"image pre-copied\": "
             "the manual downtime without the `docker save | load` step, i.e. if the operator "
             "had copied the image before pausing. raw ssh: OpenSSH `ssh b 'cat >/dev/null'` of "
-            "migrate's raw byte count (best of default cipher and aes128-gcm). Peak RSS: VmHWM "
-            "of the `migrate run` process and of the `migrate agent` process on b, sampled "
-            "every 50 ms.", ""]  # fmt: skip
-
-    out += ["## Goals", ""]
-    for c in cases:
-        d = derived(c)
-        out.append(f"- {c.mem_mb} MiB / RW {c.rw_mb} MiB: "
-                   f"downtime <= 0.7x manual (issue 3): "
-                   f"{verdict(d.get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE3)}; "
-                   f"<= 0.3x (issue 8): "
-                   f"{verdict(d.get('downtime_vs_manual'), GOAL_DOWNTIME_VS_MANUAL_ISSUE8)}; "
-                   f"wire <= 0.6x raw: {verdict(d.get('wire_vs_raw'), GOAL_WIRE_VS_RAW)}; "
-                   f"peak RSS < {GOAL_PEAK_RSS_MB:.0f} MB: "
-                   f"{verdict(d.get('peak_rss_MB'), GOAL_PEAK_RSS_MB)}")  # fmt: skip
-    out.append("")
-
+            "migrate's raw byte count (best of default cipher and aes128-gcm), over a "
+            "connection opened beforehand (handshake not timed). migrate data phases: the sum "
+            f"of its phases {', '.join(DATA_PHASES)} (streaming the RW layer and the "
+            "checkpoint, decompression and writing on b included). Peak RSS: VmHWM of the "
+            "`migrate run` process and of the `migrate agent` process on b, sampled every "
+            "50 ms.", ""]  # fmt: skip
+    out += ["## Goals", "", *goals(cases), ""]
     out += ["## Where the time goes", ""]
     for c in cases:
-        out += [f"### {c.mem_mb} MiB memory, {c.rw_mb} MiB read-write layer", ""]
+        out += [f"### {c.label}", ""]
         if c.manual:
             out += ["Manual procedure (* = inside the downtime):", "",
                     "| step | s |", "|---|---:|"]  # fmt: skip
@@ -664,26 +809,25 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
                     "through zstd in one thread: " + ", ".join(
                         f"level {k}: wire/raw {v['wire_vs_raw']:.3f} at {v['mb_s']:.0f} MB/s"
                         for k, v in c.manual.zstd.items()) + ".", ""]  # fmt: skip
-        if c.migrate:
-            r = c.migrate.report
-            out += [
-                "`migrate run` phases (in the order they ran; * = inside the downtime, "
-                "from `freeze` through `restore`):",
-                "",
-                "| phase | s |",
-                "|---|---:|",
-            ]
+        for title, r in (("`migrate run`", c.migrate), ("`migrate run --strategy lazy`", c.lazy)):
+            if r is None:
+                continue
+            out += [f"{title} phases (in the order they ran; * = inside the downtime, "
+                    "from `freeze` through `restore`):", "", "| phase | s |", "|---|---:|"]  # fmt: skip
             inside = False
-            for k, v in r["phases"].items():
+            for k, v in r.report["phases"].items():
                 inside = inside or k == "freeze"
                 out.append(f"| {k}{' *' if inside else ''} | {v:.2f} |")
                 if k == "restore":
                     inside = False
-            rb = r["bytes"]
-            out += [f"| **downtime** | **{r['downtime_s']:.2f}** |",
-                    f"| total (report) | {r['total_s']:.2f} |",
-                    f"| `migrate run` process wall time | {c.migrate.wall_s:.2f} |", "",
+            rb = r.report["bytes"]
+            out += [f"| **downtime** | **{r.report['downtime_s']:.2f}** |",
+                    f"| total (report) | {r.report['total_s']:.2f} |",
+                    f"| `migrate run` process wall time | {r.wall_s:.2f} |", "",
                     "Bytes: " + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in rb.items()), ""]  # fmt: skip
+            extra = {k: v for k, v in r.report.items() if k not in REPORT_KNOWN}
+            if extra:
+                out += ["Other report fields: `" + json.dumps(extra)[:600] + "`", ""]
         if c.raw:
             out += ["Raw link: " + ", ".join(
                 f"{k} {v:.2f} s ({c.raw.bytes / v / 1e6:.0f} MB/s)" for k, v in c.raw.seconds.items()
@@ -691,6 +835,46 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
         for e in c.errors:
             out += [f"**FAILED** {e}", ""]
     return "\n".join(out)
+
+
+REPORT_KNOWN = {
+    "status", "container", "source", "destination", "dest_name", "dest_container_id",
+    "strategy", "downtime_s", "total_s", "phases", "bytes", "source_action", "error",
+}  # fmt: skip
+
+
+def load_cases(doc: dict[str, Any]) -> list[Case]:
+    """The cases of a saved NAME.json, as the dataclasses they were written from."""
+
+    def mig(d: dict[str, Any] | None) -> MigrateResult | None:
+        return None if d is None else MigrateResult(**d)
+
+    cases = []
+    for d in doc["cases"]:
+        man = d["manual"]
+        cases.append(Case(
+            mem_mb=d["mem_mb"], rw_mb=d["rw_mb"], text_pct=d["text_pct"], legs=tuple(d["legs"]),
+            layers=tuple(d.get("layers", ())),
+            manual=None if man is None else ManualResult(
+                **(man | {"steps": [Step(**x) for x in man["steps"]]})),
+            migrate=mig(d["migrate"]), lazy=mig(d["lazy"]),
+            raw=None if d["raw"] is None else RawResult(**d["raw"]),
+            errors=list(d["errors"]),
+        ))  # fmt: skip
+    return cases
+
+
+def write_results(name: str, cases: list[Case], meta: dict[str, Any], plot_png: bool) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    doc = {"meta": meta, "cases": [asdict(c) | {"derived": derived(c)} for c in cases]}
+    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(markdown(cases, meta) + "\n")
+    log(f"wrote {RESULTS / name}.json and .md")
+    if plot_png:
+        from plot import plot  # benchmarks/plot.py: needs the `bench` extra (matplotlib)
+
+        plot(doc, RESULTS / f"{name}.png")
+        log(f"wrote {RESULTS / name}.png")
 
 
 def git_describe() -> str:
@@ -706,25 +890,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mem", default="256", help="memory sizes in MiB, comma-separated")
     ap.add_argument("--rw", default="0", help="read-write layer sizes in MiB, comma-separated")
     ap.add_argument("--full", action="store_true", help="every (mem, rw) pair, not the two axes")
-    ap.add_argument("--legs", default="manual,migrate,raw")
+    ap.add_argument("--legs", default=",".join(LEGS),
+                    help="manual,migrate,raw (and lazy: migrate run --strategy lazy)")  # fmt: skip
+    ap.add_argument("--text", type=int, default=50, help="percent of text in memory and files")
+    ap.add_argument("--incompressible", action="store_true",
+                    help="add the middle memory size with no text (stream throughput goal)")  # fmt: skip
     ap.add_argument("--name", help="output name under benchmarks/results/")
     ap.add_argument("--plot", action="store_true", help="also write NAME.png (matplotlib)")
+    ap.add_argument("--render", type=Path, metavar="NAME.json",
+                    help="measure nothing: rewrite NAME.md (and .png) from a saved NAME.json")  # fmt: skip
     args = ap.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        write_results(args.render.stem, load_cases(saved), saved["meta"], args.plot)
+        return 0
     mems = [int(x) for x in args.mem.split(",")]
     rws = [int(x) for x in args.rw.split(",")]
     legs = [x.strip() for x in args.legs.split(",")]
-    cases = case_list(mems, rws, args.full)
-    name = args.name or ("run-256mb" if [(c.mem_mb, c.rw_mb) for c in cases] == [(256, 0)]
-                         else "matrix")  # fmt: skip
+    cases = case_list(mems, rws, args.full, args.text, args.incompressible)
+    single = [(c.mem_mb, c.rw_mb, c.text_pct) for c in cases] == [(256, 0, 50)]
+    name = args.name or ("run-256mb" if single else "matrix")
 
     lab = Lab(LabConfig(name=args.lab, subnet=args.subnet))
     lab.up()
-    build_workload_image(lab.host("a"))
+    layers = build_workload_image(lab.host("a"))
     t0 = time.monotonic()
     for c in cases:
+        c.layers = layers
         run_case(lab, c, legs)
     meta = {
-        "title": ", ".join(f"{c.mem_mb}/{c.rw_mb}" for c in cases) + " MiB (memory/RW)",
+        "title": "; ".join(c.label for c in cases),
         "argv": " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": platform.node(),
@@ -734,20 +929,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "git": git_describe(),
         "seconds": round(time.monotonic() - t0, 1),
     }
-    RESULTS.mkdir(exist_ok=True)
-    doc = {"meta": meta, "cases": [asdict(c) | {"derived": derived(c)} for c in cases]}
-    (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(markdown(cases, meta) + "\n")
-    log(f"wrote {RESULTS / name}.json and .md ({meta['seconds']} s)")
-    if args.plot:
-        from plot import plot  # benchmarks/plot.py: needs the `bench` extra (matplotlib)
-
-        plot(doc, RESULTS / f"{name}.png")
-        log(f"wrote {RESULTS / name}.png")
+    write_results(name, cases, meta, args.plot)
     print((RESULTS / f"{name}.md").read_text())
     failed = any(c.errors for c in cases) or any(
-        (c.manual and not c.manual.verified) or (c.migrate and not c.migrate.verified)
-        for c in cases
+        r is not None and not r.verified for c in cases for r in (c.manual, c.migrate, c.lazy)
     )
     return 1 if failed else 0
 

@@ -1,7 +1,7 @@
 /* The benchmark workload: a process that holds MEM_MB MiB of memory, half random bytes and
  * half text, and (optionally) wrote RW_MB MiB of files of the same mix to its read-write layer.
  *
- *   memfill MEM_MB RW_MB
+ *   memfill MEM_MB RW_MB [TEXT_PCT]     (TEXT_PCT: share of text, default 50; 0 = all random)
  *
  * The content depends on a seed read from getrandom(), so a container restarted from scratch
  * would hold different memory: only a real restore reproduces the checksum. On SIGUSR1 the
@@ -46,8 +46,10 @@ static const char *words[] = {
 #define NWORDS (sizeof(words) / sizeof(words[0]))
 
 /* Half random, half log-like text lines. */
+static unsigned text_pct = 50;
+
 static void fill(char *p, size_t n) {
-    size_t half = n / 2, i = 0;
+    size_t half = n / 100 * (100 - text_pct), i = 0;
     for (; i + 8 <= half; i += 8) {
         uint64_t v = next();
         memcpy(p + i, &v, 8);
@@ -104,10 +106,11 @@ static int write_file(const char *path, const char *text) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: memfill MEM_MB RW_MB\n");
+    if (argc != 3 && argc != 4) {
+        fprintf(stderr, "usage: memfill MEM_MB RW_MB [TEXT_PCT]\n");
         return 2;
     }
+    if (argc == 4) text_pct = (unsigned)strtoul(argv[3], NULL, 10) % 101;
     size_t mem = (size_t)strtoull(argv[1], NULL, 10) << 20;
     size_t rw = (size_t)strtoull(argv[2], NULL, 10) << 20;
     if (getrandom(&s0, sizeof s0, 0) != sizeof s0 || getrandom(&s1, sizeof s1, 0) != sizeof s1) {
