@@ -101,6 +101,7 @@ class DrillReport:
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        d["passed"] = self.passed  # for scripts: one boolean to test
         d["migrate_version"] = __version__
         for k in ("total_s", "recovery_time_s", "restore_s", "source_pause_s"):
             if d[k] is not None:

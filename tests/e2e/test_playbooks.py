@@ -109,3 +109,32 @@ def test_evacuate_playbook_needs_a_host(inventory: Path, tmp_path: Path) -> None
     p = play("evacuate.yml", inventory, cwd=tmp_path)
     assert p.returncode != 0
     assert "-e migrate_drain=HOST" in p.stdout
+
+
+def test_drill_playbook_fetches_the_reports(
+    inventory: Path, tmp_path: Path, docker_a: Any, docker_b: Any, test_image: str
+) -> None:
+    import json
+
+    name = f"mt-pbd-{uuid.uuid4().hex[:8]}"
+    fetch = tmp_path / "reports"
+    try:
+        docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=name, detach=True)
+        time.sleep(1.0)
+        p = play("drill.yml", inventory, "-e", "migrate_drill_source=a", "-e",
+                 "migrate_standby=b", "-e", json.dumps({"migrate_drill_containers": [name]}),
+                 "-e", "migrate_drill_verify_cmd=cat /tmp/count", "-e",
+                 f"migrate_drill_fetch_dir={fetch}", cwd=tmp_path)  # fmt: skip
+        assert p.returncode == 0, p.stdout + p.stderr
+        report = json.loads((fetch / "a" / f"{name}.json").read_text())
+        assert "PASSED" in (fetch / "a" / f"{name}.md").read_text()
+        assert report["passed"] is True and report["verification"]["exit_code"] == 0, report
+        assert f"{name}: passed" in p.stdout
+        # The source kept running; nothing of the drill is left on B.
+        assert docker_a.containers.get(name).status == "running"
+        assert not [c.name for c in docker_b.containers.list(all=True) if name in c.name]
+    finally:
+        for client in (docker_a, docker_b):
+            for c in client.containers.list(all=True):
+                if name in c.name:
+                    c.remove(force=True)

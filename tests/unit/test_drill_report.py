@@ -43,7 +43,8 @@ def test_json_report_has_the_audit_fields() -> None:
     d = json.loads(json.dumps(r.to_json()))
     assert d["recovery_point"] == "2026-01-01T00:00:00+00:00" and d["recovery_time_s"] == 1.235
     assert d["verification"]["command"] == ["sh", "-c", "x"] and d["verification"]["exit_code"] == 0
-    assert d["status"] == "passed" and d["reason"] is None and d["sizes"] == {"bundle": 10}
+    assert d["status"] == "passed" and d["passed"] is True and d["reason"] is None
+    assert d["sizes"] == {"bundle": 10}
 
 
 def test_markdown_keeps_one_row_per_field_and_shows_why() -> None:
