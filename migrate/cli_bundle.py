@@ -189,6 +189,10 @@ def drill_cmd(
         )
         engine = DockerEngine()
     except MigrateError as e:
+        if as_json:
+            status = "refused" if e.exit_code == EXIT_REFUSED else "failed"
+            out.print_json(data={"status": status, "passed": False, "reason": e.message,
+                                 "error": e.to_wire()})  # fmt: skip
         fail(e)
         return
     progress = _RichProgress(err, enabled=err.is_terminal and not as_json)

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from test_run import COUNTER, _count  # noqa: F401
+from test_run import COUNTER, _count, transport_args  # noqa: F401 - fixture
 from test_run_leftovers import _copies_with
 
 STAGING = Path("/var/lib/migrate/staging")
@@ -55,14 +55,14 @@ def _drill(migrate_on_a: Any, migrate_args: list[str], name: str, report: Path,
 
 
 def test_drill_passes_and_leaves_nothing(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    migrate_on_a: Any, transport_args: list[str], container_name: str,  # noqa: F811
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     marker = f"MARK-{container_name}-{time.time_ns()}"
     _start(docker_a, container_name, test_image, marker)
     started = docker_a.api.inspect_container(container_name)["State"]["StartedAt"]
     report = tmp_path / "drill.json"
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, report,
+    p, rep = _drill(migrate_on_a, transport_args, container_name, report,
                     "--settle", "1", "--verify-cmd", "sh -c 'test $(cat /tmp/count) -gt 0'")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert rep["status"] == "passed" and rep["reason"] is None
