@@ -136,6 +136,7 @@ def run_checks(
     results += check_engine(info, engine_error)
     results.append(check_runc(_find_tool("runc"), info))
     results.append(check_iptables(_find_tool("iptables-restore")))
+    results.append(check_runc_criu_conf(_read_text(RUNC_CRIU_CONF)))
     results.append(
         check_disk(
             "disk_data_root",
@@ -519,6 +520,27 @@ def check_iptables(path: str | None) -> CheckResult:
     )
 
 
+RUNC_CRIU_CONF = Path("/etc/criu/runc.conf")
+
+
+def check_runc_criu_conf(text: str | None) -> CheckResult:
+    """runc passes this file's options to CRIU on restore. Docker cannot ask for file locks
+    there, and without `file-locks` CRIU restores a container with its flock/fcntl locks
+    silently dropped (the dump side asks for them itself)."""
+    lines = {ln.strip() for ln in (text or "").splitlines()}
+    if "file-locks" in lines or "--file-locks" in lines:
+        return CheckResult("criu_file_locks", True, str(RUNC_CRIU_CONF), required=False)
+    return CheckResult(
+        "criu_file_locks",
+        False,
+        "missing" if text is None else "no file-locks line",
+        problem="restored containers lose their file locks (flock, fcntl): CRIU restores "
+        f"them only when asked, and runc asks only through {RUNC_CRIU_CONF}",
+        fix=f"echo file-locks >> {RUNC_CRIU_CONF} (make setup does it)",
+        required=False,
+    )
+
+
 # --- host ------------------------------------------------------------------------------------
 
 
@@ -614,6 +636,13 @@ def _cap_eff(status: Path = Path("/proc/self/status")) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
 
 
 def _read_int(path: Path) -> int | None:

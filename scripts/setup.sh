@@ -22,7 +22,7 @@ changed() { CHANGED=1; log "$@"; }
 [ "$(id -u)" = 0 ] || { echo "setup must run as root (it installs packages and builds CRIU)" >&2; exit 2; }
 
 SYS_PKGS=(python3 python3-venv docker.io containerd runc iptables openssh-server openssh-client iproute2 busybox-static
-  gcc make zstd procps psmisc kmod ca-certificates dpkg-dev
+  gcc libc6-dev make zstd procps psmisc kmod ca-certificates dpkg-dev
   libbsd-dev libcap-dev libgnutls28-dev libnet1-dev libnftables-dev libnl-3-dev
   libprotobuf-c-dev libprotobuf-dev pkgconf protobuf-c-compiler protobuf-compiler
   python3-protobuf uuid-dev libaio-dev)
@@ -156,10 +156,23 @@ sysctls() {
   sysctl -qw net.ipv4.ip_forward=1 >/dev/null 2>&1 || true
 }
 
+criu_runc_conf() {
+  # runc hands CRIU the options in /etc/criu/runc.conf on restore too. Docker (20.10) cannot
+  # ask runc to restore file locks (flock, fcntl), and CRIU drops them silently unless
+  # `file-locks` is set: the dump side passes it itself, the restore side needs this line.
+  local conf=/etc/criu/runc.conf
+  if ! grep -qx 'file-locks' "$conf" 2>/dev/null; then
+    mkdir -p /etc/criu
+    echo 'file-locks' >> "$conf"
+    changed "$conf: file-locks (CRIU restores flock/fcntl locks)"
+  fi
+}
+
 install_system_packages
 ensure_criu
 ensure_venv
 ensure_pycriu
 ensure_project
 sysctls
+criu_runc_conf
 if [ "$CHANGED" = 1 ]; then log "ready (changed)"; else log "ready (no changes)"; fi

@@ -345,3 +345,12 @@ def test_cli_to_bad_destination_is_usage() -> None:
     assert p.returncode == EXIT_USAGE, p.stderr
     data = json.loads(p.stdout)
     assert data["error"]["code"].startswith("usage")
+
+
+def test_runc_criu_conf_needs_file_locks() -> None:
+    assert check.check_runc_criu_conf("file-locks\n").ok
+    assert check.check_runc_criu_conf("tcp-established\nfile-locks\n").ok
+    for text in (None, "", "tcp-established\n"):
+        r = check.check_runc_criu_conf(text)
+        assert not r.ok and not r.required
+        assert "file locks" in r.problem and "file-locks" in r.fix
