@@ -8,6 +8,7 @@ an ``abort`` or a lost connection makes it delete everything it created.
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import os
 import platform
@@ -79,6 +80,10 @@ class _Drill:
     image_loaded: bool = False  # loaded for the drill only: removed with it
     volumes: tuple[str, ...] = ()  # the drill copy's own volumes: removed with it
     done: bool = False  # removed, or kept on request: nothing left to clean up at exit
+    # While a drill is live its agent holds this lock and keeps a record next to it: a later
+    # agent that finds the record with the lock free removes what a killed agent left.
+    lock: PidLock | None = None
+    record: Path | None = None
 
 
 # A drill's settle time and verification command are bounded (the source waits for them).
@@ -514,6 +519,8 @@ class Agent:
             except (KeyError, TypeError) as e:
                 raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
             had_image = self.engine.image(d.image_id) is not None
+            self._sweep_orphan_drills()
+            self._record_drill(d, had_image, list(renames.values()))
             try:
                 res = import_bundle(self.engine, path, name=name, state_dir=base, isolated=True,
                                     labels={DRILL_LABEL: drill_id},
@@ -533,10 +540,66 @@ class Agent:
                 "bundle_bytes": got,
             }
         except BaseException:
-            d.done = True  # import_bundle removed what it made
+            self._settled(d)  # import_bundle removed what it made
             raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _drill_files(self, drill_id: str) -> tuple[Path, PidLock]:
+        base = (self.state_dir or DEFAULT_DIR) / "drills"
+        lock = PidLock(base / f"{drill_id}.lock", busy=f"drill {drill_id} is live",
+                       hint="it is removed by its own agent")  # fmt: skip
+        return base / f"{drill_id}.json", lock
+
+    def _record_drill(self, d: _Drill, had_image: bool, volumes: list[str]) -> None:
+        d.record, d.lock = self._drill_files(d.id)
+        d.lock.acquire()
+        body = {"name": d.name, "image_id": d.image_id, "had_image": had_image,
+                "volumes": volumes}  # fmt: skip
+        tmp = d.record.with_suffix(".partial")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, d.record)
+
+    def _settled(self, d: _Drill) -> None:
+        """Nothing of this drill is left to clean up (removed, kept, or never made)."""
+        d.done = True
+        if d.record is not None:
+            d.record.unlink(missing_ok=True)
+        if d.lock is not None:
+            d.lock.release()
+
+    def _sweep_orphan_drills(self) -> None:
+        """Remove drill copies whose agent died before the source said keep or remove."""
+        base = (self.state_dir or DEFAULT_DIR) / "drills"
+        if not base.is_dir():
+            return
+        for rec in sorted(base.glob("*.json")):
+            drill_id = rec.stem
+            if drill_id in self._drills or not drill_id.isalnum():
+                continue
+            _, lock = self._drill_files(drill_id)
+            try:
+                lock.acquire()
+            except MigrateError:
+                continue  # its agent is alive
+            try:
+                data = json.loads(rec.read_text())
+                name = str(data.get("name", ""))
+                if name and self.engine.exists(name):
+                    if self.engine.spec(name).labels.get(DRILL_LABEL) == drill_id:
+                        log.warning("removing drill copy %s left by a dead agent", name)
+                        self.engine.remove(name, force=True)
+                for v in data.get("volumes") or []:
+                    if isinstance(v, str) and f"-drill-{drill_id[:8]}" in v:
+                        self.engine.remove_volume(v)
+                if not data.get("had_image") and data.get("image_id"):
+                    self._remove_image(_Drill(id=drill_id, name=name,
+                                              image_id=str(data["image_id"])))  # fmt: skip
+                rec.unlink(missing_ok=True)
+            except (MigrateError, OSError, ValueError, AttributeError) as e:
+                log.error("could not remove what drill %s left: %s", drill_id, e)
+            finally:
+                lock.release()
 
     def h_drill_verify(
         self, *, drill_id: str, settle_s: float, argv: list[Any], timeout_s: float
@@ -559,14 +622,15 @@ class Agent:
     def h_drill_remove(self, *, drill_id: str, keep: bool) -> dict[str, Any]:
         d = self._drill(drill_id)
         if keep:
-            d.done = True
+            self._settled(d)
             return {"kept": True, "container_removed": False, "image_removed": False}
         self.engine.remove(d.container_id, force=True)
         for v in d.volumes:
             self.engine.remove_volume(v)
-        d.done = True
+        image_removed = self._remove_image(d) if d.image_loaded else False
+        self._settled(d)
         return {"kept": False, "container_removed": True, "volumes_removed": list(d.volumes),
-                "image_removed": self._remove_image(d)}  # fmt: skip
+                "image_removed": image_removed}  # fmt: skip
 
     def _remove_image(self, d: _Drill) -> bool:
         try:
@@ -589,7 +653,11 @@ class Agent:
                     self._remove_image(d)
             except MigrateError as e:
                 log.error("could not remove drill container %s: %s", d.name, e)
-            d.done = True
+                d.done = True
+                if d.lock is not None:
+                    d.lock.release()  # the record stays: the next drill's sweep retries
+                continue
+            self._settled(d)
 
     # --- rollback -------------------------------------------------------------------------
 

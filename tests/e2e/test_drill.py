@@ -5,6 +5,9 @@ happened; a failing --verify-cmd fails the drill; --keep leaves the isolated cop
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -12,6 +15,8 @@ from typing import Any
 
 from test_run import COUNTER, _count, transport_args  # noqa: F401 - fixture
 from test_run_leftovers import _copies_with
+
+from migrate.lab import migrate_executable
 
 STAGING = Path("/var/lib/migrate/staging")
 DRILL_LABEL = "org.migrate.drill"
@@ -191,3 +196,61 @@ def test_bind_mount_is_refused(
     assert rep["status"] == "refused" and rep["error"]["code"] == "precheck.unsupported"
     assert "bind mount" in rep["reason"] and rep["recovery_point"] is None
     assert {c.id for c in docker_b.containers.list(all=True)} == before
+
+
+def _agents_in(netns: str) -> list[int]:
+    """Pids of this worktree's `migrate agent` processes in the lab host's network namespace."""
+    want = os.stat(f"/run/netns/{netns}").st_ino
+    exe = str(migrate_executable())
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            ns = os.readlink(proc / "ns" / "net")
+        except OSError:
+            continue
+        if exe.encode() in argv and b"agent" in argv and ns == f"net:[{want}]":
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, lab_env: dict[str, str],
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    _start(docker_a, container_name, test_image, "sweep")
+    result: dict[str, Any] = {}
+    t = threading.Thread(target=lambda: result.update(p=migrate_on_a(
+        "drill", container_name, *migrate_args, "--settle", "120", "--json")))  # fmt: skip
+    t.start()
+    try:
+        deadline = time.monotonic() + 60
+        copies: list[Any] = []
+        while not copies and time.monotonic() < deadline:
+            copies = [c for c in docker_b.containers.list(filters={"label": DRILL_LABEL})
+                      if c.name.startswith(f"{container_name}-drill-")]  # fmt: skip
+            time.sleep(0.2)
+        assert copies, "the drill copy never appeared on B"
+        agents = _agents_in(lab_env["MIGRATE_LAB_B_NETNS"])
+        assert agents, "no agent found on B"
+        for pid in agents:
+            os.kill(pid, signal.SIGKILL)  # no clean exit: its copy stays behind
+    finally:
+        t.join(180)
+    p = result["p"]
+    assert p.returncode == 1, p.stderr
+    first = json.loads(p.stdout)
+    assert first["status"] == "failed"
+    copy = docker_b.containers.get(first["drill_name"])
+    assert copy.status == "running", "the killed agent's copy should still be there"
+    record = Path("/var/lib/migrate/drills") / f"{first['drill_id']}.json"
+    assert record.is_file()
+    # The next drill to B removes it before it restores its own copy.
+    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
+                    "--settle", "0")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert not docker_b.containers.list(all=True, filters={"name": first["drill_name"]})
+    assert not record.exists()
+    assert not list(Path("/var/lib/migrate/drills").glob(f"{rep['drill_id']}.*"))
