@@ -435,3 +435,18 @@ def _run(argv: list[str], timeout: float) -> _Result | None:
         log.debug("cannot run %s: %s", argv[0], e)
         return None
     return _Result(p.returncode, p.stdout.decode(errors="replace"))
+
+
+CAP_SYS_RESOURCE = 24
+
+
+def has_cap_sys_resource(status: Path = Path("/proc/self/status")) -> bool:
+    """Whether this process (and so the CRIU it starts as root) holds CAP_SYS_RESOURCE,
+    without which CRIU cannot read the rlimits of another user's processes."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False

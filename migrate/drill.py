@@ -35,6 +35,7 @@ from migrate.errors import (
     Unsupported,
 )
 from migrate.journal import DEFAULT_DIR
+from migrate.migration import check_process_owners
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import NullProgress, Progress, Timer
 from migrate.transport import Channel
@@ -256,6 +257,7 @@ class Drill:
                     hint="CRIU cannot dump processes outside the container's process tree: "
                     "end those exec sessions and retry",
                 )
+            check_process_owners(self.engine, spec)
             caps = criu.capabilities(criu.find_criu())
             if caps.version is None or caps.version < criu.MIN_CRIU:
                 raise CriuUnavailable(

@@ -134,13 +134,20 @@ def build_image(
     files: Mapping[str, bytes] | None = None,
     run: Sequence[str] = (),
     extra: Sequence[str] = (),
+    context_tars: Mapping[str, bytes] | None = None,
 ) -> ImageInfo:
-    """``docker build`` offline: FROM ``base`` (which must be present), then one COPY per
-    file in ``files`` (path in the image -> content), one RUN per shell command in ``run``,
-    then ``extra`` Dockerfile lines (CMD, ENV, EXPOSE...). Rebuilds are cached by the daemon."""
+    """``docker build`` offline: FROM ``base`` (which must be present), one ADD per tar in
+    ``context_tars`` (directory in the image -> tar, unpacked there), one COPY per file in
+    ``files`` (path in the image -> content), one RUN per shell command in ``run``, then
+    ``extra`` Dockerfile lines (CMD, ENV, EXPOSE...). Rebuilds are cached by the daemon."""
     lines = [f"FROM {base}"]
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        for i, (dest, data) in enumerate(sorted((context_tars or {}).items())):
+            ti = tarfile.TarInfo(f"ctx/layer{i}.tar")
+            ti.size, ti.mtime, ti.mode = len(data), IMAGE_MTIME, 0o644
+            tar.addfile(ti, io.BytesIO(data))
+            lines.append(f"ADD ctx/layer{i}.tar {dest}")
         for i, (dest, data) in enumerate(sorted((files or {}).items())):
             ti = tarfile.TarInfo(f"ctx/{i}")
             ti.size, ti.mtime, ti.mode = len(data), IMAGE_MTIME, 0o644
@@ -196,3 +203,120 @@ def remove_image(docker_host: str, tag: str) -> None:
         pass
     finally:
         client.close()
+
+
+# --- applications from Debian's packages --------------------------------------------------------
+
+DEB_ARCHIVES = Path("/var/cache/apt/archives")
+DEB_CACHE = Path("/var/cache/migrate-lab/debs")
+LIB_DIRS = ("lib", "lib64", "usr/lib", "usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu")
+
+
+def find_deb(package: str, cache: Path = DEB_CACHE) -> Path:
+    """The .deb of ``package``: apt's own cache first, then ours; else `apt-get download` (the
+    ordinary client, from the sources this host already uses) into ours."""
+    for d in (DEB_ARCHIVES, cache):
+        found = sorted(d.glob(f"{package}_*.deb")) if d.is_dir() else []
+        if found:
+            return found[-1]
+    cache.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True,
+                       text=True, timeout=BUILD_TIMEOUT_S, check=False)  # fmt: skip
+    found = sorted(cache.glob(f"{package}_*.deb"))
+    if p.returncode != 0 or not found:
+        raise LabError(f"cannot get the Debian package {package}: {p.stderr.strip()[-300:]}",
+                       hint="run `apt-get update` once, then retry")  # fmt: skip
+    return found[-1]
+
+
+def _needed_libs(root: Path, binaries: Sequence[str]) -> dict[str, Path]:
+    """Shared libraries the ELF ``binaries`` (paths inside ``root``) need and ``root`` lacks:
+    path inside the image -> the host's file. The packages are Debian 12's, like this host."""
+    lib_path = ":".join(str(root / d) for d in LIB_DIRS)
+    need: dict[str, Path] = {}
+    missing: list[str] = []
+    for b in binaries:
+        p = subprocess.run(["ldd", str(root / b.lstrip("/"))], capture_output=True, text=True,
+                           env={"LD_LIBRARY_PATH": lib_path}, timeout=60, check=False)  # fmt: skip
+        for line in p.stdout.splitlines():
+            parts = line.split()
+            if "not found" in line:
+                missing.append(parts[0])
+            elif "=>" in parts and len(parts) >= 3 and parts[2].startswith("/"):
+                path = parts[2]
+            elif parts and parts[0].startswith("/"):
+                path = parts[0]  # the dynamic loader
+            else:
+                continue
+            if "not found" in line or path.startswith(str(root)):
+                continue
+            need[path.lstrip("/")] = Path(path)
+    if missing:
+        raise LabError(f"libraries missing on this host for {list(binaries)}: {sorted(set(missing))}",
+                       hint="apt-get install the packages that ship them")  # fmt: skip
+    return need
+
+
+def debian_rootfs_tar(packages: Sequence[str], binaries: Sequence[str],
+                      files: Mapping[str, bytes] | None = None) -> bytes:  # fmt: skip
+    """A rootfs tar holding ``packages`` unpacked (no maintainer scripts), the shared
+    libraries their ``binaries`` need copied from this host, and ``files``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="migrate-deb-") as tmp:
+        root = Path(tmp) / "root"
+        root.mkdir()
+        for pkg in packages:
+            subprocess.run(["dpkg-deb", "-x", str(find_deb(pkg)), str(root)], check=True,
+                           capture_output=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+        for rel, host_file in _needed_libs(root, binaries).items():
+            dest = root / rel
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(host_file.resolve().read_bytes())
+                dest.chmod(0o755)
+        for rel, data in (files or {}).items():
+            dest = root / rel.lstrip("/")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root).as_posix()
+                if rel.split("/")[0] in ("bin", "sbin", "lib", "lib64") and path.parent == root:
+                    continue  # merged /usr: the base image's /bin and /sbin stay directories
+                ti = tar.gettarinfo(str(path), arcname=rel)
+                ti.mtime, ti.uid, ti.gid, ti.uname, ti.gname = IMAGE_MTIME, 0, 0, "root", "root"
+                if ti.isreg():
+                    with path.open("rb") as f:
+                        tar.addfile(ti, f)
+                else:
+                    tar.addfile(ti)
+        return buf.getvalue()
+
+
+def build_debian_app_image(
+    docker_host: str,
+    tag: str,
+    packages: Sequence[str],
+    binaries: Sequence[str],
+    files: Mapping[str, bytes] | None = None,
+    run: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    base: str = BUSYBOX_TAG,
+) -> ImageInfo:
+    """An application image from Debian's packages, offline: busybox base + one layer with
+    the unpacked packages and their libraries. The rootfs tar is cached by content of the
+    request, and docker's build cache makes a rebuild of the same tar instant."""
+    import hashlib
+
+    key = hashlib.sha256(repr((sorted(packages), list(binaries), sorted(
+        (k, hashlib.sha256(v).hexdigest()) for k, v in (files or {}).items()))).encode()).hexdigest()
+    cached = DEB_CACHE / "rootfs" / f"{key[:24]}.tar"
+    if not cached.exists():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(debian_rootfs_tar(packages, binaries, files))
+        tmp.rename(cached)
+    return build_image(docker_host, tag, base=base, files={}, run=run,
+                       extra=extra, context_tars={"/": cached.read_bytes()})  # fmt: skip

@@ -161,6 +161,7 @@ class Migration:
                     hint="CRIU cannot dump processes outside the container's process tree: "
                     "end those exec sessions and retry",
                 )
+            check_process_owners(self.engine, spec)
             info = self.engine.info()
             if not info.experimental:
                 raise EngineUnavailable(
@@ -443,6 +444,30 @@ class Migration:
             bytes=Bytes(**self.bytes),
             source_action=action,
         )
+
+
+def check_process_owners(engine: Engine, spec: ContainerSpec) -> None:
+    """Refuse, before anything is frozen, a container CRIU cannot dump here: CRIU reads every
+    task's rlimits with prlimit(), which for a process of another user needs CAP_SYS_RESOURCE
+    (PLATFORM.md; PostgreSQL, nginx workers as www-data). Real hosts' root has it."""
+    if criu.has_cap_sys_resource():
+        return
+    me_u, me_g = os.getuid(), os.getgid()
+    others = [p for p in engine.processes(spec.id)
+              if any(u != me_u for u in p.uids) or any(g != me_g for g in p.gids)]  # fmt: skip
+    if not others:
+        return
+    shown = "; ".join(f"pid {p.pid} uid {p.uids[0] if p.uids else '?'} ({p.command[:60]})"
+                      for p in others[:5])  # fmt: skip
+    raise Unsupported(
+        f"{spec.name} runs processes as another user ({shown}{', ...' if len(others) > 5 else ''})"
+        " and this host lacks CAP_SYS_RESOURCE: CRIU cannot read their rlimits (prlimit) "
+        "and could not checkpoint the container",
+        hint="run migrate as root with full capabilities (a normal host, not a restricted "
+        "sandbox); `migrate check` shows cap_sys_resource. Containers whose processes all "
+        "run as root migrate here",
+        details={"pids": [p.pid for p in others]},
+    )
 
 
 def _dir_size(path: Path) -> int:

@@ -158,6 +158,16 @@ class ImageInfo:
 
 
 @dataclass(frozen=True)
+class ProcessInfo:
+    """One process of a container, as the host sees it."""
+
+    pid: int  # in the host's PID namespace
+    uids: tuple[int, ...]  # real, effective, saved, filesystem
+    gids: tuple[int, ...]
+    command: str
+
+
+@dataclass(frozen=True)
 class ExecResult:
     exit_code: int | None  # None: it did not finish within the timeout
     output: str  # the tail of stdout and stderr, interleaved
@@ -214,6 +224,8 @@ class Engine(Protocol):
     def start_from_checkpoint(self, ref: str, name: str) -> None: ...
 
     def exec_sessions(self, ref: str) -> list[str]: ...
+
+    def processes(self, ref: str) -> list[ProcessInfo]: ...
 
     def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult: ...
 

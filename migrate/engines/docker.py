@@ -34,6 +34,7 @@ from migrate.engines.base import (
     ImageInfo,
     MountSpec,
     PortBinding,
+    ProcessInfo,
 )
 from migrate.errors import (
     CheckpointFailed,
@@ -340,6 +341,32 @@ class DockerEngine:
             if e.get("Running"):
                 pc = e.get("ProcessConfig") or {}
                 out.append(" ".join([str(pc.get("entrypoint", ""))] + list(pc.get("arguments") or [])))
+        return out
+
+    def processes(self, ref: str) -> list[ProcessInfo]:
+        """The container's processes with their host uids and gids (from /proc: the source
+        runs on this host). Processes that exit meanwhile are skipped."""
+        try:
+            top = self.api.top(ref, ps_args="-o pid")
+        except docker.errors.NotFound:
+            raise ContainerNotFound(f"container {ref!r} is gone") from None
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker top {ref}: {e.explanation or e}") from None
+        out = []
+        for row in top.get("Processes") or []:
+            try:
+                pid = int(row[0])
+                status = Path(f"/proc/{pid}/status").read_text()
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except (OSError, ValueError, IndexError):
+                continue
+            ids: dict[str, tuple[int, ...]] = {}
+            for line in status.splitlines():
+                key, _, rest = line.partition(":")
+                if key in ("Uid", "Gid"):
+                    ids[key] = tuple(int(x) for x in rest.split())
+            out.append(ProcessInfo(pid, ids.get("Uid", ()), ids.get("Gid", ()),
+                                   cmd.decode(errors="replace").strip()))  # fmt: skip
         return out
 
     def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
