@@ -374,6 +374,7 @@ class Agent:
                 )
             time.sleep(0.02)
         restore_s = time.monotonic() - t0
+        self._wait_fault("restoring", m.name)
         m.state = "restored"
         m.journal.append("restored", restore_s=restore_s)
         return {"container_id": m.container_id, "restore_s": restore_s}
@@ -383,6 +384,16 @@ class Agent:
         if m.state != "restored":
             raise ProtocolError(f"commit in state {m.state}")
         assert m.journal is not None
+        # The point of no return only for a copy that still runs (its dockerd may have
+        # restarted and killed it since `restored`).
+        st = self.engine.state(m.container_id)
+        if not st.running or st.paused:
+            from migrate.errors import RestoreFailed
+
+            raise RestoreFailed(
+                f"the restored container is {st.status} now, not running: not committing",
+                hint="the source copy resumes; see the destination dockerd's log",
+            )
         self._fault("agent:exit_before_commit")
         m.journal.append("committed", container_id=m.container_id)  # point of no return
         m.state = "committed"
@@ -679,6 +690,18 @@ class Agent:
             self._rollback(m, why)
             if m.lock is not None:
                 m.lock.release()
+
+    def _wait_fault(self, step: str, name: str) -> None:
+        """Test hook ``agent:wait:STEP``: write this pid to /tmp/migrate-agent-wait-NAME and
+        wait until a test removes it (it kills a process or cuts the link meanwhile)."""
+        if f"agent:wait:{step}" not in self.faults:
+            return
+        safe = "".join(c for c in name if c.isalnum() or c in "-_.")[:64] or "x"
+        mark = Path(f"/tmp/migrate-agent-wait-{safe}")
+        mark.write_text(f"{os.getpid()} {step}\n")
+        log.error("fault injected: agent waits at %s until %s is removed", step, mark)
+        while mark.exists():
+            time.sleep(0.05)
 
     def _fault(self, point: str) -> None:
         if point in self.faults:

@@ -36,6 +36,7 @@ from migrate.errors import (
     MigrateError,
     MigrationFailed,
     PrecheckFailed,
+    ProtocolError,
     Timeout,
     Unsupported,
 )
@@ -308,7 +309,7 @@ class Migration:
             self.commit_sent = True
             try:
                 self.conn.call("commit", migration_id=self.id)
-            except (ConnectionLost, Timeout) as e:
+            except (ConnectionLost, Timeout, ProtocolError) as e:
                 self.journal.append("in_doubt", reason=e.message)
                 raise InDoubt(
                     f"the destination restored {spec.name} but the answer to `commit` was lost "
@@ -317,6 +318,11 @@ class Migration:
                     "to settle it from both journals",
                     details={"migration_id": self.id},
                 ) from None
+            except MigrateError:
+                # The agent answered: it refused to commit (its copy is not running, say) and
+                # journalled nothing, so this is still before the point of no return.
+                self.commit_sent = False
+                raise
             self.journal.append("committed")
             self._fault("source:after_commit")
             try:
@@ -406,7 +412,7 @@ class Migration:
         name = point.removeprefix("source:")
         if f"source:wait:{name}" in self.opts.faults:
             mark = Path(os.environ.get("MIGRATE_FAULT_MARK", "/tmp/migrate-fault-mark"))
-            mark.write_text(f"{os.getpid()} {name}\n")
+            mark.write_text(f"{os.getpid()} {name} {self.id}\n")
             log.warning("fault injected: waiting at %s until %s is removed", name, mark)
             while mark.exists():
                 time.sleep(0.05)

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,10 @@ def recover(migrate_on_a: Any, name: str, args: list[str]) -> subprocess.Complet
         time.sleep(2)
 
 
-def dest_checkpoints(lab: Any) -> list[Path]:
+def dest_checkpoints(lab: Any, migration_id: str) -> list[Path]:
+    """The checkpoint images that migration placed on B (the agent names them after it)."""
     root = lab.config.paths("b").data_root / "containers"
-    return [d for d in root.glob("*/checkpoints/*") if d.is_dir()]
+    return list(root.glob(f"*/checkpoints/migrate-{migration_id[:12]}"))
 
 
 def test_second_run_of_the_same_container_is_refused(
@@ -163,6 +165,7 @@ def test_three_containers_migrate_concurrently(
 # (step the source is killed at, who holds the container afterwards)
 KILL_POINTS = [
     ("before_pause", "a"),
+    ("after_pause", "a"),  # paused, the CRIU dump about to start
     ("mid_stream", "a"),
     ("before_commit", "a"),  # `restored` journalled by the agent, `commit` never sent
     ("after_commit", "b"),  # the agent journalled `committed`: the point of no return
@@ -204,7 +207,7 @@ def test_source_killed_then_recover(
     assert wait_absent(gone, container_name), "a second copy was left"
     # (other migrations may be staging at the same time on this machine: look at ours only)
     assert not (STAGING / settled[0]["migration_id"]).exists(), "source staging left"
-    assert not [d for d in dest_checkpoints(lab) if container_name in str(d)]
+    assert not dest_checkpoints(lab, settled[0]["migration_id"]), "checkpoint left on B"
     # Settled: recover again has nothing to do, and a new migration is accepted.
     p = migrate_on_a("recover", container_name, *migrate_args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
@@ -234,3 +237,158 @@ def test_agent_dies_at_commit_in_doubt_then_recover(
     here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
     assert_counts_on(here, container_name, before)
     assert wait_absent(gone, container_name)
+
+
+AGENT_KILL_POINTS = [
+    # (step, exit code of `migrate run`, who holds the container in the end)
+    ("before_pause", 1, "a"),
+    ("after_pause", 1, "a"),
+    ("mid_stream", 1, "a"),
+    ("before_commit", 4, "a"),  # `commit` meets a dead agent: in doubt, recover rolls back
+    ("after_commit", 0, "b"),  # committed: losing the agent afterwards changes nothing
+]
+
+
+@pytest.mark.parametrize(("point", "rc", "winner"), AGENT_KILL_POINTS)
+def test_agent_killed_from_outside(
+    point: str, rc: int, winner: str, lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    try:
+        wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2]
+        # The agent serving the migration holds its lock file, which names it.
+        lock = Path("/var/lib/migrate/journal/agent") / f"{migration_id}.lock"
+        agent_pid = int(lock.read_text().strip())
+        os.kill(agent_pid, signal.SIGKILL)
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == rc, err
+    if rc == 4:
+        assert docker_a.containers.get(container_name).status == "paused"
+        p = recover(migrate_on_a, container_name, migrate_args)
+        assert p.returncode == 0, p.stderr + p.stdout
+    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
+    assert_counts_on(here, container_name, before)
+    assert wait_absent(gone, container_name), "a second copy was left"
+    assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+
+
+def restart_dockerd_b(lab: Any) -> None:
+    """Stop B's dockerd (SIGTERM by its pidfile; its containers die with it: no live-restore)
+    and bring it back with `lab up`, as an operator's `systemctl restart docker` would."""
+    from migrate.lab_sys import stop_pid
+
+    pidfile = lab.config.paths("b").docker_pidfile
+    stop_pid(int(pidfile.read_text().strip()), "dockerd b")
+    lab.up()
+
+
+@pytest.mark.parametrize("point", ["before_pause", "before_commit"])
+def test_destination_dockerd_restarted(
+    point: str, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Before the pause the created container survives the restart and the migration may go
+    on; after `restored` the restarted daemon has killed the new copy: the agent refuses to
+    commit and the source resumes. Either way exactly one copy runs, with its state."""
+    import docker as docker_sdk
+
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    try:
+        wait_mark(mark, proc)
+        restart_dockerd_b(lab)
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
+    try:
+        if point == "before_commit":
+            assert proc.returncode == 1, err
+            assert "Rolled back" in err
+        assert proc.returncode in (0, 1), err
+        here, gone = (docker_a, client_b) if proc.returncode == 1 else (client_b, docker_a)
+        assert_counts_on(here, container_name, before)
+        assert wait_absent(gone, container_name), "a second copy was left"
+    finally:
+        client_b.close()
+
+
+def test_destination_disk_full_rolls_back(
+    lab: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The filesystem the agent writes the checkpoint images to fills up (a 64 KiB tmpfs
+    mounted where B's new container keeps its checkpoints): DiskFull, rolled back, and the
+    removal of B's copy takes the mount with it."""
+    before = start_counter(docker_a, test_image, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    target = None
+    try:
+        wait_mark(mark, proc)
+        cid = docker_b.containers.get(container_name).id
+        target = lab.config.paths("b").data_root / "containers" / cid / "checkpoints"
+        target.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)],
+                       check=True)  # fmt: skip
+    finally:
+        mark.unlink(missing_ok=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        assert "transfer.disk_full" in err or "No space left" in err, err
+        assert "Rolled back" in err
+        assert_counts_on(docker_a, container_name, before)
+        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert str(target) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        if target is not None and str(target) in Path("/proc/self/mountinfo").read_text():
+            subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+@pytest.mark.parametrize(("fault", "rc"), [("source_killed", -9), ("agent_killed", 1),
+                                           ("link_cut", 1)])  # fmt: skip
+def test_fault_during_restore(
+    fault: str, rc: int, lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    container_name: str, docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    """The copy on B has just started from the checkpoint; B has not journalled `restored`."""
+    from test_link_cut import set_link
+
+    before = start_counter(docker_a, test_image, container_name)
+    mark = Path(f"/tmp/migrate-agent-wait-{container_name}")
+    proc = lab.host("a").popen(
+        [str(migrate_executable()), "run", container_name, *migrate_args],
+        env={**lab.env(), "MIGRATE_FAULTS": "agent:wait:restoring"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        agent_pid = wait_mark(mark, proc)
+        assert docker_b.containers.get(container_name).status == "running"
+        if fault == "source_killed":
+            os.kill(proc.pid, signal.SIGKILL)
+        elif fault == "agent_killed":
+            os.kill(agent_pid, signal.SIGKILL)
+        else:
+            set_link(lab, False)
+            threading.Timer(22, set_link, (lab, True)).start()
+        t_cut = time.monotonic()
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    if fault == "link_cut":
+        time.sleep(max(0.0, 23 - (time.monotonic() - t_cut)))  # the timer brings it up
+        set_link(lab, True)
+    assert proc.returncode == rc, err
+    if fault == "source_killed":
+        p = recover(migrate_on_a, container_name, migrate_args)
+        assert p.returncode == 0, p.stderr + p.stdout
+    assert_counts_on(docker_a, container_name, before)
+    assert wait_absent(docker_b, container_name, 45), "a second copy was left"
