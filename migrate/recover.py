@@ -115,13 +115,11 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
                     f"{p.migration_id} (it rolls back when it notices the lost connection)"
                 )
             if last == "committed":
-                actions += _retire_source(p, engine)
                 outcome = "committed"
             else:
                 res = conn.call("abort", migration_id=p.migration_id)
                 if res.get("known"):
                     actions.append("destination copy removed")
-                actions += _resume_source(p, engine)
                 outcome = "rolled_back"
             try:
                 conn.call("bye")
@@ -136,6 +134,18 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
                 from None
         finally:
             conn.close()
+        # The destination is settled; now the source copy (an engine error here leaves the
+        # journal unsettled, and recover can simply run again).
+        try:
+            if outcome == "committed":
+                actions += _retire_source(p, engine)
+            else:
+                actions += _resume_source(p, engine)
+        except MigrateError as e:
+            raise InDoubt(
+                f"{label}: the destination is settled ({outcome}) but the source copy could not "
+                f"be {'retired' if outcome == 'committed' else 'resumed'}: {e.message}"
+            ) from None
         staging = state_dir / "staging" / p.migration_id
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

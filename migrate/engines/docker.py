@@ -275,7 +275,32 @@ class DockerEngine:
         self._call("pause", self.api.pause, ref)
 
     def unpause(self, ref: str) -> None:
+        try:
+            self.api.unpause(ref)
+            return
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            if "not paused" not in str(e.explanation or e):
+                raise EngineError(f"docker unpause {ref}: {e.explanation or e}") from None
+            # A CRIU dump that was interrupted (its process killed) thaws the tasks behind
+            # Docker's back: runc says running, Docker still says paused and refuses to
+            # unpause. Freeze through runc so both agree, then unpause through Docker.
+            log.warning("docker and runc disagree on %s being paused: re-syncing", ref)
+            self._runc_pause(ref)
         self._call("unpause", self.api.unpause, ref)
+
+    def _runc_pause(self, ref: str) -> None:
+        st = self.state(ref)
+        root = self._runc_root(st.pid) if st.pid else None
+        if root is None:
+            raise EngineError(f"docker says {st.name} is paused, runc disagrees, and runc's "
+                              "state cannot be found to reconcile them")  # fmt: skip
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        p = subprocess.run([runc, "--root", str(root), "pause", st.id], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+        if p.returncode != 0:
+            raise EngineError(f"runc pause {st.name}: {p.stderr.strip()[-300:]}")
 
     def running_containers(self, labels: Mapping[str, str] | None = None) -> list[str]:
         """Names of the running (not paused) containers, optionally only those carrying every
