@@ -26,8 +26,10 @@ from migrate.errors import (
     MigrateError,
     NameConflict,
     RestoreFailed,
+    Unsupported,
 )
 from migrate.journal import DEFAULT_DIR
+from migrate.migration import check_process_owners
 
 IMAGE_MEMBER = "image/docker-save.tar"
 ROOTFS_MEMBER = "rootfs-diff.tar"
@@ -79,6 +81,14 @@ def export(
             hint=f"start it (`docker start {st.name}`) or unpause it first",
         )
     spec = engine.spec(container)
+    execs = engine.exec_sessions(spec.id)
+    if execs:
+        raise Unsupported(
+            f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
+            hint="CRIU cannot dump processes outside the container's process tree: "
+            "end those exec sessions and retry",
+        )
+    check_process_owners(engine, spec)
     img = engine.image(spec.image_id)
     if img is None:
         raise MigrateError(f"the image of {spec.name} ({spec.image_id[:19]}) is gone")

@@ -182,7 +182,7 @@ def test_nginx_serves_through_published_port_on_b(
 
 def test_postgres_is_refused_with_the_reason(
     migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, postgres_image: str,
+    docker_a: Any, docker_b: Any, postgres_image: str, tmp_path: Any,
 ) -> None:  # fmt: skip
     if has_cap_sys_resource():
         pytest.skip("this host has CAP_SYS_RESOURCE: PostgreSQL is not refused here")
@@ -207,6 +207,11 @@ def test_postgres_is_refused_with_the_reason(
     code, out = _exec(docker_a, container_name, [*psql, "SELECT count(*), sum(n) FROM t"])
     assert (code, out.strip()) == (0, "1000|500500")
     assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    # `migrate export` runs the same check before freezing anything.
+    p = migrate_on_a("export", container_name, "-o", str(tmp_path / "pg.tar.zst"))
+    assert p.returncode == 3, p.stderr
+    assert "another user" in p.stderr and not (tmp_path / "pg.tar.zst").exists()
+    assert [p for p in _top_pids(docker_a, container_name) if "postgres -D" in p[1]] == postmaster
 
 
 def test_running_exec_session_is_named(
