@@ -61,6 +61,7 @@ MiB = 1 << 20
 STEP_TIMEOUT_S = 1800.0
 READY_TIMEOUT_S = 600.0
 SAMPLE_EVERY_S = 0.05
+GLOBAL_CRIU_CONFIG = Path("/etc/criu/runc.conf")
 LEGS = ("manual", "migrate", "raw")  # also possible: "lazy" (migrate run --strategy lazy)
 # Phases of `migrate run` that stream the read-write layer and the checkpoint; the stream
 # throughput is their raw bytes over these seconds. (The image phase is left out: for this
@@ -107,6 +108,8 @@ class MigrateResult:
     source_peak_rss_kb: int | None
     agent_peak_rss_kb: int | None
     verified: bool
+    # per phase: wall seconds and CPU seconds of the source and the agent process
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -230,7 +233,32 @@ def clear_b(b: LabHost, name: str, layers: Sequence[str]) -> None:
         raise RuntimeError(f"{IMAGE} is still on b")
 
 
+def _dump_mode_options() -> list[str]:
+    """Options in /etc/criu/runc.conf that change how every dump on this host works."""
+    try:
+        text = GLOBAL_CRIU_CONFIG.read_text()
+    except OSError:
+        return []
+    words = [ln.split()[0].lstrip("-") for ln in text.splitlines() if ln.split()]
+    return [w for w in words if w in ("lazy-pages", "page-server")]
+
+
+def wait_no_global_criu_config(timeout: float = 300.0) -> None:
+    """runc hands /etc/criu/runc.conf to every CRIU it runs on this host: a `lazy-pages` line
+    there (written for a moment by a lazy migration) turns every dump into a page server that
+    waits forever. Measuring with it present would measure something else: wait it out.
+    (Options such as `file-locks` are fine.)"""
+    deadline = time.monotonic() + timeout
+    while opts := _dump_mode_options():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{GLOBAL_CRIU_CONFIG} says {', '.join(opts)} (written by "
+                               "another migration?): every CRIU dump on this host would use it")  # fmt: skip
+        log(f"waiting: {GLOBAL_CRIU_CONFIG} says {', '.join(opts)} (another migration's?)")
+        time.sleep(5)
+
+
 def start_workload(a: LabHost, name: str, case: Case) -> Path:
+    wait_no_global_criu_config()
     docker(a, "run", "-d", "--name", name, IMAGE,
            str(case.mem_mb), str(case.rw_mb), str(case.text_pct))  # fmt: skip
     upper = upper_dir(a, name)
@@ -289,6 +317,18 @@ def _status_kb(pid: int, key: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int) -> float | None:
+    """utime + stime of one process (its own threads, not its children), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def _net_ns(pid: int | str) -> str | None:
     try:
         return os.readlink(f"/proc/{pid}/ns/net")
@@ -306,6 +346,10 @@ class PeakSampler:
         self.b_ns = f"net:[{os.stat(b.netns_path).st_ino}]"
         self.source_kb: int | None = None
         self.agent_kb: dict[int, int] = {}
+        # (monotonic time, source CPU s, agents' CPU s): to tell which side is busy per phase
+        self.cpu: list[tuple[float, float, float]] = []
+        self._agent_cpu: dict[int, float] = {}
+        self._source_cpu = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -346,7 +390,30 @@ class PeakSampler:
                 kb = _status_kb(pid, "VmHWM")
                 if kb is not None:
                     self.agent_kb[pid] = max(self.agent_kb[pid], kb)
+                c = _cpu_s(pid)
+                if c is not None:
+                    self._agent_cpu[pid] = c
+            c = _cpu_s(self.source_pid)
+            if c is not None:
+                self._source_cpu = c
+            self.cpu.append((now, self._source_cpu, sum(self._agent_cpu.values())))
             self._stop.wait(SAMPLE_EVERY_S)
+
+    def cpu_per_phase(self, phases: dict[str, float], end: float) -> dict[str, dict[str, float]]:
+        """CPU seconds of source and agent in each phase, placing the phases back to back so
+        that the last one ends at ``end`` (when `migrate run` exited; accurate to ~0.1 s)."""
+        out: dict[str, dict[str, float]] = {}
+        t = end
+        for name, dur in reversed(list(phases.items())):
+            lo, hi = self._at(t - dur), self._at(t)
+            out[name] = {"wall": dur, "source": hi[0] - lo[0], "agent": hi[1] - lo[1]}
+            t -= dur
+        return dict(reversed(list(out.items())))
+
+    def _at(self, t: float) -> tuple[float, float]:
+        before = [x for x in self.cpu if x[0] <= t]
+        x = before[-1] if before else (self.cpu[0] if self.cpu else (0.0, 0.0, 0.0))
+        return x[1], x[2]
 
     @property
     def agent_peak_kb(self) -> int | None:
@@ -484,7 +551,8 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
         p = a.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with PeakSampler(p.pid, b) as sampler:
             out, err = p.communicate(timeout=STEP_TIMEOUT_S)
-        wall = time.monotonic() - t0
+            t_end = time.monotonic()
+        wall = t_end - t0
         if p.returncode != 0:
             raise RuntimeError(f"migrate run exited {p.returncode}: {err.strip()[-1500:]}"
                                f"\n{out[-1500:]}")  # fmt: skip
@@ -492,7 +560,8 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
         log(f"migrate {strategy or 'cold'}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
             f"phases {report['phases']}")  # fmt: skip
         ok = verify_on_b(b, name, before)
-        return MigrateResult(report, wall, sampler.source_kb, sampler.agent_peak_kb, ok)
+        cpu = sampler.cpu_per_phase(report["phases"], t_end)
+        return MigrateResult(report, wall, sampler.source_kb, sampler.agent_peak_kb, ok, cpu)
     finally:
         docker(a, "rm", "-f", name, check=False)
         clear_b(b, name, case.layers)
@@ -813,17 +882,21 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
             if r is None:
                 continue
             out += [f"{title} phases (in the order they ran; * = inside the downtime, "
-                    "from `freeze` through `restore`):", "", "| phase | s |", "|---|---:|"]  # fmt: skip
+                    "from `freeze` through `restore`; CPU: seconds of CPU the `migrate run` "
+                    "process and the agent used in that phase, sampled every 50 ms):", "",
+                    "| phase | s | source CPU s | agent CPU s |", "|---|---:|---:|---:|"]  # fmt: skip
             inside = False
             for k, v in r.report["phases"].items():
                 inside = inside or k == "freeze"
-                out.append(f"| {k}{' *' if inside else ''} | {v:.2f} |")
+                cpu = r.cpu.get(k, {})
+                out.append(f"| {k}{' *' if inside else ''} | {v:.2f} "
+                           f"| {fmt(cpu.get('source'))} | {fmt(cpu.get('agent'))} |")  # fmt: skip
                 if k == "restore":
                     inside = False
             rb = r.report["bytes"]
-            out += [f"| **downtime** | **{r.report['downtime_s']:.2f}** |",
-                    f"| total (report) | {r.report['total_s']:.2f} |",
-                    f"| `migrate run` process wall time | {r.wall_s:.2f} |", "",
+            out += [f"| **downtime** | **{r.report['downtime_s']:.2f}** | | |",
+                    f"| total (report) | {r.report['total_s']:.2f} | | |",
+                    f"| `migrate run` process wall time | {r.wall_s:.2f} | | |", "",
                     "Bytes: " + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in rb.items()), ""]  # fmt: skip
             extra = {k: v for k, v in r.report.items() if k not in REPORT_KNOWN}
             if extra:
