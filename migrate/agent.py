@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers
-from migrate.engines.base import ContainerSpec
+from migrate.engines.base import ContainerSpec, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
     CriuUnavailable,
@@ -31,6 +31,7 @@ from migrate.errors import (
     NameConflict,
     ProtocolError,
     Unsupported,
+    VolumeConflict,
 )
 from migrate.journal import DEFAULT_DIR, Journal
 from migrate.lock import PidLock
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 # How long a restored container must stay running before the agent reports `restored`.
 RESTORE_SETTLE_S = 0.2
 RESTORE_WAIT_S = 30.0
+# A json-file log history larger than this is refused rather than filling the disk.
+MAX_LOG_BYTES = 1 << 30
 # The source may go quiet for a long time while it dumps a large container.
 IDLE_TIMEOUT_S = 900.0
 # Label on every drill container: which drill made it (and that it is one).
@@ -65,6 +68,10 @@ class _Migration:
     container_id: str = ""
     checkpoint: str = ""
     state: str = "new"  # new|prepared|restored|committed|aborted
+    # Volumes this migration created here (removed by a rollback) and those it found empty
+    # and fills (emptied again by a rollback); only these may receive content.
+    volumes_made: list[str] = field(default_factory=list)
+    volumes_reused: list[str] = field(default_factory=list)
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -231,7 +238,10 @@ class Agent:
             caps["engine_error"] = e.to_wire()
         return caps
 
-    def h_precheck(self, *, spec: dict[str, Any], name: str, criu_version: list[Any]) -> dict:
+    def h_precheck(
+        self, *, spec: dict[str, Any], name: str, criu_version: list[Any],
+        volumes: list[Any] | None = None,
+    ) -> dict:  # fmt: skip
         info = self.engine.info()
         if not info.experimental:
             raise EngineUnavailable(
@@ -268,7 +278,32 @@ class Agent:
                 hint="remove it there, or pick another name with --name",
             )
         _spec(spec)  # validates the shape
+        for v in _volumes(volumes):
+            self._volume_plan(v)
         return {"ok": True}
+
+    def _volume_plan(self, want: VolumeInfo) -> bool:
+        """Whether ``want`` must be created here (True) or an empty one of the same kind can
+        take the content (False); a volume of that name with content, or another driver or
+        options, is refused: never overwritten or merged."""
+        have = self.engine.volume(want.name)
+        if have is None:
+            return True
+        if have.driver != want.driver or dict(have.options) != dict(want.options):
+            raise VolumeConflict(
+                f"a volume named {want.name} already exists on the destination with another "
+                f"driver or options ({have.driver} {dict(have.options)})",
+                hint=f"remove it there (`docker volume rm {want.name}`) if it is not needed",
+            )
+        mp = Path(have.mountpoint)
+        if mp.is_dir() and any(mp.iterdir()):
+            raise VolumeConflict(
+                f"a volume named {want.name} already exists on the destination and is not "
+                "empty: migrate does not overwrite or merge volume content",
+                hint=f"remove it there (`docker volume rm {want.name}`) if its content is not "
+                "needed, or migrate to another host",
+            )
+        return False
 
     def h_cpuinfo_check(self, *, image_b64: str) -> dict[str, Any]:
         """Would a checkpoint taken on the source (its ``cpuinfo.img``) restore on this CPU?"""
@@ -302,8 +337,12 @@ class Agent:
             raise MigrateError(f"image {image_id[:19]} is still missing after docker load")
         return {"loaded": True}
 
-    def h_prepare(self, *, migration_id: str, spec: dict[str, Any], name: str) -> dict[str, Any]:
+    def h_prepare(
+        self, *, migration_id: str, spec: dict[str, Any], name: str,
+        volumes: list[Any] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         s = _spec(spec)
+        vols = _volumes(volumes)
         if migration_id in self._migrations:
             raise ProtocolError(f"migration {migration_id} was already prepared")
         journal = self._journal(migration_id)
@@ -320,7 +359,15 @@ class Agent:
         img = self.engine.image(s.image_ref) if s.image_ref else None
         if img is None or img.id != s.image_id:
             image = s.image_id  # the tag means another image here: pin the exact one
-        m.container_id = self.engine.create(s, name, image=image)
+        for v in vols:
+            if self._volume_plan(v):
+                m.journal.append("volume_created", volume=v.name)
+                m.volumes_made.append(v.name)
+                self.engine.create_volume(v)
+            else:
+                m.journal.append("volume_reused", volume=v.name)
+                m.volumes_reused.append(v.name)
+        m.container_id = self.engine.create(s, name, image=image, keep_volume_names=True)
         m.state = "prepared"
         m.journal.append("created", container_id=m.container_id)
         return {"container_id": m.container_id}
@@ -338,6 +385,40 @@ class Agent:
             raise MigrateError(f"the new container's read-write layer {upper} does not exist")
         stats = layers.apply(stream, upper, policy=layers.ROOTFS_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_volume(
+        self, *, stream: StreamReader, migration_id: str, volume: str
+    ) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        if volume not in (*m.volumes_made, *m.volumes_reused):
+            raise ProtocolError(f"volume {volume!r} was not prepared for this migration")
+        v = self.engine.volume(volume)
+        target = Path(v.mountpoint) if v is not None else None
+        if target is None or not target.is_dir():
+            raise MigrateError(f"volume {volume} has no directory on this host")
+        if any(target.iterdir()):
+            raise VolumeConflict(f"volume {volume} got content since the precheck: not merged")
+        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_log(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        """The source's log history, where the new container's log driver appends to it (so
+        `docker logs` shows what was logged before the move, then after)."""
+        m = self._mig(migration_id)
+        target = self.engine.log_file(m.container_id)
+        size = 0
+        if target is None or (target.exists() and target.stat().st_size > 0):
+            while stream.read(1 << 20):  # no such file to extend: drain, keep nothing
+                pass
+            return {"bytes": 0}
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as f:
+            while chunk := stream.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_LOG_BYTES:
+                    raise ProtocolError(f"log history larger than {MAX_LOG_BYTES} bytes")
+                f.write(chunk)
+        return {"bytes": size}
 
     def h_put_checkpoint(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
         m = self._mig(migration_id)
@@ -456,6 +537,10 @@ class Agent:
             if r.event == "created":
                 m.container_id = str(r.data.get("container_id", ""))
                 m.state = "prepared"
+            elif r.event == "volume_created":
+                m.volumes_made.append(str(r.data.get("volume", "")))
+            elif r.event == "volume_reused":
+                m.volumes_reused.append(str(r.data.get("volume", "")))
             elif r.event in ("restored", "committed", "aborted"):
                 m.state = r.event
         return m
@@ -681,9 +766,27 @@ class Agent:
                 self.engine.remove(m.container_id, force=True)
             except MigrateError as e:
                 log.error("could not remove %s: %s", m.container_id, e)
+        self._rollback_volumes(m)
         m.state = "aborted"
         if m.journal is not None:
             m.journal.append("aborted", reason=why)
+
+    def _rollback_volumes(self, m: _Migration) -> None:
+        """Remove the volumes this migration created; empty again those it found empty."""
+        for name in m.volumes_made:
+            try:
+                self.engine.remove_volume(name)
+            except MigrateError as e:
+                log.error("could not remove volume %s: %s", name, e)
+        for name in m.volumes_reused:
+            v = self.engine.volume(name)
+            if v is None or not v.mountpoint or not Path(v.mountpoint).is_dir():
+                continue
+            for child in Path(v.mountpoint).iterdir():
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
 
     def _rollback_uncommitted(self, why: str) -> None:
         for m in list(self._migrations.values()):
@@ -714,6 +817,17 @@ def _spec(data: dict[str, Any]) -> ContainerSpec:
         return ContainerSpec.from_wire(data)
     except ValueError as e:
         raise ProtocolError(f"invalid container spec: {e}") from None
+
+
+def _volumes(data: list[Any] | None) -> list[VolumeInfo]:
+    """The volume descriptions of a request, checked (a bad one is a protocol error)."""
+    try:
+        out = [VolumeInfo.from_wire(v) for v in data or []]
+    except ValueError as e:
+        raise ProtocolError(str(e)) from None
+    if len({v.name for v in out}) != len(out):
+        raise ProtocolError("volumes: a name appears twice")
+    return out
 
 
 def _mem_available() -> int:

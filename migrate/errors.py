@@ -185,6 +185,13 @@ class NameConflict(PrecheckFailed):
 
 
 @_register
+class VolumeConflict(PrecheckFailed):
+    """A volume of that name exists on the destination with other content or options."""
+
+    code = "precheck.volume_conflict"
+
+
+@_register
 class Unsupported(PrecheckFailed):
     """The container uses something that cannot be migrated."""
 

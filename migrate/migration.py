@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers
-from migrate.engines.base import ContainerSpec, Engine
+from migrate.engines.base import ContainerSpec, Engine, VolumeInfo
 from migrate.errors import (
     Busy,
     ConnectionLost,
@@ -87,12 +87,14 @@ class Migration:
         self.commit_sent = False
         self.dest_container_id = ""
         self.dest_name = ""
-        self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0}
+        self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0,
+                                      "volumes": 0, "logs": 0}
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
         self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
         self.lock: ContainerLock | None = None
+        self.volumes: list[VolumeInfo] = []
 
     # --- public ---------------------------------------------------------------------------
 
@@ -155,6 +157,7 @@ class Migration:
                 )
             spec = self.engine.spec(self.opts.container)
             self._check_supported(spec)
+            self.volumes = self._volumes(spec)
             execs = self.engine.exec_sessions(spec.id)
             if execs:
                 raise Unsupported(
@@ -193,6 +196,7 @@ class Migration:
                 spec=spec.to_wire(),
                 name=self.dest_name,
                 criu_version=list(caps.version),
+                volumes=[v.to_wire() for v in self.volumes],
             )
             self._check_cpu()
             return spec
@@ -214,18 +218,39 @@ class Migration:
 
     def _check_supported(self, spec: ContainerSpec) -> None:
         for m in spec.mounts:
-            if m.type in ("bind", "volume"):
+            if m.type == "bind":
                 raise Unsupported(
                     f"{spec.name} has a {m.type} mount at {m.destination}: "
                     "its content would not move with the container",
-                    hint="volumes and bind mounts are not migrated yet; "
-                    "run the container without them to migrate it",
+                    hint="bind mounts are not migrated yet; use a named volume instead",
                 )
         if spec.network_mode.startswith("container:") or spec.network_mode == "host":
             raise Unsupported(
                 f"{spec.name} uses network mode {spec.network_mode!r}",
                 hint="only bridge, user-defined and none networks can be migrated",
             )
+
+    def _volumes(self, spec: ContainerSpec) -> list[VolumeInfo]:
+        """The container's volumes, each one that can move (local driver, content in a
+        directory on this host): refused otherwise, before anything is touched."""
+        out = []
+        for m in spec.mounts:
+            if m.type != "volume":
+                continue
+            v = self.engine.volume(m.name) if m.name else None
+            if v is None:
+                raise Unsupported(f"{spec.name}: the volume at {m.destination} is gone")
+            if v.driver != "local" or "device" in v.options or "type" in v.options:
+                raise Unsupported(
+                    f"{spec.name} uses volume {v.name} (driver {v.driver}, options "
+                    f"{dict(v.options)}): its content is not in a directory of this host",
+                    hint="only local volumes without device options move; copy that "
+                    "volume's data yourself, or use a plain local volume",
+                )
+            if not Path(v.mountpoint).is_dir():
+                raise Unsupported(f"volume {v.name} has no directory at {v.mountpoint}")
+            out.append(v)
+        return out
 
     def _transfer_image(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
@@ -257,7 +282,8 @@ class Migration:
         with self.timer.phase("create", "creating the container on the destination"):
             self.dest_created = True  # from here on the agent may have made something
             res = self.conn.call("prepare", migration_id=self.id, spec=spec.to_wire(),
-                                 name=self.dest_name)
+                                 name=self.dest_name,
+                                 volumes=[v.to_wire() for v in self.volumes])  # fmt: skip
             self.dest_container_id = str(res["container_id"])
             self.journal.append("prepared", dest_container_id=self.dest_container_id)
 
@@ -284,6 +310,25 @@ class Migration:
                 on_progress=lambda raw, wire: self.progress.transfer("rootfs", raw, wire, None),
             )
             self._count("rootfs", res["_stream"])
+        # Still frozen: volume content is consistent with the memory image.
+        for v in self.volumes:
+            with self.timer.phase("volumes", f"volume {v.name}"):
+                res = self.conn.call(
+                    "put_volume",
+                    stream=layers.capture(Path(v.mountpoint)),
+                    migration_id=self.id,
+                    volume=v.name,
+                    timeout=RESTORE_TIMEOUT_S,
+                    on_progress=lambda raw, wire: self.progress.transfer("volumes", raw, wire,
+                                                                         None),
+                )  # fmt: skip
+                self._count("volumes", res["_stream"])
+        log_path = self.engine.log_file(spec.id)
+        if log_path is not None and log_path.is_file():
+            with self.timer.phase("logs", "log history"):
+                res = self.conn.call("put_log", stream=_file_chunks(log_path),
+                                     migration_id=self.id, timeout=RESTORE_TIMEOUT_S)  # fmt: skip
+                self._count("logs", res["_stream"])
         with self.timer.phase("transfer", "checkpoint images"):
             total = _dir_size(img_dir)
             res = self.conn.call(
@@ -474,6 +519,12 @@ def check_process_owners(engine: Engine, spec: ContainerSpec) -> None:
         "run as root migrate here",
         details={"pids": [p.pid for p in others]},
     )
+
+
+def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(size):
+            yield chunk
 
 
 def _dir_size(path: Path) -> int:

@@ -56,6 +56,8 @@ class Bytes:
     image: int = 0  # raw bytes of image layers sent
     rootfs: int = 0  # raw bytes of the read-write layer
     checkpoint: int = 0  # raw bytes of CRIU images
+    volumes: int = 0  # raw bytes of volume content
+    logs: int = 0  # raw bytes of the log history
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -63,6 +65,8 @@ class Bytes:
             "wire": self.wire,
             "image": self.image,
             "rootfs": self.rootfs,
+            "volumes": self.volumes,
+            "logs": self.logs,
             "checkpoint": self.checkpoint,
         }
 

@@ -47,6 +47,40 @@ class MountSpec:
 
 
 @dataclass(frozen=True)
+class VolumeInfo:
+    """A volume as the engine describes it (what recreating it elsewhere needs)."""
+
+    name: str
+    driver: str
+    options: Mapping[str, str]
+    labels: Mapping[str, str]
+    mountpoint: str  # where its content is on this host ("" when unknown)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "driver": self.driver, "options": dict(self.options),
+                "labels": dict(self.labels)}  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, data: Any) -> VolumeInfo:
+        """ValueError unless ``data`` is a volume description of the right shape."""
+        if not isinstance(data, Mapping):
+            raise ValueError("volume must be an object")
+        name, driver = data.get("name"), data.get("driver", "local")
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"volume: bad name {name!r}")
+        if not isinstance(driver, str):
+            raise ValueError("volume: driver must be a string")
+        maps = []
+        for k in ("options", "labels"):
+            v = data.get(k) or {}
+            _want(isinstance(v, Mapping) and all(
+                isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+                f"volume.{k}", "an object of strings")  # fmt: skip
+            maps.append(dict(v))
+        return cls(name, driver, maps[0], maps[1], "")
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What is needed to recreate a container elsewhere (portable fields + engine blob)."""
 
@@ -201,6 +235,7 @@ class Engine(Protocol):
         isolated: bool = False,
         labels: Mapping[str, str] | None = None,
         volume_names: Mapping[str, str] | None = None,
+        keep_volume_names: bool = False,
     ) -> str: ...
 
     def pause(self, ref: str) -> None: ...
@@ -236,3 +271,7 @@ class Engine(Protocol):
     def volume_exists(self, name: str) -> bool: ...
 
     def remove_volume(self, name: str) -> None: ...
+
+    def volume(self, name: str) -> VolumeInfo | None: ...
+
+    def create_volume(self, vol: VolumeInfo) -> VolumeInfo: ...

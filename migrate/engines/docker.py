@@ -35,6 +35,7 @@ from migrate.engines.base import (
     MountSpec,
     PortBinding,
     ProcessInfo,
+    VolumeInfo,
 )
 from migrate.errors import (
     CheckpointFailed,
@@ -225,13 +226,15 @@ class DockerEngine:
         isolated: bool = False,
         labels: Mapping[str, str] | None = None,
         volume_names: Mapping[str, str] | None = None,
+        keep_volume_names: bool = False,
     ) -> str:
         """Create a container that matches ``spec`` (not started). Returns its id.
 
         ``isolated`` (drills): network mode none, no published ports, no links, restart policy
         no, so the copy can neither be reached nor answer in place of the original.
         ``labels`` are added to the container's own. ``volume_names`` maps named volumes to
-        the names to use instead (a drill copy gets its own volumes).
+        the names to use instead (a drill copy gets its own volumes). ``keep_volume_names``
+        (migrate run): anonymous volumes keep their names too, instead of Docker making new ones.
         """
         cfg = {k: v for k, v in dict(spec.raw.get("Config") or {}).items() if k not in _DROP_CONFIG}
         host = {
@@ -253,6 +256,8 @@ class DockerEngine:
             cfg.pop("MacAddress", None)
         if volume_names:
             _rename_volumes(host, volume_names)
+        if keep_volume_names:
+            _pin_anonymous_volumes(host, spec)
         body: dict[str, Any] = dict(cfg)
         body["HostConfig"] = host
         endpoints = dict(spec.raw.get("Endpoints") or {})
@@ -458,6 +463,33 @@ class DockerEngine:
         except docker.errors.APIError as e:
             raise EngineError(f"docker volume rm {name}: {e.explanation or e}") from None
 
+    def volume(self, name: str) -> VolumeInfo | None:
+        try:
+            v = self.api.inspect_volume(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker volume inspect {name}: {e.explanation or e}") from None
+        return VolumeInfo(
+            name=str(v.get("Name", name)),
+            driver=str(v.get("Driver", "")),
+            options={str(k): str(x) for k, x in (v.get("Options") or {}).items()},
+            labels={str(k): str(x) for k, x in (v.get("Labels") or {}).items()},
+            mountpoint=str(v.get("Mountpoint", "")),
+        )
+
+    def create_volume(self, vol: VolumeInfo) -> VolumeInfo:
+        try:
+            self.api.create_volume(vol.name, driver=vol.driver or "local",
+                                   driver_opts=dict(vol.options) or None,
+                                   labels=dict(vol.labels) or None)  # fmt: skip
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker volume create {vol.name}: {e.explanation or e}") from None
+        made = self.volume(vol.name)
+        if made is None:
+            raise EngineError(f"docker volume create {vol.name}: the volume is missing after it")
+        return made
+
     # --- images ---------------------------------------------------------------------------
 
     def remove_image(self, ref: str) -> bool:
@@ -629,6 +661,25 @@ class DockerEngine:
             for leftover in _containerd_restore_copies(self._exec_root(), images):
                 log.debug("removing containerd's restore copy %s", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _pin_anonymous_volumes(host: dict[str, Any], spec: ContainerSpec) -> None:
+    """Mount every volume of ``spec`` by its name, so the create reuses it: anonymous ones
+    (``-v /path``, ``--mount type=volume,target=/path`` or the image's VOLUME) included."""
+    names = {m.destination: m.name for m in spec.mounts if m.type == "volume" and m.name}
+    mounts = [dict(m) for m in host.get("Mounts") or []]
+    for m in mounts:
+        if m.get("Type") == "volume" and not m.get("Source") and m.get("Target") in names:
+            m["Source"] = names[str(m["Target"])]
+    named = {b.split(":", 2)[1] for b in host.get("Binds") or [] if b.count(":") >= 1}
+    named |= {str(m.get("Target")) for m in mounts}
+    mounts += [
+        {"Type": "volume", "Source": m.name, "Target": m.destination, "ReadOnly": not m.rw}
+        for m in spec.mounts
+        if m.type == "volume" and m.name and m.destination not in named
+    ]
+    if mounts:
+        host["Mounts"] = mounts
 
 
 def _rename_volumes(host: dict[str, Any], names: Mapping[str, str]) -> None:

@@ -1,0 +1,137 @@
+"""`migrate run` with volumes and log history between the lab hosts (issue 7)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+import docker.types
+import pytest
+
+# Writes a counter into the named volume and one into the anonymous volume (the shell's
+# memory holds the same value), and logs a line per tick.
+WRITER = (
+    "echo before-move-marker; i=0; while true; do i=$((i+1)); "
+    "echo $i > /data/count.new; mv /data/count.new /data/count; echo $i > /anon/count; "
+    "echo tick $i; sleep 0.1; done"
+)
+SETUP = (
+    "mkdir -p /data/sub && echo hello > /data/sub/file && chown 1234:5678 /data/sub/file "
+    "&& chmod 0640 /data/sub/file && ln -s sub/file /data/link && echo anon > /anon/keep"
+)
+
+
+@pytest.fixture
+def volume_name(lab: Any, docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
+    name = f"mtv-{uuid.uuid4().hex[:10]}"
+    yield name
+    for client in (docker_a, docker_b):
+        for c in client.containers.list(all=True, filters={"name": container_name}):
+            c.remove(force=True, v=True)
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def _exec(client: Any, name: str, cmd: str) -> str:
+    res = client.containers.get(name).exec_run(["sh", "-c", cmd])
+    assert res.exit_code == 0, res.output
+    return str(res.output.decode())
+
+
+def _start(docker_a: Any, name: str, image: str, volume: str) -> None:
+    docker_a.volumes.create(volume, labels={"team": "storage"})
+    docker_a.containers.run(
+        image, ["sh", "-c", f"{SETUP} && {WRITER}"], name=name, detach=True,
+        volumes={volume: {"bind": "/data", "mode": "rw"}},
+        mounts=[docker.types.Mount("/anon", None, type="volume")],
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if int(_exec(docker_a, name, "cat /data/count").strip() or 0) >= 10:
+                return
+        except (AssertionError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("writer did not start")
+
+
+def _anon_name(client: Any, name: str) -> str:
+    mounts = client.api.inspect_container(name)["Mounts"]
+    return str(next(m["Name"] for m in mounts if m["Destination"] == "/anon"))
+
+
+def test_volumes_and_logs_move_to_b(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    _start(docker_a, container_name, test_image, volume_name)
+    anon = _anon_name(docker_a, container_name)
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["bytes"]["volumes"] > 0 and rep["bytes"]["logs"] > 0
+
+    # The same volumes (named one with its labels, anonymous one by its name) back it on B.
+    assert docker_b.volumes.get(volume_name).attrs["Labels"] == {"team": "storage"}
+    assert _anon_name(docker_b, container_name) == anon
+    # The content moved with owners, modes and links; the anonymous volume too.
+    stat = _exec(docker_b, container_name, "stat -c '%u:%g %a' /data/sub/file").strip()
+    assert stat == "1234:5678 640"
+    assert _exec(docker_b, container_name, "cat /data/link").strip() == "hello"
+    assert _exec(docker_b, container_name, "cat /anon/keep").strip() == "anon"
+    # Captured frozen: the counter in the volume and the one in memory continue together
+    # (a lost or stale volume would show a missing file or a jump back).
+    first = int(_exec(docker_b, container_name, "cat /data/count").strip())
+    time.sleep(1.0)
+    later = int(_exec(docker_b, container_name, "cat /data/count").strip())
+    assert later > first >= 10
+    assert int(_exec(docker_b, container_name, "cat /anon/count").strip()) >= later
+    # The log history moved: lines from A, then lines written on B.
+    logs = docker_b.containers.get(container_name).logs().decode()
+    assert logs.startswith("before-move-marker\n"), logs[:200]
+    ticks = [int(x.split()[1]) for x in logs.splitlines() if x.startswith("tick ")]
+    assert ticks[0] == 1 and ticks[-1] >= later - 1
+    assert ticks == list(range(1, len(ticks) + 1)), "log lines lost or repeated"
+
+
+def test_volume_with_other_content_on_b_is_refused(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    docker_b.volumes.create(volume_name)
+    docker_b.containers.run(test_image, ["sh", "-c", "echo theirs > /v/mine"], remove=True,
+                            volumes={volume_name: {"bind": "/v", "mode": "rw"}})  # fmt: skip
+    _start(docker_a, container_name, test_image, volume_name)
+    p = migrate_on_a("run", container_name, *migrate_args)
+    assert p.returncode == 3, p.stderr
+    assert "not empty" in p.stderr and "docker volume rm" in p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+    out = docker_b.containers.run(test_image, ["ls", "/v"], remove=True,
+                                  volumes={volume_name: {"bind": "/v", "mode": "ro"}})  # fmt: skip
+    assert out.decode().split() == ["mine"]
+    with pytest.raises(docker.errors.NotFound):
+        docker_b.containers.get(container_name)
+
+
+def test_rollback_removes_the_volumes_it_made(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    _start(docker_a, container_name, test_image, volume_name)
+    anon = _anon_name(docker_a, container_name)
+    p = migrate_on_a("run", container_name, *migrate_args,
+                     env_extra={"MIGRATE_FAULTS": "agent:restore_fail"})  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+    for v in (volume_name, anon):
+        with pytest.raises(docker.errors.NotFound):
+            docker_b.volumes.get(v)
+    # The source's volume is untouched and still written to.
+    assert int(_exec(docker_a, container_name, "cat /data/count").strip()) > 10
