@@ -72,6 +72,10 @@ class _Migration:
     # and fills (emptied again by a rollback); only these may receive content.
     volumes_made: list[str] = field(default_factory=list)
     volumes_reused: list[str] = field(default_factory=list)
+    # Bind-mount paths for --bind-mounts copy: directories this migration created (removed by
+    # a rollback) and empty ones it found (emptied again).
+    binds_made: list[str] = field(default_factory=list)
+    binds_reused: list[str] = field(default_factory=list)
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -240,7 +244,7 @@ class Agent:
 
     def h_precheck(
         self, *, spec: dict[str, Any], name: str, criu_version: list[Any],
-        volumes: list[Any] | None = None,
+        volumes: list[Any] | None = None, binds: list[Any] | None = None,
     ) -> dict:  # fmt: skip
         info = self.engine.info()
         if not info.experimental:
@@ -280,6 +284,8 @@ class Agent:
         _spec(spec)  # validates the shape
         for v in _volumes(volumes):
             self._volume_plan(v)
+        for path, mode in _binds(binds):
+            bind_plan(path, mode)
         return {"ok": True}
 
     def _volume_plan(self, want: VolumeInfo) -> bool:
@@ -339,10 +345,11 @@ class Agent:
 
     def h_prepare(
         self, *, migration_id: str, spec: dict[str, Any], name: str,
-        volumes: list[Any] | None = None,
+        volumes: list[Any] | None = None, binds: list[Any] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         s = _spec(spec)
         vols = _volumes(volumes)
+        bind_list = _binds(binds)
         if migration_id in self._migrations:
             raise ProtocolError(f"migration {migration_id} was already prepared")
         journal = self._journal(migration_id)
@@ -367,6 +374,17 @@ class Agent:
             else:
                 m.journal.append("volume_reused", volume=v.name)
                 m.volumes_reused.append(v.name)
+        for path, mode in bind_list:
+            plan = bind_plan(path, mode)
+            if plan is not None:
+                top, exists = plan
+                if exists:
+                    m.journal.append("bind_reused", path=path)
+                    m.binds_reused.append(path)
+                else:
+                    m.journal.append("bind_created", path=str(top))
+                    m.binds_made.append(str(top))
+                    Path(path).mkdir(parents=True, mode=0o755)
         m.container_id = self.engine.create(s, name, image=image, keep_volume_names=True)
         m.state = "prepared"
         m.journal.append("created", container_id=m.container_id)
@@ -398,6 +416,18 @@ class Agent:
             raise MigrateError(f"volume {volume} has no directory on this host")
         if any(target.iterdir()):
             raise VolumeConflict(f"volume {volume} got content since the precheck: not merged")
+        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_bind(self, *, stream: StreamReader, migration_id: str, path: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        target = Path(path)
+        if path not in m.binds_reused and not any(
+            target == Path(t) or Path(t) in target.parents for t in m.binds_made
+        ):
+            raise ProtocolError(f"bind mount {path!r} was not prepared for this migration")
+        if any(target.iterdir()):
+            raise VolumeConflict(f"{path} got content since the precheck: not merged")
         stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
 
@@ -541,6 +571,10 @@ class Agent:
                 m.volumes_made.append(str(r.data.get("volume", "")))
             elif r.event == "volume_reused":
                 m.volumes_reused.append(str(r.data.get("volume", "")))
+            elif r.event == "bind_created":
+                m.binds_made.append(str(r.data.get("path", "")))
+            elif r.event == "bind_reused":
+                m.binds_reused.append(str(r.data.get("path", "")))
             elif r.event in ("restored", "committed", "aborted"):
                 m.state = r.event
         return m
@@ -780,13 +814,13 @@ class Agent:
                 log.error("could not remove volume %s: %s", name, e)
         for name in m.volumes_reused:
             v = self.engine.volume(name)
-            if v is None or not v.mountpoint or not Path(v.mountpoint).is_dir():
-                continue
-            for child in Path(v.mountpoint).iterdir():
-                if child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
-                else:
-                    child.unlink(missing_ok=True)
+            if v is not None and v.mountpoint:
+                _empty_dir(Path(v.mountpoint))
+        for path in m.binds_made:
+            if path and Path(path).is_dir() and not Path(path).is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+        for path in m.binds_reused:
+            _empty_dir(Path(path))
 
     def _rollback_uncommitted(self, why: str) -> None:
         for m in list(self._migrations.values()):
@@ -817,6 +851,71 @@ def _spec(data: dict[str, Any]) -> ContainerSpec:
         return ContainerSpec.from_wire(data)
     except ValueError as e:
         raise ProtocolError(f"invalid container spec: {e}") from None
+
+
+def _empty_dir(d: Path) -> None:
+    if not d.is_dir() or d.is_symlink():
+        return
+    for child in d.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+# Host trees a copied bind mount must never be written into.
+_BIND_FORBIDDEN = ("/proc", "/sys", "/dev", "/run", "/boot")
+
+
+def bind_plan(p: str, mode: str) -> tuple[Path, bool] | None:
+    """What the destination does for a bind-mounted ``path``: None (same-path: use it as it
+    is) or (the topmost directory to create, or the path itself, and whether it exists
+    already, empty). Refuses what would be wrong: a missing path for same-path, a path with
+    content (never merged or overwritten) or in a system tree for copy."""
+    from migrate.errors import Unsupported
+
+    path = Path(p)
+    if not p.startswith("/") or ".." in path.parts or p != os.path.normpath(p) or p == "/":
+        raise ProtocolError(f"bind mount path {p!r} is not a normal absolute path")
+    if mode == "same-path":
+        if not path.exists():
+            raise Unsupported(
+                f"the bind-mounted path {p} does not exist on the destination",
+                hint="--bind-mounts same-path needs the same data at that path there (shared "
+                "storage, or copied beforehand); or use --bind-mounts copy",
+            )
+        return None
+    if any(p == f or p.startswith(f + "/") for f in _BIND_FORBIDDEN):
+        raise Unsupported(f"--bind-mounts copy does not write into {p} (a system tree)",
+                          hint="use --bind-mounts same-path for host paths like that")  # fmt: skip
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        raise VolumeConflict(f"{p} exists on the destination and is not a directory",
+                             hint=f"remove {p} there, or use --bind-mounts same-path")  # fmt: skip
+    if path.is_dir():
+        if any(path.iterdir()):
+            raise VolumeConflict(
+                f"{p} exists on the destination and is not empty: --bind-mounts copy does "
+                "not overwrite or merge",
+                hint=f"empty or remove {p} there, or use --bind-mounts same-path if it "
+                "holds the same data",
+            )
+        return path, True
+    top = path
+    while not top.parent.exists():
+        top = top.parent
+    if top.parent.is_symlink() or not top.parent.is_dir():
+        raise VolumeConflict(f"{top.parent} on the destination is not a directory")
+    return top, False
+
+
+def _binds(data: list[Any] | None) -> list[tuple[str, str]]:
+    out = []
+    for b in data or []:
+        if not (isinstance(b, dict) and isinstance(b.get("path"), str)
+                and b.get("mode") in ("same-path", "copy")):  # fmt: skip
+            raise ProtocolError("binds: each must be {path, mode: same-path|copy}")
+        out.append((b["path"], b["mode"]))
+    return out
 
 
 def _volumes(data: list[Any] | None) -> list[VolumeInfo]:

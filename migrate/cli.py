@@ -409,6 +409,11 @@ def run(
         "cold", "--strategy", help="cold (stop-and-copy, always rolls back) | lazy | auto."
     ),
     dest_docker_host: str | None = _DEST_DOCKER_HOST,
+    bind_mounts: str = typer.Option(
+        "refuse", "--bind-mounts",
+        help="refuse (default) | same-path (the path exists on the destination already, e.g. "
+        "shared storage) | copy (move the content to the same path on the destination).",
+    ),  # fmt: skip
 ) -> None:
     """Live-migrate one running container to another host.
 
@@ -427,6 +432,9 @@ def run(
             f"strategy {strategy!r} is not available yet",
             hint="use --strategy cold (auto selects cold on this version)",
         ))
+    if bind_mounts not in ("refuse", "same-path", "copy"):
+        fail(UsageError(f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
+                        hint="see docs/mounts-and-networks.md"))  # fmt: skip
     try:
         factory = _channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -441,6 +449,7 @@ def run(
                 keep_source=keep_source,
                 dry_run=dry_run,
                 strategy="cold",
+                bind_mounts=bind_mounts,
                 faults=faults_from_env(),
             ),
             engine,

@@ -65,6 +65,7 @@ class RunOptions:
     keep_source: bool = False
     dry_run: bool = False
     strategy: str = "cold"
+    bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.lock.DEFAULT_LOCK_DIR
@@ -95,6 +96,7 @@ class Migration:
         self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
         self.lock: ContainerLock | None = None
         self.volumes: list[VolumeInfo] = []
+        self.binds: list[str] = []  # bind-mounted host paths (directories) handled per option
 
     # --- public ---------------------------------------------------------------------------
 
@@ -158,6 +160,7 @@ class Migration:
             spec = self.engine.spec(self.opts.container)
             self._check_supported(spec)
             self.volumes = self._volumes(spec)
+            self.binds = self._binds(spec)
             execs = self.engine.exec_sessions(spec.id)
             if execs:
                 raise Unsupported(
@@ -197,6 +200,7 @@ class Migration:
                 name=self.dest_name,
                 criu_version=list(caps.version),
                 volumes=[v.to_wire() for v in self.volumes],
+                binds=self._binds_wire(),
             )
             self._check_cpu()
             return spec
@@ -218,11 +222,13 @@ class Migration:
 
     def _check_supported(self, spec: ContainerSpec) -> None:
         for m in spec.mounts:
-            if m.type == "bind":
+            if m.type == "bind" and self.opts.bind_mounts == "refuse":
                 raise Unsupported(
-                    f"{spec.name} has a {m.type} mount at {m.destination}: "
-                    "its content would not move with the container",
-                    hint="bind mounts are not migrated yet; use a named volume instead",
+                    f"{spec.name} bind-mounts {m.source} at {m.destination}: a host path, "
+                    "which does not move with the container by default",
+                    hint="use --bind-mounts same-path if that path holds the same data on the "
+                    "destination (shared storage), or --bind-mounts copy to move its content "
+                    "to the same path there",
                 )
         if spec.network_mode.startswith("container:") or spec.network_mode == "host":
             raise Unsupported(
@@ -251,6 +257,25 @@ class Migration:
                 raise Unsupported(f"volume {v.name} has no directory at {v.mountpoint}")
             out.append(v)
         return out
+
+    def _binds(self, spec: ContainerSpec) -> list[str]:
+        out = []
+        for m in spec.mounts:
+            if m.type != "bind":
+                continue
+            src = Path(m.source)
+            if self.opts.bind_mounts == "copy" and not src.is_dir():
+                raise Unsupported(
+                    f"{spec.name} bind-mounts {m.source}, which is not a directory: "
+                    "--bind-mounts copy moves directories only",
+                    hint="put the file in a directory and bind-mount that, or use "
+                    "--bind-mounts same-path after copying it yourself",
+                )
+            out.append(m.source)
+        return out
+
+    def _binds_wire(self) -> list[dict[str, str]]:
+        return [{"path": p, "mode": self.opts.bind_mounts} for p in self.binds]
 
     def _transfer_image(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
@@ -283,7 +308,8 @@ class Migration:
             self.dest_created = True  # from here on the agent may have made something
             res = self.conn.call("prepare", migration_id=self.id, spec=spec.to_wire(),
                                  name=self.dest_name,
-                                 volumes=[v.to_wire() for v in self.volumes])  # fmt: skip
+                                 volumes=[v.to_wire() for v in self.volumes],
+                                 binds=self._binds_wire())  # fmt: skip
             self.dest_container_id = str(res["container_id"])
             self.journal.append("prepared", dest_container_id=self.dest_container_id)
 
@@ -323,6 +349,13 @@ class Migration:
                                                                          None),
                 )  # fmt: skip
                 self._count("volumes", res["_stream"])
+        if self.opts.bind_mounts == "copy":
+            for path in self.binds:
+                with self.timer.phase("binds", f"bind mount {path}"):
+                    res = self.conn.call("put_bind", stream=layers.capture(Path(path)),
+                                         migration_id=self.id, path=path,
+                                         timeout=RESTORE_TIMEOUT_S)  # fmt: skip
+                    self._count("volumes", res["_stream"])
         log_path = self.engine.log_file(spec.id)
         if log_path is not None and log_path.is_file():
             with self.timer.phase("logs", "log history"):

@@ -142,15 +142,16 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         _m("hello", protocol=_I, min_protocol=_I, software=_S, faults=_L),
-        _m("precheck", spec=_D, name=_S, criu_version=_L, volumes=_OL),
+        _m("precheck", spec=_D, name=_S, criu_version=_L, volumes=_OL, binds=_OL),
         _m("cpuinfo_check", image_b64=_S),
         _m("image_status", image_id=_S, diff_ids=_L),
         _m("load_image", stream=True, image_id=_S),
-        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL),
+        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL),
         _m("put_rootfs", stream=True, migration_id=_S),
         # Volume content and the log history, captured while the container is frozen.
         _m("put_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_log", stream=True, migration_id=_S),
+        _m("put_bind", stream=True, migration_id=_S, path=_S),
         _m("put_checkpoint", stream=True, migration_id=_S),
         _m("restore", migration_id=_S),
         _m("commit", migration_id=_S),
