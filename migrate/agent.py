@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers
-from migrate.engines.base import ContainerSpec, VolumeInfo
+from migrate.engines.base import ContainerSpec, NetworkInfo, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
     CriuUnavailable,
@@ -76,6 +76,7 @@ class _Migration:
     # a rollback) and empty ones it found (emptied again).
     binds_made: list[str] = field(default_factory=list)
     binds_reused: list[str] = field(default_factory=list)
+    networks_made: list[str] = field(default_factory=list)  # removed by a rollback
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -346,10 +347,15 @@ class Agent:
     def h_prepare(
         self, *, migration_id: str, spec: dict[str, Any], name: str,
         volumes: list[Any] | None = None, binds: list[Any] | None = None,
+        networks: list[Any] | None = None,
     ) -> dict[str, Any]:  # fmt: skip
         s = _spec(spec)
         vols = _volumes(volumes)
         bind_list = _binds(binds)
+        try:
+            nets = [NetworkInfo.from_wire(n) for n in networks or []]
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
         if migration_id in self._migrations:
             raise ProtocolError(f"migration {migration_id} was already prepared")
         journal = self._journal(migration_id)
@@ -385,6 +391,13 @@ class Agent:
                     m.journal.append("bind_created", path=str(top))
                     m.binds_made.append(str(top))
                     Path(path).mkdir(parents=True, mode=0o755)
+        for net in nets:
+            # A network of that name already here is used as it is (the address is kept when
+            # its subnet allows); a missing one is created like the source's.
+            if self.engine.network(net.name) is None:
+                m.journal.append("network_created", network=net.name)
+                m.networks_made.append(net.name)
+                self.engine.create_network(net)
         m.container_id = self.engine.create(s, name, image=image, keep_volume_names=True)
         m.state = "prepared"
         m.journal.append("created", container_id=m.container_id)
@@ -571,6 +584,8 @@ class Agent:
                 m.volumes_made.append(str(r.data.get("volume", "")))
             elif r.event == "volume_reused":
                 m.volumes_reused.append(str(r.data.get("volume", "")))
+            elif r.event == "network_created":
+                m.networks_made.append(str(r.data.get("network", "")))
             elif r.event == "bind_created":
                 m.binds_made.append(str(r.data.get("path", "")))
             elif r.event == "bind_reused":
@@ -821,6 +836,11 @@ class Agent:
                 shutil.rmtree(path, ignore_errors=True)
         for path in m.binds_reused:
             _empty_dir(Path(path))
+        for net in m.networks_made:
+            try:
+                self.engine.remove_network(net)
+            except MigrateError as e:
+                log.error("could not remove network %s: %s", net, e)
 
     def _rollback_uncommitted(self, why: str) -> None:
         for m in list(self._migrations.values()):

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers
-from migrate.engines.base import ContainerSpec, Engine, VolumeInfo
+from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.errors import (
     Busy,
     ConnectionLost,
@@ -96,6 +96,7 @@ class Migration:
         self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
         self.lock: ContainerLock | None = None
         self.volumes: list[VolumeInfo] = []
+        self.networks: list[NetworkInfo] = []  # user-defined networks to recreate if missing
         self.binds: list[str] = []  # bind-mounted host paths (directories) handled per option
 
     # --- public ---------------------------------------------------------------------------
@@ -161,6 +162,7 @@ class Migration:
             self._check_supported(spec)
             self.volumes = self._volumes(spec)
             self.binds = self._binds(spec)
+            self.networks = self._networks(spec)
             execs = self.engine.exec_sessions(spec.id)
             if execs:
                 raise Unsupported(
@@ -274,6 +276,20 @@ class Migration:
             out.append(m.source)
         return out
 
+    def _networks(self, spec: ContainerSpec) -> list[NetworkInfo]:
+        mode = spec.network_mode
+        if mode in ("", "default", "bridge", "none", "host") or mode.startswith("container:"):
+            return []
+        net = self.engine.network(mode)
+        if net is None:
+            raise Unsupported(f"{spec.name}'s network {mode} is gone on the source")
+        if net.driver != "bridge":
+            raise Unsupported(
+                f"{spec.name} is on network {mode} with driver {net.driver}",
+                hint="only bridge networks (the default and user-defined ones) migrate",
+            )
+        return [net]
+
     def _binds_wire(self) -> list[dict[str, str]]:
         return [{"path": p, "mode": self.opts.bind_mounts} for p in self.binds]
 
@@ -309,7 +325,8 @@ class Migration:
             res = self.conn.call("prepare", migration_id=self.id, spec=spec.to_wire(),
                                  name=self.dest_name,
                                  volumes=[v.to_wire() for v in self.volumes],
-                                 binds=self._binds_wire())  # fmt: skip
+                                 binds=self._binds_wire(),
+                                 networks=[n.to_wire() for n in self.networks])  # fmt: skip
             self.dest_container_id = str(res["container_id"])
             self.journal.append("prepared", dest_container_id=self.dest_container_id)
 

@@ -146,7 +146,8 @@ METHODS: dict[str, Method] = {
         _m("cpuinfo_check", image_b64=_S),
         _m("image_status", image_id=_S, diff_ids=_L),
         _m("load_image", stream=True, image_id=_S),
-        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL),
+        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL,
+           networks=_OL),
         _m("put_rootfs", stream=True, migration_id=_S),
         # Volume content and the log history, captured while the container is frozen.
         _m("put_volume", stream=True, migration_id=_S, volume=_S),

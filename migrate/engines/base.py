@@ -81,6 +81,30 @@ class VolumeInfo:
 
 
 @dataclass(frozen=True)
+class NetworkInfo:
+    """A user-defined network: its name and the engine's create parameters (opaque outside
+    the engine that made them, like ``ContainerSpec.raw``)."""
+
+    name: str
+    driver: str
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "driver": self.driver, "raw": dict(self.raw)}
+
+    @classmethod
+    def from_wire(cls, data: Any) -> NetworkInfo:
+        if not isinstance(data, Mapping):
+            raise ValueError("network must be an object")
+        name, driver, raw = data.get("name"), data.get("driver"), data.get("raw", {})
+        if not isinstance(name, str) or not name or not isinstance(driver, str):
+            raise ValueError("network: name and driver must be strings")
+        if not isinstance(raw, Mapping):
+            raise ValueError("network: raw must be an object")
+        return cls(name, driver, dict(raw))
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What is needed to recreate a container elsewhere (portable fields + engine blob)."""
 
@@ -273,5 +297,11 @@ class Engine(Protocol):
     def remove_volume(self, name: str) -> None: ...
 
     def volume(self, name: str) -> VolumeInfo | None: ...
+
+    def network(self, name: str) -> NetworkInfo | None: ...
+
+    def create_network(self, net: NetworkInfo) -> None: ...
+
+    def remove_network(self, name: str) -> None: ...
 
     def create_volume(self, vol: VolumeInfo) -> VolumeInfo: ...

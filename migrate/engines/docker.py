@@ -33,6 +33,7 @@ from migrate.engines.base import (
     ExecResult,
     ImageInfo,
     MountSpec,
+    NetworkInfo,
     PortBinding,
     ProcessInfo,
     VolumeInfo,
@@ -194,6 +195,13 @@ class DockerEngine:
                 ]
                 or None,
             }
+            # Keep the address where the destination's network allows it (create() drops it
+            # when that network has no user-configured subnet).
+            ipam = dict(ep.get("IPAMConfig") or {})
+            if ep.get("IPAddress") and net not in ("bridge", "host", "none"):
+                ipam["IPv4Address"] = ep["IPAddress"]
+            if ipam:
+                endpoints[net]["IPAMConfig"] = ipam
         rp = host.get("RestartPolicy") or {}
         return ContainerSpec(
             id=c["Id"],
@@ -264,7 +272,10 @@ class DockerEngine:
         if endpoints and mode not in ("", "default", "bridge", "host", "none") and not mode.startswith(
             "container:"
         ):
-            body["NetworkingConfig"] = {"EndpointsConfig": {mode: endpoints.get(mode) or {}}}
+            ep = dict(endpoints.get(mode) or {})
+            if ep.get("IPAMConfig") and not self._user_subnet(mode):
+                ep.pop("IPAMConfig")
+            body["NetworkingConfig"] = {"EndpointsConfig": {mode: ep}}
         try:
             res = self.api.create_container_from_config(body, name=name)
         except docker.errors.APIError as e:
@@ -489,6 +500,57 @@ class DockerEngine:
         if made is None:
             raise EngineError(f"docker volume create {vol.name}: the volume is missing after it")
         return made
+
+    # --- networks -------------------------------------------------------------------------
+
+    def _user_subnet(self, name: str) -> bool:
+        """Docker accepts a fixed address only on a network with a configured subnet."""
+        try:
+            n = self.api.inspect_network(name)
+        except docker.errors.APIError:
+            return False
+        return bool((n.get("IPAM") or {}).get("Config"))
+
+    def network(self, name: str) -> NetworkInfo | None:
+        try:
+            n = self.api.inspect_network(name)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker network inspect {name}: {e.explanation or e}") from None
+        ipam = dict(n.get("IPAM") or {})
+        raw = {
+            "Driver": n.get("Driver", "bridge"),
+            "Options": dict(n.get("Options") or {}),
+            "Labels": dict(n.get("Labels") or {}),
+            "IPAM": {"Driver": ipam.get("Driver") or "default",
+                     "Config": list(ipam.get("Config") or []),
+                     "Options": dict(ipam.get("Options") or {})},  # fmt: skip
+            "Internal": bool(n.get("Internal")),
+            "Attachable": bool(n.get("Attachable")),
+            "EnableIPv6": bool(n.get("EnableIPv6")),
+        }
+        return NetworkInfo(name=str(n.get("Name", name)), driver=str(raw["Driver"]), raw=raw)
+
+    def create_network(self, net: NetworkInfo) -> None:
+        raw = dict(net.raw)
+        try:
+            self.api.create_network(
+                net.name, driver=net.driver, options=raw.get("Options") or None,
+                ipam=raw.get("IPAM") or None, internal=bool(raw.get("Internal")),
+                labels=raw.get("Labels") or None, enable_ipv6=bool(raw.get("EnableIPv6")),
+                attachable=bool(raw.get("Attachable")), check_duplicate=True,
+            )  # fmt: skip
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker network create {net.name}: {e.explanation or e}") from None
+
+    def remove_network(self, name: str) -> None:
+        try:
+            self.api.remove_network(name)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            raise EngineError(f"docker network rm {name}: {e.explanation or e}") from None
 
     # --- images ---------------------------------------------------------------------------
 

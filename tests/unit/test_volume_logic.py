@@ -54,3 +54,14 @@ def test_no_volumes_leave_the_host_config_alone() -> None:
     host: dict[str, Any] = {"Binds": None}
     _pin_anonymous_volumes(host, _spec())
     assert "Mounts" not in host
+
+
+def test_network_round_trips_and_bad_ones_are_refused() -> None:
+    from migrate.engines.base import NetworkInfo
+
+    n = NetworkInfo("net", "bridge", {"IPAM": {"Config": [{"Subnet": "10.9.0.0/24"}]}})
+    assert NetworkInfo.from_wire(n.to_wire()) == n
+    for bad in ({"name": "", "driver": "bridge"}, {"name": "n", "driver": 1},
+                {"name": "n", "driver": "bridge", "raw": []}, None):  # fmt: skip
+        with pytest.raises(ValueError):
+            NetworkInfo.from_wire(bad)

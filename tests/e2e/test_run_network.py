@@ -1,0 +1,100 @@
+"""`migrate run` on a user-defined bridge network (issue 7): the network is recreated on B
+with its subnet, gateway, options and labels; the container keeps its address and aliases,
+another container on B reaches it by name, and its published port answers on B's address."""
+
+from __future__ import annotations
+
+import random
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+import docker.types
+import pytest
+
+SERVER = (
+    "mkdir -p /www && echo served-from-memory-$(cat /proc/sys/kernel/random/uuid) > /www/i && "
+    "httpd -f -p 80 -h /www"
+)
+
+
+@pytest.fixture
+def network(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
+    name = f"mtn-{uuid.uuid4().hex[:8]}"
+    third = random.randint(1, 250)
+    docker_a.networks.create(
+        name, driver="bridge", options={"com.docker.network.driver.mtu": "1400"},
+        labels={"team": "net"},
+        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+            subnet=f"172.29.{third}.0/24", gateway=f"172.29.{third}.1")]),
+    )  # fmt: skip
+    yield name
+    for client in (docker_a, docker_b):
+        for c in client.containers.list(all=True, filters={"network": name}):
+            c.remove(force=True)
+        try:
+            client.networks.get(name).remove()
+        except docker.errors.NotFound:
+            pass
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return str(r.read().decode())
+
+
+def test_network_ip_aliases_name_and_port_on_b(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
+    docker_b: Any, test_image: str, network: str, lab_env: dict[str, str],
+) -> None:  # fmt: skip
+    port = random.randint(20000, 29999)
+    c = docker_a.containers.create(test_image, ["sh", "-c", SERVER], name=container_name,
+                                   ports={"80/tcp": port}, network=network)  # fmt: skip
+    docker_a.networks.get(network).disconnect(c)
+    docker_a.networks.get(network).connect(c, aliases=["svc-alias"])
+    c.start()
+    a_url = f"http://{lab_env['MIGRATE_LAB_A_ADDR']}:{port}/i"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            body = _get(a_url)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "server did not start on A"
+            time.sleep(0.2)
+    ip_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"][
+        network]["IPAddress"]  # fmt: skip
+    src_net = docker_a.api.inspect_network(network)
+
+    p = migrate_on_a("run", container_name, *migrate_args)
+    assert p.returncode == 0, p.stderr
+
+    net_b = docker_b.api.inspect_network(network)
+    assert net_b["IPAM"]["Config"] == src_net["IPAM"]["Config"]
+    assert net_b["Options"] == src_net["Options"] and net_b["Labels"] == {"team": "net"}
+    ep = docker_b.api.inspect_container(container_name)["NetworkSettings"]["Networks"][network]
+    assert ep["IPAddress"] == ip_a
+    assert "svc-alias" in (ep["Aliases"] or [])
+    # The server answers through the port published on B (from the root namespace).
+    assert _get(f"http://{lab_env['MIGRATE_LAB_B_ADDR']}:{port}/i") == body
+    for host in (container_name, "svc-alias"):
+        out = docker_b.containers.run(test_image, ["wget", "-qO-", f"http://{host}/i"],
+                                      network=network, remove=True)  # fmt: skip
+        assert out.decode() == body
+
+
+def test_rollback_removes_the_network_it_created(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
+    docker_b: Any, test_image: str, network: str,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sleep", "100000"], name=container_name,
+                            network=network, detach=True)  # fmt: skip
+    p = migrate_on_a("run", container_name, *migrate_args,
+                     env_extra={"MIGRATE_FAULTS": "agent:restore_fail"})  # fmt: skip
+    assert p.returncode == 1, p.stderr
+    assert docker_a.containers.get(container_name).status == "running"
+    with pytest.raises(docker.errors.NotFound):
+        docker_b.networks.get(network)
