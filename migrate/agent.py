@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__, criu, layers
-from migrate.engines.base import ContainerSpec, NetworkInfo, VolumeInfo
+from migrate import __version__, criu, layers, lazy_pages
+from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
     CriuUnavailable,
@@ -30,6 +30,7 @@ from migrate.errors import (
     MigrateError,
     NameConflict,
     ProtocolError,
+    RestoreFailed,
     Unsupported,
     VolumeConflict,
 )
@@ -55,6 +56,13 @@ RESTORE_SETTLE_S = 0.2
 RESTORE_WAIT_S = 30.0
 # A json-file log history larger than this is refused rather than filling the disk.
 MAX_LOG_BYTES = 1 << 30
+# Waiting for the lazy-pages daemon to move every page of a restored container (local disk).
+RESTORE_FILL_TIMEOUT_S = 600.0
+# Below this much lazy memory Docker's own restore path is as fast as the daemon's start.
+LAZY_RESTORE_MIN_BYTES = 16 << 20
+ENV_LAZY_RESTORE = "MIGRATE_LAZY_RESTORE"  # "0": always restore the plain way
+# Short: the daemon's unix socket lives here and socket paths are limited to 108 bytes.
+LAZY_WORK_ROOT = Path("/run/migrate")
 # The source may go quiet for a long time while it dumps a large container.
 IDLE_TIMEOUT_S = 900.0
 # Label on every drill container: which drill made it (and that it is one).
@@ -465,7 +473,8 @@ class Agent:
 
     def h_put_checkpoint(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
         m = self._mig(migration_id)
-        target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
+        # The complete images go to a staging directory; h_restore decides what Docker gets.
+        target = self.engine.staging_dir(m.container_id, m.checkpoint)
         target.mkdir(parents=True, exist_ok=False)
         if "agent:exit_mid_stream" in self.faults:
             stream.read(1 << 16)
@@ -483,25 +492,88 @@ class Agent:
         assert m.journal is not None
         t0 = time.monotonic()
         m.journal.append("restoring")
-        self.engine.start_from_checkpoint(m.container_id, m.checkpoint)
+        full = self.engine.staging_dir(m.container_id, m.checkpoint)
+        target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
+        split = self._split_for_lazy_restore(full, target)
+        daemon: lazy_pages.LazyPagesDaemon | None = None
+        fill_s = None
+        try:
+            if split is not None:
+                criu_bin = criu.find_criu()
+                assert criu_bin is not None  # checked by _split_for_lazy_restore
+                work = LAZY_WORK_ROOT / f"lazy-{migration_id[:12]}"
+                shutil.rmtree(work, ignore_errors=True)
+                daemon = lazy_pages.LazyPagesDaemon(criu_bin, full, work)
+                self.engine.start_from_checkpoint(
+                    m.container_id, m.checkpoint, lazy=LazyRestore(work_dir=work)
+                )
+            else:
+                self.engine.start_from_checkpoint(m.container_id, m.checkpoint)
+            running_s = self._wait_running(m.container_id) - t0
+            if daemon is not None:
+                # Not `restored` before every page is here: until then the source's paused
+                # copy is the rollback point and these images are the only other copy.
+                fill_s = daemon.wait(RESTORE_FILL_TIMEOUT_S)
+                self._wait_running(m.container_id)
+        finally:
+            if daemon is not None:
+                daemon.kill()
+                shutil.rmtree(daemon.work, ignore_errors=True)
+            shutil.rmtree(full, ignore_errors=True)
+        restore_s = time.monotonic() - t0
+        self._wait_fault("restoring", m.name)
+        m.state = "restored"
+        mode = "lazy_local" if split is not None else "plain"
+        m.journal.append("restored", restore_s=restore_s, running_s=running_s, mode=mode)
+        res: dict[str, Any] = {
+            "container_id": m.container_id,
+            "restore_s": restore_s,
+            "running_s": running_s,
+            "restore_mode": mode,
+        }
+        if split is not None:
+            res["memory_fill_s"] = fill_s
+            res["lazy_bytes"] = split.lazy_bytes
+        return res
+
+    def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
+        """Give Docker the checkpoint without its lazy memory when that is worth it and
+        possible (lazy_pages.py); otherwise the complete images, moved (same file system)."""
+        split = None
+        reason = ""
+        if os.environ.get(ENV_LAZY_RESTORE, "1") == "0":
+            reason = f"{ENV_LAZY_RESTORE}=0"
+        elif criu.find_criu() is None or not criu.pycriu_available():
+            reason = "pycriu or criu missing"
+        elif blocker := self.engine.lazy_restore_blocker():
+            reason = blocker
+        else:
+            try:
+                split = lazy_pages.split(full, target)
+            except (OSError, ValueError, KeyError, ImportError) as e:
+                reason = f"images not split: {e}"
+                shutil.rmtree(target, ignore_errors=True)
+            if split is not None and split.lazy_bytes < LAZY_RESTORE_MIN_BYTES:
+                reason = f"only {split.lazy_bytes} bytes of lazy memory"
+                shutil.rmtree(target, ignore_errors=True)
+                split = None
+        if split is None:
+            log.debug("plain restore: %s", reason)
+            os.rename(full, target)
+        return split
+
+    def _wait_running(self, container_id: str) -> float:
         deadline = time.monotonic() + RESTORE_WAIT_S
         while True:
-            st = self.engine.state(m.container_id)
+            st = self.engine.state(container_id)
             if st.running and not st.paused:
-                break
+                return time.monotonic()
             if st.status in ("exited", "dead") or time.monotonic() > deadline:
-                from migrate.errors import RestoreFailed
-
                 raise RestoreFailed(
                     f"the restored container is {st.status}, not running",
                     hint="see `docker logs` of the destination container and the CRIU log",
                 )
-            time.sleep(0.02)
-        restore_s = time.monotonic() - t0
-        self._wait_fault("restoring", m.name)
-        m.state = "restored"
-        m.journal.append("restored", restore_s=restore_s)
-        return {"container_id": m.container_id, "restore_s": restore_s}
+            time.sleep(0.01)
 
     def h_commit(self, *, migration_id: str) -> dict[str, Any]:
         m = self._mig(migration_id)
@@ -523,6 +595,7 @@ class Agent:
         m.state = "committed"
         self._fault("agent:exit_after_commit")
         # The checkpoint images have served their purpose; do not leave them behind.
+        shutil.rmtree(self.engine.staging_dir(m.container_id, m.checkpoint), ignore_errors=True)
         try:
             shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
         except OSError as e:

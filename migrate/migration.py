@@ -392,9 +392,19 @@ class Migration:
             )
             self._count("checkpoint", res["_stream"])
         with self.timer.phase("restore", "restoring on the destination"):
-            self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S)
+            t_call = time.monotonic()
+            res = self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S)
             self.downtime = time.monotonic() - self.t_pause
-        self.journal.append("restored", downtime_s=self.downtime)
+            running_s = res.get("running_s")
+            if isinstance(running_s, (int, float)) and 0 <= running_s:
+                # With a local lazy restore the container runs before the agent answers
+                # (it waits for the last page first): downtime ends when it runs.
+                self.downtime = min(self.downtime, t_call - self.t_pause + float(running_s))
+        fill = res.get("memory_fill_s")
+        if isinstance(fill, (int, float)):
+            self.timer.phases["restore_memory_fill"] = round(float(fill), 4)
+        self.journal.append("restored", downtime_s=self.downtime,
+                            restore_mode=str(res.get("restore_mode", "")))
 
     def _commit(self, spec: ContainerSpec) -> None:
         assert self.conn is not None

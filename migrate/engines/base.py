@@ -280,7 +280,13 @@ class Engine(Protocol):
 
     def checkpoint_dir(self, ref: str, name: str) -> Path: ...
 
-    def start_from_checkpoint(self, ref: str, name: str) -> None: ...
+    def staging_dir(self, ref: str, name: str) -> Path: ...
+
+    def lazy_restore_blocker(self) -> str: ...
+
+    def start_from_checkpoint(
+        self, ref: str, name: str, *, lazy: LazyRestore | None = None
+    ) -> None: ...
 
     def exec_sessions(self, ref: str) -> list[str]: ...
 
@@ -305,3 +311,11 @@ class Engine(Protocol):
     def remove_network(self, name: str) -> None: ...
 
     def create_volume(self, vol: VolumeInfo) -> VolumeInfo: ...
+
+
+@dataclass(frozen=True)
+class LazyRestore:
+    """A restore whose lazy memory comes from a lazy-pages daemon listening in ``work_dir``
+    (lazy_pages.py), not from the checkpoint the engine is given."""
+
+    work_dir: Path

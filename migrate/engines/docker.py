@@ -9,6 +9,8 @@ destination container consistent.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -32,6 +34,7 @@ from migrate.engines.base import (
     EngineInfo,
     ExecResult,
     ImageInfo,
+    LazyRestore,
     MountSpec,
     NetworkInfo,
     PortBinding,
@@ -649,7 +652,10 @@ class DockerEngine:
         ]  # fmt: skip
         log.debug("checkpoint: %s", argv)
         try:
-            p = subprocess.run(argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False)
+            with criu_config_lock(exclusive=False):
+                p = subprocess.run(
+                    argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False
+                )
         except subprocess.TimeoutExpired:
             raise CheckpointFailed(
                 f"CRIU dump of {st.name} did not finish in {RUNC_TIMEOUT} s",
@@ -688,17 +694,68 @@ class DockerEngine:
                 pass
         return Path("/var/run/docker")
 
-    def start_from_checkpoint(self, ref: str, name: str) -> None:
+    def staging_dir(self, ref: str, name: str) -> Path:
+        """Where the agent keeps a checkpoint's complete images when Docker gets only part of
+        them (lazy_pages.py). Inside the container's own directory, so `docker rm` (the
+        rollback) deletes it too, and on the same file system as ``checkpoint_dir``."""
         cid = self.state(ref).id
+        return self.data_root / "containers" / cid / f"migrate-{name}"
+
+    def start_from_checkpoint(
+        self, ref: str, name: str, *, lazy: LazyRestore | None = None
+    ) -> None:
+        """Start the container from the checkpoint ``name``. With ``lazy``, the checkpoint
+        holds no lazy memory: runc's CRIU configuration tells the restoring CRIU to ask the
+        local lazy-pages daemon for it (the file exists only while Docker starts the task)."""
+        cid = self.state(ref).id
+        images = self.checkpoint_dir(ref, name)
+        if lazy is None:
+            with criu_config_lock(exclusive=False):
+                self._start(ref, cid, name, images, self._task_work(cid))
+            return
+        with criu_config_lock(exclusive=True):
+            if RUNC_CRIU_CONF.exists():
+                raise RestoreFailed(
+                    f"{RUNC_CRIU_CONF} exists: this host has its own CRIU options for runc",
+                    hint="restore without lazy memory (the agent falls back by itself)",
+                )
+            made_dir = not RUNC_CRIU_CONF.parent.exists()
+            RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
+            RUNC_CRIU_CONF.write_text(
+                f"{_CONF_MARKER} {os.getpid()}: removed as soon as the restore has started\n"
+                f"lazy-pages\nwork-dir {lazy.work_dir}\n"
+            )
+            try:
+                self._start(ref, cid, name, images, lazy.work_dir)
+            finally:
+                RUNC_CRIU_CONF.unlink(missing_ok=True)
+                if made_dir:
+                    with contextlib.suppress(OSError):
+                        RUNC_CRIU_CONF.parent.rmdir()
+
+    def lazy_restore_blocker(self) -> str:
+        """Why a lazy restore cannot be done here ("" when it can)."""
+        try:
+            first = RUNC_CRIU_CONF.read_text().split("\n", 1)[0]
+        except FileNotFoundError:
+            return ""
+        except OSError as e:
+            return f"{RUNC_CRIU_CONF} is unreadable: {e}"
+        if first.startswith(_CONF_MARKER):
+            return ""  # a leftover of ours: removed under the lock
+        return f"{RUNC_CRIU_CONF} holds this host's own CRIU options for runc"
+
+    def _task_work(self, cid: str) -> Path:
+        return (
+            self._exec_root() / "containerd" / "daemon" / "io.containerd.runtime.v2.task"
+            / "moby" / cid / "work"
+        )  # fmt: skip
+
+    def _start(self, ref: str, cid: str, name: str, images: Path, work: Path) -> None:
         # containerd deletes the task directory, CRIU's restore.log with it, as soon as the
         # restore fails: hold the log open from the moment it appears so we can still read it.
-        log_path = (
-            self._exec_root() / "containerd" / "daemon" / "io.containerd.runtime.v2.task"
-            / "moby" / cid / "work" / "restore.log"
-        )
-        watcher = _LogHolder(log_path)
+        watcher = _LogHolder(work / "restore.log")
         watcher.start()
-        images = self.checkpoint_dir(ref, name)
         try:
             res = self.api._post(
                 self.api._url("/containers/{0}/start", ref), params={"checkpoint": name}
@@ -760,6 +817,44 @@ def _rename_volumes(host: dict[str, Any], names: Mapping[str, str]) -> None:
             else m
             for m in host["Mounts"]
         ]
+
+
+# runc reads CRIU options from this file for every checkpoint and restore on the host (Docker
+# 20.10 cannot set the per-container ``org.criu.config`` annotation). We write it only for the
+# instant Docker starts a lazy restore, under an exclusive lock that our own checkpoints and
+# plain restores take shared, and mark it so that a leftover from a killed agent is removed.
+RUNC_CRIU_CONF = Path("/etc/criu/runc.conf")
+_CONF_MARKER = "# written by migrate, pid"
+_CONF_LOCK = Path("/run/lock/migrate-runc-criu-conf.lock")
+
+
+@contextlib.contextmanager
+def criu_config_lock(*, exclusive: bool) -> Iterator[None]:
+    """Host-wide lock around runc's CRIU configuration file (see RUNC_CRIU_CONF)."""
+    lock = _CONF_LOCK if _CONF_LOCK.parent.is_dir() else Path("/tmp") / _CONF_LOCK.name
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _remove_stale_conf()
+        if not exclusive:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade: dumps and plain restores may overlap
+        yield
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_conf() -> None:
+    """Called with the lock held exclusively: a writer removes its file before it lets the
+    lock go, so a file carrying our marker now is a leftover of an agent killed mid-restore.
+    Left there it would turn every later checkpoint on this host into a lazy one: remove it.
+    Files without our marker are the administrator's and stay."""
+    try:
+        first = RUNC_CRIU_CONF.read_text().split("\n", 1)[0]
+    except OSError:
+        return
+    if first.startswith(_CONF_MARKER):
+        log.warning("removing %s left behind by a migrate that was killed", RUNC_CRIU_CONF)
+        RUNC_CRIU_CONF.unlink(missing_ok=True)
 
 
 class _LogHolder(threading.Thread):

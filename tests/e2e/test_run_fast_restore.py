@@ -1,0 +1,72 @@
+"""A cold migration whose memory skips Docker's restore path (lazy_pages.py) keeps every byte
+of the container's memory: real CRIU, real dockerd and sshd on the two lab hosts."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from migrate.engines.docker import RUNC_CRIU_CONF
+
+# 48 MiB of random text held by one awk process, in 8 KiB strings (above the agent's 16 MiB
+# threshold for the split restore). On request (/tmp/ask) awk writes what it holds to
+# /tmp/dump: the checksum of that file is a checksum of the process's memory.
+HOLDER = (
+    "tr -dc a-z0-9 </dev/urandom | head -c 50331648 | fold -w 8192 | awk '"
+    '{ a[NR] = $0 } END { print "ready" > "/tmp/ready"; close("/tmp/ready"); '
+    'while (1) { if ((getline x < "/tmp/ask") > 0) { close("/tmp/ask"); '
+    'system("rm -f /tmp/ask"); for (i = 1; i <= NR; i++) print a[i] > "/tmp/dump"; '
+    'close("/tmp/dump"); print "done" > "/tmp/dumped"; close("/tmp/dumped") } '
+    'else close("/tmp/ask"); system("sleep 0.1") } }\''
+)
+
+
+def _sh(client: Any, name: str, cmd: str) -> str:
+    res = client.containers.get(name).exec_run(["sh", "-c", cmd])
+    assert res.exit_code == 0, res.output
+    return str(res.output.decode().strip())
+
+
+def _wait_file(client: Any, name: str, path: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.containers.get(name).exec_run(["test", "-e", path]).exit_code == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not appear in {name}")
+
+
+def _memory_sum(client: Any, name: str) -> str:
+    """md5 of what the awk process holds in memory (it writes it out on request)."""
+    _sh(client, name, "rm -f /tmp/dump /tmp/dumped; echo go > /tmp/ask")
+    _wait_file(client, name, "/tmp/dumped")
+    out = _sh(client, name, "md5sum /tmp/dump; wc -c < /tmp/dump; rm -f /tmp/dump /tmp/dumped")
+    digest, _, rest = out.partition(" ")
+    assert int(rest.split()[-1]) == 50331648 + 6144  # 6144 lines of 8 KiB, newline each
+    return digest
+
+
+def test_memory_survives_split_restore(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
+    _wait_file(docker_a, container_name, "/tmp/ready")
+    before = _memory_sum(docker_a, container_name)
+    assert not RUNC_CRIU_CONF.exists()
+
+    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["status"] == "migrated"
+    # The agent took the split path: Docker got the checkpoint without the lazy memory.
+    assert "restore_memory_fill" in rep["phases"], rep["phases"]
+    assert 0 < rep["downtime_s"]
+
+    assert docker_b.containers.get(container_name).status == "running"
+    assert _memory_sum(docker_b, container_name) == before
+    # No CRIU configuration and no lazy-pages work directory are left behind.
+    assert not RUNC_CRIU_CONF.exists()
+    assert not list(Path("/run/migrate").glob("lazy-*"))
