@@ -8,6 +8,7 @@ an ``abort`` or a lost connection makes it delete everything it created.
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, Volume
 from migrate.errors import (
     ConnectionLost,
     CriuUnavailable,
+    DiskFull,
     EngineUnavailable,
     Incompatible,
     MigrateError,
@@ -550,7 +552,15 @@ class Agent:
         else:
             try:
                 split = lazy_pages.split(full, target)
-            except (OSError, ValueError, KeyError, ImportError) as e:
+            except OSError as e:
+                shutil.rmtree(target, ignore_errors=True)
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DiskFull(
+                        f"no space for the checkpoint images in {target.parent}: {e}",
+                        hint="free space on the destination's Docker data root",
+                    ) from None
+                reason = f"images not split: {e}"
+            except (ValueError, KeyError, ImportError) as e:
                 reason = f"images not split: {e}"
                 shutil.rmtree(target, ignore_errors=True)
             if split is not None and split.lazy_bytes < LAZY_RESTORE_MIN_BYTES:
@@ -559,7 +569,7 @@ class Agent:
                 split = None
         if split is None:
             log.debug("plain restore: %s", reason)
-            os.rename(full, target)
+            _move_tree(full, target)
         return split
 
     def _wait_running(self, container_id: str) -> float:
@@ -1046,3 +1056,28 @@ def run_agent(docker_host: str | None = None) -> int:
     conn = Connection(ch, timeout=IDLE_TIMEOUT_S)
     agent = Agent(conn, engine_factory=lambda: DockerEngine(docker_host))
     return agent.serve()
+
+
+def _move_tree(src: Path, dst: Path) -> None:
+    """Move a directory: a rename on one file system, else a copy (a checkpoints directory
+    may be a mount of its own) whose lack of space is reported as DiskFull."""
+    try:
+        os.rename(src, dst)
+        return
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+    try:
+        shutil.copytree(src, dst)
+    except (OSError, shutil.Error) as e:
+        shutil.rmtree(dst, ignore_errors=True)
+        text = str(e)
+        if "No space left" in text or "Disk quota" in text or getattr(e, "errno", None) in (
+            errno.ENOSPC, errno.EDQUOT,
+        ):  # fmt: skip
+            raise DiskFull(
+                f"no space for the checkpoint images in {dst.parent}: {text[:300]}",
+                hint="free space on the destination's Docker data root",
+            ) from None
+        raise
+    shutil.rmtree(src, ignore_errors=True)

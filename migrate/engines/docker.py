@@ -714,36 +714,26 @@ class DockerEngine:
                 self._start(ref, cid, name, images, self._task_work(cid))
             return
         with criu_config_lock(exclusive=True):
-            if RUNC_CRIU_CONF.exists():
-                raise RestoreFailed(
-                    f"{RUNC_CRIU_CONF} exists: this host has its own CRIU options for runc",
-                    hint="restore without lazy memory (the agent falls back by itself)",
-                )
-            made_dir = not RUNC_CRIU_CONF.parent.exists()
-            RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
-            RUNC_CRIU_CONF.write_text(
-                f"{_CONF_MARKER} {os.getpid()}: removed as soon as the restore has started\n"
-                f"lazy-pages\nwork-dir {lazy.work_dir}\n"
-            )
+            original = _write_lazy_conf(lazy.work_dir)
             try:
                 self._start(ref, cid, name, images, lazy.work_dir)
             finally:
-                RUNC_CRIU_CONF.unlink(missing_ok=True)
-                if made_dir:
-                    with contextlib.suppress(OSError):
-                        RUNC_CRIU_CONF.parent.rmdir()
+                _restore_conf(original)
 
     def lazy_restore_blocker(self) -> str:
         """Why a lazy restore cannot be done here ("" when it can)."""
         try:
-            first = RUNC_CRIU_CONF.read_text().split("\n", 1)[0]
+            text = RUNC_CRIU_CONF.read_text()
         except FileNotFoundError:
             return ""
         except OSError as e:
             return f"{RUNC_CRIU_CONF} is unreadable: {e}"
-        if first.startswith(_CONF_MARKER):
-            return ""  # a leftover of ours: removed under the lock
-        return f"{RUNC_CRIU_CONF} holds this host's own CRIU options for runc"
+        if text.startswith(_CONF_MARKER):
+            return ""  # a leftover of ours: put right under the lock
+        if _conf_options(text) & {"lazy-pages", "work-dir"}:
+            # The administrator's own lazy settings would fight ours for the same restore.
+            return f"{RUNC_CRIU_CONF} sets lazy-pages or work-dir itself"
+        return ""
 
     def _task_work(self, cid: str) -> Path:
         return (
@@ -820,12 +810,68 @@ def _rename_volumes(host: dict[str, Any], names: Mapping[str, str]) -> None:
 
 
 # runc reads CRIU options from this file for every checkpoint and restore on the host (Docker
-# 20.10 cannot set the per-container ``org.criu.config`` annotation). We write it only for the
-# instant Docker starts a lazy restore, under an exclusive lock that our own checkpoints and
-# plain restores take shared, and mark it so that a leftover from a killed agent is removed.
+# 20.10 cannot set the per-container ``org.criu.config`` annotation). For the instant Docker
+# starts a lazy restore we add our options to it, under an exclusive lock that our own
+# checkpoints and plain restores take shared. The administrator's file (make setup writes
+# `file-locks` there) is kept: copied aside first, its options kept in ours, and put back
+# by an atomic rename. Our file carries a marker, so a leftover from a killed agent is
+# recognised and the administrator's file restored by the next migrate on the host.
 RUNC_CRIU_CONF = Path("/etc/criu/runc.conf")
 _CONF_MARKER = "# written by migrate, pid"
 _CONF_LOCK = Path("/run/lock/migrate-runc-criu-conf.lock")
+
+
+def _conf_saved() -> Path:
+    return RUNC_CRIU_CONF.with_name(RUNC_CRIU_CONF.name + ".migrate-saved")
+
+
+def _conf_options(text: str) -> set[str]:
+    """Option names of a CRIU configuration file (one option per line, `#` comments)."""
+    names = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names.add(line.split()[0].removeprefix("--"))
+    return names
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_lazy_conf(work_dir: Path) -> str | None:
+    """Called with the lock held exclusively: make runc's CRIU restore lazily with its
+    work directory in ``work_dir``. Returns the administrator's file content (None if there
+    was none), which :func:`_restore_conf` puts back."""
+    try:
+        original: str | None = RUNC_CRIU_CONF.read_text()
+    except FileNotFoundError:
+        original = None
+    RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
+    if original is not None:
+        _atomic_write(_conf_saved(), original)  # durable before the file changes
+    kept = "" if original is None else original.rstrip("\n") + "\n"
+    _atomic_write(
+        RUNC_CRIU_CONF,
+        f"{_CONF_MARKER} {os.getpid()}: put back as soon as the restore has started\n"
+        f"{kept}lazy-pages\nwork-dir {work_dir}\n",
+    )
+    return original
+
+
+def _restore_conf(original: str | None) -> None:
+    """Put the administrator's runc.conf back (or remove ours when there was none)."""
+    saved = _conf_saved()
+    if original is not None and saved.exists():
+        os.replace(saved, RUNC_CRIU_CONF)
+    else:
+        RUNC_CRIU_CONF.unlink(missing_ok=True)
+        saved.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -844,17 +890,22 @@ def criu_config_lock(*, exclusive: bool) -> Iterator[None]:
 
 
 def _remove_stale_conf() -> None:
-    """Called with the lock held exclusively: a writer removes its file before it lets the
-    lock go, so a file carrying our marker now is a leftover of an agent killed mid-restore.
-    Left there it would turn every later checkpoint on this host into a lazy one: remove it.
-    Files without our marker are the administrator's and stay."""
+    """Called with the lock held exclusively: a writer puts the administrator's file back
+    before it lets the lock go, so a file carrying our marker now is a leftover of an agent
+    killed mid-restore. Left there it would turn every later checkpoint on this host into a
+    lazy one: put the administrator's file back (or remove ours)."""
+    saved = _conf_saved()
     try:
         first = RUNC_CRIU_CONF.read_text().split("\n", 1)[0]
+    except FileNotFoundError:
+        first = ""
     except OSError:
         return
     if first.startswith(_CONF_MARKER):
-        log.warning("removing %s left behind by a migrate that was killed", RUNC_CRIU_CONF)
-        RUNC_CRIU_CONF.unlink(missing_ok=True)
+        log.warning("putting back %s left behind by a migrate that was killed", RUNC_CRIU_CONF)
+        _restore_conf(None if not saved.exists() else "")
+    elif saved.exists():
+        saved.unlink(missing_ok=True)  # killed before its own file was written: a spare copy
 
 
 class _LogHolder(threading.Thread):

@@ -55,7 +55,9 @@ def test_memory_survives_split_restore(
     docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
     _wait_file(docker_a, container_name, "/tmp/ready")
     before = _memory_sum(docker_a, container_name)
-    assert not RUNC_CRIU_CONF.exists()
+    # The administrator's runc.conf (make setup writes `file-locks` there) must not stop the
+    # split restore, and must be exactly as it was afterwards.
+    admin_conf = RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None
 
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
     assert p.returncode == 0, p.stderr
@@ -67,6 +69,7 @@ def test_memory_survives_split_restore(
 
     assert docker_b.containers.get(container_name).status == "running"
     assert _memory_sum(docker_b, container_name) == before
-    # No CRIU configuration and no lazy-pages work directory are left behind.
-    assert not RUNC_CRIU_CONF.exists()
+    # runc.conf is the administrator's again; no lazy-pages work directory is left behind.
+    assert (RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None) == admin_conf
+    assert not RUNC_CRIU_CONF.with_name("runc.conf.migrate-saved").exists()
     assert not list(Path("/run/migrate").glob("lazy-*"))
