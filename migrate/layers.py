@@ -23,10 +23,11 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import stat
 import struct
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol, TypeVar
 
@@ -57,6 +58,9 @@ _USTAR: Final = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s167s")
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SPACE_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+# What a name of a tree in use may do between two of our calls: vanish, or be replaced by
+# something of another type.
+_LIVE_ERRNOS: Final = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENXIO})
 _NAME_MAX: Final = 255
 _SYMLINK_MAX: Final = 4095
 _MAX_META_HEADERS: Final = 16  # pax/longname headers in a row before a real member
@@ -76,6 +80,9 @@ _GNU_LONGNAME: Final = b"L"
 _GNU_LONGLINK: Final = b"K"
 
 _XATTR_PREFIX: Final = b"SCHILY.xattr."
+# Our own pax keyword (vendor prefix, ignored by other readers): in a rootfs delta, a regular
+# file whose data the destination already has from the pre-copy; the value is its size.
+_KEEP_KEY: Final = b"MIGRATE.keep"
 
 
 class Readable(Protocol):
@@ -103,6 +110,10 @@ class ExtractPolicy:
     xattr_prefixes: tuple[str, ...] | None = None  # None: every namespace; others are skipped
     restore_owner: bool = True
     overwrite: bool = False  # replace existing non-directories (never directories)
+    # A frozen delta over a pre-copy (migrate/precopy.py): "keep" members name files already
+    # here, anything in the way of a member is replaced (directories too), directories get
+    # exactly the member's xattrs, and every name the archive does not mention is removed.
+    delta: bool = False
     max_members: int = 1_000_000
     max_member_bytes: int = 1 << 40
     max_total_bytes: int = 1 << 40
@@ -121,6 +132,9 @@ CHECKPOINT_POLICY: Final = ExtractPolicy(
     name="checkpoint", allow_fifos=False, xattr_prefixes=(), max_members=100_000
 )
 VOLUME_POLICY: Final = ExtractPolicy(name="volume")
+ROOTFS_DELTA_POLICY: Final = replace(
+    ROOTFS_POLICY, name="rootfs delta", overwrite=True, delta=True
+)
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,9 @@ class CaptureStats:
     whiteouts: int = 0
     sparse_files: int = 0
     skipped: int = 0  # sockets and other types tar cannot carry
+    kept: int = 0  # regular files sent as "keep" (the destination has them from a pre-copy)
+    kept_bytes: int = 0  # their size
+    vanished: int = 0  # names gone or replaced while a live tree was read (pre-copy)
 
 
 @dataclass(frozen=True)
@@ -144,6 +161,8 @@ class ApplyStats:
     hardlinks: int = 0
     whiteouts: int = 0
     sparse_files: int = 0
+    kept: int = 0  # delta: files left as the pre-copy wrote them
+    removed: int = 0  # delta: names removed (gone on the source since the pre-copy)
 
 
 _S = TypeVar("_S", CaptureStats, ApplyStats)
@@ -155,6 +174,7 @@ class _Tally:
     def __init__(self) -> None:
         self.members = self.files = self.bytes = self.stream_bytes = 0
         self.hardlinks = self.whiteouts = self.sparse_files = self.skipped = 0
+        self.kept = self.kept_bytes = self.vanished = self.removed = 0
 
     def snapshot(self, cls: type[_S]) -> _S:
         return cls(**{f.name: getattr(self, f.name) for f in fields(cls)})
@@ -250,6 +270,7 @@ def _encode_header(
     devminor: int = 0,
     xattrs: tuple[tuple[bytes, bytes], ...] = (),
     sparse_keys: tuple[tuple[bytes, bytes], ...] = (),
+    keep: int | None = None,
 ) -> bytes:
     records: list[bytes] = []
     binary = False
@@ -275,6 +296,8 @@ def _encode_header(
         secs = min(max(secs, 0), 8**11 - 1)
     for key, value in xattrs:
         records.append(_pax_record(_XATTR_PREFIX + key, value))
+    if keep is not None:
+        records.append(_pax_record(_KEEP_KEY, b"%d" % keep))
     header = _ustar(
         name,
         typeflag,
@@ -301,9 +324,12 @@ def _encode_header(
 # --- capture ----------------------------------------------------------------------------
 
 
-def _walk(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+def _walk(root: bytes, *, live: bool = False) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
     """Pre-order walk (parents before children, names in byte order so output is
-    reproducible), never following symlinks; yields (relative name, path, lstat)."""
+    reproducible), never following symlinks; yields (relative name, path, lstat).
+
+    ``live``: the tree is in use (a pre-copy of a running container): names that vanish or
+    stop being directories between listing and reading are skipped instead of failing."""
     yield b"", root, os.lstat(root)
     stack: list[tuple[bytes, bytes, Iterator[bytes]]] = [
         (b"", root, iter(sorted(os.listdir(root))))
@@ -316,10 +342,16 @@ def _walk(root: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
             continue
         rel = rel_dir + b"/" + name if rel_dir else name
         path = dir_path + b"/" + name
-        st = os.lstat(path)
+        try:
+            st = os.lstat(path)
+            children = sorted(os.listdir(path)) if stat.S_ISDIR(st.st_mode) else None
+        except OSError as e:
+            if live and e.errno in _LIVE_ERRNOS:
+                continue
+            raise
         yield rel, path, st
-        if stat.S_ISDIR(st.st_mode):
-            stack.append((rel, path, iter(sorted(os.listdir(path)))))
+        if children is not None:
+            stack.append((rel, path, iter(children)))
 
 
 def _read_xattrs(
@@ -383,8 +415,8 @@ def _data_segments(fd: int, size: int) -> list[tuple[int, int]] | None:
     return segments
 
 
-def _open_for_read(path: bytes) -> int:
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+def _open_for_read(path: bytes, extra: int = 0) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | extra
     try:
         # Reading a layer should not dirty its inodes (atime) on the source.
         return os.open(path, flags | os.O_NOATIME)
@@ -392,11 +424,24 @@ def _open_for_read(path: bytes) -> int:
         return os.open(path, flags)
 
 
+# Called for each regular file a live capture sent whole and unchanged while it was read: its
+# relative name and the fstat taken before its data was read.
+RecordFn = Callable[[bytes, os.stat_result], None]
+# Asked for each regular file of a frozen capture (relative name, lstat): True sends a "keep"
+# header instead of the data (the destination has it from the pre-copy).
+KeepFn = Callable[[bytes, os.stat_result], bool]
+
+
 class Capture(Iterator[bytes]):
     """A tar stream of a directory, as an iterator of chunks of about ``chunk_size`` bytes.
 
     ``stats`` reflects what has been produced so far. Closing the iterator early releases the
     open file (generator semantics).
+
+    Pre-copy (migrate/precopy.py): ``live=True`` reads a tree that is still being changed
+    (names that vanish are skipped, a file that shrinks is padded with zeros) and calls
+    ``record`` for every regular file whose data was read whole; ``keep`` makes a capture of
+    the frozen tree a delta that only names the files the destination already has.
     """
 
     def __init__(
@@ -405,13 +450,20 @@ class Capture(Iterator[bytes]):
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         drop_xattrs: frozenset[str] = OVERLAY_HOST_XATTRS,
+        live: bool = False,
+        record: RecordFn | None = None,
+        keep: KeepFn | None = None,
     ) -> None:
         if chunk_size < BLOCK:
             raise ValueError(f"chunk_size must be at least {BLOCK}")
         self._root = os.fsencode(root)
         self._chunk_size = chunk_size
         self._drop = drop_xattrs
+        self._live = live
+        self._record = record
+        self._keep = keep
         self._tally = _Tally()
+        self._whole = True  # the current file's data was read whole (not truncated under us)
         self._gen = self._chunks()
 
     @property
@@ -466,8 +518,21 @@ class Capture(Iterator[bytes]):
             raise TransferFailed(f"{os.fsdecode(self._root)} is not a directory")
         # Hard links: first name seen per inode, among inodes with more than one link.
         first_name: dict[tuple[int, int], bytes] = {}
-        for rel, path, st in _walk(self._root):
-            yield from self._entry(rel, path, st, first_name)
+        for rel, path, st in _walk(self._root, live=self._live):
+            if not self._live:
+                yield from self._entry(rel, path, st, first_name)
+                continue
+            # A name of a live tree that vanishes before anything of it was produced is
+            # skipped (the frozen delta sends whatever is there then).
+            produced = False
+            try:
+                for piece in self._entry(rel, path, st, first_name):
+                    produced = True
+                    yield piece
+            except OSError as e:
+                if produced or e.errno not in _LIVE_ERRNOS:
+                    raise
+                self._tally.vanished += 1
         yield _ZERO_BLOCK * 2
 
     def _entry(
@@ -509,8 +574,25 @@ class Capture(Iterator[bytes]):
                 self._tally.hardlinks += 1
                 yield _encode_header(rel, LNK, meta, linkname=first_name[key])
                 return
+            # Registered once this name was produced: a name skipped in a live tree must not
+            # become a link target.
+            yield from self._linkable(rel, path, st)
             first_name[key] = rel
+            return
+        yield from self._linkable(rel, path, st)
+
+    def _linkable(self, rel: bytes, path: bytes, st: os.stat_result) -> Iterator[bytes]:
+        """A non-directory that may have hard links: regular file, symlink, device, FIFO."""
+        mode = st.st_mode
+        meta = _Meta.of(st)
+        whiteout = stat.S_ISCHR(mode) and st.st_rdev == 0
         if stat.S_ISREG(mode):
+            if self._keep is not None and self._keep(rel, st):
+                self._tally.members += 1
+                self._tally.kept += 1
+                self._tally.kept_bytes += st.st_size
+                yield _encode_header(rel, REG, meta, keep=st.st_size)
+                return
             yield from self._regular(rel, path, st)
             return
         if stat.S_ISLNK(mode):
@@ -537,10 +619,13 @@ class Capture(Iterator[bytes]):
         yield header
 
     def _regular(self, rel: bytes, path: bytes, st: os.stat_result) -> Iterator[bytes]:
-        fd = _open_for_read(path)
+        # O_NONBLOCK: in a live tree the name may have become a FIFO since the lstat.
+        fd = _open_for_read(path, os.O_NONBLOCK if self._live else 0)
         try:
             fst = os.fstat(fd)
             if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino):
+                if self._live:
+                    raise FileNotFoundError(errno.ENOENT, "replaced", path)
                 raise TransferFailed(f"{os.fsdecode(rel)!r} changed during capture")
             size = fst.st_size
             # Only a file using fewer blocks than its size can have holes: skip the lseeks
@@ -550,11 +635,13 @@ class Capture(Iterator[bytes]):
             meta = _Meta.of(fst)
             self._tally.members += 1
             self._tally.files += 1
+            self._whole = True
             if segments is None:
                 yield _encode_header(rel, REG, meta, size=size, xattrs=xattrs)
                 yield from self._data(fd, rel, 0, size)
                 self._tally.bytes += size
                 yield bytes(_padding(size))
+                self._recorded(rel, fst)
                 return
             sparse_map = b"%d\n" % len(segments) + b"".join(b"%d\n%d\n" % seg for seg in segments)
             sparse_map += bytes(_padding(len(sparse_map)))
@@ -581,14 +668,29 @@ class Capture(Iterator[bytes]):
             self._tally.bytes += stored
             self._tally.sparse_files += 1
             yield bytes(_padding(stored))
+            self._recorded(rel, fst)
         finally:
             os.close(fd)
+
+    def _recorded(self, rel: bytes, fst: os.stat_result) -> None:
+        if self._record is not None and self._whole:
+            self._record(rel, fst)
 
     def _data(self, fd: int, rel: bytes, offset: int, length: int) -> Iterator[bytes]:
         end = offset + length
         while offset < end:
             chunk = os.pread(fd, min(self._chunk_size, end - offset), offset)
             if not chunk:
+                if self._live:
+                    # Truncated while we read it (pre-copy): the header promised `length`
+                    # bytes, so zeros stand in; the file is not recorded and goes again
+                    # in the frozen delta.
+                    self._whole = False
+                    while offset < end:
+                        n = min(self._chunk_size, end - offset)
+                        offset += n
+                        yield bytes(n)
+                    return
                 # The header already promised `length` bytes; a short file would corrupt
                 # every member after it.
                 raise TransferFailed(f"{os.fsdecode(rel)!r} shrank during capture")
@@ -601,9 +703,13 @@ def capture(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     drop_xattrs: frozenset[str] = OVERLAY_HOST_XATTRS,
+    live: bool = False,
+    record: RecordFn | None = None,
+    keep: KeepFn | None = None,
 ) -> Capture:
     """Stream a pax tar of ``root`` (any directory) as chunks; see :class:`Capture`."""
-    return Capture(root, chunk_size=chunk_size, drop_xattrs=drop_xattrs)
+    return Capture(root, chunk_size=chunk_size, drop_xattrs=drop_xattrs, live=live,
+                   record=record, keep=keep)  # fmt: skip
 
 
 def capture_to(
@@ -653,6 +759,7 @@ class _Member:
     xattrs: tuple[tuple[bytes, bytes], ...]
     sparse: tuple[tuple[int, int], ...] | None  # data segments (offset, length)
     apparent_size: int  # logical file size (== size unless sparse)
+    keep: int | None = None  # delta: the file is already at the target, of this size
 
     @property
     def display(self) -> str:
@@ -908,6 +1015,14 @@ class _Parser:
             raise self._invalid("malformed xattr name", name)
         sparse = None
         apparent = size
+        keep = None
+        if _KEEP_KEY in pax:
+            try:
+                keep = _decimal(pax[_KEEP_KEY], "keep size")
+            except ValueError as e:
+                raise self._invalid(str(e), name) from None
+            if typeflag != REG or size:
+                raise self._invalid("a keep member must be an empty regular file", name)
         self._unread, self._pad = size, _padding(size)
         if typeflag == REG and any(key.startswith(b"GNU.sparse.") for key in pax):
             if pax.get(b"GNU.sparse.major") != b"1" or pax.get(b"GNU.sparse.minor") != b"0":
@@ -936,6 +1051,7 @@ class _Parser:
             xattrs=xattrs,
             sparse=sparse,
             apparent_size=apparent,
+            keep=keep,
         )
 
     def _sparse_map(
@@ -1063,6 +1179,8 @@ class _Extractor:
             if policy.xattr_prefixes is None
             else tuple(p.encode() for p in policy.xattr_prefixes)
         )
+        # Delta: every path the archive names (and their parents); the rest is removed.
+        self._seen: set[tuple[bytes, ...]] | None = set() if policy.delta else None
         self.tally = _Tally()
 
     def close(self) -> None:
@@ -1112,12 +1230,17 @@ class _Extractor:
                 raise self._invalid(m, f"{kind} not allowed in a {p.name} archive")
         elif m.type == FIFO and not p.allow_fifos:
             raise self._invalid(m, f"FIFO not allowed in a {p.name} archive")
+        if m.keep is not None and not p.delta:
+            raise self._invalid(m, f"keep member in a {p.name} archive (only in a delta)")
 
     # extraction
 
     def add(self, m: _Member) -> None:
         self._check(m)
         parts = self._parts(m, m.name, "name")
+        if self._seen is not None:
+            for i in range(1, len(parts) + 1):
+                self._seen.add(parts[:i])
         try:
             self._add(m, parts)
         except _UnsafeParent as e:
@@ -1151,7 +1274,9 @@ class _Extractor:
                 os.close(fd)
             self._deferred[parts] = (m.mode, m.mtime_ns)
             return
-        if m.type == REG:
+        if m.keep is not None:
+            self._kept(m, pfd, leaf)
+        elif m.type == REG:
             self._regular(m, pfd, leaf)
         elif m.type == LNK:
             self._hardlink(m, pfd, leaf)
@@ -1169,7 +1294,12 @@ class _Extractor:
         except FileExistsError:
             st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                raise self._invalid(m, "would replace a directory") from None
+                if not self._policy.delta:
+                    raise self._invalid(m, "would replace a directory") from None
+                # A directory of the pre-copy that became something else: rmtree works on
+                # fds and never follows a symlink inside.
+                shutil.rmtree(leaf, dir_fd=pfd)
+                return make()
             if not self._policy.overwrite:
                 raise self._invalid(m, "already exists (duplicate member)") from None
             os.unlink(leaf, dir_fd=pfd)
@@ -1210,6 +1340,22 @@ class _Extractor:
             os.close(fd)
         self.tally.files += 1
         self.tally.bytes += m.size
+
+    def _kept(self, m: _Member, pfd: int, leaf: bytes) -> None:
+        """A file the pre-copy put here and that did not change since: its data, owner, mode,
+        mtime and xattrs are already right (any change to them would have changed its ctime
+        on the source). Only checked: it must still be the regular file of that size."""
+        try:
+            st = os.stat(leaf, dir_fd=pfd, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_size != m.keep:
+            raise TransferFailed(
+                f"{self._policy.name}: {m.display!r} should be here from the pre-copy "
+                f"({m.keep} bytes) but is not",
+                details={"member": m.display},
+            )
+        self.tally.kept += 1
 
     def _hardlink(self, m: _Member, pfd: int, leaf: bytes) -> None:
         target = self._parts(m, m.linkname, "hard link target")
@@ -1289,8 +1435,48 @@ class _Extractor:
         # chown first: it drops security.capability, which must then be set again.
         if self._policy.restore_owner:
             os.chown(fd, m.uid, m.gid)
-        for key, value in self._xattrs(m):
+        wanted = self._xattrs(m)
+        if self._policy.delta:
+            # A directory merged with its pre-copied self: drop xattrs it lost since (the
+            # LSM's own security.* labels are the file system's, not the archive's).
+            keys = {k for k, _ in wanted}
+            for name in os.listxattr(fd):
+                key = os.fsencode(name)
+                if key not in keys and not key.startswith(b"security."):
+                    os.removexattr(fd, name)
+        for key, value in wanted:
             os.setxattr(fd, key, value)
+
+    def prune(self) -> None:
+        """Delta: remove every name under the target the archive did not mention (deleted or
+        renamed on the source since the pre-copy). Before ``finish``: removals change the
+        directories' mtimes, which finish sets last."""
+        if self._seen is None:
+            return
+        seen = self._seen
+
+        def walk(dfd: int, prefix: tuple[bytes, ...]) -> None:
+            for name in os.listdir(dfd):
+                key = os.fsencode(name)
+                parts = (*prefix, key)
+                st = os.stat(key, dir_fd=dfd, follow_symlinks=False)
+                if parts not in seen:
+                    if stat.S_ISDIR(st.st_mode):
+                        shutil.rmtree(key, dir_fd=dfd)
+                    else:
+                        os.unlink(key, dir_fd=dfd)
+                    self.tally.removed += 1
+                elif stat.S_ISDIR(st.st_mode):
+                    child = _open_dir(key, dfd)
+                    try:
+                        walk(child, parts)
+                    finally:
+                        os.close(child)
+
+        try:
+            walk(self._root_fd, ())
+        except OSError as e:
+            raise TransferFailed(f"{self._policy.name}: removing deleted names: {e}") from e
 
     def finish(self) -> None:
         try:
@@ -1329,6 +1515,7 @@ def apply(stream: Readable, target: Path, *, policy: ExtractPolicy) -> ApplyStat
     try:
         while (member := parser.next()) is not None:
             extractor.add(member)
+        extractor.prune()
         extractor.finish()
     finally:
         extractor.close()

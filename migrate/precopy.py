@@ -1,0 +1,128 @@
+"""Pre-copy of a read-write layer: what the frozen delta may leave out.
+
+While the container still runs, its upper dir is streamed whole (``layers.Capture`` with
+``live=True``) into the new container's upper dir on the destination, and every regular file
+sent whole is recorded with the fstat taken *before* its data was read. After the pause the
+frozen tree is captured again as a delta: a regular file is sent as a "keep" header (no data)
+only when this module can prove its content is what the pre-copy read:
+
+- (inode, size, mtime_ns, ctime_ns) of the frozen lstat equal the recorded ones. User space
+  cannot set ctime: any write, truncate, chmod, chown, xattr change, link, unlink or rename
+  of the inode moves it, so equal keys mean no such change *started* after the recorded fstat.
+- its ctime is older than the start of the pre-copy by more than ``RACY_MARGIN_NS``. A change
+  that starts after the recorded fstat but lands in the same timestamp tick (coarse clock)
+  would leave ctime unchanged; its ctime is then at least the start of the pre-copy minus a
+  tick, so such files are never kept ("racy", like git's racy index entries).
+- it was neither open for writing nor mapped shared and writable by a process of the
+  container when the pre-copy started. ctime is set when a write *begins*: a long write()
+  (dirty-page throttling can stretch one over seconds) that began before the pre-copy and
+  was still copying data while we read would leave ctime as it was; and stores through a
+  shared mapping that is already dirty move no timestamp at all. Either needs the file open
+  or mapped for writing at the start of the pre-copy, and a write that begins later moves
+  ctime after our fstat.
+
+Anything else is sent again; names the delta does not mention are removed on the destination
+(``layers.ROOTFS_DELTA_POLICY``), so the result is the tree a full copy of the frozen layer
+would give. Not covered: processes outside the container writing into its upper dir on the
+host (they are not frozen either, so no copy of a changing tree is exact).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+# Covers the lag of the kernel's coarse clock behind the wall clock (a tick, <= 10 ms) many
+# times over, and small steps of the wall clock.
+RACY_MARGIN_NS = 2_000_000_000
+_O_ACCMODE = 0o3
+
+Key = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+
+
+def file_key(st: os.stat_result) -> Key:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@dataclass
+class PreCopy:
+    """What one pre-copy sent, and the test that decides what the frozen delta leaves out."""
+
+    started_ns: int  # wall clock (the clock file timestamps come from) before anything was read
+    busy: frozenset[bytes] = frozenset()  # paths open or mapped for writing at that moment
+    files: dict[bytes, Key] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, pids: Iterable[int]) -> PreCopy:
+        # The clock first: a write in progress during the scan below is then either seen
+        # by it or started after this instant.
+        started = time.time_ns()
+        return cls(started_ns=started, busy=frozenset(written_paths(pids)))
+
+    def record(self, rel: bytes, st: os.stat_result) -> None:
+        """layers.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
+        if stat.S_ISREG(st.st_mode):
+            self.files[rel] = file_key(st)
+
+    def unchanged(self, rel: bytes, st: os.stat_result) -> bool:
+        """layers.KeepFn, asked with the frozen lstat: may ``rel`` be left out of the delta?"""
+        key = self.files.get(rel)
+        return (
+            key is not None
+            and key == file_key(st)
+            and st.st_ctime_ns < self.started_ns - RACY_MARGIN_NS
+            and rel not in self.busy
+        )
+
+    @property
+    def bytes_recorded(self) -> int:
+        return sum(k[1] for k in self.files.values())
+
+
+def written_paths(pids: Iterable[int]) -> set[bytes]:
+    """Paths (relative to the container's root, as its processes see them) that the given
+    host processes hold open for writing or map shared and writable. A path on another mount
+    (a volume) may alias one in the layer: that only makes the delta send more."""
+    out: set[bytes] = set()
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # exited
+        for fd in fds:
+            try:
+                with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+                    info = f.read()
+                flags = 0
+                for line in info.splitlines():
+                    if line.startswith(b"flags:"):
+                        flags = int(line.split()[1], 8)
+                        break
+                if flags & _O_ACCMODE == os.O_RDONLY:
+                    continue
+                _add_path(out, os.readlink(os.fsencode(f"{fd_dir}/{fd}")))
+            except (OSError, ValueError, IndexError):
+                continue
+        try:
+            with open(f"/proc/{pid}/maps", "rb") as f:
+                maps = f.read()
+        except OSError:
+            continue
+        for line in maps.splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and b"w" in fields[1] and b"s" in fields[1]:
+                _add_path(out, fields[5])
+    return out
+
+
+def _add_path(out: set[bytes], target: bytes) -> None:
+    # Pipes, sockets, anon inodes ("pipe:[..]") are not paths; a deleted file is in no tree.
+    if target.startswith(b"/") and not target.endswith(b" (deleted)"):
+        out.add(target.lstrip(b"/"))
