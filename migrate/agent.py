@@ -87,6 +87,7 @@ class _Migration:
     binds_made: list[str] = field(default_factory=list)
     binds_reused: list[str] = field(default_factory=list)
     networks_made: list[str] = field(default_factory=list)  # removed by a rollback
+    precopied: bool = False  # the upper dir holds a pre-copy: only a delta may follow
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -419,13 +420,40 @@ class Agent:
             raise ProtocolError(f"unknown migration {migration_id!r}")
         return m
 
-    def h_put_rootfs(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
-        m = self._mig(migration_id)
+    def _upper(self, m: _Migration) -> Path:
         upper = Path(self.engine.state(m.container_id).upper_dir)
         if not upper.is_dir():
             raise MigrateError(f"the new container's read-write layer {upper} does not exist")
+        return upper
+
+    def h_put_rootfs(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        if m.precopied:
+            raise ProtocolError("the read-write layer was pre-copied: only a delta may follow")
+        stats = layers.apply(stream, self._upper(m), policy=layers.ROOTFS_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_precopy_rootfs(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        """The read-write layer read while the source container still runs: possibly torn,
+        put right by the frozen delta (put_rootfs_delta). Into the new container's upper dir,
+        which a rollback removes with the container."""
+        m = self._mig(migration_id)
+        upper = self._upper(m)
+        if m.precopied or any(upper.iterdir()):
+            raise ProtocolError("the new container's read-write layer is not empty")
+        m.precopied = True
         stats = layers.apply(stream, upper, policy=layers.ROOTFS_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_rootfs_delta(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+        """The frozen layer over the pre-copy: changed files whole, unchanged ones only named
+        (checked to be here); names it does not mention are removed."""
+        m = self._mig(migration_id)
+        if not m.precopied:
+            raise ProtocolError("put_rootfs_delta without a pre-copy")
+        stats = layers.apply(stream, self._upper(m), policy=layers.ROOTFS_DELTA_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
+                "removed": stats.removed}  # fmt: skip
 
     def h_put_volume(
         self, *, stream: StreamReader, migration_id: str, volume: str

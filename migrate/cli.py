@@ -349,6 +349,13 @@ def _print_report(rep: Report) -> None:
         f"(image {human_bytes(b.image)}, rootfs {human_bytes(b.rootfs)}, "
         f"checkpoint {human_bytes(b.checkpoint)})",
     )
+    if b.rootfs_precopy:
+        t.add_row(
+            "read-write layer",
+            f"{human_bytes(b.rootfs_precopy)} pre-copied while running, "
+            f"{human_bytes(b.rootfs)} sent during the pause "
+            f"({human_bytes(b.rootfs_kept)} of unchanged files not sent again)",
+        )
     t.add_row("phases", ", ".join(f"{k} {v:.3f}s" for k, v in rep.phases.items()))
     t.add_row("source copy", rep.source_action)
     out.print(t)
@@ -414,6 +421,11 @@ def run(
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
     ),  # fmt: skip
+    precopy: bool = typer.Option(
+        True, "--precopy/--no-precopy",
+        help="Copy the read-write layer while the container still runs and send only what "
+        "changed during the pause (default), or copy all of it during the pause.",
+    ),  # fmt: skip
 ) -> None:
     """Live-migrate one running container to another host.
 
@@ -450,6 +462,7 @@ def run(
                 dry_run=dry_run,
                 strategy="cold",
                 bind_mounts=bind_mounts,
+                precopy=precopy,
                 faults=faults_from_env(),
             ),
             engine,

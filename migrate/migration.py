@@ -43,6 +43,7 @@ from migrate.errors import (
 from migrate.images import filter_save_stream
 from migrate.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.lock import ContainerLock
+from migrate.precopy import PreCopy
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.transport import Channel
@@ -67,6 +68,9 @@ class RunOptions:
     strategy: str = "cold"
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
+    # Stream the read-write layer while the container runs; only what changed goes in the
+    # freeze (migrate/precopy.py). Off: the whole layer is captured frozen.
+    precopy: bool = True
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.lock.DEFAULT_LOCK_DIR
     faults: frozenset[str] = frozenset()
@@ -89,7 +93,8 @@ class Migration:
         self.dest_container_id = ""
         self.dest_name = ""
         self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0,
-                                      "volumes": 0, "logs": 0}
+                                      "volumes": 0, "logs": 0, "rootfs_precopy": 0,
+                                      "rootfs_kept": 0}
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
@@ -98,6 +103,8 @@ class Migration:
         self.volumes: list[VolumeInfo] = []
         self.networks: list[NetworkInfo] = []  # user-defined networks to recreate if missing
         self.binds: list[str] = []  # bind-mounted host paths (directories) handled per option
+        self.agent_methods: frozenset[str] = frozenset()  # what the agent said it can do
+        self.precopied: PreCopy | None = None  # set once the agent holds a pre-copy
 
     # --- public ---------------------------------------------------------------------------
 
@@ -115,6 +122,7 @@ class Migration:
             )  # fmt: skip
             self._transfer_image(spec)
             self._prepare(spec)
+            self._precopy(spec)
             self._freeze_and_move(spec)
             self._commit(spec)
             action = self._finish_source(spec)
@@ -196,6 +204,9 @@ class Migration:
                 faults=sorted(f for f in self.opts.faults if f.startswith("agent:")),
             )
             log.debug("agent: %s", hello)
+            methods = hello.get("methods")
+            if isinstance(methods, list):
+                self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
             self.conn.call(
                 "precheck",
                 spec=spec.to_wire(),
@@ -330,6 +341,29 @@ class Migration:
             self.dest_container_id = str(res["container_id"])
             self.journal.append("prepared", dest_container_id=self.dest_container_id)
 
+    def _precopy(self, spec: ContainerSpec) -> None:
+        """Stream the read-write layer into the new container's upper dir while the container
+        still runs; the freeze then only sends what changed (migrate/precopy.py)."""
+        assert self.conn is not None
+        if not self.opts.precopy or not {"precopy_rootfs", "put_rootfs_delta"} <= self.agent_methods:
+            return
+        with self.timer.phase("precopy", "pre-copying the read-write layer (still running)"):
+            upper = Path(self.engine.state(spec.id).upper_dir)
+            pc = PreCopy.start(p.pid for p in self.engine.processes(spec.id))
+            cap = layers.capture(upper, live=True, record=pc.record)
+            res = self.conn.call(
+                "precopy_rootfs",
+                stream=cap,
+                migration_id=self.id,
+                timeout=RESTORE_TIMEOUT_S,
+                on_progress=lambda raw, wire: self.progress.transfer("precopy", raw, wire, None),
+            )
+            self._count("rootfs_precopy", res["_stream"])
+            self.precopied = pc
+            log.info("pre-copy: %d files (%d bytes) sent while running, %d names skipped",
+                     len(pc.files), pc.bytes_recorded, cap.stats.vanished)  # fmt: skip
+        self._fault("source:after_precopy")
+
     def _freeze_and_move(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
         img_dir = self.staging / "checkpoint"
@@ -345,14 +379,19 @@ class Migration:
             self.engine.checkpoint(spec.id, img_dir, work_dir)
         upper = Path(self.engine.state(spec.id).upper_dir)
         with self.timer.phase("rootfs", "read-write layer"):
+            pc = self.precopied
+            # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
+            # what the frozen tree no longer has).
+            cap = layers.capture(upper) if pc is None else layers.capture(upper, keep=pc.unchanged)
             res = self.conn.call(
-                "put_rootfs",
-                stream=layers.capture(upper),
+                "put_rootfs" if pc is None else "put_rootfs_delta",
+                stream=cap,
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
                 on_progress=lambda raw, wire: self.progress.transfer("rootfs", raw, wire, None),
             )
             self._count("rootfs", res["_stream"])
+            self.bytes["rootfs_kept"] += cap.stats.kept_bytes
         # Still frozen: volume content is consistent with the memory image.
         for v in self.volumes:
             with self.timer.phase("volumes", f"volume {v.name}"):
@@ -391,6 +430,7 @@ class Migration:
                 ),
             )
             self._count("checkpoint", res["_stream"])
+        self._fault("source:before_restore")
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
             res = self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S)

@@ -149,6 +149,10 @@ METHODS: dict[str, Method] = {
         _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL,
            networks=_OL),
         _m("put_rootfs", stream=True, migration_id=_S),
+        # Pre-copy (migrate/precopy.py): the layer while the container runs, into the empty
+        # upper dir; then the frozen delta over it.
+        _m("precopy_rootfs", stream=True, migration_id=_S),
+        _m("put_rootfs_delta", stream=True, migration_id=_S),
         # Volume content and the log history, captured while the container is frozen.
         _m("put_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_log", stream=True, migration_id=_S),

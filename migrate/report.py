@@ -58,6 +58,11 @@ class Bytes:
     checkpoint: int = 0  # raw bytes of CRIU images
     volumes: int = 0  # raw bytes of volume content
     logs: int = 0  # raw bytes of the log history
+    # Pre-copy (migrate/precopy.py): raw bytes of the read-write layer sent while the
+    # container ran, and the size of the files the freeze did not send again (unchanged).
+    # ``rootfs`` is then what was sent during the freeze.
+    rootfs_precopy: int = 0
+    rootfs_kept: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -65,6 +70,8 @@ class Bytes:
             "wire": self.wire,
             "image": self.image,
             "rootfs": self.rootfs,
+            "rootfs_precopy": self.rootfs_precopy,
+            "rootfs_kept": self.rootfs_kept,
             "volumes": self.volumes,
             "logs": self.logs,
             "checkpoint": self.checkpoint,
