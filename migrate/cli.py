@@ -96,6 +96,11 @@ def _print_lab_status(st: Any) -> None:
             netns = h.netns if h.netns_present else f"{h.netns} (absent)"
             pid = "-" if d.pid is None else str(d.pid)
             t.add_row(h.host, netns, h.addr, d.kind, pid, mark, escape(d.detail))
+        ok = h.mntns_present and h.local_bound
+        mark = "[green]\u2713[/]" if ok else "[bold red]\u2717[/]"
+        detail = ("its own /srv/migrate-lab-local" if ok else
+                  "local dir not bound" if h.mntns_present else "absent")  # fmt: skip
+        t.add_row(h.host, netns, h.addr, "mount ns", "-", mark, detail)
     out.print(t)
 
 

@@ -13,9 +13,15 @@ address from 10.213.7.254, so a test process can talk to either host without nse
 
 Each host runs ``dockerd --experimental`` (its own data root, exec root, socket, pidfile and
 containerd) and ``sshd`` (its own host key; key-only root login; ``SetEnv DOCKER_HOST`` so remote
-commands reach that host's daemon), both started with ``nsenter --net`` and stopped by the PID in
-their pidfiles. ``ip netns exec`` is never used: it remounts /sys and dockerd then loses the
-cgroup v1 mounts.
+commands reach that host's daemon), both started with ``nsenter --net --mount`` and stopped by
+the PID in their pidfiles. ``ip netns exec`` is never used: it remounts /sys and dockerd then
+loses the cgroup v1 mounts.
+
+Each host also has a mount namespace of its own (``unshare --mount --propagation slave``, kept
+by a bind mount of it at ``RUN/mntns/<host>``, no process needed) in which its directory
+``STATE/<host>/local`` is bound at LOCAL_DIR (``/srv/migrate-lab-local``): the one path whose
+content differs between the hosts, as on two machines. dockerd, sshd (hence the agent) and
+whatever :meth:`LabHost.run` starts run in it; everything else is the shared filesystem.
 
 Persistent state (data roots, keys, logs) lives in the state dir, runtime state (sockets,
 pidfiles, exec roots) in the run dir; see :class:`LabConfig`. Everything here needs root.
@@ -46,6 +52,7 @@ from migrate.lab_config import (
     DEFAULT_SUBNET,
     DOCKERD,
     HOSTS,
+    LOCAL_DIR,
     SSH_PORT,
     SSHD,
     HostPaths,
@@ -63,19 +70,23 @@ from migrate.lab_sys import (
     CMD_TIMEOUT_S,
     IP,
     KILL_TIMEOUT_S,
+    MOUNT,
     NETNS_DIR,
     POLL_S,
     SSH_KEYGEN,
     UMOUNT,
+    UNSHARE,
     atomic_write,
     cmdline,
     ensure_netns,
     in_netns,
+    in_ns,
     ip,
     ip_json,
     is_under,
     keygen,
     link_exists,
+    mntns_at,
     mounts,
     pid_alive,
     ppid,
@@ -96,6 +107,7 @@ __all__ = [
     "DEFAULT_SUBNET",
     "DOCKER_CLI",
     "HOSTS",
+    "LOCAL_DIR",
     "NETNS_DIR",
     "DaemonStatus",
     "HostPaths",
@@ -153,10 +165,18 @@ class HostStatus:
     netns_present: bool
     dockerd: DaemonStatus
     sshd: DaemonStatus
+    mntns_present: bool = False  # the host's mount namespace handle is there
+    local_bound: bool = False  # and LOCAL_DIR shows this host's own directory in it
 
     @property
     def healthy(self) -> bool:
-        return self.netns_present and self.dockerd.healthy and self.sshd.healthy
+        return (
+            self.netns_present
+            and self.mntns_present
+            and self.local_bound
+            and self.dockerd.healthy
+            and self.sshd.healthy
+        )
 
 
 @dataclass(frozen=True)
@@ -173,7 +193,10 @@ class LabStatus:
     def down(self) -> bool:
         """Nothing of the lab is left: no namespace, no daemon."""
         return not any(
-            h.netns_present or h.dockerd.pid is not None or h.sshd.pid is not None
+            h.netns_present
+            or h.mntns_present
+            or h.dockerd.pid is not None
+            or h.sshd.pid is not None
             for h in self.hosts
         )
 
@@ -183,13 +206,15 @@ class LabStatus:
 
 @dataclass(frozen=True)
 class LabHost:
-    """One sandbox host: run commands in its network namespace with its DOCKER_HOST."""
+    """One sandbox host: run commands in its network and mount namespaces with its
+    DOCKER_HOST (as its sshd's sessions do)."""
 
     lab: str
     name: str
     netns: str
     addr: str
     docker_host: str
+    mntns_path: Path
 
     @property
     def netns_path(self) -> Path:
@@ -200,8 +225,11 @@ class LabHost:
         return f"ssh://root@{self.addr}"
 
     def argv(self, cmd: Sequence[str]) -> list[str]:
-        """``cmd`` wrapped to run inside this host's network namespace."""
-        return [str(NSENTER), f"--net={self.netns_path}", "--", *cmd]
+        """``cmd`` wrapped to run inside this host's network and mount namespaces. Entering
+        a mount namespace moves to its root: ``--wd=.`` keeps the caller's directory (the
+        path is opened before the switch; the filesystem is the same)."""
+        return [str(NSENTER), f"--net={self.netns_path}", f"--mount={self.mntns_path}",
+                "--wd=.", "--", *cmd]  # fmt: skip
 
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -251,7 +279,8 @@ class Lab:
 
     def host(self, name: str) -> LabHost:
         c = self.config
-        return LabHost(c.name, check_host(name), c.netns(name), c.addr(name), c.docker_host(name))
+        return LabHost(c.name, check_host(name), c.netns(name), c.addr(name),
+                       c.docker_host(name), c.paths(name).mntns)  # fmt: skip
 
     def env(self) -> dict[str, str]:
         return lab_env(self.config)
@@ -284,6 +313,8 @@ class Lab:
             atomic_write(c.saved_config, json.dumps(c.to_json(), indent=2) + "\n")
             self._ensure_keys()
             self._ensure_network()
+            for h in HOSTS:
+                self._ensure_mntns(h)
             started = [h for h in HOSTS if self._ensure_dockerd(h)]
             for h in HOSTS:
                 self._ensure_sshd(h)
@@ -312,6 +343,9 @@ class Lab:
             c = self.config
             for h in HOSTS:
                 self._stop_host(h)
+            # Dropping the handles frees the namespaces and every mount left in them (the
+            # daemons and their containers are gone by now).
+            unmount_under((c.mntns_dir,))
             self._remove_network()
             leftover = [m for m in mounts() if is_under(m, (c.state_dir, c.run_dir))]
             if leftover:
@@ -353,6 +387,7 @@ class Lab:
         hosts = []
         for h in HOSTS:
             present = (NETNS_DIR / c.netns(h)).exists()
+            mntns = mntns_at(c.paths(h).mntns) is not None
             hosts.append(
                 HostStatus(
                     host=h,
@@ -361,6 +396,8 @@ class Lab:
                     netns_present=present,
                     dockerd=self._dockerd_status(h),
                     sshd=self._sshd_status(h, present),
+                    mntns_present=mntns,
+                    local_bound=mntns and self._local_bound(h),
                 )
             )
         return LabStatus(c.name, c.subnet, tuple(hosts))
@@ -383,8 +420,8 @@ class Lab:
         pid = self._dockerd_pid(h)
         if pid is None:
             return DaemonStatus("dockerd", None, False, "not running")
-        if not in_netns(pid, NETNS_DIR / self.config.netns(h)):
-            return DaemonStatus("dockerd", pid, False, "running outside the host's namespace")
+        if not self._in_host_ns(pid, h):
+            return DaemonStatus("dockerd", pid, False, "running outside the host's namespaces")
         ok, detail = _docker_ping(self.config.docker_host(h))
         return DaemonStatus("dockerd", pid, ok, detail)
 
@@ -392,8 +429,8 @@ class Lab:
         pid = self._sshd_pid(h)
         if pid is None:
             return DaemonStatus("sshd", None, False, "not running")
-        if not netns_present or not in_netns(pid, NETNS_DIR / self.config.netns(h)):
-            return DaemonStatus("sshd", pid, False, "running outside the host's namespace")
+        if not netns_present or not self._in_host_ns(pid, h):
+            return DaemonStatus("sshd", pid, False, "running outside the host's namespaces")
         ok, detail = self._ssh_banner(h)
         return DaemonStatus("sshd", pid, ok, detail)
 
@@ -405,9 +442,11 @@ class Lab:
             want = c.paths(h).host_key.with_suffix(".pub").read_text().split()[1]
         except (OSError, IndexError):
             return False, "host key missing"
-        cmd = [str(SSH_KEYSCAN), "-T", "3", "-t", "ed25519", "-p", str(SSH_PORT), c.addr(h)]
+        cmd = [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}", "--",
+               str(SSH_KEYSCAN), "-T", "3", "-t", "ed25519", "-p", str(SSH_PORT), c.addr(h)]  # fmt: skip
         try:
-            r = self.host(h).run(cmd, check=False, timeout=10)
+            r = subprocess.run(cmd, check=False, timeout=10, capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL)  # fmt: skip
         except subprocess.TimeoutExpired:
             return False, "ssh-keyscan timed out"
         keys = [ln.split()[2] for ln in r.stdout.splitlines() if len(ln.split()) >= 3]
@@ -508,6 +547,53 @@ class Lab:
                     ip(["link", "del", LINK_IFACE], netns=ns)
                 ip(["netns", "del", ns])
 
+    # -- mount namespaces
+
+    def _host_argv(self, h: str, argv: Sequence[str]) -> list[str]:
+        """A daemon's argv, started in the host's network and mount namespaces."""
+        c = self.config
+        return [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}",
+                f"--mount={c.paths(h).mntns}", "--", *argv]  # fmt: skip
+
+    def _in_host_ns(self, pid: int, h: str) -> bool:
+        c = self.config
+        return in_netns(pid, NETNS_DIR / c.netns(h)) and in_ns(pid, "mnt", c.paths(h).mntns)
+
+    def _ensure_mntns(self, h: str) -> None:
+        """The host's mount namespace, kept by a bind mount of it (no process), with the
+        host's own directory bound at LOCAL_DIR. A handle that is not a mount namespace
+        (a plain file left by an earlier boot) is replaced; daemons still running in an
+        older namespace are then replaced by the checks of _ensure_dockerd / _ensure_sshd."""
+        c = self.config
+        p = c.paths(h)
+        _ensure_private_dir(c.mntns_dir)
+        if mntns_at(p.mntns) is None:
+            unmount_under((p.mntns,))  # whatever else is mounted there
+            p.mntns.touch()
+            # slave: the host sees the machine's mounts made before, and unmounts made
+            # later; its own mounts (dockerd's, LOCAL_DIR) never leak out.
+            _run([str(UNSHARE), f"--mount={p.mntns}", "--propagation", "slave", "--", "true"])
+            log.info("lab %s/%s: created mount namespace %s", c.name, h, mntns_at(p.mntns))
+        LOCAL_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
+        p.local.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not self._local_bound(h):
+            _run([str(NSENTER), f"--mount={p.mntns}", "--",
+                  str(MOUNT), "--bind", str(p.local), str(LOCAL_DIR)])  # fmt: skip
+
+    def _local_bound(self, h: str) -> bool:
+        """LOCAL_DIR inside the host's mount namespace is the host's own directory."""
+        p = self.config.paths(h)
+        try:
+            want = os.stat(p.local)
+        except OSError:
+            return False
+        r = subprocess.run(
+            [str(NSENTER), f"--mount={p.mntns}", "--", "stat", "-c", "%d:%i", str(LOCAL_DIR)],
+            check=False, capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        return r.returncode == 0 and r.stdout.strip() == f"{want.st_dev}:{want.st_ino}"
+
     # -- dockerd
 
     def _ensure_dockerd(self, h: str) -> bool:
@@ -517,7 +603,7 @@ class Lab:
         argv = dockerd_argv(c, h)
         pid = self._dockerd_pid(h)
         if pid is not None:
-            same = cmdline(pid) == argv and in_netns(pid, NETNS_DIR / c.netns(h))
+            same = cmdline(pid) == argv and self._in_host_ns(pid, h)
             if same and _docker_ping(c.docker_host(h))[0]:
                 log.debug("lab %s/%s: dockerd %d is healthy", c.name, h, pid)
                 return False
@@ -534,7 +620,7 @@ class Lab:
             p.daemon_json.write_text("{}\n")
         with open(p.dockerd_log, "ab") as logf:
             proc = subprocess.Popen(
-                [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}", "--", *argv],
+                self._host_argv(h, argv),
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -625,14 +711,14 @@ class Lab:
             atomic_write(p.sshd_config, text)
         pid = self._sshd_pid(h)
         if pid is not None:
-            if not changed and in_netns(pid, NETNS_DIR / c.netns(h)) and self._ssh_banner(h)[0]:
+            if not changed and self._in_host_ns(pid, h) and self._ssh_banner(h)[0]:
                 return
             stop_pid(pid, f"sshd {c.name}/{h}")
         with contextlib.suppress(FileNotFoundError):
             p.sshd_pidfile.unlink()
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         proc = subprocess.Popen(
-            [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}", "--", *sshd_argv(c, h)],
+            self._host_argv(h, sshd_argv(c, h)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -671,10 +757,30 @@ def _require_root() -> None:
 
 
 def _require_tools() -> None:
-    missing = [str(t) for t in (DOCKERD, SSHD, NSENTER, IP, SSH_KEYGEN, SSH_KEYSCAN, UMOUNT)
-               if not t.exists()]  # fmt: skip
+    missing = [str(t) for t in (DOCKERD, SSHD, NSENTER, IP, SSH_KEYGEN, SSH_KEYSCAN, UMOUNT,
+                                MOUNT, UNSHARE) if not t.exists()]  # fmt: skip
     if missing:
         raise LabError(f"missing: {', '.join(missing)}", hint="run `make setup` (as root)")
+
+
+def _run(argv: Sequence[str]) -> None:
+    r = subprocess.run(argv, check=False, capture_output=True, text=True,
+                       timeout=CMD_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+    if r.returncode != 0:
+        raise LabError(
+            f"{' '.join(argv)} failed: {r.stderr.strip()[-500:]}",
+            hint="see the message; `migrate lab down` then `up` starts afresh",
+        )
+
+
+def _ensure_private_dir(d: Path) -> None:
+    """``d`` as a mount of its own that propagates nowhere (what `ip netns` does for
+    /run/netns): a mount namespace bind-mounted where mounts propagate could end up inside
+    itself, and the kernel refuses that."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o755)
+    if str(d) not in mounts():
+        _run([str(MOUNT), "--bind", str(d), str(d)])
+    _run([str(MOUNT), "--make-private", str(d)])
 
 
 def _ensure_pipe_max_size() -> None:

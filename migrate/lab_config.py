@@ -30,6 +30,10 @@ SUBNET_PREFIX_RANGE = (16, 29)
 # Docker's default bridge and address pools inside each host: the lab subnet must not overlap.
 DOCKER_POOLS = (ipaddress.ip_network("172.16.0.0/12"), ipaddress.ip_network("192.168.0.0/16"))
 SSH_PORT = 22
+# The host-local directory: the same path on both hosts, with different content (each host's
+# mount namespace binds its own STATE/<host>/local there), so a path that exists "on A" can be
+# missing or different "on B" as on two real machines (--bind-mounts copy, same-path).
+LOCAL_DIR = Path("/srv/migrate-lab-local")
 DOCKERD = Path("/usr/sbin/dockerd")
 SSHD = Path("/usr/sbin/sshd")
 
@@ -138,7 +142,15 @@ class LabConfig:
             sshd_pidfile=rn / "sshd.pid",
             sshd_log=st / "sshd.log",
             host_key=st / "ssh_host_ed25519_key",
+            local=st / "local",
+            mntns=self.mntns_dir / h,
         )
+
+    @property
+    def mntns_dir(self) -> Path:
+        """Holds the hosts' mount namespace files; a private mount of its own, because a
+        mount namespace can only be bind-mounted onto a mount that propagates nowhere."""
+        return self.run_dir / "mntns"
 
     def docker_host(self, host: str) -> str:
         return f"unix://{self.paths(host).socket}"
@@ -190,6 +202,8 @@ class HostPaths:
     sshd_pidfile: Path
     sshd_log: Path
     host_key: Path
+    local: Path  # this host's content of LOCAL_DIR
+    mntns: Path  # bind mount of the host's mount namespace (nsfs)
 
     @property
     def containerd_pidfile(self) -> Path:
@@ -316,11 +330,13 @@ def lab_env(cfg: LabConfig) -> dict[str, str]:
         "MIGRATE_LAB_KEY": str(cfg.client_key),
         "MIGRATE_LAB_KNOWN_HOSTS": str(cfg.known_hosts),
         "MIGRATE_AGENT_COMMAND": f"{migrate_executable()} agent",
+        "MIGRATE_LAB_LOCAL_DIR": str(LOCAL_DIR),
     }
     for h in HOSTS:
         u = h.upper()
         env[f"MIGRATE_LAB_{u}_ADDR"] = cfg.addr(h)
         env[f"MIGRATE_LAB_{u}_NETNS"] = cfg.netns(h)
+        env[f"MIGRATE_LAB_{u}_MNTNS"] = str(cfg.paths(h).mntns)
         env[f"MIGRATE_LAB_{u}_DOCKER_HOST"] = cfg.docker_host(h)
         env[f"MIGRATE_LAB_{u}_URL"] = f"ssh://root@{cfg.addr(h)}"
     return env

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 IP = Path("/usr/sbin/ip")
 UMOUNT = Path("/usr/bin/umount")
+MOUNT = Path("/usr/bin/mount")
+UNSHARE = Path("/usr/bin/unshare")
 SSH_KEYGEN = Path("/usr/bin/ssh-keygen")
 NETNS_DIR = Path("/run/netns")
 CMD_TIMEOUT_S = 30.0
@@ -149,10 +151,16 @@ def proc_is(pid: int, exe_prefix: str, needle: str) -> bool:
 
 
 def in_netns(pid: int, netns_path: Path) -> bool:
+    return in_ns(pid, "net", netns_path)
+
+
+def in_ns(pid: int, kind: str, ns_path: Path) -> bool:
+    """``pid`` is in the namespace (``kind``: net, mnt) that ``ns_path`` is a handle of."""
     try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns_path).st_ino
+        mine, theirs = os.stat(f"/proc/{pid}/ns/{kind}"), os.stat(ns_path)
     except OSError:
         return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def send_signal(pid: int, sig: int) -> None:
@@ -213,6 +221,33 @@ def parse_mountinfo(text: str) -> list[str]:
         if len(fields) >= 5:
             points.append(_OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4]))
     return points
+
+
+def parse_mountinfo_entries(text: str) -> list[tuple[str, str, str]]:
+    """(mount point, root, fs type) of each line of /proc/*/mountinfo text."""
+    out = []
+    for ln in text.splitlines():
+        left, sep, right = ln.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        point = _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), fields[4])
+        out.append((point, fields[3], right.split()[0]))
+    return out
+
+
+def mntns_at(path: Path) -> str | None:
+    """``mnt:[INODE]`` when ``path`` is a bind mount of a mount namespace (the topmost mount
+    there), else None (a plain file left by an earlier boot, another namespace kind...)."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    found = None
+    for point, root, fstype in parse_mountinfo_entries(text):
+        if point == str(path):
+            found = root if fstype == "nsfs" and root.startswith("mnt:[") else None
+    return found
 
 
 def mounts() -> list[str]:

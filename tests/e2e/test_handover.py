@@ -325,8 +325,14 @@ def test_destination_disk_full_rolls_back(
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     """The filesystem the agent writes the checkpoint images to fills up (a 64 KiB tmpfs
-    mounted where B's new container keeps its checkpoints): DiskFull, rolled back, and the
-    removal of B's copy takes the mount with it."""
+    mounted where B's new container keeps its checkpoints, in B's mount namespace where B's
+    agent and dockerd see it): DiskFull, rolled back, and the removal of B's copy takes the
+    mount with it."""
+    b = lab.host("b")
+
+    def b_mounts() -> str:
+        return str(b.run(["cat", "/proc/self/mountinfo"]).stdout)
+
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
@@ -336,8 +342,7 @@ def test_destination_disk_full_rolls_back(
         cid = docker_b.containers.get(container_name).id
         target = lab.config.paths("b").data_root / "containers" / cid / "checkpoints"
         target.mkdir(exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)],
-                       check=True)  # fmt: skip
+        b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)])
     finally:
         mark.unlink(missing_ok=True)
     try:
@@ -347,10 +352,10 @@ def test_destination_disk_full_rolls_back(
         assert "Rolled back" in err
         assert_counts_on(docker_a, container_name, before)
         assert wait_absent(docker_b, container_name), "the destination copy was left"
-        assert str(target) not in Path("/proc/self/mountinfo").read_text()
+        assert str(target) not in b_mounts()
     finally:
-        if target is not None and str(target) in Path("/proc/self/mountinfo").read_text():
-            subprocess.run(["umount", "-l", str(target)], check=False)
+        if target is not None and str(target) in b_mounts():
+            b.run(["umount", "-l", str(target)], check=False)
 
 
 @pytest.mark.parametrize(("fault", "rc"), [("source_killed", -9), ("agent_killed", 1),

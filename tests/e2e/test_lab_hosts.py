@@ -115,9 +115,10 @@ def test_up_twice_repair_down_up(cycle_lab: Lab, lab: Lab) -> None:
 
     # up, then up again: the second reuses the same healthy daemons
     first = cli("lab", "up", "--name", name, "--subnet", subnet)
-    assert "mtest" in first.stdout
+    assert name in first.stdout
     st1 = cycle_lab.status()
     assert st1.healthy
+    assert all(h.mntns_present and h.local_bound for h in st1.hosts)
     cli("lab", "up", "--name", name)  # the subnet is remembered
     st2 = cycle_lab.status()
     assert st2.healthy
@@ -140,6 +141,18 @@ def test_up_twice_repair_down_up(cycle_lab: Lab, lab: Lab) -> None:
     st3 = cycle_lab.up()
     assert st3.healthy
     assert st3.hosts[1].dockerd.pid != b_dockerd
+
+    # a lost mount namespace handle (as after a reboot: the run dir stays, the namespace
+    # does not): up makes a new namespace and moves A's daemons into it
+    a_handle = cycle_lab.config.paths("a").mntns
+    subprocess.run(["umount", str(a_handle)], check=True)
+    assert not cycle_lab.status().healthy
+    a_daemons = (st3.hosts[0].dockerd.pid, st3.hosts[0].sshd.pid)
+    b_daemons = (st3.hosts[1].dockerd.pid, st3.hosts[1].sshd.pid)
+    st3 = cycle_lab.up()
+    assert st3.healthy
+    assert st3.hosts[0].dockerd.pid not in a_daemons and st3.hosts[0].sshd.pid not in a_daemons
+    assert (st3.hosts[1].dockerd.pid, st3.hosts[1].sshd.pid) == b_daemons
 
     # down: nothing left (namespaces, links, mounts, daemons)
     cli("lab", "down", "--name", name)

@@ -21,13 +21,17 @@ COUNTER = (
 def transport_args(request: Any, lab: Any, lab_env: dict[str, str],
                    migrate_args: list[str]) -> list[str]:  # fmt: skip
     """The `--to ...` options for each transport: SSH to B, or `local://` with the agent as a
-    subprocess on pipes, started in B's network namespace against B's daemon."""
+    subprocess on pipes, started in B's network and mount namespaces against B's daemon
+    (B's mount namespace through B's dockerd: the handle under the run dir is not visible
+    from inside A's namespace, where the source runs)."""
     if request.param == "ssh":
         return migrate_args
     netns = lab_env["MIGRATE_LAB_B_NETNS"]
+    mntns = f"/proc/{lab.status().hosts[1].dockerd.pid}/ns/mnt"
     return [
         "--to", "local://",
-        "--agent-command", f"nsenter --net=/run/netns/{netns} {migrate_executable()} agent",
+        "--agent-command",
+        f"nsenter --net=/run/netns/{netns} --mount={mntns} {migrate_executable()} agent",
         "--dest-docker-host", lab.host("b").docker_host,
     ]  # fmt: skip
 

@@ -26,7 +26,7 @@ from migrate.lab_config import (
     validate_name,
     validate_subnet,
 )
-from migrate.lab_sys import is_under, parse_mountinfo
+from migrate.lab_sys import is_under, parse_mountinfo, parse_mountinfo_entries
 
 
 def test_defaults() -> None:
@@ -115,6 +115,9 @@ def test_env_names_and_values() -> None:
     assert env["MIGRATE_LAB_B_URL"] == "ssh://root@10.50.0.2"
     assert env["MIGRATE_LAB_KEY"] == "/s/ssh/id_ed25519"
     assert env["MIGRATE_LAB_KNOWN_HOSTS"] == "/s/ssh/known_hosts"
+    assert env["MIGRATE_LAB_A_MNTNS"] == "/r/mntns/a"
+    assert env["MIGRATE_LAB_B_MNTNS"] == "/r/mntns/b"
+    assert env["MIGRATE_LAB_LOCAL_DIR"] == "/srv/migrate-lab-local"
     exe, sub = env["MIGRATE_AGENT_COMMAND"].rsplit(" ", 1)
     assert sub == "agent" and Path(exe).is_absolute() and Path(exe).name == "migrate"
 
@@ -145,7 +148,8 @@ def test_dockerd_and_sshd_argv() -> None:
 def test_host_argv_uses_nsenter_not_ip_netns_exec() -> None:
     h = Lab(LabConfig(name="t", subnet="10.50.0.0/24")).host("a")
     argv = h.argv(["docker", "ps"])
-    assert argv == ["/usr/bin/nsenter", "--net=/run/netns/t-a", "--", "docker", "ps"]
+    assert argv == ["/usr/bin/nsenter", "--net=/run/netns/t-a",
+                    "--mount=/run/migrate-lab/t/mntns/a", "--wd=.", "--", "docker", "ps"]  # fmt: skip
     assert h.environ()["DOCKER_HOST"] == "unix:///run/migrate-lab/t/a/docker.sock"
     assert h.url == "ssh://root@10.50.0.1"
 
@@ -201,6 +205,28 @@ def test_parse_mountinfo_decodes_escapes() -> None:
         "91 22 0:4 net:[4026532] /run/netns/t-a rw shared:5 - nsfs nsfs rw\n"
     )
     assert parse_mountinfo(text) == ["/", "/var/lib/x/with space", "/run/netns/t-a"]
+
+
+def test_parse_mountinfo_entries_tell_a_mount_namespace_handle() -> None:
+    text = (
+        "83 27 254:0 /run/l/mntns /run/l/mntns rw,relatime - ext4 /dev/vda rw\n"
+        "167 83 0:4 mnt:[4026532839] /run/l/mntns/a rw - nsfs nsfs rw\n"
+        "91 22 0:4 net:[4026532] /run/netns/t-a rw shared:5 - nsfs nsfs rw\n"
+        "92 22 0:50 / /x\\040y rw master:3 - tmpfs tmpfs rw\n"
+    )
+    assert parse_mountinfo_entries(text) == [
+        ("/run/l/mntns", "/run/l/mntns", "ext4"),
+        ("/run/l/mntns/a", "mnt:[4026532839]", "nsfs"),
+        ("/run/netns/t-a", "net:[4026532]", "nsfs"),
+        ("/x y", "/", "tmpfs"),
+    ]
+
+
+def test_host_paths_keep_the_local_dir_and_the_mntns_handle_per_host() -> None:
+    c = LabConfig(name="t", subnet="10.50.0.0/24", state_dir=Path("/s"), run_dir=Path("/r"))
+    assert (c.paths("a").local, c.paths("b").local) == (Path("/s/a/local"), Path("/s/b/local"))
+    assert (c.paths("a").mntns, c.paths("b").mntns) == (Path("/r/mntns/a"), Path("/r/mntns/b"))
+    assert c.mntns_dir == Path("/r/mntns")
 
 
 def test_is_under() -> None:
