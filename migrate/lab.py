@@ -313,6 +313,12 @@ class Lab:
             atomic_write(c.saved_config, json.dumps(c.to_json(), indent=2) + "\n")
             self._ensure_keys()
             self._ensure_network()
+            # A host whose mount namespace is missing (a lab from before them, a reboot) has
+            # its daemons replaced anyway: stop them first, so that what they have mounted
+            # in the root namespace is gone before a new namespace copies the mount table.
+            for h in HOSTS:
+                if mntns_at(c.paths(h).mntns) is None:
+                    self._stop_host(h)
             for h in HOSTS:
                 self._ensure_mntns(h)
             started = [h for h in HOSTS if self._ensure_dockerd(h)]
