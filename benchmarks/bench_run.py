@@ -62,7 +62,9 @@ STEP_TIMEOUT_S = 1800.0
 READY_TIMEOUT_S = 600.0
 SAMPLE_EVERY_S = 0.05
 GLOBAL_CRIU_CONFIG = Path("/etc/criu/runc.conf")
-LEGS = ("manual", "migrate", "raw")  # also possible: "lazy" (migrate run --strategy lazy)
+LEGS = ("manual", "migrate", "raw")  # also possible: "lazy" (migrate run --strategy lazy),
+# "noprecopy" (migrate run --no-precopy)
+ALL_LEGS = (*LEGS, "lazy", "noprecopy")
 # Phases of `migrate run` that stream the read-write layer and the checkpoint; the stream
 # throughput is their raw bytes over these seconds. (The image phase is left out: for this
 # small image it is mostly `docker load` on b, not streaming.)
@@ -124,10 +126,13 @@ class Case:
     rw_mb: int
     text_pct: int = 50  # share of text in memory and files; 0 = incompressible
     layers: tuple[str, ...] = ()  # the workload image's diff IDs (cleared from b per leg)
-    legs: tuple[str, ...] = LEGS
+    legs: tuple[str, ...] = ALL_LEGS  # the legs that may run for this case
     manual: ManualResult | None = None
     migrate: MigrateResult | None = None  # the default strategy (cold)
     lazy: MigrateResult | None = None  # --strategy lazy (post-copy), when that leg runs
+    # `migrate run --no-precopy` (the read-write layer copied whole in the freeze), when the
+    # `noprecopy` leg runs: the pre-copy's effect in the same run
+    noprecopy: MigrateResult | None = None
     raw: RawResult | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -534,7 +539,8 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
         clear_b(b, name, case.layers)
 
 
-def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = "") -> MigrateResult:
+def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = "",
+                extra: Sequence[str] = ()) -> MigrateResult:  # fmt: skip
     name = f"bench-r-{uuid.uuid4().hex[:6]}"
     clear_b(b, name, case.layers)
     env = lab.env()
@@ -547,6 +553,7 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
                 "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
         if strategy:
             argv += ["--strategy", strategy]
+        argv += list(extra)
         t0 = time.monotonic()
         p = a.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with PeakSampler(p.pid, b) as sampler:
@@ -557,7 +564,7 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
             raise RuntimeError(f"migrate run exited {p.returncode}: {err.strip()[-1500:]}"
                                f"\n{out[-1500:]}")  # fmt: skip
         report = json.loads(out)
-        log(f"migrate {strategy or 'cold'}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
+        log(f"migrate {strategy or 'cold'} {' '.join(extra)}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
             f"phases {report['phases']}")  # fmt: skip
         ok = verify_on_b(b, name, before)
         cpu = sampler.cpu_per_phase(report["phases"], t_end)
@@ -621,6 +628,12 @@ def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
         except Exception as e:  # noqa: BLE001
             case.errors.append(f"migrate: {e}")
             log(f"migrate FAILED: {e}")
+    if "noprecopy" in legs:
+        try:
+            case.noprecopy = run_migrate(lab, a, b, case, extra=["--no-precopy"])
+        except Exception as e:  # noqa: BLE001
+            case.errors.append(f"noprecopy: {e}")
+            log(f"noprecopy FAILED: {e}")
     if "lazy" in legs:
         try:
             case.lazy = run_migrate(lab, a, b, case, "lazy")
@@ -784,6 +797,16 @@ def goals(cases: list[Case]) -> list[str]:
             f"- Issue 8 goal 3, {g.mem_mb} MiB with a {g.rw_mb} MiB unchanged RW layer "
             f"vs an empty one: {verdict(extra, GOAL_RW_1G_EXTRA)} extra downtime."
         )
+        if e.noprecopy is not None and g.noprecopy is not None:
+            before = g.noprecopy.report["downtime_s"] / e.noprecopy.report["downtime_s"] - 1
+            gb = g.migrate.report["bytes"]
+            out.append(
+                f"  - the same without the pre-copy (`--no-precopy`, this run): "
+                f"{before:.2f} extra downtime; with it, "
+                f"{gb.get('rootfs_precopy', 0) / MiB:.0f} MiB went while the container ran and "
+                f"{gb.get('rootfs', 0) / MiB:.1f} MiB in the freeze "
+                f"({gb.get('rootfs_kept', 0) / MiB:.0f} MiB of unchanged files not sent again)."
+            )
     if not pairs:
         out.append("- Issue 8 goal 3 (1 GiB RW layer): not measured in this run.")
     for c in cases:
@@ -930,7 +953,7 @@ def load_cases(doc: dict[str, Any]) -> list[Case]:
             layers=tuple(d.get("layers", ())),
             manual=None if man is None else ManualResult(
                 **(man | {"steps": [Step(**x) for x in man["steps"]]})),
-            migrate=mig(d["migrate"]), lazy=mig(d["lazy"]),
+            migrate=mig(d["migrate"]), lazy=mig(d["lazy"]), noprecopy=mig(d.get("noprecopy")),
             raw=None if d["raw"] is None else RawResult(**d["raw"]),
             errors=list(d["errors"]),
         ))  # fmt: skip

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__, criu, layers, lazy_pages
+from migrate import __version__, criu, layers, lazy_pages, precopy
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
@@ -88,6 +88,7 @@ class _Migration:
     binds_reused: list[str] = field(default_factory=list)
     networks_made: list[str] = field(default_factory=list)  # removed by a rollback
     precopied: bool = False  # the upper dir holds a pre-copy: only a delta may follow
+    volumes_precopied: list[str] = field(default_factory=list)  # likewise, per volume
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -443,6 +444,8 @@ class Agent:
             raise ProtocolError("the new container's read-write layer is not empty")
         m.precopied = True
         stats = layers.apply(stream, upper, policy=layers.ROOTFS_POLICY)
+        # Written back now, while the source still runs, not during the pause.
+        precopy.flush(upper)
         return {"files": stats.members, "bytes": stats.bytes}
 
     def h_put_rootfs_delta(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
@@ -455,20 +458,49 @@ class Agent:
         return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
                 "removed": stats.removed}  # fmt: skip
 
-    def h_put_volume(
-        self, *, stream: StreamReader, migration_id: str, volume: str
-    ) -> dict[str, Any]:
-        m = self._mig(migration_id)
+    def _volume_dir(self, m: _Migration, volume: str, *, empty: bool) -> Path:
         if volume not in (*m.volumes_made, *m.volumes_reused):
             raise ProtocolError(f"volume {volume!r} was not prepared for this migration")
         v = self.engine.volume(volume)
         target = Path(v.mountpoint) if v is not None else None
         if target is None or not target.is_dir():
             raise MigrateError(f"volume {volume} has no directory on this host")
-        if any(target.iterdir()):
+        if empty and any(target.iterdir()):
             raise VolumeConflict(f"volume {volume} got content since the precheck: not merged")
+        return target
+
+    def h_put_volume(
+        self, *, stream: StreamReader, migration_id: str, volume: str
+    ) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        target = self._volume_dir(m, volume, empty=True)
         stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_precopy_volume(
+        self, *, stream: StreamReader, migration_id: str, volume: str
+    ) -> dict[str, Any]:
+        """A volume's content read while the source runs (like h_precopy_rootfs); a rollback
+        removes or empties the volume as for put_volume."""
+        m = self._mig(migration_id)
+        if volume in m.volumes_precopied:
+            raise ProtocolError(f"volume {volume!r} was already pre-copied")
+        target = self._volume_dir(m, volume, empty=True)
+        m.volumes_precopied.append(volume)
+        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        precopy.flush(target)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_volume_delta(
+        self, *, stream: StreamReader, migration_id: str, volume: str
+    ) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        if volume not in m.volumes_precopied:
+            raise ProtocolError(f"put_volume_delta without a pre-copy of {volume!r}")
+        target = self._volume_dir(m, volume, empty=False)
+        stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
+                "removed": stats.removed}  # fmt: skip
 
     def h_put_bind(self, *, stream: StreamReader, migration_id: str, path: str) -> dict[str, Any]:
         m = self._mig(migration_id)

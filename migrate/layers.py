@@ -135,6 +135,7 @@ VOLUME_POLICY: Final = ExtractPolicy(name="volume")
 ROOTFS_DELTA_POLICY: Final = replace(
     ROOTFS_POLICY, name="rootfs delta", overwrite=True, delta=True
 )
+VOLUME_DELTA_POLICY: Final = replace(VOLUME_POLICY, name="volume delta", overwrite=True, delta=True)
 
 
 @dataclass(frozen=True)

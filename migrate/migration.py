@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__, criu, layers
+from migrate import __version__, criu, layers, precopy
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.errors import (
     Busy,
@@ -94,7 +94,7 @@ class Migration:
         self.dest_name = ""
         self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0,
                                       "volumes": 0, "logs": 0, "rootfs_precopy": 0,
-                                      "rootfs_kept": 0}
+                                      "rootfs_kept": 0, "volumes_precopy": 0, "volumes_kept": 0}
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
@@ -105,6 +105,7 @@ class Migration:
         self.binds: list[str] = []  # bind-mounted host paths (directories) handled per option
         self.agent_methods: frozenset[str] = frozenset()  # what the agent said it can do
         self.precopied: PreCopy | None = None  # set once the agent holds a pre-copy
+        self.precopied_volumes: dict[str, PreCopy] = {}  # likewise, by volume name
 
     # --- public ---------------------------------------------------------------------------
 
@@ -362,6 +363,23 @@ class Migration:
             self.precopied = pc
             log.info("pre-copy: %d files (%d bytes) sent while running, %d names skipped",
                      len(pc.files), pc.bytes_recorded, cap.stats.vanished)  # fmt: skip
+            if {"precopy_volume", "put_volume_delta"} <= self.agent_methods:
+                where = {m.name: m.destination for m in spec.mounts if m.type == "volume"}
+                for v in self.volumes:
+                    vpc = pc.under(where.get(v.name, "/nonexistent"))
+                    res = self.conn.call(
+                        "precopy_volume",
+                        stream=layers.capture(Path(v.mountpoint), live=True, record=vpc.record),
+                        migration_id=self.id,
+                        volume=v.name,
+                        timeout=RESTORE_TIMEOUT_S,
+                        on_progress=lambda raw, wire: self.progress.transfer("precopy", raw, wire,
+                                                                             None),
+                    )  # fmt: skip
+                    self._count("volumes_precopy", res["_stream"])
+                    self.precopied_volumes[v.name] = vpc
+            # What the container wrote is written back now, not during the pause.
+            precopy.flush(upper)
         self._fault("source:after_precopy")
 
     def _freeze_and_move(self, spec: ContainerSpec) -> None:
@@ -395,9 +413,12 @@ class Migration:
         # Still frozen: volume content is consistent with the memory image.
         for v in self.volumes:
             with self.timer.phase("volumes", f"volume {v.name}"):
+                vpc = self.precopied_volumes.get(v.name)
+                vcap = (layers.capture(Path(v.mountpoint)) if vpc is None
+                        else layers.capture(Path(v.mountpoint), keep=vpc.unchanged))  # fmt: skip
                 res = self.conn.call(
-                    "put_volume",
-                    stream=layers.capture(Path(v.mountpoint)),
+                    "put_volume" if vpc is None else "put_volume_delta",
+                    stream=vcap,
                     migration_id=self.id,
                     volume=v.name,
                     timeout=RESTORE_TIMEOUT_S,
@@ -405,6 +426,7 @@ class Migration:
                                                                          None),
                 )  # fmt: skip
                 self._count("volumes", res["_stream"])
+                self.bytes["volumes_kept"] += vcap.stats.kept_bytes
         if self.opts.bind_mounts == "copy":
             for path in self.binds:
                 with self.timer.phase("binds", f"bind mount {path}"):

@@ -29,15 +29,20 @@ host (they are not frozen either, so no copy of a changing tree is exact).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# How long the end of a pre-copy waits for the file system to write back dirty pages.
+FLUSH_TIMEOUT_S = 60.0
 # Covers the lag of the kernel's coarse clock behind the wall clock (a tick, <= 10 ms) many
 # times over, and small steps of the wall clock.
 RACY_MARGIN_NS = 2_000_000_000
@@ -79,6 +84,14 @@ class PreCopy:
             and st.st_ctime_ns < self.started_ns - RACY_MARGIN_NS
             and rel not in self.busy
         )
+
+    def under(self, mount_point: str) -> PreCopy:
+        """A pre-copy of the tree mounted at ``mount_point`` in the container (a volume):
+        the same start, the busy paths below that mount point, relative to it."""
+        inside = os.fsencode(mount_point.strip("/"))
+        prefix = inside + b"/" if inside else b""
+        busy = frozenset(p[len(prefix):] for p in self.busy if p.startswith(prefix))
+        return PreCopy(started_ns=self.started_ns, busy=busy)
 
     @property
     def bytes_recorded(self) -> int:
@@ -126,3 +139,38 @@ def _add_path(out: set[bytes], target: bytes) -> None:
     # Pipes, sockets, anon inodes ("pipe:[..]") are not paths; a deleted file is in no tree.
     if target.startswith(b"/") and not target.endswith(b" (deleted)"):
         out.add(target.lstrip(b"/"))
+
+
+def flush(path: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
+    """syncfs(2) of the file system holding ``path``, waited for at most ``timeout_s``; True
+    if it finished. Called at the end of a pre-copy, while the container still runs: the
+    kernel writes dirty pages back 30 s after they were dirtied, and the gigabyte a pre-copy
+    just wrote on the destination (or the layer the workload wrote on the source) would
+    otherwise be written back during the pause, competing with the checkpoint for the disk
+    (seen: checkpoint 0.6 s -> 4.3 s, transfer 2.7 s -> 8.4 s with 1 GiB flushed meanwhile).
+    A syncfs that takes longer (a container writing without pause) is left running in its
+    thread: the migration goes on."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            log.warning("flush of %s: %s", path, e)
+            done.set()
+            return
+        try:
+            if _LIBC.syncfs(fd) != 0:
+                log.warning("syncfs of %s: %s", path, os.strerror(ctypes.get_errno()))
+        finally:
+            os.close(fd)
+            done.set()
+
+    threading.Thread(target=run, name="syncfs", daemon=True).start()
+    finished = done.wait(timeout_s)
+    if not finished:
+        log.warning("syncfs of %s still running after %.0f s: going on", path, timeout_s)
+    return finished
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)

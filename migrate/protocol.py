@@ -153,6 +153,8 @@ METHODS: dict[str, Method] = {
         # upper dir; then the frozen delta over it.
         _m("precopy_rootfs", stream=True, migration_id=_S),
         _m("put_rootfs_delta", stream=True, migration_id=_S),
+        _m("precopy_volume", stream=True, migration_id=_S, volume=_S),
+        _m("put_volume_delta", stream=True, migration_id=_S, volume=_S),
         # Volume content and the log history, captured while the container is frozen.
         _m("put_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_log", stream=True, migration_id=_S),

@@ -63,6 +63,8 @@ class Bytes:
     # ``rootfs`` is then what was sent during the freeze.
     rootfs_precopy: int = 0
     rootfs_kept: int = 0
+    volumes_precopy: int = 0  # the same for volumes (``volumes``: sent during the freeze)
+    volumes_kept: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
@@ -72,6 +74,8 @@ class Bytes:
             "rootfs": self.rootfs,
             "rootfs_precopy": self.rootfs_precopy,
             "rootfs_kept": self.rootfs_kept,
+            "volumes_precopy": self.volumes_precopy,
+            "volumes_kept": self.volumes_kept,
             "volumes": self.volumes,
             "logs": self.logs,
             "checkpoint": self.checkpoint,

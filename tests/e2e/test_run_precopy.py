@@ -1,7 +1,8 @@
 """Pre-copy of the read-write layer (migrate/precopy.py): the layer is streamed while the
 container runs and only what changed goes in the freeze. A workload that rewrites files (same
 size), creates, deletes, renames and hard-links without pause right up to the freeze must
-arrive exactly as it was frozen; a rollback after a pre-copy leaves nothing on B.
+arrive exactly as it was frozen, in the layer and in a volume; a rollback after a pre-copy
+leaves nothing on B.
 
 A's upper dir (frozen) and B's (filled, not started yet) are compared at the
 ``source:wait:before_restore`` hook, byte for byte and inode attribute for attribute.
@@ -15,8 +16,13 @@ import os
 import stat
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import docker.errors
+import pytest
 
 from migrate.lab import migrate_executable
 from migrate.layers import OVERLAY_HOST_XATTRS
@@ -29,6 +35,7 @@ SETUP = " && ".join([
     "mkfifo /data/static/fifo && ln -s big /data/static/big-link",
     "echo r > /data/ra && printf 00000000 > /data/inplace",
     "rm /bin/true",  # a whiteout made before the pre-copy
+    "dd if=/dev/urandom of=/vol/static bs=1M count=4 2>/dev/null && mkdir -p /vol/sub",
     "touch /tmp/ready",
 ])  # fmt: skip
 
@@ -55,6 +62,7 @@ while true; do
   ln -f /data/counter /data/counter-link
   mkdir /data/d$i; rmdir /data/d$((i-1)) 2>/dev/null
   if [ $((i % 3)) = 0 ]; then rm -f /data/late-fifo; else mkfifo /data/late-fifo 2>/dev/null; fi
+  printf '%08d\n' $i > /vol/counter; echo $i > /vol/sub/v$i; rm -f /vol/sub/v$((i-1))
 done
 """
 
@@ -97,8 +105,26 @@ def upper_dir(client: Any, name: str) -> Path:
     return Path(client.api.inspect_container(name)["GraphDriver"]["Data"]["UpperDir"])
 
 
-def start_churn(client: Any, image: str, name: str) -> Any:
+@pytest.fixture
+def volume_name(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
+    name = f"mtp-{uuid.uuid4().hex[:10]}"
+    yield name
+    for client in (docker_a, docker_b):
+        for c in client.containers.list(all=True, filters={"name": container_name}):
+            c.remove(force=True, v=True)
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def volume_dir(client: Any, name: str) -> Path:
+    return Path(client.volumes.get(name).attrs["Mountpoint"])
+
+
+def start_churn(client: Any, image: str, name: str, volume: str) -> Any:
     c = client.containers.run(image, ["sh", "-c", SETUP + " && " + CHURN], name=name,
+                              volumes={volume: {"bind": "/vol", "mode": "rw"}},
                               detach=True)  # fmt: skip
     deadline = time.monotonic() + 30
     while c.exec_run(["cat", "/tmp/ready"]).exit_code != 0:
@@ -125,9 +151,9 @@ def wait_step(mark: Path, proc: subprocess.Popen[str], step: str, seconds: float
 
 def test_changed_in_the_last_instant_arrives_exactly(
     lab: Any, migrate_args: list[str], container_name: str, docker_a: Any, docker_b: Any,
-    test_image: str, tmp_path: Path,
+    test_image: str, tmp_path: Path, volume_name: str,
 ) -> None:  # fmt: skip
-    start_churn(docker_a, test_image, container_name)
+    start_churn(docker_a, test_image, container_name, volume_name)
     upper_a = upper_dir(docker_a, container_name)
     mark = tmp_path / "mark"
     proc = lab.host("a").popen(
@@ -151,6 +177,8 @@ def test_changed_in_the_last_instant_arrives_exactly(
         # A is frozen and checkpointed, B's layer is filled and not started: they must match.
         frozen = tree(upper_a)
         arrived = tree(upper_dir(docker_b, container_name))
+        vol_frozen = tree(volume_dir(docker_a, volume_name))
+        vol_arrived = tree(volume_dir(docker_b, volume_name))
         assert (upper_a / "data" / "counter").read_bytes() != at_precopy
     finally:
         mark.unlink(missing_ok=True)
@@ -163,12 +191,15 @@ def test_changed_in_the_last_instant_arrives_exactly(
                                                       [(k, frozen[k], arrived[k]) for k in differ])
     # The churning names exist (the test saw the workload's state, not an idle one).
     assert b"data/counter-link" in frozen and b"data/static/big" in frozen
+    assert vol_frozen == vol_arrived
+    assert b"counter" in vol_frozen and b"static" in vol_frozen
     rep = json.loads(out)
     b = rep["bytes"]
     # The 16 MiB file went during the pre-copy and was not sent again in the freeze.
     assert b["rootfs_precopy"] >= 16 << 20, b
     assert b["rootfs_kept"] >= 16 << 20, b
     assert b["rootfs"] < 4 << 20, b
+    assert b["volumes_kept"] >= 4 << 20 and b["volumes"] < 1 << 20, b
     assert "precopy" in rep["phases"]
     # And the workload goes on on B.
     c = docker_b.containers.get(container_name)
@@ -180,9 +211,9 @@ def test_changed_in_the_last_instant_arrives_exactly(
 
 def test_rollback_after_a_precopy_leaves_nothing_on_b(
     lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
+    docker_a: Any, docker_b: Any, test_image: str, volume_name: str,
 ) -> None:  # fmt: skip
-    start_churn(docker_a, test_image, container_name)
+    start_churn(docker_a, test_image, container_name, volume_name)
     overlay_b = lab.config.paths("b").data_root / "overlay2"
     layers_before = set(os.listdir(overlay_b))
     p = migrate_on_a("run", container_name, *migrate_args, "--json",
@@ -191,6 +222,8 @@ def test_rollback_after_a_precopy_leaves_nothing_on_b(
     assert "rolled back" in p.stderr.lower() or "rolled back" in p.stdout.lower(), p.stderr
     assert docker_a.containers.get(container_name).status == "running"
     assert not docker_b.containers.list(all=True, filters={"name": f"^/{container_name}$"})
+    with pytest.raises(docker.errors.NotFound):
+        docker_b.volumes.get(volume_name)  # made by this migration, pre-copied, removed
     # The pre-copied layer went with the container: no overlay2 directory was left.
     assert set(os.listdir(overlay_b)) - layers_before == set()
     # The source still churns.

@@ -229,3 +229,11 @@ def test_keep_members_only_in_a_delta(tmp_path: Path) -> None:
     # In a delta, a keep member for a file that is not there fails instead of making one.
     with pytest.raises(TransferFailed):
         apply(_reader(data), tmp_path / "dst", policy=ROOTFS_DELTA_POLICY)
+
+
+def test_busy_paths_under_a_volume_are_relative_to_it() -> None:
+    pc = precopy.PreCopy(started_ns=1, busy=frozenset({b"var/lib/db/wal", b"var/lib/dbx/f",
+                                                       b"etc/x"}))  # fmt: skip
+    sub = pc.under("/var/lib/db")
+    assert sub.busy == frozenset({b"wal"}) and sub.started_ns == 1
+    assert pc.under("/").busy == pc.busy
