@@ -2,6 +2,8 @@
  * half text, and (optionally) wrote RW_MB MiB of files of the same mix to its read-write layer.
  *
  *   memfill MEM_MB RW_MB [TEXT_PCT]     (TEXT_PCT: share of text, default 50; 0 = all random)
+ *   memfill --emit MB [TEXT_PCT]         write MB MiB of the same mix to stdout and exit
+ *                                        (benchmarks/wire_floor.py measures its compressibility)
  *
  * The content depends on a seed read from getrandom(), so a container restarted from scratch
  * would hold different memory: only a real restore reproduces the checksum. On SIGUSR1 the
@@ -105,7 +107,28 @@ static int write_file(const char *path, const char *text) {
     return rename(tmp, path); /* a reader never sees half a line */
 }
 
+static int emit(int argc, char **argv) {
+    if (argc == 4) text_pct = (unsigned)strtoul(argv[3], NULL, 10) % 101;
+    size_t total = (size_t)strtoull(argv[2], NULL, 10) << 20;
+    const size_t chunk = 8u << 20; /* the same 8 MiB units as the read-write layer's files */
+    char *b = malloc(chunk);
+    if (!b) return 1;
+    for (size_t off = 0; off < total; off += chunk) {
+        size_t n = total - off < chunk ? total - off : chunk;
+        fill(b, n);
+        if (write_all(1, b, n) < 0) return 1;
+    }
+    free(b);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "--emit") == 0) {
+        if (getrandom(&s0, sizeof s0, 0) != sizeof s0 || getrandom(&s1, sizeof s1, 0) != sizeof s1)
+            return 1;
+        s0 |= 1;
+        return emit(argc, argv);
+    }
     if (argc != 3 && argc != 4) {
         fprintf(stderr, "usage: memfill MEM_MB RW_MB [TEXT_PCT]\n");
         return 2;

@@ -19,6 +19,8 @@ import tarfile
 import time
 from typing import Any
 
+from docker.errors import NotFound
+
 from migrate.lab import DOCKER_CLI, Lab, LabHost
 
 # The file is replaced atomically, so a dump between two writes never sees it half-written.
@@ -51,7 +53,10 @@ def start_from_checkpoint(host: LabHost, container: str, checkpoint: str) -> int
 
 def read_count(container: Any) -> int:
     """The counter file's value, 0 if it cannot be read yet."""
-    stream, _ = container.get_archive("/tmp/count")
+    try:
+        stream, _ = container.get_archive("/tmp/count")
+    except NotFound:  # not written yet: the shell may not have ticked once
+        return 0
     try:
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
             member = tar.extractfile("count")
