@@ -89,6 +89,9 @@ class _Migration:
     networks_made: list[str] = field(default_factory=list)  # removed by a rollback
     precopied: bool = False  # the upper dir holds a pre-copy: only a delta may follow
     volumes_precopied: list[str] = field(default_factory=list)  # likewise, per volume
+    # The checkpoint images' staging directory when it lies outside the container's own
+    # directory (`migrate agent --staging-dir`): `docker rm` does not take it, a rollback must.
+    staging: Path | None = None
     journal: Journal | None = None
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
@@ -123,6 +126,8 @@ class Agent:
     conn: Connection
     engine_factory: Callable[[], Any]
     state_dir: Path | None = None
+    # Where checkpoint images are staged (None: inside the new container's directory).
+    staging_root: Path | None = None
     faults: set[str] = field(default_factory=set)
     _engine: Any = None
     _migrations: dict[str, _Migration] = field(default_factory=dict)
@@ -536,7 +541,11 @@ class Agent:
     def h_put_checkpoint(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
         m = self._mig(migration_id)
         # The complete images go to a staging directory; h_restore decides what Docker gets.
-        target = self.engine.staging_dir(m.container_id, m.checkpoint)
+        target = self._staging(m)
+        if self.staging_root is not None:
+            assert m.journal is not None
+            m.journal.append("staging", path=str(target))  # before it exists: a rollback finds it
+            m.staging = target
         target.mkdir(parents=True, exist_ok=False)
         if "agent:exit_mid_stream" in self.faults:
             stream.read(1 << 16)
@@ -554,7 +563,7 @@ class Agent:
         assert m.journal is not None
         t0 = time.monotonic()
         m.journal.append("restoring")
-        full = self.engine.staging_dir(m.container_id, m.checkpoint)
+        full = self._staging(m)
         target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
         split = self._split_for_lazy_restore(full, target)
         daemon: lazy_pages.LazyPagesDaemon | None = None
@@ -632,6 +641,13 @@ class Agent:
             _move_tree(full, target)
         return split
 
+    def _staging(self, m: _Migration) -> Path:
+        if m.staging is not None:
+            return m.staging
+        if self.staging_root is not None:
+            return self.staging_root / f"migrate-{m.id}"
+        return Path(self.engine.staging_dir(m.container_id, m.checkpoint))
+
     def _wait_running(self, container_id: str) -> float:
         deadline = time.monotonic() + RESTORE_WAIT_S
         while True:
@@ -665,7 +681,7 @@ class Agent:
         m.state = "committed"
         self._fault("agent:exit_after_commit")
         # The checkpoint images have served their purpose; do not leave them behind.
-        shutil.rmtree(self.engine.staging_dir(m.container_id, m.checkpoint), ignore_errors=True)
+        shutil.rmtree(self._staging(m), ignore_errors=True)
         try:
             shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
         except OSError as e:
@@ -733,6 +749,8 @@ class Agent:
                 m.binds_made.append(str(r.data.get("path", "")))
             elif r.event == "bind_reused":
                 m.binds_reused.append(str(r.data.get("path", "")))
+            elif r.event == "staging" and r.data.get("path"):
+                m.staging = Path(str(r.data["path"]))
             elif r.event in ("restored", "committed", "aborted"):
                 m.state = r.event
         return m
@@ -958,6 +976,8 @@ class Agent:
                 self.engine.remove(m.container_id, force=True)
             except MigrateError as e:
                 log.error("could not remove %s: %s", m.container_id, e)
+        if m.staging is not None:
+            shutil.rmtree(m.staging, ignore_errors=True)
         self._rollback_volumes(m)
         m.state = "aborted"
         if m.journal is not None:
@@ -1107,14 +1127,16 @@ def _v(v: Any) -> str:
     return ".".join(str(x) for x in v)
 
 
-def run_agent(docker_host: str | None = None) -> int:
-    """Entry point of `migrate agent`: serve one source on stdin/stdout."""
+def run_agent(docker_host: str | None = None, staging_dir: Path | None = None) -> int:
+    """Entry point of `migrate agent`: serve one source on stdin/stdout. ``staging_dir``:
+    where checkpoint images land before Docker gets them (default: the new container's own
+    directory, on the data root's file system)."""
     from migrate.engines.docker import DockerEngine
     from migrate.transport.stdio import StdioChannel
 
     ch = StdioChannel.claim_stdio()
     conn = Connection(ch, timeout=IDLE_TIMEOUT_S)
-    agent = Agent(conn, engine_factory=lambda: DockerEngine(docker_host))
+    agent = Agent(conn, engine_factory=lambda: DockerEngine(docker_host), staging_root=staging_dir)
     return agent.serve()
 
 

@@ -638,11 +638,16 @@ def agent(
     docker_host: str | None = typer.Option(
         None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
     ),
+    staging_dir: Path | None = typer.Option(
+        None, "--staging-dir",
+        help="Where received checkpoint images are staged (default: inside the new "
+        "container's directory on Docker's data root). Another file system costs a copy.",
+    ),  # fmt: skip
 ) -> None:
     """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
     from migrate.agent import run_agent
 
-    raise typer.Exit(run_agent(docker_host))
+    raise typer.Exit(run_agent(docker_host, staging_dir))
 
 
 @app.command()

@@ -348,6 +348,7 @@ class Migration:
         assert self.conn is not None
         if not self.opts.precopy or not {"precopy_rootfs", "put_rootfs_delta"} <= self.agent_methods:
             return
+        self._fault("source:before_precopy")
         with self.timer.phase("precopy", "pre-copying the read-write layer (still running)"):
             upper = Path(self.engine.state(spec.id).upper_dir)
             pc = PreCopy.start(p.pid for p in self.engine.processes(spec.id))

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -288,46 +289,91 @@ def restart_dockerd_b(lab: Any) -> None:
     lab.up()
 
 
-@pytest.mark.parametrize("point", ["before_pause", "before_commit"])
+def start_held(
+    lab: Any, name: str, args: list[str], point: str, tmp_path: Path
+) -> tuple[subprocess.Popen[str], Path]:
+    """`migrate run` stopped at ``point``: a source step (``source:wait:POINT``) or
+    ``restoring`` (the agent's hook: B's copy started, `restored` not journalled). Returns
+    the process and the mark file to remove to let it go on."""
+    if point == "restoring":
+        mark = Path(f"/tmp/migrate-agent-wait-{name}")
+        return start_run(lab, name, args, tmp_path / "unused", "agent:wait:restoring"), mark
+    mark = tmp_path / "mark"
+    return start_run(lab, name, args, mark, f"source:wait:{point}"), mark
+
+
+def source_journal_settled(migrate_on_a: Any, name: str, args: list[str]) -> None:
+    p = migrate_on_a("recover", name, *args, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
+
+
+# (step, exit codes that hold the invariant): before `restored` the restart leaves B's created
+# (not yet started) container in place and the migration may go on or roll back; from the
+# start of the restore on it kills B's copy, and the agent refuses to commit a dead copy.
+DOCKERD_RESTART_POINTS = [
+    ("before_pause", (0, 1)),
+    ("after_pause", (0, 1)),  # the source's CRIU dump runs while B's daemon restarts
+    ("mid_stream", (0, 1)),
+    ("restoring", (1,)),
+    ("before_commit", (1,)),
+    # Committed: B's copy is the container now; the restart kills it as it kills every
+    # container of a daemon without live-restore, and the source copy is retired anyway.
+    ("after_commit", (0,)),
+]
+
+
+@pytest.mark.parametrize(("point", "rcs"), DOCKERD_RESTART_POINTS,
+                         ids=[p for p, _ in DOCKERD_RESTART_POINTS])  # fmt: skip
 def test_destination_dockerd_restarted(
-    point: str, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, test_image: str, tmp_path: Path,
+    point: str, rcs: tuple[int, ...], lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    container_name: str, docker_a: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """Before the pause the created container survives the restart and the migration may go
-    on; after `restored` the restarted daemon has killed the new copy: the agent refuses to
-    commit and the source resumes. Either way exactly one copy runs, with its state."""
+    """Exactly one copy of the container is left, on one host; it runs with its state on A
+    after a rollback and on B after a migration that went on (after `committed` it is B's
+    container, stopped by the restart like any other)."""
     import docker as docker_sdk
 
     before = start_counter(docker_a, test_image, container_name)
-    mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2] if point != "restoring" else None
+        t0 = time.monotonic()
         restart_dockerd_b(lab)
+        print(f"{point}: dockerd b restarted in {time.monotonic() - t0:.1f} s")
     finally:
         mark.unlink(missing_ok=True)
     _, err = proc.communicate(timeout=300)
+    print(f"{point}: exit {proc.returncode}")
     client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
     try:
-        if point == "before_commit":
-            assert proc.returncode == 1, err
-            assert "Rolled back" in err
-        assert proc.returncode in (0, 1), err
-        here, gone = (docker_a, client_b) if proc.returncode == 1 else (client_b, docker_a)
-        assert_counts_on(here, container_name, before)
-        assert wait_absent(gone, container_name), "a second copy was left"
+        assert proc.returncode in rcs, err
+        if proc.returncode == 1:
+            assert "Rolled back" in err, err
+            assert_counts_on(docker_a, container_name, before)
+            assert wait_absent(client_b, container_name), "a second copy was left on B"
+        elif point == "after_commit":
+            assert client_b.containers.get(container_name).status == "exited"
+            assert wait_absent(docker_a, container_name), "the source copy was left"
+        else:
+            assert_counts_on(client_b, container_name, before)
+            assert wait_absent(docker_a, container_name), "the source copy was left"
+        if migration_id is not None:
+            assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+            assert not (STAGING / migration_id).exists(), "source staging left"
+        source_journal_settled(migrate_on_a, container_name, migrate_args)
     finally:
         client_b.close()
 
 
-def test_destination_disk_full_rolls_back(
+def test_destination_disk_full_during_restore(
     lab: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """The filesystem the agent writes the checkpoint images to fills up (a 64 KiB tmpfs
-    mounted where B's new container keeps its checkpoints, in B's mount namespace where B's
-    agent and dockerd see it): DiskFull, rolled back, and the removal of B's copy takes the
-    mount with it."""
+    """The file system Docker restores from fills up: a 64 KiB tmpfs mounted on B's new
+    container's checkpoints directory (in B's mount namespace, where B's agent and dockerd
+    see it), where the agent moves (here: copies) the staged images when it starts the
+    restore. DiskFull, rolled back, and the removal of B's copy takes the mount with it."""
     b = lab.host("b")
 
     def b_mounts() -> str:
@@ -356,6 +402,146 @@ def test_destination_disk_full_rolls_back(
     finally:
         if target is not None and str(target) in b_mounts():
             b.run(["umount", "-l", str(target)], check=False)
+
+
+def mountinfo(lab: Any, host: str) -> str:
+    """The mount table of a lab host's own mount namespace."""
+    return str(lab.host(host).run(["cat", "/proc/self/mountinfo"]).stdout)
+
+
+@pytest.mark.parametrize(("point", "extra"), [
+    # pre-copied while the container runs: full before anything is frozen
+    ("before_precopy", []),
+    # captured frozen (no pre-copy): full in the middle of the paused transfer
+    ("before_pause", ["--no-precopy"]),
+])  # fmt: skip
+def test_destination_disk_full_in_the_read_write_layer(
+    point: str, extra: list[str], lab: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The read-write layer (1 MiB written in the container) streams into B's new container's
+    upper directory, here a 64 KiB tmpfs (in B's mount namespace): DiskFull in the middle of
+    that stream, rolled back, and the removal of B's copy (its layer) takes the mount with
+    it."""
+    before = start_counter(docker_a, test_image, container_name)
+    docker_a.containers.get(container_name).exec_run(
+        ["dd", "if=/dev/zero", "of=/big", "bs=1024", "count=1024"]
+    )
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, [*migrate_args, *extra], mark, f"source:wait:{point}")
+    b = lab.host("b")
+    upper = None
+    try:
+        wait_mark(mark, proc)
+        attrs = docker_b.containers.get(container_name).attrs
+        upper = Path(attrs["GraphDriver"]["Data"]["UpperDir"])
+        b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(upper)])
+    finally:
+        mark.unlink(missing_ok=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err
+        assert "transfer.disk_full" in err or "No space left" in err, err
+        assert "Rolled back" in err
+        assert_counts_on(docker_a, container_name, before)
+        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert f" {upper} " not in mountinfo(lab, "b"), "mount left"
+        assert not upper.exists(), "the new container's layer was left"
+    finally:
+        if upper is not None and f" {upper} " in mountinfo(lab, "b"):
+            b.run(["umount", "-l", str(upper)], check=False)
+
+
+FILL = """
+import sys
+with open(sys.argv[1] + "/filler", "wb", buffering=0) as f:
+    for block in (1 << 20, 4096, 1):
+        try:
+            while True:
+                f.write(bytes(block))
+        except OSError:
+            pass
+"""
+
+
+def fill(lab: Any, host: str, directory: Path) -> None:
+    """Fill the file system mounted on ``directory`` in that host's namespace to the last
+    byte."""
+    lab.host(host).run([sys.executable, "-c", FILL, str(directory)])
+
+
+# (step, tmpfs size, what the test does there, exit code, who holds the container afterwards)
+STAGING_FULL_POINTS = [
+    ("start", "64k", "", 1, "a"),  # mounted before the run: the images overflow it mid-stream
+    ("before_pause", "32m", "fill", 1, "a"),  # filled before anything is frozen
+    ("after_pause", "32m", "fill", 1, "a"),  # filled during the CRIU dump
+    # After `restored` the staged images are gone (copied into Docker's checkpoint directory,
+    # then deleted): a full staging area changes nothing.
+    ("before_commit", "32m", "fill", 0, "b"),
+    ("after_commit", "32m", "fill", 0, "b"),
+    # Not a full disk: the agent is killed with images half staged outside the container's
+    # directory; the agent that rolls back from its journal must delete them too.
+    ("mid_stream", "32m", "kill_agent", 1, "a"),
+]
+
+
+@pytest.mark.parametrize(("point", "size", "action", "rc", "winner"), STAGING_FULL_POINTS,
+                         ids=[f"{p[0]}-{p[2]}" if p[2] else "mid_stream-overflow"
+                              for p in STAGING_FULL_POINTS])  # fmt: skip
+def test_destination_staging_disk_full(
+    point: str, size: str, action: str, rc: int, winner: str, lab: Any, migrate_on_a: Any,
+    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The agent stages the checkpoint images on a small file system of their own
+    (`migrate agent --staging-dir`, a tmpfs) that is or becomes full: DiskFull, rolled back,
+    nothing staged is left; after `committed` it changes nothing."""
+    env = lab.env()
+    b = lab.host("b")
+    stage = Path(f"/tmp/mfault-stage-{container_name}")
+    stage.mkdir()
+    b.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(stage)])
+    args = [
+        "--to", env["MIGRATE_LAB_B_URL"], "--identity", env["MIGRATE_LAB_KEY"],
+        "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command", f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}",
+    ]  # fmt: skip
+
+    def staged() -> list[str]:
+        """What the staging file system holds, seen from B (the test's filler aside)."""
+        names = str(b.run(["ls", "-A", str(stage)]).stdout).split()
+        return [n for n in names if n != "filler"]
+    try:
+        before = start_counter(docker_a, test_image, container_name)
+        mark = tmp_path / "mark"
+        proc = start_run(lab, container_name, args, mark,
+                         f"source:wait:{point}" if point != "start" else "")  # fmt: skip
+        if point != "start":
+            try:
+                wait_mark(mark, proc)
+                if action == "fill":
+                    fill(lab, "b", stage)
+                else:
+                    migration_id = mark.read_text().split()[2]
+                    assert staged(), "nothing staged mid-stream"
+                    lock = Path("/var/lib/migrate/journal/agent") / f"{migration_id}.lock"
+                    os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+            finally:
+                mark.unlink(missing_ok=True)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == rc, err
+        if action == "kill_agent":
+            assert "Rolled back" in err
+        elif rc == 1:
+            assert "transfer.disk_full" in err or "No space left" in err, err
+            assert "Rolled back" in err
+        here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
+        assert_counts_on(here, container_name, before)
+        assert wait_absent(gone, container_name), "a second copy was left"
+        assert staged() == [], "staging left"
+        source_journal_settled(migrate_on_a, container_name, args)
+    finally:
+        b.run(["umount", "-l", str(stage)], check=False)
+        stage.rmdir()
 
 
 @pytest.mark.parametrize(("fault", "rc"), [("source_killed", -9), ("agent_killed", 1),
