@@ -56,6 +56,8 @@ RESTORE_TIMEOUT_S = 600.0
 IMAGE_TIMEOUT_S = 1800.0
 # How long a rollback keeps trying to reach the agent to delete what it made.
 ABORT_RETRY_S = 45.0
+# The last call, after `committed` (nothing depends on its answer).
+BYE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -494,7 +496,10 @@ class Migration:
             self.journal.append("committed")
             self._fault("source:after_commit")
             try:
-                self.conn.call("bye")
+                # Committed: the answer only lets the agent end cleanly. Bounded, so a link
+                # that dies now delays retiring the stale source copy by seconds, not by the
+                # dead-peer timeout.
+                self.conn.call("bye", timeout=BYE_TIMEOUT_S)
             except MigrateError:
                 pass
 

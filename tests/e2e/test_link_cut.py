@@ -8,6 +8,7 @@ its container with its state, and nothing may be left on B.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import threading
 import time
@@ -16,7 +17,9 @@ from typing import Any
 
 import pytest
 from test_handover import (
+    absent,
     assert_counts_on,
+    dest_checkpoints,
     recover,
     start_counter,
     start_run,
@@ -39,10 +42,16 @@ def set_link(lab: Any, up: bool) -> None:
 
 @pytest.mark.parametrize(("point", "rc"), [
     ("before_pause", 1),
+    # Cut while the source is paused, before its CRIU dump: the dump is local and succeeds,
+    # the first call after it meets the dead link.
+    ("after_pause", 1),
     ("mid_stream", 1),
     # `commit` sent into the dead link: in doubt (exit 4), the source stays paused; once the
     # link is back, `migrate recover` finds no `committed` on B and resumes the source.
     ("before_commit", 4),
+    # Committed and answered: only the `bye` is lost; the source retires its copy (exit 0),
+    # B's agent loses its session and keeps the committed copy.
+    ("after_commit", 0),
 ])  # fmt: skip
 def test_link_cut_rolls_back_in_bounded_time(
     point: str, rc: int, lab: Any, migrate_on_a: Any, migrate_args: list[str],
@@ -55,11 +64,17 @@ def test_link_cut_rolls_back_in_bounded_time(
     restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
     try:
         wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2]
         set_link(lab, False)
         t0 = time.monotonic()
         restore.start()
         mark.unlink()
-        _, err = proc.communicate(timeout=BOUND_S + 60)
+        retired = None  # when the source copy was gone (after `committed`)
+        while proc.poll() is None and time.monotonic() - t0 < BOUND_S + 60:
+            if retired is None and rc == 0 and absent(docker_a, container_name):
+                retired = time.monotonic() - t0
+            time.sleep(0.5)
+        _, err = proc.communicate(timeout=60)
         elapsed = time.monotonic() - t0
     finally:
         mark.unlink(missing_ok=True)
@@ -67,14 +82,19 @@ def test_link_cut_rolls_back_in_bounded_time(
         set_link(lab, True)
         if proc.poll() is None:
             proc.kill()
-    print(f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down")
+    print(f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down"
+          + (f", source copy retired after {retired:.1f} s" if retired is not None else ""))
     assert proc.returncode == rc, err
     assert elapsed < BOUND_S, f"the dead link took {elapsed:.0f} s to notice and roll back"
     if rc == 4:
         assert docker_a.containers.get(container_name).status == "paused"
         p = recover(migrate_on_a, container_name, migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
-    else:
+    elif rc == 1:
         assert "Rolled back" in err
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 30), "the destination copy was left on B"
+    here, gone = (docker_b, docker_a) if rc == 0 else (docker_a, docker_b)
+    assert_counts_on(here, container_name, before)
+    assert wait_absent(gone, container_name, 30), "a second copy was left"
+    assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
