@@ -414,7 +414,7 @@ def mountinfo(lab: Any, host: str) -> str:
     ("before_precopy", []),
     # captured frozen (no pre-copy): full in the middle of the paused transfer
     ("before_pause", ["--no-precopy"]),
-])  # fmt: skip
+], ids=["precopy", "frozen"])  # fmt: skip
 def test_destination_disk_full_in_the_read_write_layer(
     point: str, extra: list[str], lab: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
