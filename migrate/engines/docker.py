@@ -1041,4 +1041,9 @@ def _criu_hint(tail: str) -> str:
         return "a `docker exec` session is running in the container: end it and retry"
     if "iptables" in tail:
         return "install iptables (CRIU locks the network with iptables-restore)"
+    if "No space left on device" in tail or "Disk quota exceeded" in tail:
+        return (
+            "the file system of the staging directory (the log path above) is full: free "
+            "space there, about as much as the container's memory, and retry"
+        )
     return "see the CRIU log lines above"

@@ -583,3 +583,30 @@ def test_fault_during_restore(
         assert p.returncode == 0, p.stderr + p.stdout
     assert_counts_on(docker_a, container_name, before)
     assert wait_absent(docker_b, container_name, 45), "a second copy was left"
+
+
+def test_source_disk_full_during_the_checkpoint(
+    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    """A's staging area (where CRIU writes the dump) is a 64 KiB tmpfs, in A's mount namespace
+    where the source runs: the dump of the paused container fails with ENOSPC. Rolled back:
+    the container runs on A with its state (paused by Docker, possibly thawed by the failed
+    dump behind Docker's back: unpause settles both), nothing staged, nothing on B."""
+    a = lab.host("a")
+    before = start_counter(docker_a, test_image, container_name)
+    a.run(["mkdir", "-p", str(STAGING)])
+    a.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(STAGING)])
+    try:
+        p = migrate_on_a("run", container_name, *migrate_args, "--json")
+        assert p.returncode == 1, p.stderr
+        err = json.loads(p.stdout)["error"]
+        assert err["details"]["cause"] == "criu.dump_failed", err
+        assert "Rolled back" in err["message"]
+        assert "is full" in err["hint"], err["hint"]
+        assert_counts_on(docker_a, container_name, before)
+        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert str(a.run(["ls", "-A", str(STAGING)]).stdout).split() == [], "staging left"
+        source_journal_settled(migrate_on_a, container_name, migrate_args)
+    finally:
+        a.run(["umount", "-l", str(STAGING)], check=False)
