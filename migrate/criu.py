@@ -450,3 +450,33 @@ def has_cap_sys_resource(status: Path = Path("/proc/self/status")) -> bool:
     except (OSError, ValueError, IndexError):
         pass
     return False
+
+
+def processes_using(path: Path) -> list[int]:
+    """Pids of the processes still working on ``path``: those whose command line names it
+    (runc's ``checkpoint --image-path``) or whose working directory or open files lie under
+    it (CRIU, runc's child, holds the image directory open). A source killed in the middle
+    of a dump leaves both running: they finish the dump and put the freezer back as they
+    found it, so nobody may resume the container or delete the directory until they end."""
+    root = os.fsencode(str(path))
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes()
+            if re.search(re.escape(root) + rb"(?:/|\x00|$)", args):
+                found.append(int(proc.name))
+                continue
+            links = [proc / "cwd", *(proc / "fd").iterdir()]
+        except OSError:  # gone, or not ours to look at
+            continue
+        for link in links:
+            try:
+                target = os.fsencode(os.readlink(link))
+            except OSError:
+                continue
+            if target == root or target.startswith(root + b"/"):
+                found.append(int(proc.name))
+                break
+    return found

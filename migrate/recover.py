@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__
+from migrate import __version__, criu
 from migrate.engines.base import Engine
 from migrate.errors import Busy, ContainerNotFound, InDoubt, MigrateError
 from migrate.journal import DEFAULT_DIR, Pending, unsettled
@@ -27,6 +28,8 @@ from migrate.transport import Channel
 log = logging.getLogger(__name__)
 
 CALL_TIMEOUT_S = 60.0
+# How long recover waits for a CRIU dump that a killed `migrate run` left running.
+DUMP_WAIT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,7 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
     lock = ContainerLock(p.container_id, label, lock_dir)
     lock.acquire()  # Busy (exit 3) if that migration's process still runs
     try:
+        _wait_for_orphaned_dump(state_dir / "staging" / p.migration_id, label)
         try:
             conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
         except MigrateError as e:
@@ -154,6 +158,29 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
         return Settled(p.migration_id, label, outcome, last, tuple(actions))
     finally:
         lock.release()
+
+
+def _wait_for_orphaned_dump(staging: Path, label: str) -> None:
+    """A `migrate run` killed during the CRIU dump leaves runc and CRIU dumping into its
+    staging directory. When they end they put the freezer back as they found it (frozen):
+    resuming the container before that would see it frozen again behind Docker's back (Docker
+    says running, its tasks stay stopped). So wait for them; still running after
+    DUMP_WAIT_S: in doubt, nothing touched."""
+    deadline = time.monotonic() + DUMP_WAIT_S
+    pids = criu.processes_using(staging)
+    if pids:
+        log.warning("%s: waiting for the dump the killed migration left running (pids %s)",
+                    label, pids)  # fmt: skip
+    while pids:
+        if time.monotonic() > deadline:
+            raise InDoubt(
+                f"{label}: a checkpoint of this migration is still being written into "
+                f"{staging} (pids {', '.join(map(str, pids))})",
+                hint="wait for those processes to end (a large container takes long to "
+                "dump) and run `migrate recover` again",
+            )
+        time.sleep(0.2)
+        pids = criu.processes_using(staging)
 
 
 def _retire_source(p: Pending, engine: Engine) -> list[str]:

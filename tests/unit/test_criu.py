@@ -306,3 +306,26 @@ def test_log_tail_huge_log_reads_only_the_end(tmp_path: Path) -> None:
     assert "the real cause" in tail
     assert tail.splitlines()[-1] == "(99999999) last"
     assert "far before" not in tail
+
+
+def test_processes_using_finds_command_lines_and_working_directories(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    staging = tmp_path / "staging" / "m1"
+    staging.mkdir(parents=True)
+    other = tmp_path / "staging" / "m10"  # a name that merely starts the same
+    other.mkdir()
+    named = subprocess.Popen(["sh", "-c", "sleep 30", str(staging / "checkpoint")])
+    inside = subprocess.Popen(["sleep", "30"], cwd=staging)
+    elsewhere = subprocess.Popen(["sh", "-c", "sleep 30", str(other)], cwd=other)
+    try:
+        time.sleep(0.2)
+        found = criu.processes_using(staging)
+        assert named.pid in found and inside.pid in found
+        assert elsewhere.pid not in found
+    finally:
+        for p in (named, inside, elsewhere):
+            p.kill()
+            p.wait()
+    assert criu.processes_using(staging) == []
