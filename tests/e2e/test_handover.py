@@ -673,3 +673,52 @@ def test_source_killed_during_the_criu_dump_then_recover(
     assert wait_absent(docker_b, container_name), "a copy was left on B"
     assert not staging.exists(), "source staging left"
     source_journal_settled(migrate_on_a, container_name, migrate_args)
+
+
+@pytest.mark.parametrize("victim", ["agent", "source"])
+def test_killed_while_docker_restores_the_checkpoint(
+    victim: str, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The agent (or the source) is SIGKILLed while B's `docker start --checkpoint` is still
+    restoring (128 MiB in a tmpfs make it last seconds; the agent has journalled `restoring`):
+    dockerd finishes the start on its own, so whoever rolls back must not leave that copy
+    running next to the resumed source."""
+    docker_a.containers.run(test_image, ["sh", "-c", COUNTER], name=container_name,
+                            detach=True, tmpfs={"/big": "size=200m"})  # fmt: skip
+    c = docker_a.containers.get(container_name)
+    res = c.exec_run(["dd", "if=/dev/urandom", "of=/big/f", "bs=1048576", "count=128"])
+    assert res.exit_code == 0, res.output
+    before = count(docker_a, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:after_pause")
+    try:
+        wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2]
+        journal = Path("/var/lib/migrate/journal/agent") / f"{migration_id}.jsonl"
+        lock = journal.with_suffix(".lock")
+        mark.unlink()
+        deadline = time.monotonic() + 120
+        while '"restoring"' not in (journal.read_text() if journal.exists() else ""):
+            assert time.monotonic() < deadline and proc.poll() is None, "no restore started"
+            time.sleep(0.01)
+        os.kill(int(lock.read_text().strip()) if victim == "agent" else proc.pid, signal.SIGKILL)
+        state_at_kill = docker_b.containers.get(container_name).status
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    print(f"{victim} killed; B's copy was {state_at_kill}; migrate exited {proc.returncode}")
+    if victim == "agent":
+        assert proc.returncode in (1, 4), err
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    if proc.returncode != 1:
+        p = recover(migrate_on_a, container_name, migrate_args)
+        assert p.returncode == 0, p.stderr + p.stdout
+    assert_counts_on(docker_a, container_name, before)
+    assert wait_absent(docker_b, container_name, 60), "a second copy was left on B"
+    time.sleep(3)  # a restore that completes late would show now
+    assert absent(docker_b, container_name), "a second copy appeared on B"
+    assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+    assert not (STAGING / migration_id).exists(), "source staging left"
+    source_journal_settled(migrate_on_a, container_name, migrate_args)
