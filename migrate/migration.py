@@ -291,18 +291,27 @@ class Migration:
         return out
 
     def _networks(self, spec: ContainerSpec) -> list[NetworkInfo]:
+        """The user-defined networks the container is on (its network mode's and any it was
+        connected to later), each to be created on the destination if missing there."""
         mode = spec.network_mode
-        if mode in ("", "default", "bridge", "none", "host") or mode.startswith("container:"):
+        if mode in ("host", "none") or mode.startswith("container:"):
             return []
-        net = self.engine.network(mode)
-        if net is None:
-            raise Unsupported(f"{spec.name}'s network {mode} is gone on the source")
-        if net.driver != "bridge":
-            raise Unsupported(
-                f"{spec.name} is on network {mode} with driver {net.driver}",
-                hint="only bridge networks (the default and user-defined ones) migrate",
-            )
-        return [net]
+        names = dict.fromkeys([mode, *spec.networks])
+        out = []
+        for name in names:
+            if name in ("", "default", "bridge", "none", "host"):
+                continue
+            net = self.engine.network(name)
+            if net is None:
+                raise Unsupported(f"{spec.name}'s network {name} is gone on the source")
+            if net.driver != "bridge":
+                raise Unsupported(
+                    f"{spec.name} is on network {name} with driver {net.driver}",
+                    hint="only bridge networks (the default and user-defined ones) migrate; "
+                    f"`docker network disconnect {name} {spec.name}` first if it can do without",
+                )
+            out.append(net)
+        return out
 
     def _binds_wire(self) -> list[dict[str, str]]:
         return [{"path": p, "mode": self.opts.bind_mounts} for p in self.binds]

@@ -128,6 +128,9 @@ class ContainerSpec:
     tty: bool
     # Engine-private create parameters (opaque outside the engine that made them).
     raw: Mapping[str, Any] = field(default_factory=dict)
+    # Every network the container is attached to (network_mode's one included): a container
+    # can be on several user-defined networks, and each must exist on the destination.
+    networks: tuple[str, ...] = ()
 
     def to_wire(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -150,7 +153,7 @@ class ContainerSpec:
         for k in ("id", "name", "image_ref", "image_id", "hostname", "working_dir", "user",
                   "restart_policy", "network_mode"):  # fmt: skip
             _want(isinstance(d.setdefault(k, ""), str), k, "a string")
-        for k in ("env", "cmd", "entrypoint"):
+        for k in ("env", "cmd", "entrypoint", "networks"):
             v = d.get(k) or []
             _want(isinstance(v, list | tuple) and all(isinstance(x, str) for x in v), k,
                   "a list of strings")  # fmt: skip

@@ -226,6 +226,7 @@ class DockerEngine:
             mounts=mounts,
             tty=bool(cfg.get("Tty")),
             raw={"Config": cfg, "HostConfig": host, "Endpoints": endpoints},
+            networks=tuple(sorted(networks)),
         )
 
     def create(
@@ -288,7 +289,36 @@ class DockerEngine:
                     hint="remove it there, or choose another name with --name",
                 ) from None
             raise EngineError(f"docker create: {e.explanation or e}") from None
-        return str(res["Id"])
+        cid = str(res["Id"])
+        if not isolated:
+            # The create API takes one network; the others are connected before the start,
+            # so the restored processes find every interface (and address) they had.
+            try:
+                self._connect_extra_networks(cid, mode, endpoints)
+            except EngineError:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.api.remove_container(cid, force=True, v=False)
+                raise
+        return cid
+
+    def _connect_extra_networks(self, cid: str, primary: str, endpoints: Mapping[str, Any]) -> None:
+        for net, ep in sorted(endpoints.items()):
+            if net == primary or net in ("bridge", "host", "none"):
+                continue
+            ipam = dict(ep.get("IPAMConfig") or {})
+            if ipam and not self._user_subnet(net):
+                ipam = {}
+            try:
+                self.api.connect_container_to_network(
+                    cid, net,
+                    aliases=list(ep.get("Aliases") or []) or None,
+                    ipv4_address=ipam.get("IPv4Address") or None,
+                    ipv6_address=ipam.get("IPv6Address") or None,
+                )  # fmt: skip
+            except docker.errors.APIError as e:
+                raise EngineError(
+                    f"docker network connect {net}: {e.explanation or e}"
+                ) from None
 
     def pause(self, ref: str) -> None:
         self._call("pause", self.api.pause, ref)

@@ -98,3 +98,50 @@ def test_rollback_removes_the_network_it_created(
     assert docker_a.containers.get(container_name).status == "running"
     with pytest.raises(docker.errors.NotFound):
         docker_b.networks.get(network)
+
+
+def test_container_on_two_networks_keeps_both(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
+    docker_b: Any, test_image: str, network: str,
+) -> None:  # fmt: skip
+    """Connected to a second network after its creation (with a fixed address and an alias):
+    both networks are created on B and the container is on both, with both addresses, and is
+    reached by name on the second one. Without this the second network was silently lost."""
+    second = f"{network}-2"
+    third = random.randint(1, 250)
+    docker_a.networks.create(second, driver="bridge", ipam=docker.types.IPAMConfig(
+        pool_configs=[docker.types.IPAMPool(subnet=f"172.28.{third}.0/24")]))  # fmt: skip
+    try:
+        docker_a.containers.run(test_image, ["sh", "-c", SERVER], name=container_name,
+                                network=network, detach=True)  # fmt: skip
+        docker_a.networks.get(second).connect(container_name, aliases=["svc-two"],
+                                              ipv4_address=f"172.28.{third}.77")  # fmt: skip
+        nets_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"]
+        body = ""
+        deadline = time.monotonic() + 20
+        while not body:
+            res = docker_a.containers.get(container_name).exec_run(["cat", "/www/i"])
+            body = res.output.decode() if res.exit_code == 0 else ""
+            assert body or time.monotonic() < deadline, "server did not start on A"
+            time.sleep(0.2)
+
+        p = migrate_on_a("run", container_name, *migrate_args)
+        assert p.returncode == 0, p.stderr
+
+        nets_b = docker_b.api.inspect_container(container_name)["NetworkSettings"]["Networks"]
+        assert set(nets_b) == {network, second}
+        for net in (network, second):
+            assert nets_b[net]["IPAddress"] == nets_a[net]["IPAddress"], net
+        assert nets_b[second]["IPAddress"] == f"172.28.{third}.77"
+        assert "svc-two" in (nets_b[second]["Aliases"] or [])
+        out = docker_b.containers.run(test_image, ["wget", "-qO-", "http://svc-two/i"],
+                                      network=second, remove=True)  # fmt: skip
+        assert out.decode() == body
+    finally:
+        for client in (docker_a, docker_b):
+            for c in client.containers.list(all=True, filters={"name": container_name}):
+                c.remove(force=True)
+            try:
+                client.networks.get(second).remove()
+            except docker.errors.NotFound:
+                pass
