@@ -675,15 +675,15 @@ def test_source_killed_during_the_criu_dump_then_recover(
     source_journal_settled(migrate_on_a, container_name, migrate_args)
 
 
-@pytest.mark.parametrize("victim", ["agent", "source"])
+@pytest.mark.parametrize("victim", ["agent", "source", "dockerd"])
 def test_killed_while_docker_restores_the_checkpoint(
     victim: str, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
-    """The agent (or the source) is SIGKILLed while B's `docker start --checkpoint` is still
-    restoring (128 MiB in a tmpfs make it last seconds; the agent has journalled `restoring`):
-    dockerd finishes the start on its own, so whoever rolls back must not leave that copy
-    running next to the resumed source."""
+    """The agent or the source is SIGKILLed, or B's dockerd restarted, while B's `docker
+    start --checkpoint` is still restoring (128 MiB in a tmpfs make it last seconds; the agent
+    has journalled `restoring`): dockerd finishes (or drops) the start on its own, so whoever
+    rolls back must not leave that copy running next to the resumed source."""
     docker_a.containers.run(test_image, ["sh", "-c", COUNTER], name=container_name,
                             detach=True, tmpfs={"/big": "size=200m"})  # fmt: skip
     c = docker_a.containers.get(container_name)
@@ -702,16 +702,25 @@ def test_killed_while_docker_restores_the_checkpoint(
         while '"restoring"' not in (journal.read_text() if journal.exists() else ""):
             assert time.monotonic() < deadline and proc.poll() is None, "no restore started"
             time.sleep(0.01)
-        os.kill(int(lock.read_text().strip()) if victim == "agent" else proc.pid, signal.SIGKILL)
-        state_at_kill = docker_b.containers.get(container_name).status
+        if victim == "dockerd":
+            state_at_kill = docker_b.containers.get(container_name).status
+            restart_dockerd_b(lab)
+        else:
+            os.kill(int(lock.read_text().strip()) if victim == "agent" else proc.pid,
+                    signal.SIGKILL)  # fmt: skip
+            state_at_kill = docker_b.containers.get(container_name).status
     finally:
         mark.unlink(missing_ok=True)
     _, err = proc.communicate(timeout=300)
+    if victim == "dockerd":
+        import docker as docker_sdk
+
+        docker_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
     print(f"{victim} killed; B's copy was {state_at_kill}; migrate exited {proc.returncode}")
-    if victim == "agent":
-        assert proc.returncode in (1, 4), err
-    else:
+    if victim == "source":
         assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode in (1, 4), err
     if proc.returncode != 1:
         p = recover(migrate_on_a, container_name, migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
