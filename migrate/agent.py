@@ -978,6 +978,8 @@ class Agent:
                 log.error("could not remove %s: %s", m.container_id, e)
         if m.staging is not None:
             shutil.rmtree(m.staging, ignore_errors=True)
+        # A lazy restore's work directory (a killed agent's lazy-pages daemon died with it).
+        shutil.rmtree(LAZY_WORK_ROOT / f"lazy-{m.id[:12]}", ignore_errors=True)
         self._rollback_volumes(m)
         m.state = "aborted"
         if m.journal is not None:

@@ -16,12 +16,14 @@ shape CRIU itself writes for a lazy dump.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,24 @@ def split(full: Path, out: Path) -> SplitStats:
     return SplitStats(kept_bytes=kept, lazy_bytes=lazy)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """preexec_fn: the daemon is SIGKILLed when the agent that started it dies. A killed agent
+    means a migration rolled back (its `restored` was never journalled), so the daemon would
+    only serve pages to a removed container, forever: seen in the fault matrix, the daemon
+    outlived a SIGKILLed agent (its own session) with its images deleted under it."""
+
+    def child() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the agent died before the prctl took effect
+            os._exit(1)
+
+    return child
+
+
 class LazyPagesDaemon:
     """``criu lazy-pages`` serving pages from local images, started and reaped by us.
 
@@ -113,7 +133,7 @@ class LazyPagesDaemon:
         log.debug("lazy-pages daemon: %s", argv)
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=_die_with(os.getpid()),
         )  # fmt: skip
         self.t_start = time.monotonic()
         self._wait_socket()

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from migrate import criu
 from migrate.lab import migrate_executable
 
 COUNTER = (
@@ -731,3 +732,51 @@ def test_killed_while_docker_restores_the_checkpoint(
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
     assert not (STAGING / migration_id).exists(), "source staging left"
     source_journal_settled(migrate_on_a, container_name, migrate_args)
+
+
+def test_agent_killed_during_a_lazy_local_restore(
+    lab: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The agent is SIGKILLed while it restores with its local lazy-pages daemon (48 MB of
+    heap in the counter's shell make the restore lazy): the daemon, started in a session of
+    its own, outlives the agent. Rolled back; no daemon, work directory or copy left on B."""
+    fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
+    docker_a.containers.run(test_image, ["sh", "-c", fill_heap + COUNTER],
+                            name=container_name, detach=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if count(docker_a, container_name) >= 5:
+                break
+        except ValueError:
+            pass
+        assert time.monotonic() < deadline, "counter did not start"
+        time.sleep(0.2)
+    before = count(docker_a, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:after_pause")
+    try:
+        wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2]
+        lock = Path("/var/lib/migrate/journal/agent") / f"{migration_id}.lock"
+        work = Path("/run/migrate") / f"lazy-{migration_id[:12]}"
+        mark.unlink()
+        deadline = time.monotonic() + 120
+        while not work.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no lazy restore"
+            time.sleep(0.01)
+        os.kill(int(lock.read_text().strip()), signal.SIGKILL)
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "Rolled back" in err
+    assert_counts_on(docker_a, container_name, before)
+    assert wait_absent(docker_b, container_name, 60), "a second copy was left on B"
+    deadline = time.monotonic() + 30
+    while (work.exists() or criu.processes_using(work)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not criu.processes_using(work), "the lazy-pages daemon was left running"
+    assert not work.exists(), "the lazy-pages work directory was left"
+    assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
