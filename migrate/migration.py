@@ -362,7 +362,7 @@ class Migration:
         self._fault("source:before_precopy")
         with self.timer.phase("precopy", "pre-copying the read-write layer (still running)"):
             upper = Path(self.engine.state(spec.id).upper_dir)
-            pc = PreCopy.start(p.pid for p in self.engine.processes(spec.id))
+            pc = PreCopy.start(lambda: [p.pid for p in self.engine.processes(spec.id)])
             cap = layers.capture(upper, live=True, record=pc.record)
             res = self.conn.call(
                 "precopy_rootfs",

@@ -35,7 +35,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +64,13 @@ class PreCopy:
     files: dict[bytes, Key] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, pids: Iterable[int]) -> PreCopy:
-        # The clock first: a write in progress during the scan below is then either seen
-        # by it or started after this instant.
+    def start(cls, list_pids: Callable[[], Iterable[int]]) -> PreCopy:
+        """``list_pids``: the container's processes, asked *after* the clock is read, so a
+        process that began a write before that instant is in the list (or has exited, its
+        write done) and a write in progress during the scan is either seen by it or began
+        after this instant."""
         started = time.time_ns()
-        return cls(started_ns=started, busy=frozenset(written_paths(pids)))
+        return cls(started_ns=started, busy=frozenset(written_paths(list_pids())))
 
     def record(self, rel: bytes, st: os.stat_result) -> None:
         """layers.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
@@ -143,7 +145,7 @@ def _add_path(out: set[bytes], target: bytes) -> None:
 
 def flush(path: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
     """syncfs(2) of the file system holding ``path``, waited for at most ``timeout_s``; True
-    if it finished. Called at the end of a pre-copy, while the container still runs: the
+    if it finished and succeeded. Called at the end of a pre-copy, while the container still runs: the
     kernel writes dirty pages back 30 s after they were dirtied, and the gigabyte a pre-copy
     just wrote on the destination (or the layer the workload wrote on the source) would
     otherwise be written back during the pause, competing with the checkpoint for the disk
@@ -151,6 +153,7 @@ def flush(path: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
     A syncfs that takes longer (a container writing without pause) is left running in its
     thread: the migration goes on."""
     done = threading.Event()
+    ok: list[bool] = []
 
     def run() -> None:
         try:
@@ -162,6 +165,8 @@ def flush(path: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
         try:
             if _LIBC.syncfs(fd) != 0:
                 log.warning("syncfs of %s: %s", path, os.strerror(ctypes.get_errno()))
+            else:
+                ok.append(True)
         finally:
             os.close(fd)
             done.set()
@@ -170,7 +175,7 @@ def flush(path: Path, timeout_s: float = FLUSH_TIMEOUT_S) -> bool:
     finished = done.wait(timeout_s)
     if not finished:
         log.warning("syncfs of %s still running after %.0f s: going on", path, timeout_s)
-    return finished
+    return finished and bool(ok)
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)

@@ -237,3 +237,21 @@ def test_busy_paths_under_a_volume_are_relative_to_it() -> None:
     sub = pc.under("/var/lib/db")
     assert sub.busy == frozenset({b"wal"}) and sub.started_ns == 1
     assert pc.under("/").busy == pc.busy
+
+
+def test_start_reads_the_clock_before_listing_the_processes() -> None:
+    asked: list[int] = []
+
+    def list_pids() -> list[int]:
+        asked.append(time.time_ns())
+        return []
+
+    pc = precopy.PreCopy.start(list_pids)
+    assert asked and pc.started_ns <= asked[0]
+    assert pc.busy == frozenset()
+
+
+def test_flush_returns_once_the_file_system_is_synced(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 4096)
+    assert precopy.flush(tmp_path, timeout_s=60)
+    assert not precopy.flush(tmp_path / "missing", timeout_s=5)  # logged, not raised
