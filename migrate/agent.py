@@ -978,8 +978,14 @@ class Agent:
                 log.error("could not remove %s: %s", m.container_id, e)
         if m.staging is not None:
             shutil.rmtree(m.staging, ignore_errors=True)
-        # A lazy restore's work directory (a killed agent's lazy-pages daemon died with it).
+        # A lazy restore's work directory (a killed agent's lazy-pages daemon died with it),
+        # and runc's CRIU configuration if that agent died while Docker started the task: left
+        # there, it would make every later checkpoint or restore on this host a lazy one.
         shutil.rmtree(LAZY_WORK_ROOT / f"lazy-{m.id[:12]}", ignore_errors=True)
+        try:
+            self.engine.settle_restore_config()
+        except OSError as e:
+            log.error("could not check runc's CRIU configuration: %s", e)
         self._rollback_volumes(m)
         m.state = "aborted"
         if m.journal is not None:

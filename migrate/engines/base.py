@@ -287,6 +287,11 @@ class Engine(Protocol):
 
     def lazy_restore_blocker(self) -> str: ...
 
+    def settle_restore_config(self) -> None:
+        """Put the runtime's restore configuration right if an agent killed in the middle of
+        a lazy restore left its settings there."""
+        ...
+
     def start_from_checkpoint(
         self, ref: str, name: str, *, lazy: LazyRestore | None = None
     ) -> None: ...

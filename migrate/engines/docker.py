@@ -765,6 +765,11 @@ class DockerEngine:
             return f"{RUNC_CRIU_CONF} sets lazy-pages or work-dir itself"
         return ""
 
+    def settle_restore_config(self) -> None:
+        # Taking the lock exclusively is what puts a killed writer's runc.conf back.
+        with criu_config_lock(exclusive=True):
+            pass
+
     def _task_work(self, cid: str) -> Path:
         return (
             self._exec_root() / "containerd" / "daemon" / "io.containerd.runtime.v2.task"

@@ -734,13 +734,23 @@ def test_killed_while_docker_restores_the_checkpoint(
     source_journal_settled(migrate_on_a, container_name, migrate_args)
 
 
+@pytest.mark.parametrize("moment", ["daemon_started", "runc_conf_written"])
 def test_agent_killed_during_a_lazy_local_restore(
-    lab: Any, migrate_args: list[str], container_name: str,
+    moment: str, lab: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     """The agent is SIGKILLed while it restores with its local lazy-pages daemon (48 MB of
-    heap in the counter's shell make the restore lazy): the daemon, started in a session of
-    its own, outlives the agent. Rolled back; no daemon, work directory or copy left on B."""
+    heap in the counter's shell make the restore lazy): once the daemon runs, or once runc's
+    host-wide CRIU configuration names it (while Docker starts the task). Rolled back; no
+    daemon, work directory, lazy runc configuration or copy left on B."""
+    from migrate.engines.docker import RUNC_CRIU_CONF
+
+    def conf_names(work: Path) -> bool:
+        try:
+            return f"work-dir {work}" in RUNC_CRIU_CONF.read_text()
+        except OSError:
+            return False
+
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
     docker_a.containers.run(test_image, ["sh", "-c", fill_heap + COUNTER],
                             name=container_name, detach=True)  # fmt: skip
@@ -763,9 +773,9 @@ def test_agent_killed_during_a_lazy_local_restore(
         work = Path("/run/migrate") / f"lazy-{migration_id[:12]}"
         mark.unlink()
         deadline = time.monotonic() + 120
-        while not work.exists():
+        while not (work.exists() if moment == "daemon_started" else conf_names(work)):
             assert time.monotonic() < deadline and proc.poll() is None, "no lazy restore"
-            time.sleep(0.01)
+            time.sleep(0.002)
         os.kill(int(lock.read_text().strip()), signal.SIGKILL)
     finally:
         mark.unlink(missing_ok=True)
@@ -779,4 +789,5 @@ def test_agent_killed_during_a_lazy_local_restore(
         time.sleep(0.5)
     assert not criu.processes_using(work), "the lazy-pages daemon was left running"
     assert not work.exists(), "the lazy-pages work directory was left"
+    assert not conf_names(work), "runc's CRIU configuration still names the dead restore"
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
