@@ -19,6 +19,7 @@ import socket
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -480,3 +481,16 @@ def processes_using(path: Path) -> list[int]:
                 found.append(int(proc.name))
                 break
     return found
+
+
+def wait_until_unused(path: Path, timeout: float) -> list[int]:
+    """Wait until no process works on ``path`` (see :func:`processes_using`); the pids still
+    at it after ``timeout`` seconds ([] when none)."""
+    deadline = time.monotonic() + timeout
+    pids = processes_using(path)
+    if pids:
+        log.warning("waiting for processes still working on %s (pids %s)", path, pids)
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pids = processes_using(path)
+    return pids

@@ -56,6 +56,8 @@ RESTORE_TIMEOUT_S = 600.0
 IMAGE_TIMEOUT_S = 1800.0
 # How long a rollback keeps trying to reach the agent to delete what it made.
 ABORT_RETRY_S = 45.0
+# How long a rollback waits for an interrupted CRIU dump to end before resuming the source.
+DUMP_WAIT_S = 120.0
 # The last call, after `committed` (nothing depends on its answer).
 BYE_TIMEOUT_S = 5.0
 
@@ -538,7 +540,17 @@ class Migration:
                     f"cleaning up the destination failed: {e.message} (the agent removes its "
                     "copy when it notices the lost connection; `migrate recover` settles it)"
                 )
-        if self.paused:
+        # Interrupted during the dump (SIGINT kills our runc child, not its CRIU): the dump
+        # ends by putting the freezer back as it found it, frozen, so the container is
+        # resumed only once nothing works on our staging directory any more.
+        dumping = criu.wait_until_unused(self.staging, DUMP_WAIT_S) if self.paused else []
+        if dumping:
+            problems.append(
+                f"a CRIU dump (pids {', '.join(map(str, dumping))}) still writes into "
+                f"{self.staging}: the source stays paused until `migrate recover` (which "
+                "waits for it)"
+            )
+        elif self.paused:
             try:
                 self.engine.unpause(self.opts.container)
                 self.paused = False

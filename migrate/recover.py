@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -166,21 +165,14 @@ def _wait_for_orphaned_dump(staging: Path, label: str) -> None:
     resuming the container before that would see it frozen again behind Docker's back (Docker
     says running, its tasks stay stopped). So wait for them; still running after
     DUMP_WAIT_S: in doubt, nothing touched."""
-    deadline = time.monotonic() + DUMP_WAIT_S
-    pids = criu.processes_using(staging)
+    pids = criu.wait_until_unused(staging, DUMP_WAIT_S)
     if pids:
-        log.warning("%s: waiting for the dump the killed migration left running (pids %s)",
-                    label, pids)  # fmt: skip
-    while pids:
-        if time.monotonic() > deadline:
-            raise InDoubt(
-                f"{label}: a checkpoint of this migration is still being written into "
-                f"{staging} (pids {', '.join(map(str, pids))})",
-                hint="wait for those processes to end (a large container takes long to "
-                "dump) and run `migrate recover` again",
-            )
-        time.sleep(0.2)
-        pids = criu.processes_using(staging)
+        raise InDoubt(
+            f"{label}: a checkpoint of this migration is still being written into "
+            f"{staging} (pids {', '.join(map(str, pids))})",
+            hint="wait for those processes to end (a large container takes long to "
+            "dump) and run `migrate recover` again",
+        )
 
 
 def _retire_source(p: Pending, engine: Engine) -> list[str]:

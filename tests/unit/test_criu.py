@@ -324,8 +324,9 @@ def test_processes_using_finds_command_lines_and_working_directories(tmp_path: P
         found = criu.processes_using(staging)
         assert named.pid in found and inside.pid in found
         assert elsewhere.pid not in found
+        assert set(criu.wait_until_unused(staging, 0.3)) >= {named.pid, inside.pid}
     finally:
         for p in (named, inside, elsewhere):
             p.kill()
             p.wait()
-    assert criu.processes_using(staging) == []
+    assert criu.wait_until_unused(staging, 5) == []
