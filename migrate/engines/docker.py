@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -854,6 +855,7 @@ def _rename_volumes(host: dict[str, Any], names: Mapping[str, str]) -> None:
 RUNC_CRIU_CONF = Path("/etc/criu/runc.conf")
 _CONF_MARKER = "# written by migrate, pid"
 _CONF_LOCK = Path("/run/lock/migrate-runc-criu-conf.lock")
+CONF_LOCK_WAIT_S = 120.0  # a restore holds it exclusively for about a second
 
 
 def _conf_saved() -> Path:
@@ -915,13 +917,47 @@ def criu_config_lock(*, exclusive: bool) -> Iterator[None]:
     lock = _CONF_LOCK if _CONF_LOCK.parent.is_dir() else Path("/tmp") / _CONF_LOCK.name
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Bounded: a stuck holder (a hung restore on this host) must not hang every later
+        # checkpoint and restore here without a word.
+        deadline = time.monotonic() + CONF_LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    holders = _flock_holders(lock)
+                    raise EngineError(
+                        f"runc's CRIU configuration ({RUNC_CRIU_CONF}) has been locked for "
+                        f"{CONF_LOCK_WAIT_S:.0f} s by "
+                        + (f"pid {', '.join(map(str, holders))}" if holders else "another process"),
+                        hint="a restore on this host is stuck: see that process (ps -p PID), "
+                        "then retry",
+                    ) from None
+                time.sleep(0.05)
         _remove_stale_conf()
         if not exclusive:
             fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade: dumps and plain restores may overlap
         yield
     finally:
         os.close(fd)
+
+
+def _flock_holders(path: Path) -> list[int]:
+    """Pids holding an flock on ``path`` (from /proc/locks, by inode)."""
+    try:
+        ino = os.stat(path).st_ino
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    pids = []
+    for line in text.splitlines():
+        f = line.split()
+        if "->" in f:  # a waiter, not a holder
+            continue
+        if len(f) >= 6 and f[1] == "FLOCK" and f[5].endswith(f":{ino}") and f[4].isdigit():
+            pids.append(int(f[4]))
+    return sorted(set(pids))
 
 
 def _remove_stale_conf() -> None:

@@ -75,3 +75,24 @@ def test_admin_lazy_settings_block_the_split_restore(conf: Path) -> None:
     assert eng.lazy_restore_blocker() == ""
     conf.write_text("file-locks\nwork-dir /x\n")
     assert "work-dir" in eng.lazy_restore_blocker()
+
+
+def test_lock_wait_is_bounded_and_names_the_holder(
+    conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+    import os
+
+    from migrate.errors import EngineError
+
+    monkeypatch.setattr(d, "CONF_LOCK_WAIT_S", 0.3)
+    held = os.open(d._CONF_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(EngineError, match=f"pid {os.getpid()}"):
+            with d.criu_config_lock(exclusive=False):
+                pass
+    finally:
+        os.close(held)
+    with d.criu_config_lock(exclusive=True):  # free again: taken at once
+        pass
