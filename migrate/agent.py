@@ -89,6 +89,7 @@ class _Migration:
     networks_made: list[str] = field(default_factory=list)  # removed by a rollback
     precopied: bool = False  # the upper dir holds a pre-copy: only a delta may follow
     volumes_precopied: list[str] = field(default_factory=list)  # likewise, per volume
+    binds_precopied: list[str] = field(default_factory=list)  # and per --bind-mounts copy path
     # The checkpoint images' staging directory when it lies outside the container's own
     # directory (`migrate agent --staging-dir`): `docker rm` does not take it, a rollback must.
     staging: Path | None = None
@@ -507,17 +508,46 @@ class Agent:
         return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
                 "removed": stats.removed}  # fmt: skip
 
-    def h_put_bind(self, *, stream: StreamReader, migration_id: str, path: str) -> dict[str, Any]:
-        m = self._mig(migration_id)
+    def _bind_dir(self, m: _Migration, path: str, *, empty: bool) -> Path:
         target = Path(path)
         if path not in m.binds_reused and not any(
             target == Path(t) or Path(t) in target.parents for t in m.binds_made
         ):
             raise ProtocolError(f"bind mount {path!r} was not prepared for this migration")
-        if any(target.iterdir()):
+        if empty and any(target.iterdir()):
             raise VolumeConflict(f"{path} got content since the precheck: not merged")
+        return target
+
+    def h_put_bind(self, *, stream: StreamReader, migration_id: str, path: str) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        target = self._bind_dir(m, path, empty=True)
         stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_precopy_bind(
+        self, *, stream: StreamReader, migration_id: str, path: str
+    ) -> dict[str, Any]:
+        """--bind-mounts copy: the directory's content read while the source runs (like
+        h_precopy_volume); a rollback removes or empties it as for put_bind."""
+        m = self._mig(migration_id)
+        if path in m.binds_precopied:
+            raise ProtocolError(f"bind mount {path!r} was already pre-copied")
+        target = self._bind_dir(m, path, empty=True)
+        m.binds_precopied.append(path)
+        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        precopy.flush(target)
+        return {"files": stats.members, "bytes": stats.bytes}
+
+    def h_put_bind_delta(
+        self, *, stream: StreamReader, migration_id: str, path: str
+    ) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        if path not in m.binds_precopied:
+            raise ProtocolError(f"put_bind_delta without a pre-copy of {path!r}")
+        target = self._bind_dir(m, path, empty=False)
+        stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
+        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
+                "removed": stats.removed}  # fmt: skip
 
     def h_put_log(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
         """The source's log history, where the new container's log driver appends to it (so

@@ -110,6 +110,7 @@ class Migration:
         self.agent_methods: frozenset[str] = frozenset()  # what the agent said it can do
         self.precopied: PreCopy | None = None  # set once the agent holds a pre-copy
         self.precopied_volumes: dict[str, PreCopy] = {}  # likewise, by volume name
+        self.precopied_binds: dict[str, PreCopy] = {}  # and by bind-mounted host path (copy)
 
     # --- public ---------------------------------------------------------------------------
 
@@ -392,6 +393,19 @@ class Migration:
                     )  # fmt: skip
                     self._count("volumes_precopy", res["_stream"])
                     self.precopied_volumes[v.name] = vpc
+            if (self.opts.bind_mounts == "copy"
+                    and {"precopy_bind", "put_bind_delta"} <= self.agent_methods):  # fmt: skip
+                where = {m.source: m.destination for m in spec.mounts if m.type == "bind"}
+                for path in self.binds:
+                    bpc = pc.under(where.get(path, "/nonexistent"))
+                    res = self.conn.call(
+                        "precopy_bind",
+                        stream=layers.capture(Path(path), live=True, record=bpc.record),
+                        migration_id=self.id, path=path, timeout=RESTORE_TIMEOUT_S,
+                    )  # fmt: skip
+                    self._count("volumes_precopy", res["_stream"])
+                    self.precopied_binds[path] = bpc
+                    precopy.flush(Path(path))  # may be another file system than the layer's
             # What the container wrote is written back now, not during the pause.
             precopy.flush(upper)
         self._fault("source:after_precopy")
@@ -444,10 +458,14 @@ class Migration:
         if self.opts.bind_mounts == "copy":
             for path in self.binds:
                 with self.timer.phase("binds", f"bind mount {path}"):
-                    res = self.conn.call("put_bind", stream=layers.capture(Path(path)),
-                                         migration_id=self.id, path=path,
+                    bpc = self.precopied_binds.get(path)
+                    bcap = (layers.capture(Path(path)) if bpc is None
+                            else layers.capture(Path(path), keep=bpc.unchanged))  # fmt: skip
+                    res = self.conn.call("put_bind" if bpc is None else "put_bind_delta",
+                                         stream=bcap, migration_id=self.id, path=path,
                                          timeout=RESTORE_TIMEOUT_S)  # fmt: skip
                     self._count("volumes", res["_stream"])
+                    self.bytes["volumes_kept"] += bcap.stats.kept_bytes
         log_path = self.engine.log_file(spec.id)
         if log_path is not None and log_path.is_file():
             with self.timer.phase("logs", "log history"):

@@ -155,6 +155,8 @@ METHODS: dict[str, Method] = {
         _m("put_rootfs_delta", stream=True, migration_id=_S),
         _m("precopy_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_volume_delta", stream=True, migration_id=_S, volume=_S),
+        _m("precopy_bind", stream=True, migration_id=_S, path=_S),
+        _m("put_bind_delta", stream=True, migration_id=_S, path=_S),
         # Volume content and the log history, captured while the container is frozen.
         _m("put_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_log", stream=True, migration_id=_S),
