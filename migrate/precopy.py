@@ -41,8 +41,9 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# How long the end of a pre-copy waits for the file system to write back dirty pages.
-FLUSH_TIMEOUT_S = 60.0
+# How long the end of a pre-copy waits for the file system to write back dirty pages: an
+# optimisation, which a disk kept busy by other writers must not turn into a long wait.
+FLUSH_TIMEOUT_S = 10.0
 # Covers the lag of the kernel's coarse clock behind the wall clock (a tick, <= 10 ms) many
 # times over, and small steps of the wall clock.
 RACY_MARGIN_NS = 2_000_000_000
