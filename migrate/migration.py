@@ -365,7 +365,10 @@ class Migration:
         self._fault("source:before_precopy")
         with self.timer.phase("precopy", "pre-copying the read-write layer (still running)"):
             upper = Path(self.engine.state(spec.id).upper_dir)
-            pc = PreCopy.start(lambda: [p.pid for p in self.engine.processes(spec.id)])
+            pids = lambda: [p.pid for p in self.engine.processes(spec.id)]  # noqa: E731
+            pc = PreCopy.start(pids)
+            volumes_pc = pc  # volumes get one pass, from the first one's start
+            t_pass = time.monotonic()
             cap = layers.capture(upper, live=True, record=pc.record)
             res = self.conn.call(
                 "precopy_rootfs",
@@ -378,10 +381,31 @@ class Migration:
             self.precopied = pc
             log.info("pre-copy: %d files (%d bytes) sent while running, %d names skipped",
                      len(pc.files), pc.bytes_recorded, cap.stats.vanished)  # fmt: skip
+            while pc.passes < precopy.MAX_PASSES and pc.worth_another_pass(
+                time.monotonic() - t_pass
+            ):
+                # Another pass while running, a delta over the first: what changed meanwhile
+                # or was too recently changed to vouch for goes now rather than in the freeze.
+                t_pass = time.monotonic()
+                pc = PreCopy.start(pids, previous=pc)
+                cap = layers.capture(upper, live=True, record=pc.record,
+                                     keep=pc.keep_from_previous)  # fmt: skip
+                res = self.conn.call(
+                    "put_rootfs_delta",
+                    stream=cap,
+                    migration_id=self.id,
+                    timeout=RESTORE_TIMEOUT_S,
+                    on_progress=lambda raw, wire: self.progress.transfer("precopy", raw, wire,
+                                                                         None),
+                )  # fmt: skip
+                self._count("rootfs_precopy", res["_stream"])
+                self.precopied = pc
+                log.info("pre-copy pass %d: %d files (%d bytes) sent again, %d kept",
+                         pc.passes, len(pc.files), pc.bytes_recorded, len(pc.kept))  # fmt: skip
             if {"precopy_volume", "put_volume_delta"} <= self.agent_methods:
                 where = {m.name: m.destination for m in spec.mounts if m.type == "volume"}
                 for v in self.volumes:
-                    vpc = pc.under(where.get(v.name, "/nonexistent"))
+                    vpc = volumes_pc.under(where.get(v.name, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_volume",
                         stream=layers.capture(Path(v.mountpoint), live=True, record=vpc.record),
@@ -397,7 +421,7 @@ class Migration:
                     and {"precopy_bind", "put_bind_delta"} <= self.agent_methods):  # fmt: skip
                 where = {m.source: m.destination for m in spec.mounts if m.type == "bind"}
                 for path in self.binds:
-                    bpc = pc.under(where.get(path, "/nonexistent"))
+                    bpc = volumes_pc.under(where.get(path, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_bind",
                         stream=layers.capture(Path(path), live=True, record=bpc.record),

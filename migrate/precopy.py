@@ -41,6 +41,10 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# Pre-copy passes at most (the second is a live delta over the first).
+MAX_PASSES = 2
+# Racy bytes read by a pass that make another pass worth its walk.
+MIN_RACY_BYTES = 1 << 20
 # How long the end of a pre-copy waits for the file system to write back dirty pages: an
 # optimisation, which a disk kept busy by other writers must not turn into a long wait.
 FLUSH_TIMEOUT_S = 10.0
@@ -58,35 +62,66 @@ def file_key(st: os.stat_result) -> Key:
 
 @dataclass
 class PreCopy:
-    """What one pre-copy sent, and the test that decides what the frozen delta leaves out."""
+    """What one pre-copy pass sent, and the test that decides what the next delta (another
+    pass while running, or the frozen one) leaves out.
+
+    A second pass (``previous`` set) is a live delta over the first: files the first pass
+    may keep are only named (``keep_from_previous``), the rest is read and recorded again.
+    It catches what changed during the first pass and files that were too recently changed
+    for the first pass to vouch for (racy), so the freeze does not send them."""
 
     started_ns: int  # wall clock (the clock file timestamps come from) before anything was read
     busy: frozenset[bytes] = frozenset()  # paths open or mapped for writing at that moment
-    files: dict[bytes, Key] = field(default_factory=dict)
+    files: dict[bytes, Key] = field(default_factory=dict)  # read whole by this pass
+    previous: PreCopy | None = None
+    kept: set[bytes] = field(default_factory=set)  # left as the previous pass sent them
+    racy_bytes: int = 0  # bytes read whose ctime was already within the racy margin
 
     @classmethod
-    def start(cls, list_pids: Callable[[], Iterable[int]]) -> PreCopy:
+    def start(
+        cls, list_pids: Callable[[], Iterable[int]], previous: PreCopy | None = None
+    ) -> PreCopy:
         """``list_pids``: the container's processes, asked *after* the clock is read, so a
         process that began a write before that instant is in the list (or has exited, its
         write done) and a write in progress during the scan is either seen by it or began
         after this instant."""
         started = time.time_ns()
-        return cls(started_ns=started, busy=frozenset(written_paths(list_pids())))
+        return cls(started_ns=started, busy=frozenset(written_paths(list_pids())),
+                   previous=previous)  # fmt: skip
 
     def record(self, rel: bytes, st: os.stat_result) -> None:
         """layers.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
         if stat.S_ISREG(st.st_mode):
             self.files[rel] = file_key(st)
+            if st.st_ctime_ns >= self.started_ns - RACY_MARGIN_NS:
+                self.racy_bytes += st.st_size
+
+    def keep_from_previous(self, rel: bytes, st: os.stat_result) -> bool:
+        """layers.KeepFn for a second pass (live lstat: only an optimisation, the frozen
+        delta decides again with the previous pass's record)."""
+        if self.previous is not None and self.previous.unchanged(rel, st):
+            self.kept.add(rel)
+            return True
+        return False
 
     def unchanged(self, rel: bytes, st: os.stat_result) -> bool:
         """layers.KeepFn, asked with the frozen lstat: may ``rel`` be left out of the delta?"""
         key = self.files.get(rel)
+        if key is None:
+            # Not read by this pass: the destination holds what the previous pass sent, if
+            # this pass only named it.
+            prev = self.previous
+            return prev is not None and rel in self.kept and prev.unchanged(rel, st)
         return (
-            key is not None
-            and key == file_key(st)
+            key == file_key(st)
             and st.st_ctime_ns < self.started_ns - RACY_MARGIN_NS
             and rel not in self.busy
         )
+
+    def worth_another_pass(self, seconds: float) -> bool:
+        """A pass that took longer than the racy margin (files changed meanwhile are likely)
+        or read recently changed files (racy: the freeze would send them again)."""
+        return seconds * 1e9 > RACY_MARGIN_NS or self.racy_bytes >= MIN_RACY_BYTES
 
     def under(self, mount_point: str) -> PreCopy:
         """A pre-copy of the tree mounted at ``mount_point`` in the container (a volume):
@@ -99,6 +134,10 @@ class PreCopy:
     @property
     def bytes_recorded(self) -> int:
         return sum(k[1] for k in self.files.values())
+
+    @property
+    def passes(self) -> int:
+        return 1 + (self.previous.passes if self.previous is not None else 0)
 
 
 def written_paths(pids: Iterable[int]) -> set[bytes]:

@@ -255,3 +255,58 @@ def test_flush_returns_once_the_file_system_is_synced(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"x" * 4096)
     assert precopy.flush(tmp_path, timeout_s=60)
     assert not precopy.flush(tmp_path / "missing", timeout_s=5)  # logged, not raised
+
+
+def live_pass(src: Path, dst: Path, pc: precopy.PreCopy) -> layers.CaptureStats:
+    """A second pre-copy pass: a live delta over the previous one."""
+    cap = capture(src, live=True, record=pc.record, keep=pc.keep_from_previous)
+    data = b"".join(cap)
+    apply(_reader(data), dst, policy=ROOTFS_DELTA_POLICY)
+    return cap.stats
+
+
+@needs_root
+def test_a_second_pass_takes_the_racy_files_out_of_the_freeze(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build_everything(src)
+    # Pass 1 "started" now: every file is too recently changed for it to vouch for.
+    pc1 = pre_copy(src, dst, time.time_ns())
+    assert pc1.racy_bytes > 0 and pc1.worth_another_pass(0.1)
+    mutate(src)  # changes during the first pass
+    # Pass 2, as if it started long after: it sends what changed and keeps nothing of pass 1
+    # (pass 1 vouches for nothing), then the freeze sends nothing it read.
+    pc2 = precopy.PreCopy(started_ns=FAR_FUTURE_NS, previous=pc1)
+    s2 = live_pass(src, dst, pc2)
+    assert s2.kept == 0 and pc2.passes == 2
+    frozen = snapshot(src)
+    cstats, _ = delta(src, dst, pc2)
+    full_copy(src, tmp_path / "full")
+    assert snapshot(dst) == frozen == snapshot(tmp_path / "full")
+    assert cstats.bytes == 0 and cstats.kept == len(pc2.files)
+
+
+@needs_root
+def test_files_kept_by_a_second_pass_are_judged_by_the_first(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    build_everything(src)
+    pc1 = pre_copy(src, dst, FAR_FUTURE_NS)
+    (src / "brand-new-1").write_bytes(b"n" * 100)
+    pc2 = precopy.PreCopy(started_ns=FAR_FUTURE_NS, previous=pc1)
+    s2 = live_pass(src, dst, pc2)
+    assert s2.kept == len(pc2.kept) > 0 and b"brand-new-1" in pc2.files
+    # A file the second pass only named changes before the pause: the freeze sends it.
+    busybox = src / "bin" / "busybox"
+    assert b"bin/busybox" in pc2.kept
+    st = os.stat(busybox)
+    data = bytearray(busybox.read_bytes())
+    data[5] ^= 0xFF
+    with open(busybox, "r+b") as f:
+        f.write(data)
+    os.utime(busybox, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.chmod(busybox, 0o4755)
+    frozen = snapshot(src)
+    cstats, _ = delta(src, dst, pc2)
+    assert snapshot(dst) == frozen
+    assert cstats.bytes >= len(data)
