@@ -15,13 +15,14 @@ import os
 import platform
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__, criu, layers, lazy_pages, precopy
+from migrate import __version__, criu, layers, lazy_pages, postcopy, precopy
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
@@ -31,6 +32,7 @@ from migrate.errors import (
     Incompatible,
     MigrateError,
     NameConflict,
+    PostcopyFailed,
     ProtocolError,
     RestoreFailed,
     Unsupported,
@@ -65,6 +67,8 @@ LAZY_RESTORE_MIN_BYTES = 16 << 20
 ENV_LAZY_RESTORE = "MIGRATE_LAZY_RESTORE"  # "0": always restore the plain way
 # Short: the daemon's unix socket lives here and socket paths are limited to 108 bytes.
 LAZY_WORK_ROOT = Path("/run/migrate")
+# Post-copy: the longest a restored container may wait for the rest of its memory.
+POSTCOPY_TIMEOUT_S = 1800.0
 # The source may go quiet for a long time while it dumps a large container.
 IDLE_TIMEOUT_S = 900.0
 # Label on every drill container: which drill made it (and that it is one).
@@ -94,9 +98,25 @@ class _Migration:
     # directory (`migrate agent --staging-dir`): `docker rm` does not take it, a rollback must.
     staging: Path | None = None
     journal: Journal | None = None
+    postcopy: _Postcopy | None = None  # --strategy lazy, from `restored` to the last page
     # Held by the agent process serving this migration, so another agent (started by
     # `migrate recover` or a rollback over a new session) never acts on it at the same time.
     lock: PidLock | None = None
+
+
+@dataclass
+class _Postcopy:
+    """A restored container whose memory still arrives from the source (postcopy.py)."""
+
+    daemon: lazy_pages.LazyPagesDaemon
+    relay: postcopy.PageRelay
+    full: Path  # the images the daemon reads (removed when it is done)
+    t_running: float
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, Any] = field(default_factory=dict)
+    error: MigrateError | None = None
+    stopped: bool = False  # the destination copy was killed (its memory is incomplete)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
@@ -167,8 +187,20 @@ class Agent:
                     return self._abandon()
             return 0
         finally:
+            self._stop_postcopies()
             self._rollback_uncommitted("agent exiting")
             self._remove_drills()
+
+    def _stop_postcopies(self) -> None:
+        """The agent is leaving while a post-copy still runs (the source went away): stop the
+        container first, then the daemon (never the other way round: postcopy.py)."""
+        for m in self._migrations.values():
+            pc = m.postcopy
+            if pc is None or pc.done.is_set():
+                continue
+            self._stop_copy(m, "the agent is exiting before the last page arrived")
+            pc.daemon.kill()
+            pc.done.wait(30)
 
     def _send_quietly(self, msg: dict[str, Any]) -> None:
         try:
@@ -264,6 +296,7 @@ class Agent:
     def h_precheck(
         self, *, spec: dict[str, Any], name: str, criu_version: list[Any],
         volumes: list[Any] | None = None, binds: list[Any] | None = None,
+        lazy: bool = False,
     ) -> dict:  # fmt: skip
         info = self.engine.info()
         if not info.experimental:
@@ -305,7 +338,21 @@ class Agent:
             self._volume_plan(v)
         for path, mode in _binds(binds):
             bind_plan(path, mode)
-        return {"ok": True}
+        if not lazy:
+            return {"ok": True}
+        why = self._postcopy_blocker(caps)
+        return {"ok": True, "lazy": {"ok": not why, "why": why}}
+
+    def _postcopy_blocker(self, caps: criu.CriuCapabilities | None = None) -> str:
+        """Why a post-copy restore cannot be done here ("" when it can)."""
+        if caps is None:
+            caps = criu.capabilities(criu.find_criu())
+        if not caps.lazy_pages:
+            return ("`criu check --feature uffd-noncoop` fails on the destination (no "
+                    "non-cooperative userfaultfd in its kernel)")  # fmt: skip
+        if blocker := self.engine.lazy_restore_blocker():
+            return blocker
+        return ""
 
     def _volume_plan(self, want: VolumeInfo) -> bool:
         """Whether ``want`` must be created here (True) or an empty one of the same kind can
@@ -588,11 +635,13 @@ class Agent:
                 img.write_bytes(b"\x00" * 16)
         return {"files": stats.members, "bytes": stats.bytes}
 
-    def h_restore(self, *, migration_id: str) -> dict[str, Any]:
+    def h_restore(self, *, migration_id: str, page_server_port: int | None = None) -> dict[str, Any]:
         m = self._mig(migration_id)
         assert m.journal is not None
         t0 = time.monotonic()
         m.journal.append("restoring")
+        if page_server_port is not None:
+            return self._restore_postcopy(m, page_server_port, t0)
         full = self._staging(m)
         target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
         split = self._split_for_lazy_restore(full, target)
@@ -636,6 +685,121 @@ class Agent:
             res["memory_fill_s"] = fill_s
             res["lazy_bytes"] = split.lazy_bytes
         return res
+
+    def _restore_postcopy(self, m: _Migration, port: int, t0: float) -> dict[str, Any]:
+        """Start the container while its memory is still on the source: a lazy-pages daemon
+        fetches it through the relay and the SSH tunnel (postcopy.py). Answers as soon as the
+        container runs; a supervisor thread follows the rest (h_postcopy_wait)."""
+        assert m.journal is not None
+        if not 0 < port < 65536:
+            raise ProtocolError(f"restore: bad page-server port {port}")
+        if why := self._postcopy_blocker():
+            raise Unsupported(f"post-copy restore impossible here: {why}",
+                              hint="use --strategy cold")  # fmt: skip
+        criu_bin = criu.find_criu()
+        assert criu_bin is not None  # checked by _postcopy_blocker
+        full = self._staging(m)
+        target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
+        # Only the small non-memory images: Docker gets a copy, the daemon reads these.
+        shutil.copytree(full, target)
+        work = LAZY_WORK_ROOT / f"post-{m.id[:12]}"
+        shutil.rmtree(work, ignore_errors=True)
+        pc: _Postcopy | None = None
+        relay = postcopy.PageRelay(port, on_broken=lambda why: self._stop_copy(m, why))
+        daemon: lazy_pages.LazyPagesDaemon | None = None
+        try:
+            # -v4: the daemon logs each page fault, which is how on-demand pages are counted.
+            daemon = lazy_pages.LazyPagesDaemon(criu_bin, full, work, verbosity=4,
+                                                page_server=(postcopy.LOOPBACK, relay.port))  # fmt: skip
+            self.engine.start_from_checkpoint(m.container_id, m.checkpoint,
+                                              lazy=LazyRestore(work_dir=work))  # fmt: skip
+            t_running = self._wait_running(m.container_id)
+            pc = _Postcopy(daemon=daemon, relay=relay, full=full, t_running=t_running)
+            m.postcopy = pc
+        finally:
+            if pc is None:  # not running: nothing resumed, the source's copy is the container
+                if daemon is not None:
+                    daemon.kill()
+                relay.close()
+                shutil.rmtree(work, ignore_errors=True)
+                shutil.rmtree(full, ignore_errors=True)
+        threading.Thread(target=self._supervise_postcopy, args=(m, pc), daemon=True,
+                         name=f"postcopy-{m.id[:8]}").start()  # fmt: skip
+        self._wait_fault("restoring", m.name)
+        running_s = t_running - t0
+        m.state = "restored"
+        m.journal.append("restored", restore_s=running_s, running_s=running_s, mode="postcopy")
+        return {"container_id": m.container_id, "restore_s": running_s, "running_s": running_s,
+                "restore_mode": "postcopy"}  # fmt: skip
+
+    def _supervise_postcopy(self, m: _Migration, pc: _Postcopy) -> None:
+        """Wait for the last page; on any failure stop the destination copy (its memory is
+        incomplete) before anything else; journal the outcome; clean up."""
+        try:
+            try:
+                rc: int | None = pc.daemon.proc.wait(timeout=POSTCOPY_TIMEOUT_S)
+            except Exception:  # noqa: BLE001 - TimeoutExpired, or anything: a failure
+                rc = None
+            t_end = time.monotonic()
+            if rc == 0 and not pc.relay.broken:
+                stats = postcopy.page_stats(pc.daemon.log_path)
+                pc.result = {"postcopy_s": t_end - pc.t_running, "bytes": pc.relay.bytes_down}
+                if stats is not None:
+                    pc.result.update(pages_total=stats.total, pages_copied=stats.copied,
+                                     pages_on_demand=stats.faults,
+                                     pages_background=stats.background)  # fmt: skip
+                if m.journal is not None:
+                    m.journal.append("postcopy_done", **pc.result)
+                return
+            why = pc.relay.broken or (
+                f"the lazy-pages daemon did not finish in {POSTCOPY_TIMEOUT_S:.0f} s"
+                if rc is None else f"the lazy-pages daemon failed (exit {rc})"
+            )
+            self._stop_copy(m, why)
+            tail = log_tail_safe(pc.daemon.log_path)
+            pc.error = PostcopyFailed(
+                f"post-copy on the destination failed: {why}; the destination copy was "
+                f"stopped (its memory is incomplete)\nlazy-pages log, last lines:\n{tail}",
+                details={"criu_log": tail},
+            )
+            if m.journal is not None:
+                m.journal.append("postcopy_failed", reason=why)
+        finally:
+            pc.daemon.kill()
+            pc.relay.close()
+            shutil.rmtree(pc.daemon.work, ignore_errors=True)
+            shutil.rmtree(pc.full, ignore_errors=True)
+            pc.done.set()
+
+    def _stop_copy(self, m: _Migration, why: str) -> None:
+        """Kill the destination copy whose memory can no longer be completed. Runs from the
+        relay's thread too: a fresh engine client, and only once."""
+        pc = m.postcopy
+        if pc is not None:
+            with pc.lock:
+                if pc.stopped:
+                    return
+                pc.stopped = True
+        log.error("stopping %s: post-copy failed (%s)", m.name, why)
+        try:
+            self.engine_factory().kill(m.container_id)
+        except MigrateError as e:
+            log.error("could not stop %s: %s", m.name, e.message)
+
+    def h_postcopy_wait(self, *, migration_id: str, timeout_s: float) -> dict[str, Any]:
+        m = self._mig(migration_id)
+        pc = m.postcopy
+        if pc is None:
+            raise ProtocolError(f"migration {migration_id} has no post-copy running")
+        if not pc.done.wait(max(0.0, min(timeout_s, POSTCOPY_TIMEOUT_S))):
+            self._stop_copy(m, f"not finished after {timeout_s:.0f} s")
+            pc.daemon.kill()  # the supervisor journals and cleans up
+            pc.done.wait(30)
+        if pc.error is not None:
+            raise pc.error
+        if not pc.result:
+            raise PostcopyFailed("post-copy did not finish", hint="see the agent's log")
+        return dict(pc.result)
 
     def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
         """Give Docker the checkpoint without its lazy memory when that is worth it and
@@ -710,8 +874,10 @@ class Agent:
         m.journal.append("committed", container_id=m.container_id)  # point of no return
         m.state = "committed"
         self._fault("agent:exit_after_commit")
-        # The checkpoint images have served their purpose; do not leave them behind.
-        shutil.rmtree(self._staging(m), ignore_errors=True)
+        # The checkpoint images have served their purpose; do not leave them behind (the
+        # post-copy daemon's own copy goes when it is done).
+        if m.postcopy is None:
+            shutil.rmtree(self._staging(m), ignore_errors=True)
         try:
             shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
         except OSError as e:
@@ -1065,6 +1231,13 @@ class Agent:
         if point in self.faults:
             log.error("fault injected: agent exits at %s", point)
             os._exit(137)
+
+
+def log_tail_safe(path: Path) -> str:
+    try:
+        return criu.log_tail(path)
+    except OSError:
+        return ""
 
 
 def _spec(data: dict[str, Any]) -> ContainerSpec:

@@ -345,7 +345,15 @@ def _print_report(rep: Report) -> None:
     t.add_column(style="bold")
     t.add_column()
     t.add_row("destination name", f"{rep.dest_name} ({rep.dest_container_id[:12]})")
+    t.add_row("strategy", rep.strategy + (f" ({rep.strategy_note})" if rep.strategy_note else ""))
     t.add_row("downtime", "-" if rep.downtime_s is None else f"{rep.downtime_s:.3f} s")
+    if rep.postcopy:
+        pc = rep.postcopy
+        pages = ""
+        if "pages_total" in pc:
+            pages = (f": {pc['pages_total']} pages, {pc.get('pages_on_demand', 0)} fetched on "
+                     f"demand, {pc.get('pages_background', 0)} pushed in the background")  # fmt: skip
+        t.add_row("post-copy", f"{float(pc.get('postcopy_s', 0)):.3f} s after resuming{pages}")
     t.add_row("total", f"{rep.total_s:.3f} s")
     b = rep.bytes
     t.add_row(
@@ -418,8 +426,12 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
     strategy: str = typer.Option(
-        "cold", "--strategy", help="cold (stop-and-copy, always rolls back) | lazy | auto."
-    ),
+        "cold", "--strategy",
+        help="cold (default: stop-and-copy, can always roll back) | lazy (post-copy: the "
+        "container resumes on the destination before its memory has moved; shorter downtime, "
+        "but a link lost before the last page has no rollback) | auto (lazy where both hosts "
+        "can do it, else cold; choosing it accepts lazy's risk).",
+    ),  # fmt: skip
     dest_docker_host: str | None = _DEST_DOCKER_HOST,
     bind_mounts: str = typer.Option(
         "refuse", "--bind-mounts",
@@ -444,11 +456,9 @@ def run(
     from migrate.engines.docker import DockerEngine
     from migrate.migration import Migration, RunOptions, faults_from_env
 
-    if strategy not in ("cold", "auto"):
-        fail(UsageError(
-            f"strategy {strategy!r} is not available yet",
-            hint="use --strategy cold (auto selects cold on this version)",
-        ))
+    if strategy not in ("cold", "lazy", "auto"):
+        fail(UsageError(f"--strategy {strategy!r} is not one of cold, lazy, auto",
+                        hint="see `migrate run --help`"))  # fmt: skip
     if bind_mounts not in ("refuse", "same-path", "copy"):
         fail(UsageError(f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
                         hint="see docs/mounts-and-networks.md"))  # fmt: skip
@@ -465,7 +475,7 @@ def run(
                 name=name,
                 keep_source=keep_source,
                 dry_run=dry_run,
-                strategy="cold",
+                strategy=strategy,
                 bind_mounts=bind_mounts,
                 precopy=precopy,
                 faults=faults_from_env(),

@@ -295,6 +295,16 @@ class InDoubt(MigrateError):
 
 
 @_register
+class PostcopyFailed(MigrateError):
+    """Post-copy was interrupted after the destination copy had resumed: no rollback exists."""
+
+    code = "postcopy.interrupted"
+    # Not 1: nothing was rolled back and no copy runs. The operator decides (the hint says
+    # how); `migrate recover` does not, because neither journal can say which copy is right.
+    exit_code = EXIT_IN_DOUBT
+
+
+@_register
 class LabError(MigrateError):
     """The sandbox lab could not be brought up."""
 

@@ -68,7 +68,9 @@ class Journal:
 
 
 # Last source-journal events after which nothing is left to settle.
-SETTLED = frozenset({"done", "rolled_back", "recovered"})
+# postcopy_failed: settled as far as the tool goes; no rollback exists and the operator
+# decides between the copies (docs/architecture.md, "Post-copy").
+SETTLED = frozenset({"done", "rolled_back", "recovered", "postcopy_failed"})
 
 
 @dataclass(frozen=True)

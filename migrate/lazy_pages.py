@@ -123,13 +123,20 @@ class LazyPagesDaemon:
     The restoring CRIU finds it through ``lazy-pages.socket`` in the shared work directory
     (runc's CRIU configuration names that directory: see engines/docker.py)."""
 
-    def __init__(self, criu_bin: str, images: Path, work: Path) -> None:
+    def __init__(
+        self, criu_bin: str, images: Path, work: Path, *,
+        page_server: tuple[str, int] | None = None, verbosity: int = 2,
+    ) -> None:  # fmt: skip
+        """``page_server``: fetch the pages from that address (post-copy, postcopy.py) instead
+        of the images' own pages files."""
         self.images = images
         self.work = work
         self.log_path = work / DAEMON_LOG
         work.mkdir(parents=True, exist_ok=True)
         argv = [criu_bin, "lazy-pages", "-D", str(images), "-W", str(work),
-                "-o", DAEMON_LOG, "-v2"]  # fmt: skip
+                "-o", DAEMON_LOG, f"-v{verbosity}"]  # fmt: skip
+        if page_server is not None:
+            argv += ["--page-server", "--address", page_server[0], "--port", str(page_server[1])]
         log.debug("lazy-pages daemon: %s", argv)
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__, criu, layers, precopy
+from migrate import __version__, criu, layers, postcopy, precopy
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.errors import (
     Busy,
@@ -46,7 +46,7 @@ from migrate.lock import ContainerLock
 from migrate.precopy import PreCopy
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import Bytes, NullProgress, Progress, Report, Timer
-from migrate.transport import Channel
+from migrate.transport import Channel, Tunnel
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ CALL_TIMEOUT_S = 60.0
 # Restoring goes through containerd's content store: seconds per GB of memory.
 RESTORE_TIMEOUT_S = 600.0
 IMAGE_TIMEOUT_S = 1800.0
+# Post-copy: how long the destination may take to pull every page, and how long the source's
+# page server may take to exit after the last one.
+POSTCOPY_TIMEOUT_S = 1800.0
+PAGE_SERVER_EXIT_S = 60.0
+STRATEGIES = ("cold", "lazy", "auto")
 # How long a rollback keeps trying to reach the agent to delete what it made.
 ABORT_RETRY_S = 45.0
 # How long a rollback waits for an interrupted CRIU dump to end before resuming the source.
@@ -69,7 +74,7 @@ class RunOptions:
     name: str | None = None
     keep_source: bool = False
     dry_run: bool = False
-    strategy: str = "cold"
+    strategy: str = "cold"  # cold | lazy | auto (docs/architecture.md, "Post-copy")
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
     # Stream the read-write layer while the container runs; only what changed goes in the
@@ -111,6 +116,12 @@ class Migration:
         self.precopied: PreCopy | None = None  # set once the agent holds a pre-copy
         self.precopied_volumes: dict[str, PreCopy] = {}  # likewise, by volume name
         self.precopied_binds: dict[str, PreCopy] = {}  # and by bind-mounted host path (copy)
+        # The strategy this run uses (auto resolved in the precheck) and, for auto, why.
+        self.strategy = self.opts.strategy if self.opts.strategy != "auto" else "cold"
+        self.strategy_note = ""
+        self.page_server: postcopy.PageServer | None = None
+        self.tunnel: Tunnel | None = None
+        self.postcopy: dict[str, Any] = {}
 
     # --- public ---------------------------------------------------------------------------
 
@@ -131,6 +142,9 @@ class Migration:
             self._precopy(spec)
             self._freeze_and_move(spec)
             self._commit(spec)
+            if self.page_server is not None:
+                self._postcopy(spec)
+            self._bye()
             action = self._finish_source(spec)
             return self._report("migrated", t0, action)
         except InDoubt:
@@ -144,6 +158,10 @@ class Migration:
         except KeyboardInterrupt:
             raise self._rollback(MigrateError("interrupted")) from None
         finally:
+            if self.page_server is not None:
+                self.page_server.kill()
+            if self.tunnel is not None:
+                self.tunnel.close()
             shutil.rmtree(self.staging, ignore_errors=True)
             if self.conn is not None:
                 self.conn.close()
@@ -202,6 +220,10 @@ class Migration:
             self.dest_name = self.opts.name or spec.name
             self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S,
                                    level=self.opts.compression_level)
+            # None: post-copy possible on this side (the agent is asked about its own).
+            lazy_why = None if self.opts.strategy != "cold" else "not asked"
+            if lazy_why is None:
+                lazy_why = self._source_postcopy_blocker(caps) or None
             hello = self.conn.call(
                 "hello",
                 protocol=PROTOCOL_VERSION,
@@ -213,16 +235,62 @@ class Migration:
             methods = hello.get("methods")
             if isinstance(methods, list):
                 self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
-            self.conn.call(
+            if lazy_why is None and "postcopy_wait" not in self.agent_methods:
+                lazy_why = "the destination's migrate is too old for post-copy"
+            res = self.conn.call(
                 "precheck",
                 spec=spec.to_wire(),
                 name=self.dest_name,
                 criu_version=list(caps.version),
                 volumes=[v.to_wire() for v in self.volumes],
                 binds=self._binds_wire(),
+                **({"lazy": True} if lazy_why is None else {}),  # type: ignore[arg-type]
             )
+            self._choose_strategy(lazy_why, res)
             self._check_cpu()
             return spec
+
+    def _source_postcopy_blocker(self, caps: criu.CriuCapabilities) -> str:
+        """Why this host cannot serve a post-copy ("" when it can)."""
+        from migrate.check import check_pipe_max_size
+
+        if not caps.lazy_pages:
+            return ("`criu check --feature uffd-noncoop` fails on the source (no "
+                    "non-cooperative userfaultfd)")  # fmt: skip
+        pipe = check_pipe_max_size(_read_int(Path("/proc/sys/fs/pipe-max-size")),
+                                   0xFFFFFFFFFF if criu.has_cap_sys_resource() else 0)  # fmt: skip
+        if not pipe.ok:
+            return f"{pipe.problem} (fix: {pipe.fix})"
+        assert self.conn is not None
+        if not hasattr(self.conn.ch, "reverse_tunnel"):
+            return "this transport cannot carry the page-server link"
+        return ""
+
+    def _choose_strategy(self, source_why: str | None, res: dict[str, Any]) -> None:
+        """Resolve --strategy: lazy needs both sides able to do post-copy (refused, exit 3,
+        when they cannot); auto takes lazy where it can and cold otherwise."""
+        if self.opts.strategy == "cold":
+            return
+        why = source_why or ""
+        if not why:
+            lazy = res.get("lazy")
+            if not isinstance(lazy, dict):
+                why = "the destination did not say whether it can restore lazily"
+            elif not lazy.get("ok"):
+                why = str(lazy.get("why") or "the destination cannot restore lazily")
+        if not why:
+            self.strategy = "lazy"
+            return
+        if self.opts.strategy == "auto":
+            self.strategy, self.strategy_note = "cold", f"lazy impossible: {why}"
+            log.info("--strategy auto: cold (%s)", why)
+            return
+        raise Unsupported(
+            f"--strategy lazy is impossible: {why}",
+            hint="fix that (`migrate check --to DEST` lists it), or use --strategy cold, which "
+            "always works and can always roll back",
+            details={"strategy": "lazy"},
+        )
 
     def _check_cpu(self) -> None:
         """A checkpoint restores only on a CPU with the features its programs may use: ask the
@@ -446,7 +514,11 @@ class Migration:
             self.paused = True
         self._fault("source:after_pause")
         with self.timer.phase("checkpoint", "CRIU checkpoint"):
-            self.engine.checkpoint(spec.id, img_dir, work_dir)
+            if self.strategy == "lazy":
+                # The memory stays here, served on demand once the destination runs.
+                self.page_server = self.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
+            else:
+                self.engine.checkpoint(spec.id, img_dir, work_dir)
         upper = Path(self.engine.state(spec.id).upper_dir)
         with self.timer.phase("rootfs", "read-write layer"):
             pc = self.precopied
@@ -508,10 +580,16 @@ class Migration:
                 ),
             )
             self._count("checkpoint", res["_stream"])
+        tunnel = None
+        if self.page_server is not None:
+            tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
+            self.tunnel = tunnel
         self._fault("source:before_restore")
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
-            res = self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S)
+            extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            res = self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S,
+                                 **extra)  # fmt: skip
             self.downtime = time.monotonic() - self.t_pause
             running_s = res.get("running_s")
             if isinstance(running_s, (int, float)) and 0 <= running_s:
@@ -523,6 +601,62 @@ class Migration:
             self.timer.phases["restore_memory_fill"] = round(float(fill), 4)
         self.journal.append("restored", downtime_s=self.downtime,
                             restore_mode=str(res.get("restore_mode", "")))
+
+    def _postcopy(self, spec: ContainerSpec) -> None:
+        """Committed, running on the destination; wait until every page has moved. A failure
+        here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
+        assert self.conn is not None and self.page_server is not None
+        self.journal.append("postcopy")
+        hold = getattr(self.tunnel, "hold", None)
+        if "source:wait:postcopy" in self.opts.faults and hold is not None:
+            hold()  # the test breaks the link while post-copy is surely unfinished
+        self._fault("source:postcopy")
+        ps = self.page_server
+        with self.timer.phase("postcopy", "moving the rest of the memory"):
+            t0 = time.monotonic()
+            try:
+                res = self.conn.call("postcopy_wait", migration_id=self.id,
+                                     timeout_s=POSTCOPY_TIMEOUT_S,
+                                     timeout=POSTCOPY_TIMEOUT_S + CALL_TIMEOUT_S)  # fmt: skip
+            except MigrateError as e:
+                # Reset the page server's connection first: CRIU then fails the dump and
+                # leaves the tasks frozen. Killing CRIU instead would thaw them.
+                if self.tunnel is not None:
+                    self.tunnel.close()
+                    self.tunnel = None
+                rc = ps.wait(PAGE_SERVER_EXIT_S)
+                ps.kill()
+                try:
+                    self.engine.ensure_frozen(spec.id)
+                except MigrateError as e2:
+                    log.error("could not keep the source copy frozen: %s", e2.message)
+                self.journal.append("postcopy_failed", reason=e.message, page_server_rc=rc)
+                self.paused = False  # never unpaused by us: the operator decides
+                raise postcopy.interrupted(
+                    e.message, spec.name,
+                    {"cause": e.code, "migration_id": self.id,
+                     "page_server": ps.failure_text()[-2000:]},
+                ) from None
+            rc = ps.wait(PAGE_SERVER_EXIT_S)
+            if rc != 0:
+                log.warning("the source's page server ended with %s after the last page: %s",
+                            rc, ps.failure_text()[-500:])  # fmt: skip
+            ps.kill()
+        self.postcopy = {"postcopy_s": float(res.get("postcopy_s") or time.monotonic() - t0)}
+        for k in ("pages_total", "pages_on_demand", "pages_background", "bytes"):
+            if isinstance(res.get(k), int):
+                self.postcopy[k] = res[k]
+        self.journal.append("postcopy_done", **self.postcopy)
+
+    def _bye(self) -> None:
+        assert self.conn is not None
+        try:
+            # Committed: the answer only lets the agent end cleanly. Bounded, so a link that
+            # dies now delays retiring the stale source copy by seconds, not by the
+            # dead-peer timeout.
+            self.conn.call("bye", timeout=BYE_TIMEOUT_S)
+        except MigrateError:
+            pass
 
     def _commit(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
@@ -548,17 +682,12 @@ class Migration:
                 raise
             self.journal.append("committed")
             self._fault("source:after_commit")
-            try:
-                # Committed: the answer only lets the agent end cleanly. Bounded, so a link
-                # that dies now delays retiring the stale source copy by seconds, not by the
-                # dead-peer timeout.
-                self.conn.call("bye", timeout=BYE_TIMEOUT_S)
-            except MigrateError:
-                pass
 
     def _finish_source(self, spec: ContainerSpec) -> str:
         with self.timer.phase("cleanup", "retiring the source copy"):
-            self.engine.kill(spec.id)
+            st = self.engine.state(spec.id)
+            if st.running or st.paused:  # after post-copy CRIU has killed the tasks already
+                self.engine.kill(spec.id)
             if self.opts.keep_source:
                 action = "stopped"
             else:
@@ -582,6 +711,9 @@ class Migration:
                     f"cleaning up the destination failed: {e.message} (the agent removes its "
                     "copy when it notices the lost connection; `migrate recover` settles it)"
                 )
+        if self.page_server is not None:
+            # Before the unpause: the dump's CRIU still holds the frozen tasks.
+            self.page_server.kill()
         # Interrupted during the dump (SIGINT kills our runc child, not its CRIU): the dump
         # ends by putting the freezer back as it found it, frozen, so the container is
         # resumed only once nothing works on our staging directory any more.
@@ -679,7 +811,9 @@ class Migration:
             destination=self.opts.destination,
             dest_name=self.dest_name,
             dest_container_id=self.dest_container_id,
-            strategy=self.opts.strategy,
+            strategy=self.strategy,
+            strategy_note=self.strategy_note,
+            postcopy=dict(self.postcopy) or None,
             downtime_s=self.downtime,
             total_s=time.monotonic() - t0,
             phases=dict(self.timer.phases),
@@ -710,6 +844,13 @@ def check_process_owners(engine: Engine, spec: ContainerSpec) -> None:
         "run as root migrate here",
         details={"pids": [p.pid for p in others]},
     )
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:

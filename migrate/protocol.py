@@ -142,7 +142,9 @@ METHODS: dict[str, Method] = {
     m.name: m
     for m in (
         _m("hello", protocol=_I, min_protocol=_I, software=_S, faults=_L),
-        _m("precheck", spec=_D, name=_S, criu_version=_L, volumes=_OL, binds=_OL),
+        # lazy: also say whether a post-copy restore (--strategy lazy) can be done here.
+        _m("precheck", spec=_D, name=_S, criu_version=_L, volumes=_OL, binds=_OL,
+           lazy=Param("bool", required=False)),
         _m("cpuinfo_check", image_b64=_S),
         _m("image_status", image_id=_S, diff_ids=_L),
         _m("load_image", stream=True, image_id=_S),
@@ -162,7 +164,9 @@ METHODS: dict[str, Method] = {
         _m("put_log", stream=True, migration_id=_S),
         _m("put_bind", stream=True, migration_id=_S, path=_S),
         _m("put_checkpoint", stream=True, migration_id=_S),
-        _m("restore", migration_id=_S),
+        # page_server_port: post-copy; the loopback port that leads to the source's pages.
+        _m("restore", migration_id=_S, page_server_port=Param("int", required=False)),
+        _m("postcopy_wait", migration_id=_S, timeout_s=_F),
         _m("commit", migration_id=_S),
         _m("abort", migration_id=_S),
         _m("status", migration_id=_S),

@@ -35,7 +35,9 @@ DUMP_WAIT_S = 120.0
 class Settled:
     migration_id: str
     container: str
-    outcome: str  # committed (the destination copy stays) | rolled_back (the source resumes)
+    # committed (the destination copy stays) | rolled_back (the source resumes) |
+    # postcopy_failed (nothing changed: the operator decides)
+    outcome: str
     agent_last: str  # the agent journal's last record
     actions: tuple[str, ...]
 
@@ -117,7 +119,16 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
                     f"{label}: an agent on the destination still serves migration "
                     f"{p.migration_id} (it rolls back when it notices the lost connection)"
                 )
-            if last == "committed":
+            # Post-copy started (the destination copy resumed) but did not finish: neither
+            # copy is complete by itself, no side may be retired or resumed automatically.
+            started = any(r.event == "postcopy" for r in p.journal.records())
+            if last == "postcopy_failed" or (started and last == "committed"):
+                outcome = "postcopy_failed"
+                actions.append("nothing changed: post-copy did not finish; the source copy "
+                               "holds the state at the pause (paused), the destination copy "
+                               "was stopped or lost memory: decide which to keep "
+                               "(docs/architecture.md, post-copy)")  # fmt: skip
+            elif last in ("committed", "postcopy_done"):
                 outcome = "committed"
             else:
                 res = conn.call("abort", migration_id=p.migration_id)
@@ -142,6 +153,8 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
         try:
             if outcome == "committed":
                 actions += _retire_source(p, engine)
+            elif outcome == "postcopy_failed":
+                pass
             else:
                 actions += _resume_source(p, engine)
         except MigrateError as e:

@@ -97,6 +97,10 @@ class Report:
     bytes: Bytes
     source_action: str = ""  # removed | stopped | resumed | kept paused
     error: dict[str, Any] | None = None
+    strategy_note: str = ""  # --strategy auto: why it chose cold
+    # --strategy lazy: the post-copy phase after the downtime (running to the last page):
+    # postcopy_s, pages_total, pages_on_demand (faults), pages_background, bytes.
+    postcopy: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,10 @@ class Report:
             "bytes": self.bytes.to_json(),
             "source_action": self.source_action,
             "error": self.error,
+            "strategy_note": self.strategy_note,
+            "postcopy": None if self.postcopy is None else {
+                k: round(v, 4) if isinstance(v, float) else v for k, v in self.postcopy.items()
+            },
         }
 
 

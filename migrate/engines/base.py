@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from migrate.postcopy import PageServer
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,10 @@ class Engine(Protocol):
     def checkpoint(self, ref: str, image_dir: Path, work_dir: Path) -> None: ...
 
     def checkpoint_dir(self, ref: str, name: str) -> Path: ...
+
+    def ensure_frozen(self, ref: str) -> None: ...
+
+    def start_lazy_checkpoint(self, ref: str, image_dir: Path, work_dir: Path) -> PageServer: ...
 
     def staging_dir(self, ref: str, name: str) -> Path: ...
 

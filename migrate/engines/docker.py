@@ -50,6 +50,7 @@ from migrate.errors import (
     NameConflict,
     RestoreFailed,
 )
+from migrate.postcopy import LOOPBACK, PageServer, free_port
 
 log = logging.getLogger(__name__)
 
@@ -351,6 +352,23 @@ class DockerEngine:
                            text=True, timeout=60, check=False)  # fmt: skip
         if p.returncode != 0:
             raise EngineError(f"runc pause {st.name}: {p.stderr.strip()[-300:]}")
+
+    def ensure_frozen(self, ref: str) -> None:
+        """Make sure a container Docker sees as paused is frozen in fact (a CRIU dump that
+        ended abnormally may have thawed it behind Docker's back)."""
+        st = self.state(ref)
+        if not st.paused or not st.pid:
+            return
+        root = self._runc_root(st.pid)
+        if root is None:
+            raise EngineError(f"runc's state for {st.name} cannot be found to freeze it")
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        p = subprocess.run([runc, "--root", str(root), "state", st.id], capture_output=True,
+                           text=True, timeout=60, check=False)  # fmt: skip
+        if p.returncode == 0 and json.loads(p.stdout or "{}").get("status") == "paused":
+            return
+        log.warning("%s was thawed behind Docker's back: freezing it again", st.name)
+        self._runc_pause(ref)
 
     def running_containers(self, labels: Mapping[str, str] | None = None) -> list[str]:
         """Names of the running (not paused) containers, optionally only those carrying every
@@ -700,6 +718,37 @@ class DockerEngine:
                 hint=_criu_hint(tail),
                 details={"criu_log": tail, "log_path": str(work_dir / "dump.log")},
             )
+
+    def start_lazy_checkpoint(self, ref: str, image_dir: Path, work_dir: Path) -> PageServer:
+        """Post-copy dump of the (paused) container: CRIU writes the non-memory images to
+        ``image_dir`` and then serves the memory from a page server on this host's loopback
+        until the destination has all of it (postcopy.py). Returns once the images are
+        written. No --leave-running: once every page has moved CRIU kills the source tasks;
+        if the link breaks first they stay frozen (Docker still sees them paused)."""
+        st = self.state(ref)
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        root = self._runc_root(st.pid) if st.pid else None
+        if root is None or not (root / st.id).is_dir():
+            raise CheckpointFailed(
+                f"cannot find runc's state for container {st.name}",
+                hint="is the container running under runc (Docker's default runtime)?",
+            )
+        image_dir.mkdir(parents=True, exist_ok=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        argv = [
+            runc, "--root", str(root), "checkpoint", "--lazy-pages",
+            "--page-server", f"{LOOPBACK}:{port}",
+            "--image-path", str(image_dir), "--work-path", str(work_dir),
+            "--file-locks", st.id,
+        ]  # fmt: skip
+        log.debug("lazy checkpoint: %s", argv)
+        # CRIU reads runc.conf as it starts: hold the lock (shared) until the images are
+        # written, not while the page server runs.
+        with criu_config_lock(exclusive=False):
+            server = PageServer(argv, work_dir, port)
+            server.wait_ready()
+        return server
 
     def checkpoint_dir(self, ref: str, name: str) -> Path:
         cid = self.state(ref).id

@@ -30,3 +30,21 @@ class Channel(Protocol):
     def peer(self) -> str:
         """Human-readable name of the other end (``ssh://root@10.0.0.2:22``, ``local``)."""
         ...
+
+
+class Tunnel(Protocol):
+    """A loopback port on the agent's host whose connections reach a port on ours."""
+
+    @property
+    def remote_port(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Tunnels(Protocol):
+    """A channel that can carry TCP connections as well (post-copy's page-server link)."""
+
+    def reverse_tunnel(self, local_port: int) -> Tunnel:
+        """Listen on the agent host's loopback; connect each connection to our
+        127.0.0.1:``local_port``. No port is opened beyond loopback on either side."""
+        ...

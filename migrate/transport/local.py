@@ -18,6 +18,7 @@ from typing import Self
 
 from migrate.errors import AgentUnavailable, ConnectionLost, Timeout
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
+from migrate.transport.tunnel import DirectTunnel
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +171,10 @@ class LocalChannel:
         self.proc.stdout.close()
         self._stderr_thread.join(STDERR_SETTLE_S)
         log.debug("local agent pid %d exited with %s", self.proc.pid, rc)
+
+    def reverse_tunnel(self, local_port: int) -> DirectTunnel:
+        """The agent shares this host's loopback: its daemon connects to our port directly."""
+        return DirectTunnel(local_port)
 
     def stderr_tail(self) -> str:
         return self._tail.text()

@@ -35,6 +35,7 @@ from migrate.errors import (
     Timeout,
 )
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
+from migrate.transport.tunnel import SshReverseTunnel
 
 log = logging.getLogger(__name__)
 
@@ -818,6 +819,14 @@ class SshChannel:
 
     def stderr_tail(self) -> str:
         return self._tail.text()
+
+    def reverse_tunnel(self, local_port: int) -> SshReverseTunnel:
+        """A loopback port on the destination whose connections reach our ``local_port``
+        through this channel's SSH connection (transport/tunnel.py)."""
+        t = self.chan.get_transport()
+        if t is None or not t.is_active():
+            raise ConnectionLost(f"the SSH connection to {self._peer} is closed")
+        return SshReverseTunnel(t, local_port)
 
     @property
     def peer(self) -> str:

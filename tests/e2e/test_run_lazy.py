@@ -1,0 +1,207 @@
+"""`migrate run --strategy lazy` (post-copy) across the two lab hosts over real SSH: the
+container resumes on B before its memory has moved, every byte arrives (memory checksum), the
+source copy is gone, and nothing is left behind (runc.conf, page server, lazy-pages daemon,
+work and staging directories). Refusals exit 3 with the fix; a link lost mid post-copy gives
+the documented outcome (exit 4, destination copy stopped, source copy kept paused)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from test_handover import recover, start_run, wait_mark
+from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
+from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
+
+from migrate.engines.docker import RUNC_CRIU_CONF, criu_config_lock
+
+STAGING = Path("/var/lib/migrate/staging")
+
+
+def _conf() -> str | None:
+    return RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None
+
+
+def _procs_mentioning(*needles: str) -> list[str]:
+    """Command lines of live processes that mention any of ``needles`` (container ids)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if ("lazy-pages" in cmd or "page-server" in cmd) and any(n in cmd for n in needles):
+            found.append(f"{d.name}: {cmd[:200]}")
+    return found
+
+
+def _gone(client: Any, name: str) -> bool:
+    try:
+        client.containers.get(name)
+    except docker.errors.NotFound:
+        return True
+    return False
+
+
+def test_lazy_migration_keeps_memory_and_leaves_nothing(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
+    _wait_file(docker_a, container_name, "/tmp/ready")
+    src_id = docker_a.containers.get(container_name).id
+    before = _memory_sum(docker_a, container_name)
+    admin_conf = _conf()
+    staged = set(STAGING.iterdir()) if STAGING.is_dir() else set()
+
+    p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "lazy", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["status"] == "migrated" and rep["strategy"] == "lazy", rep
+    assert rep["source_action"] == "removed"
+    pc = rep["postcopy"]
+    assert pc is not None and pc["postcopy_s"] > 0, rep
+    # The awk holds 48 MiB: the daemon moved at least that many pages, on demand or pushed.
+    assert pc["pages_total"] >= (48 << 20) // 4096, pc
+    assert pc["pages_on_demand"] + pc["pages_background"] >= pc["pages_total"] * 0.9, pc
+    # Only the non-memory images went through the protocol stream.
+    assert rep["bytes"]["checkpoint"] < 16 << 20, rep["bytes"]
+    assert 0 < rep["downtime_s"] < rep["total_s"]
+
+    dst = docker_b.containers.get(container_name)
+    assert dst.status == "running"
+    assert _memory_sum(docker_b, container_name) == before
+    assert _gone(docker_a, container_name)
+    assert _conf() == admin_conf
+    assert not RUNC_CRIU_CONF.with_name("runc.conf.migrate-saved").exists()
+    assert not list(Path("/run/migrate").glob("post-*"))
+    assert _procs_mentioning(src_id, dst.id) == []
+    after = set(STAGING.iterdir()) if STAGING.is_dir() else set()
+    assert after <= staged, f"staging left on the source: {sorted(after - staged)}"
+    dst_dir = Path(dst.attrs["LogPath"]).parent
+    assert not list(dst_dir.glob("migrate-*")) and not list(dst_dir.glob("checkpoints/*"))
+
+
+def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    """A runc.conf whose administrator set work-dir would fight post-copy's own settings:
+    --strategy lazy is refused before anything is touched (exit 3, the fix named); auto
+    falls back to cold and says why."""
+    docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
+    # Hold the host lock while the file is the administrator's "own" (the lab hosts share
+    # /etc): no migrate on this machine writes it meanwhile.
+    with criu_config_lock(exclusive=True):
+        original = _conf()
+        RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
+        RUNC_CRIU_CONF.write_text((original or "") + "work-dir /var/tmp/admin-criu-work\n")
+        try:
+            p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "lazy",
+                             "--dry-run")  # fmt: skip
+        finally:
+            if original is None:
+                RUNC_CRIU_CONF.unlink()
+            else:
+                RUNC_CRIU_CONF.write_text(original)
+    assert p.returncode == 3, (p.stdout, p.stderr)
+    assert "--strategy lazy is impossible" in p.stderr and "work-dir" in p.stderr, p.stderr
+    assert "--strategy cold" in p.stderr  # the fix
+    assert docker_a.containers.get(container_name).status == "running"
+    assert _gone(docker_b, container_name)
+
+
+def test_auto_is_lazy_where_possible(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
+    p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "auto", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = json.loads(p.stdout)
+    assert rep["strategy"] == "lazy" and rep["postcopy"], rep
+    assert docker_b.containers.get(container_name).status == "running"
+
+
+def test_source_lost_mid_postcopy(
+    migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, lab: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The `migrate run` process dies while pages are still moving: the destination copy is
+    stopped by its agent before its daemon lets go of the memory (never run with holes),
+    the source copy stays paused with the state at the pause, `migrate recover` changes
+    nothing and says so."""
+    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
+    _wait_file(docker_a, container_name, "/tmp/ready")
+    before = _memory_sum(docker_a, container_name)
+    mark = tmp_path / "mark"
+    # The test hook stops `migrate run` right after `commit`, post-copy running (the awk reads
+    # its memory only when asked, so most pages are still on A, pushed in the background).
+    proc = start_run(lab, container_name, [*migrate_args, "--strategy", "lazy", "--json"],
+                     mark, "source:wait:postcopy")  # fmt: skip
+    os.kill(wait_mark(mark, proc, 300), 9)
+    proc.communicate(timeout=60)
+    # The agent notices (tunnel gone, then the session): it stops its copy.
+    deadline = time.monotonic() + 120
+    while docker_b.containers.get(container_name).status == "running":
+        assert time.monotonic() < deadline, "the destination copy kept running"
+        time.sleep(0.5)
+    # The source copy: paused, whole. Its lazy dump failed and left the tasks frozen.
+    deadline = time.monotonic() + 60
+    while _procs_mentioning(docker_a.containers.get(container_name).id):
+        assert time.monotonic() < deadline, "the source's page server did not exit"
+        time.sleep(0.5)
+    assert docker_a.containers.get(container_name).status == "paused"
+    rec = recover(migrate_on_a, container_name, migrate_args)
+    assert rec.returncode == 0, rec.stderr
+    settled = json.loads(rec.stdout)["settled"]
+    assert [s["outcome"] for s in settled] == ["postcopy_failed"], settled
+    assert docker_a.containers.get(container_name).status == "paused"  # untouched
+    docker_a.containers.get(container_name).unpause()
+    assert _memory_sum(docker_a, container_name) == before
+
+
+def test_link_cut_mid_postcopy(
+    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
+    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The link dies while pages are still moving: `migrate run` reports it (exit 4, the
+    post-copy error and what to decide), B's agent stops its copy, A's copy stays paused
+    with the state at the pause and resumes whole when the operator unpauses it."""
+    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
+    _wait_file(docker_a, container_name, "/tmp/ready")
+    before = _memory_sum(docker_a, container_name)
+    mark = tmp_path / "mark"
+    proc = start_run(lab, container_name, [*migrate_args, "--strategy", "lazy"], mark,
+                     "source:wait:postcopy")  # fmt: skip
+    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
+    try:
+        wait_mark(mark, proc, 300)
+        set_link(lab, False)
+        restore.start()
+        mark.unlink()
+        _, err = proc.communicate(timeout=BOUND_S + 60)
+    finally:
+        mark.unlink(missing_ok=True)
+        restore.cancel()
+        set_link(lab, True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 4, err
+    assert "post-copy of" in err and "no rollback" in err and "docker unpause" in err, err
+    deadline = time.monotonic() + 120
+    while docker_b.containers.get(container_name).status == "running":
+        assert time.monotonic() < deadline, "the destination copy kept running"
+        time.sleep(0.5)
+    assert docker_a.containers.get(container_name).status == "paused"
+    rec = recover(migrate_on_a, container_name, migrate_args)  # settled already: nothing to do
+    assert rec.returncode == 0, rec.stderr
+    docker_a.containers.get(container_name).unpause()
+    assert _memory_sum(docker_a, container_name) == before
