@@ -1178,6 +1178,7 @@ class Agent:
         # and runc's CRIU configuration if that agent died while Docker started the task: left
         # there, it would make every later checkpoint or restore on this host a lazy one.
         shutil.rmtree(LAZY_WORK_ROOT / f"lazy-{m.id[:12]}", ignore_errors=True)
+        shutil.rmtree(LAZY_WORK_ROOT / f"post-{m.id[:12]}", ignore_errors=True)
         try:
             self.engine.settle_restore_config()
         except OSError as e:
