@@ -105,8 +105,9 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
     docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
     # Hold the host lock while the file is the administrator's "own" (the lab hosts share
     # /etc): no migrate on this machine writes it meanwhile.
+    # (Held for the seconds of a dry run only: every checkpoint on this machine waits.)
     with criu_config_lock(exclusive=True):
-        original = _conf()
+        original = RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None
         RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
         RUNC_CRIU_CONF.write_text((original or "") + "work-dir /var/tmp/admin-criu-work\n")
         try:
