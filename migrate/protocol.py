@@ -14,7 +14,9 @@ Nothing received is ever evaluated or unpickled.
 from __future__ import annotations
 
 import json
+import queue
 import struct
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +42,14 @@ MAX_DATA_BYTES = 4 << 20
 # Size of data frames we send: large enough to amortise per-frame costs, small enough to keep
 # memory low and progress smooth.
 DATA_CHUNK = 1 << 20
+# Items (of at most ~DATA_CHUNK bytes) a stream stage may queue ahead of the next one: enough
+# to ride out a short stall of either side, few enough to keep memory bounded (issue 8 goal 5).
+PIPELINE_DEPTH = 8
+# How long closing a stream waits for its stage thread (which may be blocked on its input).
+STAGE_JOIN_TIMEOUT_S = 5.0
+# zstd's own worker threads (0: compress in the calling thread); chosen by measurement in
+# benchmarks/results/stream.md.
+ZSTD_THREADS = 0
 
 
 @dataclass(frozen=True)
@@ -214,10 +224,14 @@ def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, dict[str, Any
 class Connection:
     """Frames over a channel; the source side's request/response and stream helpers."""
 
-    def __init__(self, channel: Channel, *, timeout: float = 60.0, level: int = 1) -> None:
+    def __init__(
+        self, channel: Channel, *, timeout: float = 60.0, level: int = 1,
+        threads: int = ZSTD_THREADS,
+    ) -> None:  # fmt: skip
         self.ch = channel
         self.timeout = timeout
         self.level = level
+        self.threads = threads
         self._next_id = 1
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -288,35 +302,23 @@ class Connection:
         return result
 
     def send_stream(self, chunks: Iterator[bytes], *, on_progress: Any = None) -> dict[str, int]:
-        """Compress and send a stream as DATA frames, then END. Returns raw/wire byte counts."""
-        cctx = zstandard.ZstdCompressor(level=self.level)
-        comp = cctx.compressobj()
+        """Compress and send a stream as DATA frames, then END. Returns raw/wire byte counts.
+
+        Reading ``chunks`` and compressing run in a thread of their own (see ``_Compressor``)
+        while this thread sends, so disk reads, zstd and the SSH channel overlap instead of
+        taking turns. An exception raised while reading or compressing comes out of here as
+        is, with no END sent (the stream is then unusable, as before).
+        """
+        comp = _Compressor(chunks, level=self.level, threads=self.threads)
         raw = wire = 0
-        pending: list[bytes] = []
-        pending_len = 0
-
-        def flush(data: bytes) -> None:
-            nonlocal wire
-            for i in range(0, len(data), DATA_CHUNK):
-                piece = data[i : i + DATA_CHUNK]
-                self.send_frame(KIND_DATA, piece)
-                wire += len(piece) + HEADER.size
-
-        for chunk in chunks:
-            if not chunk:
-                continue
-            raw += len(chunk)
-            out = comp.compress(chunk)
-            if out:
-                pending.append(out)
-                pending_len += len(out)
-            if pending_len >= DATA_CHUNK:
-                flush(b"".join(pending))
-                pending, pending_len = [], 0
-            if on_progress is not None:
-                on_progress(raw, wire)
-        pending.append(comp.flush())
-        flush(b"".join(pending))
+        try:
+            for body, raw in comp:
+                self.send_frame(KIND_DATA, body)
+                wire += len(body) + HEADER.size
+                if on_progress is not None:
+                    on_progress(raw, wire)
+        finally:
+            comp.close()
         self.send_frame(KIND_END, b"")
         wire += HEADER.size
         if on_progress is not None:
@@ -327,39 +329,229 @@ class Connection:
         self.ch.close()
 
 
+# --- stream stages in threads ---------------------------------------------------------------
+
+
+class _Failed:
+    """What a stage thread puts in its queue when it raised: the consumer re-raises it."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()  # a stage thread's last item
+
+
+class _Stage:
+    """One producer thread feeding its consumer through a bounded queue.
+
+    The queue bounds memory (``PIPELINE_DEPTH`` items of at most ~1 MiB each) and lets the
+    producer work ahead while the consumer blocks elsewhere (on the network, on a disk
+    write): the C parts of each stage (zstd, read/write system calls, the cipher) release the
+    GIL, so on two CPUs the stages run in parallel. The producer's exception is re-raised in
+    the consumer, unchanged, at the point of the stream where it happened. ``close`` stops the
+    producer without waiting for it forever (it may be blocked reading its input, which is
+    bounded by that input's own timeout).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._q: queue.Queue[object] = queue.Queue(PIPELINE_DEPTH)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._done = False
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # producer side
+    def produce(self) -> None:
+        raise NotImplementedError
+
+    def put(self, item: object) -> bool:
+        """Hand an item over; False once the consumer has gone (the producer should return)."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _main(self) -> None:
+        try:
+            self.produce()
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.put(_Failed(e))
+        else:
+            self.put(_DONE)
+
+    # consumer side
+    def get(self) -> object:
+        """The next item, or _DONE; raises what the producer raised (again on every call)."""
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return _DONE
+        item = self._q.get()
+        if isinstance(item, _Failed):
+            self._error = item.exc
+            raise item.exc
+        if item is _DONE:
+            self._done = True
+        return item
+
+    def close(self, timeout: float = STAGE_JOIN_TIMEOUT_S) -> None:
+        self._stop.set()
+        while True:  # unblock a producer waiting in put()
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+
+class _Compressor(_Stage):
+    """Source side: reads ``chunks`` and compresses them into frame bodies of ~DATA_CHUNK;
+    iterating yields ``(body, raw bytes read so far)``."""
+
+    def __init__(self, chunks: Iterator[bytes], *, level: int, threads: int) -> None:
+        super().__init__("stream-compress")
+        self._chunks = chunks
+        self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+        self.start()
+
+    def produce(self) -> None:
+        comp = self._cctx.compressobj()
+        raw = 0
+        pending: list[bytes] = []
+        pending_len = 0
+        try:
+            for chunk in self._chunks:
+                if self._stop.is_set():
+                    return
+                if not chunk:
+                    continue
+                raw += len(chunk)
+                out = comp.compress(chunk)
+                if out:
+                    pending.append(out)
+                    pending_len += len(out)
+                if pending_len >= DATA_CHUNK:
+                    if not self._emit(b"".join(pending), raw):
+                        return
+                    pending, pending_len = [], 0
+            pending.append(comp.flush())
+            self._emit(b"".join(pending), raw)
+        finally:
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()  # release open files (generator semantics), in the thread using them
+
+    def _emit(self, data: bytes, raw: int) -> bool:
+        if len(data) <= DATA_CHUNK:
+            return self.put((data, raw))
+        view = memoryview(data)
+        for i in range(0, len(data), DATA_CHUNK):
+            if not self.put((bytes(view[i : i + DATA_CHUNK]), raw)):
+                return False
+        return True
+
+    def __iter__(self) -> Iterator[tuple[bytes, int]]:
+        while True:
+            item = self.get()
+            if item is _DONE:
+                return
+            assert isinstance(item, tuple)
+            yield item
+
+
+class _FrameSource:
+    """The compressed bytes of one incoming stream, frame after frame until END, as a
+    file-like ``read`` for zstd's stream reader. Counts and caps what arrives."""
+
+    def __init__(self, reader: StreamReader) -> None:
+        self._r = reader
+        self._body = b""
+        self._pos = 0
+        self.ended = False
+
+    def read(self, n: int) -> bytes:
+        while self._pos >= len(self._body):
+            if self.ended:
+                return b""
+            f = self._r.conn.recv_frame()
+            if f.kind == KIND_END:
+                self.ended = True
+                return b""
+            if f.kind != KIND_DATA:
+                raise ProtocolError("control frame inside a data stream")
+            self._r.wire_bytes += len(f.body)
+            cap = self._r.max_wire_bytes
+            if cap is not None and self._r.wire_bytes > cap:
+                raise ProtocolError("stream exceeds its size cap")
+            self._body, self._pos = f.body, 0
+        if self._pos == 0 and n >= len(self._body):
+            out = self._body
+        else:
+            out = self._body[self._pos : self._pos + n]
+        self._pos += len(out)
+        return out
+
+
+class _Decompressor(_Stage):
+    """Agent side: receives the frames of one stream and decompresses them, in a thread,
+    into pieces of at most DATA_CHUNK bytes, so that however well the data compressed (a
+    file of zeros: 1 GiB in a few KiB) memory stays bounded."""
+
+    def __init__(self, reader: StreamReader) -> None:
+        super().__init__("stream-decompress")
+        self._src = _FrameSource(reader)
+        self.start()
+
+    def produce(self) -> None:
+        dctx = zstandard.ZstdDecompressor()
+        # _FrameSource is not an IO[bytes], but read() is all the stream reader calls.
+        zr = dctx.stream_reader(self._src, read_size=DATA_CHUNK, closefd=False)  # type: ignore[arg-type]
+        try:
+            while not self._stop.is_set():
+                try:
+                    out = zr.read(DATA_CHUNK)
+                except zstandard.ZstdError as e:
+                    raise ProtocolError(f"corrupt compressed stream: {e}") from None
+                if not out:
+                    break
+                if not self.put(out):
+                    return
+        finally:
+            zr.close()
+        # The sender ends each stream with END right after the compressed data: anything
+        # in between is not ours to ignore.
+        while not self._src.ended and not self._stop.is_set():
+            if self._src.read(DATA_CHUNK):
+                raise ProtocolError("data after the end of the compressed stream")
+
+
 class StreamReader:
     """File-like reader of one incoming stream (DATA frames until END), decompressed.
 
-    Used by the agent: handlers read it like a file (``tarfile.open(mode="r|")``).
+    Used by the agent: handlers read it like a file (``tarfile.open(mode="r|")``). Receiving
+    and decompressing run in a thread of their own (``_Decompressor``), ahead of the handler
+    by at most PIPELINE_DEPTH pieces, so the network and the handler's disk writes overlap.
     The compressed input is capped so a hostile sender cannot fill the disk unboundedly;
     what the data decompresses to is capped by whoever consumes it.
     """
 
     def __init__(self, conn: Connection, *, max_wire_bytes: int | None = None) -> None:
         self.conn = conn
-        self._dctx = zstandard.ZstdDecompressor().decompressobj()
-        self._buf = bytearray()
+        self._cur = b""
+        self._pos = 0
         self._eof = False
         self.wire_bytes = 0
         self.raw_bytes = 0
         self.max_wire_bytes = max_wire_bytes
-
-    def _fill(self) -> None:
-        while not self._buf and not self._eof:
-            f = self.conn.recv_frame()
-            if f.kind == KIND_END:
-                self._eof = True
-                break
-            if f.kind != KIND_DATA:
-                raise ProtocolError("control frame inside a data stream")
-            self.wire_bytes += len(f.body)
-            if self.max_wire_bytes is not None and self.wire_bytes > self.max_wire_bytes:
-                raise ProtocolError("stream exceeds its size cap")
-            try:
-                out = self._dctx.decompress(f.body)
-            except zstandard.ZstdError as e:
-                raise ProtocolError(f"corrupt compressed stream: {e}") from None
-            self._buf += out
+        self._stage = _Decompressor(self)
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
@@ -369,9 +561,23 @@ class StreamReader:
                 if not chunk:
                     return b"".join(parts)
                 parts.append(chunk)
-        self._fill()
-        out = bytes(self._buf[:n])
-        del self._buf[:n]
+        if n == 0:
+            return b""
+        if self._pos >= len(self._cur):
+            if self._eof:
+                return b""
+            item = self._stage.get()
+            if item is _DONE:
+                self._eof = True
+                self._cur, self._pos = b"", 0
+                return b""
+            assert isinstance(item, bytes)
+            self._cur, self._pos = item, 0
+        if self._pos == 0 and n >= len(self._cur):
+            out = self._cur  # the common case: a whole piece, not copied
+        else:
+            out = self._cur[self._pos : self._pos + n]
+        self._pos += len(out)
         self.raw_bytes += len(out)
         return out
 
@@ -382,14 +588,16 @@ class StreamReader:
 
     def drain(self) -> None:
         """Consume the rest of the stream so the connection stays in sync after an error."""
-        while not self._eof:
-            self._buf.clear()
-            self._fill()
-        self._buf.clear()
+        while self.read(DATA_CHUNK):
+            pass
+
+    def close(self) -> None:
+        """Stop the receiving thread (for a reader abandoned with the connection)."""
+        self._stage.close()
 
     @property
     def finished(self) -> bool:
-        return self._eof and not self._buf
+        return self._eof
 
 
 def error_message(rid: int | None, err: MigrateError) -> dict[str, Any]:

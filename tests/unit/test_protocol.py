@@ -5,8 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
 
 import pytest
+import zstandard
 
 from migrate import errors, protocol
 from migrate.protocol import Connection, StreamReader
@@ -169,3 +174,146 @@ def test_call_raises_remote_error_and_checks_ids() -> None:
     wrong = protocol.encode_control(protocol.response_message(99, {}))
     with pytest.raises(errors.ProtocolError, match="99"):
         Connection(Pipe(wrong)).call("bye")
+
+
+# --- the stream's stage threads (issue 8: reading, compressing and sending overlap) --------
+
+
+def _stage_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("stream-")]
+
+
+def test_error_while_reading_the_stream_surfaces_as_is_and_sends_no_end() -> None:
+    def chunks() -> Iterator[bytes]:
+        yield os.urandom(3 << 20)  # a few frames go out first
+        raise errors.DiskFull("the source vanished", hint="fix it")
+
+    tx = Pipe()
+    with pytest.raises(errors.DiskFull, match="vanished") as ei:
+        Connection(tx).send_stream(chunks())
+    assert ei.value.hint == "fix it"
+    kinds = _frame_kinds(bytes(tx.sent))
+    assert kinds and set(kinds) == {protocol.KIND_DATA}  # no END: the stream is unusable
+    _wait_no_stage_threads()
+
+
+def test_a_broken_link_stops_the_compressor_thread_and_closes_the_input() -> None:
+    closed = threading.Event()
+    produced = 0
+
+    def endless() -> Iterator[bytes]:
+        nonlocal produced
+        try:
+            while True:
+                produced += 1
+                yield os.urandom(1 << 20)
+        finally:
+            closed.set()
+
+    class Broken(Pipe):
+        def sendall(self, data: bytes) -> None:
+            if len(self.sent) > (2 << 20):
+                raise errors.ConnectionLost("link cut")
+            self.sent += data
+
+    with pytest.raises(errors.ConnectionLost, match="link cut"):
+        Connection(Broken()).send_stream(endless())
+    assert closed.wait(10), "the input was not closed"
+    _wait_no_stage_threads()
+    # Bounded read-ahead: the queue, not the whole input.
+    assert produced <= 2 + protocol.PIPELINE_DEPTH + 3
+
+
+def test_progress_is_reported_from_the_sending_thread() -> None:
+    seen: list[tuple[int, int, str]] = []
+    payload = [os.urandom(1 << 20) for _ in range(5)]
+    stats = Connection(Pipe()).send_stream(
+        iter(payload), on_progress=lambda raw, wire: seen.append(
+            (raw, wire, threading.current_thread().name))
+    )  # fmt: skip
+    assert seen[-1][:2] == (stats["raw"], stats["wire"]) == (5 << 20, stats["wire"])
+    assert {name for _, _, name in seen} == {threading.current_thread().name}
+    assert [r for r, _, _ in seen] == sorted(r for r, _, _ in seen)
+
+
+def test_zstd_worker_threads_give_the_same_bytes() -> None:
+    payload = [os.urandom(700_000), b"log line 42 INFO ok\n" * 200_000]
+    tx = Pipe()
+    Connection(tx, threads=2).send_stream(iter(payload))
+    reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
+    assert reader.read() == b"".join(payload)
+
+
+def test_well_compressed_stream_is_decompressed_in_bounded_pieces() -> None:
+    # 256 MiB of zeros compress to a few KiB: one frame must not become 256 MiB in memory.
+    tx = Pipe()
+    zeros = bytes(1 << 20)
+    Connection(tx).send_stream(zeros for _ in range(256))
+    assert len(tx.sent) < (1 << 20)
+    tracemalloc.start()
+    try:
+        reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
+        total = 0
+        while chunk := reader.read(4 << 20):
+            assert len(chunk) <= protocol.DATA_CHUNK
+            total += len(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == 256 << 20
+    assert peak < 3 * protocol.PIPELINE_DEPTH * protocol.DATA_CHUNK
+
+
+def test_lost_connection_mid_stream_surfaces_in_the_reader_and_again_on_drain() -> None:
+    tx = Pipe()
+    Connection(tx).send_stream(iter([os.urandom(3 << 20)]))
+    cut = bytes(tx.sent)[: (2 << 20)]  # the link dies in the middle of the second frame
+    reader = StreamReader(Connection(Pipe(cut)))
+    with pytest.raises(errors.ConnectionLost):
+        while reader.read(1 << 20):
+            pass
+    with pytest.raises(errors.ConnectionLost):
+        reader.drain()
+    assert not reader.finished
+    _wait_no_stage_threads()
+
+
+def test_reader_drain_leaves_the_connection_at_the_next_frame() -> None:
+    tx = Pipe()
+    conn = Connection(tx)
+    conn.send_stream(iter([os.urandom(3 << 20)]))
+    conn.send_control({"type": "event", "n": 1})
+    rx = Connection(Pipe(bytes(tx.sent)))
+    reader = StreamReader(rx)
+    assert len(reader.read(10)) == 10  # the handler gave up early
+    reader.drain()
+    assert reader.finished
+    assert rx.recv_control() == {"type": "event", "n": 1}
+
+
+def test_data_after_the_compressed_stream_is_refused() -> None:
+    tx = Pipe()
+    conn = Connection(tx)
+    body = zstandard.ZstdCompressor().compress(b"hello")
+    conn.send_frame(protocol.KIND_DATA, body)
+    conn.send_frame(protocol.KIND_DATA, b"trailing junk")
+    conn.send_frame(protocol.KIND_END, b"")
+    reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
+    with pytest.raises(errors.ProtocolError):
+        reader.read()
+
+
+def _frame_kinds(data: bytes) -> list[int]:
+    kinds = []
+    while data:
+        _, kind, length = protocol.HEADER.unpack(data[: protocol.HEADER.size])
+        kinds.append(kind)
+        data = data[protocol.HEADER.size + length :]
+    return kinds
+
+
+def _wait_no_stage_threads(timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _stage_threads() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not _stage_threads(), f"stage threads left running: {_stage_threads()}"

@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Where does the checkpoint stream wait? (issue 8 goal 4)
+
+Streams a directory shaped like a CRIU image dir (one big ``pages-1.img`` of memfill's
+workload bytes plus a few small files) from lab host a to lab host b with migrate's own data
+path, and nothing else: ``layers.capture`` -> ``Connection.send_stream`` (zstd) -> migrate's
+SSH channel (paramiko) -> sshd on b -> a sink process on b that reads the stream with
+``StreamReader`` and ``layers.extract`` into a directory, as the agent's ``put_checkpoint``
+does. In the same run, OpenSSH's ``ssh b 'cat >/dev/null'`` of the same number of bytes.
+
+Every stage is timed from inside (wall seconds spent in it, per thread) so that waiting can
+be told from working: on the source, reading the files (``capture``), compressing, and
+blocking in the channel's ``sendall``; on the sink, waiting in ``recv``, decompressing, and
+parsing + writing. Plus each process's CPU seconds.
+
+    .venv/bin/python benchmarks/stream_bench.py [--mib 1024] [--text 50] [--runs 3]
+        [--lab mwb --subnet 10.213.31.0/24] [--out benchmarks/results/stream-bench.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+MiB = 1 << 20
+SINK_ROOT = Path("/var/tmp")
+
+
+class StageClock:
+    """Wall seconds spent inside named stages (thread-safe; stages may run in any thread)."""
+
+    def __init__(self) -> None:
+        self.s: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, name: str, dt: float) -> None:
+        with self._lock:
+            self.s[name] = self.s.get(name, 0.0) + dt
+
+
+class TimedChannel:
+    """A Channel proxy that times recv and sendall."""
+
+    def __init__(self, ch: Any, clock: StageClock) -> None:
+        self.ch, self.clock = ch, clock
+
+    def recv(self, n: int) -> bytes:
+        t = time.perf_counter()
+        try:
+            return bytes(self.ch.recv(n))
+        finally:
+            self.clock.add("recv", time.perf_counter() - t)
+
+    def sendall(self, data: bytes) -> None:
+        t = time.perf_counter()
+        try:
+            self.ch.sendall(data)
+        finally:
+            self.clock.add("sendall", time.perf_counter() - t)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ch, name)
+
+
+def timed_iter(it: Iterator[bytes], clock: StageClock, name: str) -> Iterator[bytes]:
+    while True:
+        t = time.perf_counter()
+        try:
+            chunk = next(it)
+        except StopIteration:
+            clock.add(name, time.perf_counter() - t)
+            return
+        clock.add(name, time.perf_counter() - t)
+        yield chunk
+
+
+class TimedReader:
+    def __init__(self, r: Any, clock: StageClock) -> None:
+        self.r, self.clock = r, clock
+
+    def read(self, n: int = -1) -> bytes:
+        t = time.perf_counter()
+        try:
+            return bytes(self.r.read(n))
+        finally:
+            self.clock.add("read_stream", time.perf_counter() - t)
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+# --- sink (runs on b, under sshd) ------------------------------------------------------------
+
+
+def sink(target: Path) -> int:
+    from migrate import layers
+    from migrate.protocol import Connection, StreamReader, decode_control, response_message
+    from migrate.transport.stdio import StdioChannel
+
+    clock = StageClock()
+    ch = TimedChannel(StdioChannel.claim_stdio(), clock)
+    conn = Connection(ch, timeout=120)  # type: ignore[arg-type]
+    req = decode_control(conn.recv_frame().body)
+    clock.s.clear()
+    t0, c0 = time.perf_counter(), cpu_s()
+    target.mkdir(parents=True)
+    reader = StreamReader(conn)
+    stats = layers.extract(TimedReader(reader, clock), target, policy=layers.CHECKPOINT_POLICY)  # type: ignore[arg-type]
+    reader.drain()
+    wall = time.perf_counter() - t0
+    result = {"wall": wall, "cpu": cpu_s() - c0, "stages": clock.s, "bytes": stats.bytes,
+              "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+    conn.send_control(response_message(req["id"], result))
+    shutil.rmtree(target, ignore_errors=True)
+    return 0
+
+
+# --- source (runs on a) ----------------------------------------------------------------------
+
+
+def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int,
+           threads: int) -> int:
+    from migrate import layers
+    from migrate.protocol import Connection
+    from migrate.transport.ssh import SshOptions, connect, parse_destination
+
+    clock = StageClock()
+    session = connect(parse_destination(dest),
+                      SshOptions(identity=Path(key), known_hosts=Path(known)))  # fmt: skip
+    cmd = f"{sys.executable} {HERE / 'stream_bench.py'} --sink {sink_dir}"
+    ch = TimedChannel(session.exec(cmd, close_session=True), clock)
+    conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
+    t0, c0 = time.perf_counter(), cpu_s()
+    res = conn.call("put_checkpoint", stream=timed_iter(layers.capture(src), clock, "capture"),
+                    migration_id="bench", timeout=600)  # fmt: skip
+    wall = time.perf_counter() - t0
+    st = res.pop("_stream")
+    out = {"wall": wall, "cpu": cpu_s() - c0, "stages": clock.s, "raw": st["raw"],
+           "wire": st["wire"], "sink": res,
+           "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+    conn.close()
+    print(json.dumps(out))
+    return 0
+
+
+# --- driver (root namespace) -----------------------------------------------------------------
+
+
+def make_source(root: Path, mib: int, text: int) -> int:
+    exe = root / "memfill"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "memfill.c")], check=True)
+    img = root / "img"
+    img.mkdir()
+    with open(img / "pages-1.img", "wb") as f:
+        subprocess.run([str(exe), "--emit", str(mib), str(text)], stdout=f, check=True)
+    for i in range(40):  # CRIU's small images (core, mm, fdinfo...)
+        (img / f"small-{i}.img").write_bytes(os.urandom(2048 + 97 * i))
+    exe.unlink()
+    return sum(p.stat().st_size for p in img.iterdir())
+
+
+def run_raw(lab: Any, a: Any, path: Path, cipher: list[str]) -> float:
+    base = lab.ssh_argv("b", "cat >/dev/null")
+    argv = [base[0], *cipher, *base[1:]]
+    tar = subprocess.Popen(["tar", "-C", str(path), "-cf", "-", "."], stdout=subprocess.PIPE)
+    t0 = time.monotonic()
+    subprocess.run(a.argv(argv), stdin=tar.stdout, check=True, timeout=600, capture_output=True)
+    dt = time.monotonic() - t0
+    tar.wait()
+    return dt
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--sink", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--source", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--dest", help=argparse.SUPPRESS)
+    ap.add_argument("--key", help=argparse.SUPPRESS)
+    ap.add_argument("--known", help=argparse.SUPPRESS)
+    ap.add_argument("--sink-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--level", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0, help="zstd worker threads")
+    ap.add_argument("--lab", default=os.environ.get("MIGRATE_BENCH_LAB", "mbench"))
+    ap.add_argument("--subnet", default=os.environ.get("MIGRATE_BENCH_SUBNET", "10.213.20.0/24"))
+    ap.add_argument("--mib", type=int, default=1024)
+    ap.add_argument("--text", type=int, default=50, help="percent of text (0: incompressible)")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--label", default="", help="what this run measures (for the JSON)")
+    ap.add_argument("--json", type=Path, help="append the summary as one JSON line here")
+    args = ap.parse_args()
+    if args.sink:
+        return sink(args.sink)
+    if args.source:
+        return source(args.source, args.dest, args.key, args.known, args.sink_dir, args.level,
+                      args.threads)
+
+    from migrate.lab import Lab
+    from migrate.lab_config import LabConfig
+
+    lab = Lab(LabConfig(name=args.lab, subnet=args.subnet))
+    lab.up()
+    env = lab.env()
+    a = lab.host("a")
+    results: list[dict[str, Any]] = []
+    raws: list[float] = []
+    with tempfile.TemporaryDirectory(dir=SINK_ROOT, prefix="stream-src-") as tmp:
+        nbytes = make_source(Path(tmp), args.mib, args.text)
+        src = Path(tmp) / "img"
+        for i in range(args.runs):
+            sink_dir = SINK_ROOT / f"stream-sink-{uuid.uuid4().hex[:8]}"
+            p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
+                       "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
+                       "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
+                       "--level", str(args.level), "--threads", str(args.threads)],
+                      timeout=900)  # fmt: skip
+            r = json.loads(p.stdout.strip().splitlines()[-1])
+            results.append(r)
+            raw = run_raw(lab, a, src, ["-c", "aes128-gcm@openssh.com"])
+            raws.append(raw)
+            print(f"run {i + 1}: migrate {r['raw'] / MiB:.0f} MiB in {r['wall']:.2f} s "
+                  f"({r['raw'] / r['wall'] / 1e6:.0f} MB/s), wire/raw {r['wire'] / r['raw']:.3f}, "
+                  f"OpenSSH {raw:.2f} s ({nbytes / raw / 1e6:.0f} MB/s)", file=sys.stderr)  # fmt: skip
+            print("  source", json.dumps({k: round(v, 2) for k, v in r["stages"].items()}),
+                  f"cpu {r['cpu']:.2f} rss {r['peak_rss_kb'] // 1024} MiB", file=sys.stderr)
+            s = r["sink"]
+            print("  sink  ", json.dumps({k: round(v, 2) for k, v in s["stages"].items()}),
+                  f"wall {s['wall']:.2f} cpu {s['cpu']:.2f} rss {s['peak_rss_kb'] // 1024} MiB",
+                  file=sys.stderr)
+    med = statistics.median(r["wall"] for r in results)
+    med_raw = statistics.median(raws)
+    summary = {"label": args.label, "mib": args.mib, "text": args.text, "level": args.level,
+               "threads": args.threads,
+               "bytes": nbytes, "migrate_s": [round(r["wall"], 3) for r in results],
+               "openssh_s": [round(x, 3) for x in raws], "median_migrate_s": med,
+               "median_openssh_s": med_raw, "ratio": med_raw / med, "runs": results}  # fmt: skip
+    print(f"median: migrate {nbytes / med / 1e6:.0f} MB/s, OpenSSH {nbytes / med_raw / 1e6:.0f} "
+          f"MB/s, ratio {med_raw / med:.2f}", file=sys.stderr)  # fmt: skip
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(summary) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
