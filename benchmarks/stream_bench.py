@@ -138,10 +138,13 @@ def sink(target: Path) -> int:
 
 def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int,
            threads: int) -> int:
-    from migrate import layers
+    from migrate import layers, protocol
     from migrate.protocol import Connection
     from migrate.transport.ssh import SshOptions, connect, parse_destination
 
+    if os.environ.get("STREAM_BENCH_SWITCH"):
+        sw = float(os.environ["STREAM_BENCH_SWITCH"])
+        protocol.SWITCH_INTERVAL_S = sw if sw > 0 else None
     clock = StageClock()
     session = connect(parse_destination(dest),
                       SshOptions(identity=Path(key), known_hosts=Path(known)))  # fmt: skip

@@ -317,3 +317,4 @@ def _wait_no_stage_threads(timeout: float = 10.0) -> None:
     while _stage_threads() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _stage_threads(), f"stage threads left running: {_stage_threads()}"
+
