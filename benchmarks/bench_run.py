@@ -275,7 +275,16 @@ def start_workload(a: LabHost, name: str, case: Case) -> Path:
         if not st["Running"]:
             raise RuntimeError(f"{name} exited ({st['ExitCode']}) before it was ready")
         time.sleep(0.2)
+    if SETTLE:
+        # --settle: the layer as if written long ago (written back), not seconds before.
+        from migrate.precopy import flush
+
+        flush(upper, 120)
     return upper
+
+
+# --settle (main): write the workload's layer back to disk before each leg starts.
+SETTLE = False
 
 
 def read_sum(upper: Path) -> tuple[int, str]:
@@ -991,6 +1000,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--text", type=int, default=50, help="percent of text in memory and files")
     ap.add_argument("--incompressible", action="store_true",
                     help="add the middle memory size with no text (stream throughput goal)")  # fmt: skip
+    ap.add_argument("--settle", action="store_true",
+                    help="syncfs after the workload wrote its read-write layer, before each "
+                    "leg (a layer written long ago rather than seconds before)")  # fmt: skip
     ap.add_argument("--name", help="output name under benchmarks/results/")
     ap.add_argument("--plot", action="store_true", help="also write NAME.png (matplotlib)")
     ap.add_argument("--render", type=Path, metavar="NAME.json",
@@ -1003,6 +1015,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     mems = [int(x) for x in args.mem.split(",")]
     rws = [int(x) for x in args.rw.split(",")]
     legs = [x.strip() for x in args.legs.split(",")]
+    global SETTLE
+    SETTLE = args.settle
     cases = case_list(mems, rws, args.full, args.text, args.incompressible)
     single = [(c.mem_mb, c.rw_mb, c.text_pct) for c in cases] == [(256, 0, 50)]
     name = args.name or ("run-256mb" if single else "matrix")
