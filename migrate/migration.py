@@ -599,6 +599,11 @@ class Migration:
         fill = res.get("memory_fill_s")
         if isinstance(fill, (int, float)):
             self.timer.phases["restore_memory_fill"] = round(float(fill), 4)
+        steps = res.get("restore_steps")
+        if isinstance(steps, dict):  # parts of `restore` as the agent saw them (post-copy)
+            for k, v in steps.items():
+                if isinstance(k, str) and isinstance(v, (int, float)):
+                    self.timer.phases[f"restore.{k}"] = round(float(v), 4)
         self.journal.append("restored", downtime_s=self.downtime,
                             restore_mode=str(res.get("restore_mode", "")))
 
