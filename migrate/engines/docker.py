@@ -816,9 +816,16 @@ class DockerEngine:
         return ""
 
     def settle_restore_config(self) -> None:
-        # Taking the lock exclusively is what puts a killed writer's runc.conf back.
-        with criu_config_lock(exclusive=True):
-            pass
+        try:
+            first = RUNC_CRIU_CONF.read_text().split("\n", 1)[0]
+        except OSError:
+            return
+        if first.startswith(_CONF_MARKER):
+            # Ours, from a live writer or a killed one: taking the lock exclusively waits for
+            # the former and puts the latter's back. Only then: the lock also waits for every
+            # dump on the host, which a rollback should not when there is nothing to settle.
+            with criu_config_lock(exclusive=True):
+                pass
 
     def _task_work(self, cid: str) -> Path:
         return (

@@ -81,7 +81,7 @@ def start_run(lab: Any, name: str, args: list[str], mark: Path, fault: str) -> s
     )  # fmt: skip
 
 
-def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 120) -> int:
+def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 300) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if mark.exists():
