@@ -682,8 +682,8 @@ class DockerEngine:
             log.debug("runc root not found via shim of pid %s: %s", pid, e)
         return None
 
-    def checkpoint(self, ref: str, image_dir: Path, work_dir: Path) -> None:
-        """Dump the (paused) container's tasks with CRIU, leaving them paused."""
+    def _runc_target(self, ref: str) -> tuple[ContainerState, str, Path]:
+        """The container's state, the runc binary and runc's state root for it."""
         st = self.state(ref)
         runc = shutil.which("runc") or "/usr/sbin/runc"
         root = self._runc_root(st.pid) if st.pid else None
@@ -692,6 +692,11 @@ class DockerEngine:
                 f"cannot find runc's state for container {st.name}",
                 hint="is the container running under runc (Docker's default runtime)?",
             )
+        return st, runc, root
+
+    def checkpoint(self, ref: str, image_dir: Path, work_dir: Path) -> None:
+        """Dump the (paused) container's tasks with CRIU, leaving them paused."""
+        st, runc, root = self._runc_target(ref)
         image_dir.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         argv = [
@@ -725,14 +730,7 @@ class DockerEngine:
         until the destination has all of it (postcopy.py). Returns once the images are
         written. No --leave-running: once every page has moved CRIU kills the source tasks;
         if the link breaks first they stay frozen (Docker still sees them paused)."""
-        st = self.state(ref)
-        runc = shutil.which("runc") or "/usr/sbin/runc"
-        root = self._runc_root(st.pid) if st.pid else None
-        if root is None or not (root / st.id).is_dir():
-            raise CheckpointFailed(
-                f"cannot find runc's state for container {st.name}",
-                hint="is the container running under runc (Docker's default runtime)?",
-            )
+        st, runc, root = self._runc_target(ref)
         image_dir.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
