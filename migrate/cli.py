@@ -79,11 +79,26 @@ _LAB_RUN = typer.Option(
     None, "--run-dir", help="Sockets, pidfiles, exec roots (default: /run/migrate-lab/NAME)."
 )
 
+_LAB_LIVE_RESTORE = typer.Option(
+    False,
+    "--live-restore",
+    help="Run both dockerds with --live-restore (containers outlive a daemon restart)."
+    " Not saved: an `up` without it replaces the daemons with ones without it.",
+)
 
-def _lab(name: str, subnet: str | None, state_dir: Path | None, run_dir: Path | None) -> Any:
+
+def _lab(
+    name: str,
+    subnet: str | None,
+    state_dir: Path | None,
+    run_dir: Path | None,
+    live_restore: bool = False,
+) -> Any:
+    from dataclasses import replace
+
     from migrate.lab import Lab, resolve_config
 
-    return Lab(resolve_config(name, subnet, state_dir, run_dir))
+    return Lab(replace(resolve_config(name, subnet, state_dir, run_dir), live_restore=live_restore))
 
 
 def _print_lab_status(st: Any) -> None:
@@ -110,10 +125,11 @@ def lab_up(
     subnet: str | None = _LAB_SUBNET,
     state_dir: Path | None = _LAB_STATE,
     run_dir: Path | None = _LAB_RUN,
+    live_restore: bool = _LAB_LIVE_RESTORE,
 ) -> None:
     """Bring the lab up (idempotent: reuses what is healthy, replaces what is stale)."""
     try:
-        st = _lab(name, subnet, state_dir, run_dir).up()
+        st = _lab(name, subnet, state_dir, run_dir, live_restore).up()
     except MigrateError as e:
         fail(e)
         return

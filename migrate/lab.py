@@ -615,7 +615,9 @@ class Lab:
                 return False
             log.info("lab %s/%s: replacing dockerd %d (stale or unhealthy)", c.name, h, pid)
             self._stop_dockerd(h)
-        self._stop_leftover_containerd(h)
+        # With live-restore the shims of a daemon that stopped keep its containers running and
+        # the new daemon adopts them: only the containerd goes.
+        self._stop_leftover_containerd(h, keep_shims=c.live_restore)
         for stale in (p.docker_pidfile, p.socket):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -666,11 +668,11 @@ class Lab:
         _kill_containers(c.docker_host(h))
         stop_pid(pid, f"dockerd {c.name}/{h}")
 
-    def _stop_leftover_containerd(self, h: str) -> None:
+    def _stop_leftover_containerd(self, h: str, keep_shims: bool = False) -> None:
         """containerd and shims outlive a dockerd that was killed; stop them by pidfile."""
         p = self.config.paths(h)
         address = str(p.containerd_socket)
-        if p.shim_dir.is_dir():
+        if p.shim_dir.is_dir() and not keep_shims:
             # This containerd writes no shim.pid: the shim is the parent of the container's
             # init (init.pid), which it must be to count as ours.
             for bundle in sorted(p.shim_dir.glob("*/*")):

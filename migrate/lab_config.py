@@ -89,6 +89,9 @@ class LabConfig:
     subnet: str = DEFAULT_SUBNET
     state_dir: Path = field(default=Path())
     run_dir: Path = field(default=Path())
+    # dockerd's --live-restore on both hosts: containers (restored ones included) outlive a
+    # daemon restart. Off by default: the fault matrix's dockerd cells are measured without.
+    live_restore: bool = False
 
     def __post_init__(self) -> None:
         validate_name(self.name)
@@ -304,6 +307,7 @@ def dockerd_argv(cfg: LabConfig, host: str) -> list[str]:
         "--exec-root", str(p.exec_root),
         "-H", f"unix://{p.socket}",
         "--pidfile", str(p.docker_pidfile),
+        *(["--live-restore"] if cfg.live_restore else []),
     ]  # fmt: skip
 
 

@@ -8,6 +8,8 @@ $MIGRATE_FAULT_MARK and waits until the test removes that file (or kills it mean
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ COUNTER = (
 )
 STAGING = Path("/var/lib/migrate/staging")
 LOCKS = Path("/run/migrate/locks")
+SOURCE_JOURNALS = Path("/var/lib/migrate/journal/source")
 
 
 def count(client: Any, name: str) -> int:
@@ -363,6 +367,79 @@ def test_destination_dockerd_restarted(
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
             assert not (STAGING / migration_id).exists(), "source staging left"
         source_journal_settled(migrate_on_a, container_name, migrate_args)
+    finally:
+        client_b.close()
+
+
+@pytest.fixture
+def live_restore_lab(lab: Any) -> Iterator[Any]:
+    """The test lab with both dockerds run with --live-restore (replaced now, and again,
+    without it, afterwards: the other dockerd cells are measured without)."""
+    from migrate.lab import Lab
+
+    live = Lab(dataclasses.replace(lab.config, live_restore=True))
+    live.up()
+    try:
+        yield live
+    finally:
+        lab.up()
+
+
+@pytest.mark.parametrize("restore_mode", ["plain", "lazy_local"])
+def test_destination_dockerd_restarted_after_commit_with_live_restore(
+    restore_mode: str, live_restore_lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    container_name: str, docker_a: Any, test_image: str, tmp_path: Path,
+) -> None:  # fmt: skip
+    """The ``after_commit`` cell on a destination whose dockerd runs with live-restore: the
+    container restored from the checkpoint (the plain restore, or with 48 MB of heap the
+    default split restore with its local lazy-pages daemon) outlives the restart of B's
+    daemon and counts on from its migrated state; nothing is left on A."""
+    import docker as docker_sdk
+
+    lab = live_restore_lab
+    info = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120).info()
+    assert info["LiveRestoreEnabled"] is True
+    fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
+    heap = fill_heap if restore_mode == "lazy_local" else ""
+    docker_a.containers.run(test_image, ["sh", "-c", heap + COUNTER], name=container_name,
+                            detach=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        with contextlib.suppress(ValueError):
+            if count(docker_a, container_name) >= 5:
+                break
+        assert time.monotonic() < deadline, "counter did not start"
+        time.sleep(0.2)
+    before = count(docker_a, container_name)
+    proc, mark = start_held(lab, container_name, migrate_args, "after_commit", tmp_path)
+    try:
+        wait_mark(mark, proc)
+        migration_id = mark.read_text().split()[2]
+        journal = (SOURCE_JOURNALS / f"{migration_id}.jsonl").read_text()
+        assert f'"restore_mode": "{restore_mode}"' in journal, journal
+        client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
+        pid_before = client_b.containers.get(container_name).attrs["State"]["Pid"]
+        client_b.close()
+        t0 = time.monotonic()
+        restart_dockerd_b(lab)
+        print(f"after_commit, live-restore: dockerd b restarted in {time.monotonic() - t0:.1f} s")
+    finally:
+        mark.unlink(missing_ok=True)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
+    try:
+        c = client_b.containers.get(container_name)
+        # The same process, adopted by the new daemon: not a fresh start counting from 0.
+        assert c.attrs["State"]["Pid"] == pid_before, (pid_before, c.attrs["State"])
+        assert_counts_on(client_b, container_name, before)
+        assert wait_absent(docker_a, container_name), "the source copy was left"
+        assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+        assert not (STAGING / migration_id).exists(), "source staging left"
+        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        # The adopted container is still fully managed: it stops on request.
+        c.stop(timeout=2)
+        assert client_b.containers.get(container_name).status == "exited"
     finally:
         client_b.close()
 

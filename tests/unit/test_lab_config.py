@@ -143,6 +143,8 @@ def test_dockerd_and_sshd_argv() -> None:
         assert flag in argv
     assert argv[argv.index("-H") + 1] == c.docker_host("a")
     assert sshd_argv(c, "b")[:2] == ["/usr/sbin/sshd", "-D"]
+    assert "--live-restore" not in argv
+    assert dockerd_argv(LabConfig(live_restore=True), "a") == [*argv, "--live-restore"]
 
 
 def test_host_argv_uses_nsenter_not_ip_netns_exec() -> None:
