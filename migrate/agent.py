@@ -286,6 +286,7 @@ class Agent:
                 "experimental": info.experimental,
                 "storage_driver": info.storage_driver,
                 "mem_total": info.mem_total,
+                "live_restore": info.live_restore,
             }
             caps["free_disk"] = shutil.disk_usage(info.data_root).free
             caps["mem_available"] = _mem_available()

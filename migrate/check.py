@@ -218,6 +218,7 @@ def destination_results(
             storage_driver=str(engine.get("storage_driver") or ""),
             data_root="", runtime="", runc_version="", cgroup_version="", kernel="", os="",
             mem_total=int(engine.get("mem_total") or 0), host_name="",
+            live_restore=lr if isinstance(lr := engine.get("live_restore"), bool) else None,
         )  # fmt: skip
         rows.append(CheckResult("docker", True, f"{info.engine} {info.version}"))
         rows += [r for r in check_engine(info, None) if r.name != "docker"]
@@ -472,7 +473,27 @@ def check_engine(info: EngineInfo | None, error: MigrateError | None) -> list[Ch
                 "dockerd (images and containers of the old driver are not carried over)",
             )
         )
+    if info.live_restore is not None:
+        rows.append(check_live_restore(info.live_restore))
     return rows
+
+
+def check_live_restore(on: bool) -> CheckResult:
+    """Informational: without live-restore a restart of dockerd stops every container, so a
+    container migrated here loses its memory to the next daemon restart (docs/fault-matrix.md,
+    the dockerd row after `committed`). Migrations themselves do not need it."""
+    if on:
+        return CheckResult("live_restore", True, "on", required=False)
+    return CheckResult(
+        "live_restore",
+        False,
+        "off",
+        problem="live-restore off: a dockerd restart stops every container here, migrated "
+        "ones included",
+        fix='add "live-restore": true to /etc/docker/daemon.json and reload dockerd '
+        "(systemctl reload docker: no restart needed)",
+        required=False,
+    )
 
 
 def check_runc(runc: str | None, info: EngineInfo | None) -> CheckResult:

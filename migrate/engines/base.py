@@ -31,6 +31,8 @@ class EngineInfo:
     os: str
     mem_total: int
     host_name: str
+    # Containers outlive a daemon restart; None: unknown (a destination agent too old to say).
+    live_restore: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,7 @@ class DockerEngine:
             os=str(i.get("OperatingSystem", "")),
             mem_total=int(i.get("MemTotal", 0) or 0),
             host_name=str(i.get("Name", "")),
+            live_restore=bool(i.get("LiveRestoreEnabled", False)),
         )
 
     @property

@@ -128,6 +128,19 @@ def test_engine_rows() -> None:
     assert not r["storage_driver"].ok and "vfs" in r["storage_driver"].problem
 
 
+def test_live_restore_is_reported_never_required() -> None:
+    assert "live_restore" not in rows(check.check_engine(engine_info(), None))  # unknown
+    on = rows(check.check_engine(engine_info(live_restore=True), None))["live_restore"]
+    assert on.ok and on.value == "on"
+    off = rows(check.check_engine(engine_info(live_restore=False), None))["live_restore"]
+    assert off.status == "warn" and off.value == "off"
+    assert "stops every container here, migrated ones included" in off.problem
+    assert '"live-restore": true' in off.fix
+    dest = dest_rows({**HELLO, "engine": {**HELLO["engine"], "live_restore": False}})
+    assert dest["live_restore"].status == "warn"
+    assert "live_restore" not in dest_rows(HELLO)  # an older agent does not say
+
+
 def test_engine_unreachable() -> None:
     err = EngineUnavailable("cannot reach the Docker daemon at x", hint="start dockerd")
     r = rows(check.check_engine(None, err))
