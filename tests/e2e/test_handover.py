@@ -385,15 +385,27 @@ def live_restore_lab(lab: Any) -> Iterator[Any]:
         lab.up()
 
 
-@pytest.mark.parametrize("restore_mode", ["plain", "lazy_local"])
-def test_destination_dockerd_restarted_after_commit_with_live_restore(
-    restore_mode: str, live_restore_lab: Any, migrate_on_a: Any, migrate_args: list[str],
-    container_name: str, docker_a: Any, test_image: str, tmp_path: Path,
+# (step, restore path): from the start of the restore on, where a restart without
+# live-restore kills B's copy (DOCKERD_RESTART_POINTS).
+LIVE_RESTORE_POINTS = [
+    ("restoring", "plain"),
+    ("before_commit", "plain"),
+    ("after_commit", "plain"),
+    ("after_commit", "lazy_local"),
+]
+
+
+@pytest.mark.parametrize(("point", "restore_mode"), LIVE_RESTORE_POINTS,
+                         ids=[f"{p}-{m}" for p, m in LIVE_RESTORE_POINTS])  # fmt: skip
+def test_destination_dockerd_restarted_with_live_restore(
+    point: str, restore_mode: str, live_restore_lab: Any, migrate_on_a: Any,
+    migrate_args: list[str], container_name: str, docker_a: Any, test_image: str,
+    tmp_path: Path,
 ) -> None:  # fmt: skip
-    """The ``after_commit`` cell on a destination whose dockerd runs with live-restore: the
-    container restored from the checkpoint (the plain restore, or with 48 MB of heap the
-    default split restore with its local lazy-pages daemon) outlives the restart of B's
-    daemon and counts on from its migrated state; nothing is left on A."""
+    """B's dockerd runs with live-restore and is restarted once B's copy runs: the container
+    restored from the checkpoint (the plain restore, or with 48 MB of heap the default split
+    restore with its local lazy-pages daemon) outlives the restart, the migration goes on
+    (exit 0) and the copy counts on from its migrated state; nothing is left on A."""
     import docker as docker_sdk
 
     lab = live_restore_lab
@@ -411,18 +423,19 @@ def test_destination_dockerd_restarted_after_commit_with_live_restore(
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.2)
     before = count(docker_a, container_name)
-    proc, mark = start_held(lab, container_name, migrate_args, "after_commit", tmp_path)
+    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
-        migration_id = mark.read_text().split()[2]
-        journal = (SOURCE_JOURNALS / f"{migration_id}.jsonl").read_text()
-        assert f'"restore_mode": "{restore_mode}"' in journal, journal
+        migration_id = mark.read_text().split()[2] if point != "restoring" else None
+        if migration_id is not None:  # `restored` is journalled with the path it took
+            journal = (SOURCE_JOURNALS / f"{migration_id}.jsonl").read_text()
+            assert f'"restore_mode": "{restore_mode}"' in journal, journal
         client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
         pid_before = client_b.containers.get(container_name).attrs["State"]["Pid"]
         client_b.close()
         t0 = time.monotonic()
         restart_dockerd_b(lab)
-        print(f"after_commit, live-restore: dockerd b restarted in {time.monotonic() - t0:.1f} s")
+        print(f"{point}, live-restore: dockerd b restarted in {time.monotonic() - t0:.1f} s")
     finally:
         mark.unlink(missing_ok=True)
     _, err = proc.communicate(timeout=300)
@@ -434,8 +447,9 @@ def test_destination_dockerd_restarted_after_commit_with_live_restore(
         assert c.attrs["State"]["Pid"] == pid_before, (pid_before, c.attrs["State"])
         assert_counts_on(client_b, container_name, before)
         assert wait_absent(docker_a, container_name), "the source copy was left"
-        assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
-        assert not (STAGING / migration_id).exists(), "source staging left"
+        if migration_id is not None:
+            assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
+            assert not (STAGING / migration_id).exists(), "source staging left"
         source_journal_settled(migrate_on_a, container_name, migrate_args)
         # The adopted container is still fully managed: it stops on request.
         c.stop(timeout=2)
