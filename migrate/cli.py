@@ -24,6 +24,8 @@ app = typer.Typer(
     help="Live-migrate running Docker containers between Linux hosts with CRIU, over SSH.",
     no_args_is_help=True,
     add_completion=False,
+    # Docstrings are wrapped at 100 columns in the source: let the terminal wrap paragraphs.
+    rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
 out = Console()
@@ -62,6 +64,7 @@ def version() -> None:
 lab_app = typer.Typer(
     help="Two sandbox hosts on this machine (netns + dockerd + sshd each). See docs/lab.md.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 app.add_typer(lab_app, name="lab")
 
