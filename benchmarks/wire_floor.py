@@ -90,8 +90,8 @@ def compressors() -> list[tuple[str, Callable[[bytes], bytes]]]:
         return zstandard.ZstdCompressor(compression_params=params).compress
 
     return [
-        ("zstd -1", z(1)),
-        ("zstd -3 (migrate's level)", z(3)),
+        ("zstd -1 (migrate's level)", z(1)),
+        ("zstd -3", z(3)),
         ("zstd -9", z(9)),
         ("zstd -19 --long=27", z(19, True)),
         ("xz -6", lambda b: lzma.compress(b, preset=6)),
@@ -145,7 +145,7 @@ def main() -> int:
             print(lines[-1], flush=True)
     lines += [
         "",
-        "Reading: migrate streams at zstd level 3 because the link, not the compressor, must be",
+        "Reading: migrate streams at zstd level 1 because the link, not the compressor, must be",
         "the bottleneck (docs/benchmarks.md: stages run at 100-300 MB/s). Stronger levels and",
         "even xz buy a few hundredths on these texts at a tenth of the speed or less, which would",
         "lengthen the downtime the first goal is about.",
