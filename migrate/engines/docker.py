@@ -348,7 +348,7 @@ class DockerEngine:
         if root is None:
             raise EngineError(f"docker says {st.name} is paused, runc disagrees, and runc's "
                               "state cannot be found to reconcile them")  # fmt: skip
-        runc = shutil.which("runc") or "/usr/sbin/runc"
+        runc = _runc_binary()
         p = subprocess.run([runc, "--root", str(root), "pause", st.id], capture_output=True,
                            text=True, timeout=60, check=False)  # fmt: skip
         if p.returncode != 0:
@@ -363,7 +363,7 @@ class DockerEngine:
         root = self._runc_root(st.pid)
         if root is None:
             raise EngineError(f"runc's state for {st.name} cannot be found to freeze it")
-        runc = shutil.which("runc") or "/usr/sbin/runc"
+        runc = _runc_binary()
         p = subprocess.run([runc, "--root", str(root), "state", st.id], capture_output=True,
                            text=True, timeout=60, check=False)  # fmt: skip
         if p.returncode == 0 and json.loads(p.stdout or "{}").get("status") == "paused":
@@ -686,7 +686,7 @@ class DockerEngine:
     def _runc_target(self, ref: str) -> tuple[ContainerState, str, Path]:
         """The container's state, the runc binary and runc's state root for it."""
         st = self.state(ref)
-        runc = shutil.which("runc") or "/usr/sbin/runc"
+        runc = _runc_binary()
         root = self._runc_root(st.pid) if st.pid else None
         if root is None or not (root / st.id).is_dir():
             raise CheckpointFailed(
@@ -861,6 +861,11 @@ class DockerEngine:
             for leftover in _containerd_restore_copies(self._exec_root(), images):
                 log.debug("removing containerd's restore copy %s", leftover)
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _runc_binary() -> str:
+    """The runc that Docker uses (Debian's package puts it in /usr/sbin)."""
+    return shutil.which("runc") or "/usr/sbin/runc"
 
 
 def _pin_anonymous_volumes(host: dict[str, Any], spec: ContainerSpec) -> None:
