@@ -54,9 +54,13 @@ def free_port() -> int:
 
 class PageServer:
     """The source's lazy dump: ``argv`` is a runc checkpoint with --lazy-pages and
-    --page-server on our loopback; we add --status-fd and supervise the process."""
+    --page-server on our loopback; we add --status-fd and supervise the process. ``env``:
+    runc's environment (None: ours)."""
 
-    def __init__(self, argv: Sequence[str], work_dir: Path, port: int) -> None:
+    def __init__(
+        self, argv: Sequence[str], work_dir: Path, port: int,
+        env: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
         self.port = port
         self.work_dir = work_dir
         self.log_path = work_dir / "dump.log"
@@ -67,7 +71,7 @@ class PageServer:
             self.proc = subprocess.Popen(
                 [*argv[:-1], "--status-fd", str(w), argv[-1]], pass_fds=(w,),
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                start_new_session=True,
+                start_new_session=True, env=env,
             )  # fmt: skip
         finally:
             os.close(w)

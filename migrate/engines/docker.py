@@ -709,8 +709,9 @@ class DockerEngine:
         try:
             with criu_config_lock(exclusive=False):
                 p = subprocess.run(
-                    argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False
-                )
+                    argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False,
+                    env=dump_env(work_dir),
+                )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise CheckpointFailed(
                 f"CRIU dump of {st.name} did not finish in {RUNC_TIMEOUT} s",
@@ -745,7 +746,7 @@ class DockerEngine:
         # CRIU reads runc.conf as it starts: hold the lock (shared) until the images are
         # written, not while the page server runs.
         with criu_config_lock(exclusive=False):
-            server = PageServer(argv, work_dir, port)
+            server = PageServer(argv, work_dir, port, env=dump_env(work_dir))
             server.wait_ready()
         return server
 
@@ -918,6 +919,42 @@ _CONF_LOCK = Path("/run/lock/migrate-runc-criu-conf.lock")
 CONF_LOCK_WAIT_S = 120.0  # a restore holds it exclusively for about a second
 
 
+# CRIU options for the dumps we start, in a file of the dump's own work directory: runc passes
+# its environment to its CRIU, which reads the file CRIU_CONFIG_FILE names before runc's RPC
+# options and runc.conf (those still win). Nothing global is written.
+DUMP_CONF = "criu-dump.conf"
+
+
+def dump_env(work_dir: Path) -> dict[str, str] | None:
+    """Environment for a runc checkpoint: CRIU's network lock skipped, when that is safe.
+
+    The lock drops every packet of the container's network namespace while CRIU dumps it, so
+    that an established TCP connection's state cannot move under the dump, and the restore
+    lifts it again with iptables-restore in the new namespace: 50-60 ms inside the downtime
+    here (benchmarks/results/lazy-floor.md), the dump's side ~5 ms. migrate carries no
+    established TCP connection: runc is never given --tcp-established, so CRIU refuses to dump
+    one and the migration rolls back (tests/e2e/test_run_lazy.py). The lock then protects
+    nothing: a listening socket queues what arrives, paused or not. The restore follows the
+    dump's choice (CRIU records it in inventory.img), so no restore-side setting is needed.
+
+    Kept (None: runc's own environment) when runc.conf asks for tcp-established (there the
+    lock is what keeps those connections intact) or sets its own network-lock, when runc.conf
+    cannot be read, or when the administrator already points CRIU_CONFIG_FILE somewhere."""
+    if os.environ.get("CRIU_CONFIG_FILE"):
+        return None
+    try:
+        text = RUNC_CRIU_CONF.read_text()
+    except FileNotFoundError:
+        text = ""
+    except OSError:
+        return None
+    if _conf_options(text) & {"tcp-established", "network-lock"}:
+        return None
+    conf = work_dir / DUMP_CONF
+    conf.write_text("network-lock skip\n")
+    return {**os.environ, "CRIU_CONFIG_FILE": str(conf)}
+
+
 def _conf_saved() -> Path:
     return RUNC_CRIU_CONF.with_name(RUNC_CRIU_CONF.name + ".migrate-saved")
 
@@ -980,6 +1017,7 @@ def criu_config_lock(*, exclusive: bool) -> Iterator[None]:
         # Bounded: a stuck holder (a hung restore on this host) must not hang every later
         # checkpoint and restore here without a word.
         deadline = time.monotonic() + CONF_LOCK_WAIT_S
+        attempt = 0
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -994,13 +1032,21 @@ def criu_config_lock(*, exclusive: bool) -> Iterator[None]:
                         hint="a restore on this host is stuck: see that process (ps -p PID), "
                         "then retry",
                     ) from None
-                time.sleep(0.05)
+                time.sleep(lock_backoff(attempt))
+                attempt += 1
         _remove_stale_conf()
         if not exclusive:
             fcntl.flock(fd, fcntl.LOCK_SH)  # downgrade: dumps and plain restores may overlap
         yield
     finally:
         os.close(fd)
+
+
+def lock_backoff(attempt: int) -> float:
+    """Seconds to wait before retrying the runc.conf lock. Every checkpoint and restore on the
+    host takes it, the lazy restore inside the downtime: short waits first (a dump holds it
+    shared for ~0.1-0.3 s), then at most 50 ms between attempts."""
+    return min(0.05, 0.002 * 2 ** min(attempt, 5))
 
 
 def _flock_holders(path: Path) -> list[int]:
