@@ -63,8 +63,8 @@ READY_TIMEOUT_S = 600.0
 SAMPLE_EVERY_S = 0.05
 GLOBAL_CRIU_CONFIG = Path("/etc/criu/runc.conf")
 LEGS = ("manual", "migrate", "raw")  # also possible: "lazy" (migrate run --strategy lazy),
-# "noprecopy" (migrate run --no-precopy)
-ALL_LEGS = (*LEGS, "lazy", "noprecopy")
+# "noprecopy" (migrate run --no-precopy), "diskstaging" (migrate run --staging disk)
+ALL_LEGS = (*LEGS, "lazy", "noprecopy", "diskstaging")
 # Phases of `migrate run` that stream the read-write layer and the checkpoint; the stream
 # throughput is their raw bytes over these seconds. (The image phase is left out: for this
 # small image it is mostly `docker load` on b, not streaming.)
@@ -133,6 +133,8 @@ class Case:
     # `migrate run --no-precopy` (the read-write layer copied whole in the freeze), when the
     # `noprecopy` leg runs: the pre-copy's effect in the same run
     noprecopy: MigrateResult | None = None
+    # `diskstaging` leg: checkpoint images staged on disk instead of in memory, same run
+    diskstaging: MigrateResult | None = None
     raw: RawResult | None = None
     errors: list[str] = field(default_factory=list)
 
@@ -643,6 +645,12 @@ def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
         except Exception as e:  # noqa: BLE001
             case.errors.append(f"noprecopy: {e}")
             log(f"noprecopy FAILED: {e}")
+    if "diskstaging" in legs:
+        try:
+            case.diskstaging = run_migrate(lab, a, b, case, extra=["--staging", "disk"])
+        except Exception as e:  # noqa: BLE001
+            case.errors.append(f"diskstaging: {e}")
+            log(f"diskstaging FAILED: {e}")
     if "lazy" in legs:
         try:
             case.lazy = run_migrate(lab, a, b, case, "lazy")
@@ -819,6 +827,18 @@ def goals(cases: list[Case]) -> list[str]:
     if not pairs:
         out.append("- Issue 8 goal 3 (1 GiB RW layer): not measured in this run.")
     for c in cases:
+        if c.migrate is None or c.diskstaging is None:
+            continue
+        ph_m, ph_d = c.migrate.report["phases"], c.diskstaging.report["phases"]
+        out.append(
+            f"- Staging, {c.label}: downtime {c.migrate.report['downtime_s']:.2f} s with the "
+            f"images staged as {c.migrate.report.get('staging')} vs "
+            f"{c.diskstaging.report['downtime_s']:.2f} s on disk (`--staging disk`); "
+            f"checkpoint {ph_m.get('checkpoint', 0):.2f} vs {ph_d.get('checkpoint', 0):.2f} s, "
+            f"transfer {ph_m.get('transfer', 0):.2f} vs {ph_d.get('transfer', 0):.2f} s, "
+            f"restore {ph_m.get('restore', 0):.2f} vs {ph_d.get('restore', 0):.2f} s."
+        )
+    for c in cases:
         d = derived(c)
         if "stream_vs_ssh" not in d:
             continue
@@ -910,7 +930,9 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
                     "through zstd in one thread: " + ", ".join(
                         f"level {k}: wire/raw {v['wire_vs_raw']:.3f} at {v['mb_s']:.0f} MB/s"
                         for k, v in c.manual.zstd.items()) + ".", ""]  # fmt: skip
-        for title, r in (("`migrate run`", c.migrate), ("`migrate run --strategy lazy`", c.lazy)):
+        for title, r in (("`migrate run`", c.migrate), ("`migrate run --staging disk`",
+                                                         c.diskstaging),
+                         ("`migrate run --strategy lazy`", c.lazy)):
             if r is None:
                 continue
             out += [f"{title} phases (in the order they ran; * = inside the downtime, "
@@ -963,6 +985,7 @@ def load_cases(doc: dict[str, Any]) -> list[Case]:
             manual=None if man is None else ManualResult(
                 **(man | {"steps": [Step(**x) for x in man["steps"]]})),
             migrate=mig(d["migrate"]), lazy=mig(d["lazy"]), noprecopy=mig(d.get("noprecopy")),
+            diskstaging=mig(d.get("diskstaging")),
             raw=None if d["raw"] is None else RawResult(**d["raw"]),
             errors=list(d["errors"]),
         ))  # fmt: skip

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers, lazy_pages, postcopy, precopy
+from migrate import staging as staging_mod
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.errors import (
     ConnectionLost,
@@ -67,6 +68,8 @@ LAZY_RESTORE_MIN_BYTES = 16 << 20
 ENV_LAZY_RESTORE = "MIGRATE_LAZY_RESTORE"  # "0": always restore the plain way
 # Short: the daemon's unix socket lives here and socket paths are limited to 108 bytes.
 LAZY_WORK_ROOT = Path("/run/migrate")
+# Checkpoint images staged in memory (staging.py); journalled like --staging-dir.
+MEMORY_STAGING_ROOT = staging_mod.MEMORY_ROOT / "agent"
 # Post-copy: the longest a restored container may wait for the rest of its memory.
 POSTCOPY_TIMEOUT_S = 1800.0
 # The source may go quiet for a long time while it dumps a large container.
@@ -274,6 +277,8 @@ class Agent:
             "kernel": platform.release(),
             # What this agent can do: a source checks before it asks (drills, say).
             "methods": sorted(METHODS),
+            # Where checkpoint images can be staged (staging.py): the source asks for memory.
+            "staging": ["disk", "memory"],
         }
         crit = criu.capabilities(criu.find_criu())
         caps["criu_version"] = list(crit.version) if crit.version else None
@@ -289,7 +294,7 @@ class Agent:
                 "live_restore": info.live_restore,
             }
             caps["free_disk"] = shutil.disk_usage(info.data_root).free
-            caps["mem_available"] = _mem_available()
+            caps["mem_available"] = staging_mod.mem_available()
         except MigrateError as e:
             caps["engine_error"] = e.to_wire()
         return caps
@@ -616,11 +621,36 @@ class Agent:
                 f.write(chunk)
         return {"bytes": size}
 
-    def h_put_checkpoint(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+    def h_put_checkpoint(
+        self, *, stream: StreamReader, migration_id: str, memory_bytes: int | None = None,
+        require_memory: bool = False,
+    ) -> dict[str, Any]:
         m = self._mig(migration_id)
         # The complete images go to a staging directory; h_restore decides what Docker gets.
+        # In memory when the source asks and they fit twice (staging.py: the restored copy
+        # fills while the images are still there), unless the operator chose a directory.
+        where = "disk"
+        if memory_bytes is not None and self.staging_root is None:
+            root = MEMORY_STAGING_ROOT
+            choice = staging_mod.choose("auto", max(memory_bytes, 0), root, copies=2)
+            if choice.memory and memory_bytes >= LAZY_RESTORE_MIN_BYTES:
+                # Without the split Docker needs all of the images in its own directory:
+                # from memory that is a copy where the disk staging area has a rename.
+                if why := self._no_lazy_restore():
+                    choice = staging_mod.Choice(False, f"no local lazy restore: {why}")
+            log.info("agent staging: %s (%s)", choice.label, choice.reason)
+            if choice.memory:
+                staging_mod.ensure_root(root)
+                m.staging = root / f"migrate-{m.id}"
+                where = "memory"
+            elif require_memory:
+                raise DiskFull(
+                    f"cannot stage the checkpoint in memory on the destination: {choice.reason}",
+                    hint="use --staging auto (falls back to disk) or free memory on the "
+                    "destination",
+                )
         target = self._staging(m)
-        if self.staging_root is not None:
+        if self.staging_root is not None or where == "memory":
             assert m.journal is not None
             m.journal.append("staging", path=str(target))  # before it exists: a rollback finds it
             m.staging = target
@@ -634,7 +664,7 @@ class Agent:
             # Corrupt a real image so that CRIU itself fails, with a real log to report.
             for img in sorted(target.glob("core-*.img")):
                 img.write_bytes(b"\x00" * 16)
-        return {"files": stats.members, "bytes": stats.bytes}
+        return {"files": stats.members, "bytes": stats.bytes, "staging": where}
 
     def h_restore(self, *, migration_id: str, page_server_port: int | None = None) -> dict[str, Any]:
         m = self._mig(migration_id)
@@ -811,18 +841,20 @@ class Agent:
             raise PostcopyFailed("post-copy did not finish", hint="see the agent's log")
         return dict(pc.result)
 
+    def _no_lazy_restore(self) -> str:
+        """Why the images cannot be split for a local lazy restore ("" when they can)."""
+        if os.environ.get(ENV_LAZY_RESTORE, "1") == "0":
+            return f"{ENV_LAZY_RESTORE}=0"
+        if criu.find_criu() is None or not criu.pycriu_available():
+            return "pycriu or criu missing"
+        return self.engine.lazy_restore_blocker() or ""
+
     def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
         """Give Docker the checkpoint without its lazy memory when that is worth it and
         possible (lazy_pages.py); otherwise the complete images, moved (same file system)."""
         split = None
-        reason = ""
-        if os.environ.get(ENV_LAZY_RESTORE, "1") == "0":
-            reason = f"{ENV_LAZY_RESTORE}=0"
-        elif criu.find_criu() is None or not criu.pycriu_available():
-            reason = "pycriu or criu missing"
-        elif blocker := self.engine.lazy_restore_blocker():
-            reason = blocker
-        else:
+        reason = self._no_lazy_restore()
+        if not reason:
             try:
                 split = lazy_pages.split(full, target)
             except OSError as e:
@@ -1339,17 +1371,6 @@ def _volumes(data: list[Any] | None) -> list[VolumeInfo]:
     if len({v.name for v in out}) != len(out):
         raise ProtocolError("volumes: a name appears twice")
     return out
-
-
-def _mem_available() -> int:
-    """MemAvailable from /proc/meminfo in bytes (0 if unreadable): where `evacuate` places."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
 
 
 def _v(v: Any) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu
+from migrate import staging as staging_mod
 from migrate.engines.base import EngineInfo
 from migrate.errors import EngineUnavailable, MigrateError
 from migrate.journal import DEFAULT_DIR
@@ -148,8 +149,28 @@ def run_checks(
     results.append(
         check_disk("disk_staging", staging, min_free_bytes, what="the staging directory")
     )
+    results.append(check_memory_staging(staging_mod.tmpfs_free(staging_mod.MEMORY_ROOT),
+                                        staging_mod.mem_available()))  # fmt: skip
     results.append(check_kernel(platform.release()))
     return CheckReport(tuple(results), host=socket.gethostname())
+
+
+def check_memory_staging(tmpfs_free: int, available: int) -> CheckResult:
+    """Whether checkpoint images can wait in memory here (staging.py): informational, disk is
+    the fallback."""
+    root = staging_mod.MEMORY_ROOT
+    if tmpfs_free == 0:
+        return CheckResult(
+            "staging_memory", False, f"no tmpfs at {root}",
+            problem="checkpoint images are staged on disk (slower, and the dump's time moves "
+            "with the disk's load)",
+            fix=f"mount a tmpfs at {root.parent} (or set MIGRATE_MEMORY_STAGING to one)",
+            required=False,
+        )  # fmt: skip
+    fits = min(tmpfs_free, max(available - staging_mod.HOST_RESERVE, 0))
+    return CheckResult("staging_memory", True,
+                       f"images up to ~{_gib(int(fits / staging_mod.GROWTH))} staged in memory "
+                       f"({root})", required=False)  # fmt: skip
 
 
 def check_destination(conn: Any) -> CheckReport:

@@ -374,6 +374,8 @@ def _print_report(rep: Report) -> None:
                      f"demand, {pc.get('pages_background', 0)} pushed in the background")  # fmt: skip
         t.add_row("post-copy", f"{float(pc.get('postcopy_s', 0)):.3f} s after resuming{pages}")
     t.add_row("total", f"{rep.total_s:.3f} s")
+    if rep.staging:
+        t.add_row("checkpoint staged", ", ".join(f"{k}: {v}" for k, v in rep.staging.items()))
     b = rep.bytes
     t.add_row(
         "bytes",
@@ -462,6 +464,12 @@ def run(
         help="Copy the read-write layer while the container still runs and send only what "
         "changed during the pause (default), or copy all of it during the pause.",
     ),  # fmt: skip
+    staging: str = typer.Option(
+        "auto", "--staging",
+        help="Where the checkpoint images wait on both hosts: auto (default: in memory, i.e. "
+        "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
+        "(refuse when they do not fit) | disk.",
+    ),  # fmt: skip
 ) -> None:
     """Live-migrate one running container to another host.
 
@@ -481,6 +489,9 @@ def run(
     if bind_mounts not in ("refuse", "same-path", "copy"):
         fail(UsageError(f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
                         hint="see docs/mounts-and-networks.md"))  # fmt: skip
+    if staging not in ("auto", "memory", "disk"):
+        fail(UsageError(f"--staging {staging!r} is not one of auto, memory, disk",
+                        hint="see `migrate run --help`"))  # fmt: skip
     try:
         factory = _channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -497,6 +508,7 @@ def run(
                 strategy=strategy,
                 bind_mounts=bind_mounts,
                 precopy=precopy,
+                staging=staging,
                 faults=faults_from_env(),
             ),
             engine,
@@ -706,6 +718,7 @@ def demo(name: str = _LAB_NAME) -> None:
         dest_container_id=r["dest_container_id"], strategy=r["strategy"],
         downtime_s=r["downtime_s"], total_s=r["total_s"], phases=r["phases"],
         bytes=Bytes(**r["bytes"]), source_action=r["source_action"],
+        staging=dict(r.get("staging") or {}),
     )  # fmt: skip
     _print_report(rep)
     out.print(

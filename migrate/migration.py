@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu, layers, postcopy, precopy
+from migrate import staging as staging_mod
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.errors import (
     Busy,
+    CheckpointFailed,
     ConnectionLost,
     ContainerNotRunning,
     CriuUnavailable,
@@ -83,6 +85,9 @@ class RunOptions:
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.lock.DEFAULT_LOCK_DIR
     faults: frozenset[str] = frozenset()
+    # Where checkpoint images are staged on both ends: auto | memory | disk (staging.py).
+    staging: str = "auto"
+    memory_root: Path = staging_mod.MEMORY_ROOT
 
 
 @dataclass
@@ -107,12 +112,15 @@ class Migration:
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
+        self.staged_in: dict[str, str] = {}  # source / destination -> memory | disk
         self.journal = Journal.for_migration("source", self.id, self.opts.state_dir)
         self.lock: ContainerLock | None = None
         self.volumes: list[VolumeInfo] = []
         self.networks: list[NetworkInfo] = []  # user-defined networks to recreate if missing
         self.binds: list[str] = []  # bind-mounted host paths (directories) handled per option
         self.agent_methods: frozenset[str] = frozenset()  # what the agent said it can do
+        self.agent_memory_staging = False  # the agent can stage checkpoint images in memory
+        self.memory_need = 0  # bytes the checkpoint images will take (the container's memory)
         self.precopied: PreCopy | None = None  # set once the agent holds a pre-copy
         self.precopied_volumes: dict[str, PreCopy] = {}  # likewise, by volume name
         self.precopied_binds: dict[str, PreCopy] = {}  # and by bind-mounted host path (copy)
@@ -235,6 +243,8 @@ class Migration:
             methods = hello.get("methods")
             if isinstance(methods, list):
                 self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
+            modes = hello.get("staging")
+            self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
             res = self.conn.call(
@@ -502,8 +512,56 @@ class Migration:
             precopy.flush(upper)
         self._fault("source:after_precopy")
 
+    def _choose_staging(self, spec: ContainerSpec) -> None:
+        """Memory or disk for the checkpoint images, decided while the container still runs
+        (staging.py). ``--staging memory`` that does not fit is refused before the pause."""
+        # A post-copy dump writes only the small non-memory images.
+        self.memory_need = 0 if self.strategy == "lazy" else self.engine.memory_usage(spec.id)
+        root = self.opts.memory_root / "staging"
+        choice = staging_mod.choose(self.opts.staging, self.memory_need, root)
+        log.info("source staging: %s (%s)", choice.label, choice.reason)
+        if self.opts.staging == "memory" and not choice.memory:
+            raise PrecheckFailed(
+                f"cannot stage the checkpoint in memory on the source: {choice.reason}",
+                hint="use --staging auto (falls back to disk) or free memory on the source",
+            )
+        if choice.memory:
+            staging_mod.ensure_root(root)
+            self.staging = root / self.id
+        self.staged_in["source"] = choice.label
+
+    def _checkpoint(self, spec: ContainerSpec, img_dir: Path, work_dir: Path) -> tuple[Path, Path]:
+        """The cold dump; staged in memory, a dump that runs out of room there is done again
+        on disk (the container is still paused and untouched: --leave-running)."""
+        try:
+            self.engine.checkpoint(spec.id, img_dir, work_dir)
+            return img_dir, work_dir
+        except CheckpointFailed as e:
+            in_memory = self.staged_in.get("source") == "memory"
+            said = f"{e.message} {e.details.get('criu_log', '')}"
+            if not in_memory or self.opts.staging == "memory" or "No space left" not in said:
+                raise
+            log.warning("the checkpoint did not fit in %s; dumping again on disk", self.staging)
+        dumping = criu.wait_until_unused(self.staging, DUMP_WAIT_S)
+        if dumping:
+            raise CheckpointFailed(f"the CRIU dump into {self.staging} still runs "
+                                   f"(pids {', '.join(map(str, dumping))})")  # fmt: skip
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.staging = self.opts.state_dir / "staging" / self.id
+        self.staged_in["source"] = "disk"
+        img_dir, work_dir = self.staging / "checkpoint", self.staging / "work"
+        self.engine.checkpoint(spec.id, img_dir, work_dir)
+        return img_dir, work_dir
+
+    def _dest_staging_args(self) -> dict[str, Any]:
+        """Ask the agent to stage in memory when it can and the images may fit there."""
+        if self.opts.staging == "disk" or not self.agent_memory_staging:
+            return {}
+        return {"memory_bytes": self.memory_need, "require_memory": self.opts.staging == "memory"}
+
     def _freeze_and_move(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
+        self._choose_staging(spec)
         img_dir = self.staging / "checkpoint"
         work_dir = self.staging / "work"
         self._fault("source:before_pause")
@@ -518,7 +576,7 @@ class Migration:
                 # The memory stays here, served on demand once the destination runs.
                 self.page_server = self.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
             else:
-                self.engine.checkpoint(spec.id, img_dir, work_dir)
+                img_dir, work_dir = self._checkpoint(spec, img_dir, work_dir)
         upper = Path(self.engine.state(spec.id).upper_dir)
         with self.timer.phase("rootfs", "read-write layer"):
             pc = self.precopied
@@ -575,11 +633,13 @@ class Migration:
                 stream=self._faulty(layers.capture(img_dir), "source:mid_stream"),
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
+                **self._dest_staging_args(),
                 on_progress=lambda raw, wire: self.progress.transfer(
                     "checkpoint", raw, wire, total
                 ),
             )
             self._count("checkpoint", res["_stream"])
+            self.staged_in["destination"] = str(res.get("staging") or "disk")
         tunnel = None
         if self.page_server is not None:
             tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
@@ -819,6 +879,8 @@ class Migration:
             strategy=self.strategy,
             strategy_note=self.strategy_note,
             postcopy=dict(self.postcopy) or None,
+            staging=dict(self.staged_in),
+            migration_id=self.id,
             downtime_s=self.downtime,
             total_s=time.monotonic() - t0,
             phases=dict(self.timer.phases),

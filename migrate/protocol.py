@@ -173,7 +173,9 @@ METHODS: dict[str, Method] = {
         _m("put_volume", stream=True, migration_id=_S, volume=_S),
         _m("put_log", stream=True, migration_id=_S),
         _m("put_bind", stream=True, migration_id=_S, path=_S),
-        _m("put_checkpoint", stream=True, migration_id=_S),
+        # memory_bytes: stage the images in memory when that much fits (staging.py).
+        _m("put_checkpoint", stream=True, migration_id=_S, memory_bytes=Param("int", required=False),
+           require_memory=Param("bool", required=False)),
         # page_server_port: post-copy; the loopback port that leads to the source's pages.
         _m("restore", migration_id=_S, page_server_port=Param("int", required=False)),
         _m("postcopy_wait", migration_id=_S, timeout_s=_F),

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__, criu
+from migrate import staging as staging_mod
 from migrate.engines.base import Engine
 from migrate.errors import Busy, ContainerNotFound, InDoubt, MigrateError
 from migrate.journal import DEFAULT_DIR, Pending, unsettled
@@ -103,7 +104,8 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
     lock = ContainerLock(p.container_id, label, lock_dir)
     lock.acquire()  # Busy (exit 3) if that migration's process still runs
     try:
-        _wait_for_orphaned_dump(state_dir / "staging" / p.migration_id, label)
+        for staging in _stagings(state_dir, p.migration_id):
+            _wait_for_orphaned_dump(staging, label)
         try:
             conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
         except MigrateError as e:
@@ -162,14 +164,20 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
                 f"{label}: the destination is settled ({outcome}) but the source copy could not "
                 f"be {'retired' if outcome == 'committed' else 'resumed'}: {e.message}"
             ) from None
-        staging = state_dir / "staging" / p.migration_id
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-            actions.append("source staging removed")
+        for staging in _stagings(state_dir, p.migration_id):
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+                actions.append(f"source staging removed ({staging})")
         p.journal.append("recovered", outcome=outcome, agent_last=last, actions=actions)
         return Settled(p.migration_id, label, outcome, last, tuple(actions))
     finally:
         lock.release()
+
+
+def _stagings(state_dir: Path, migration_id: str) -> tuple[Path, Path]:
+    """Where a run may have staged its checkpoint: on disk, or in memory (staging.py)."""
+    return (state_dir / "staging" / migration_id,
+            staging_mod.MEMORY_ROOT / "staging" / migration_id)  # fmt: skip
 
 
 def _wait_for_orphaned_dump(staging: Path, label: str) -> None:

@@ -101,6 +101,10 @@ class Report:
     # --strategy lazy: the post-copy phase after the downtime (running to the last page):
     # postcopy_s, pages_total, pages_on_demand (faults), pages_background, bytes.
     postcopy: dict[str, Any] | None = None
+    # Where the checkpoint images were staged: {"source": "memory"|"disk", "destination": ...}
+    # (staging.py); empty when the run ended before the checkpoint.
+    staging: dict[str, str] = field(default_factory=dict)
+    migration_id: str = ""  # names the journals (`migrate recover`) and staging directories
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +125,8 @@ class Report:
             "postcopy": None if self.postcopy is None else {
                 k: round(v, 4) if isinstance(v, float) else v for k, v in self.postcopy.items()
             },
+            "staging": dict(self.staging),
+            "migration_id": self.migration_id,
         }
 
 

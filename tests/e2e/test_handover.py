@@ -25,12 +25,14 @@ import pytest
 
 from migrate import criu
 from migrate.lab import migrate_executable
+from migrate.staging import MEMORY_ROOT
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
     "sleep 0.1; done"
 )
 STAGING = Path("/var/lib/migrate/staging")
+MEMORY_STAGING = MEMORY_ROOT / "staging"  # where the source stages when the images fit
 LOCKS = Path("/run/migrate/locks")
 SOURCE_JOURNALS = Path("/var/lib/migrate/journal/source")
 
@@ -110,9 +112,16 @@ def recover(migrate_on_a: Any, name: str, args: list[str]) -> subprocess.Complet
 
 
 def dest_checkpoints(lab: Any, migration_id: str) -> list[Path]:
-    """The checkpoint images that migration placed on B (the agent names them after it)."""
+    """The checkpoint images that migration placed on B (the agent names them after it):
+    in Docker's directory, or staged in memory."""
     root = lab.config.paths("b").data_root / "containers"
-    return list(root.glob(f"*/checkpoints/migrate-{migration_id[:12]}"))
+    found = list(root.glob(f"*/checkpoints/migrate-{migration_id[:12]}"))
+    return found + [p for p in [MEMORY_ROOT / "agent" / f"migrate-{migration_id}"] if p.exists()]
+
+
+def source_staging(migration_id: str) -> list[Path]:
+    """What that migration staged on A and left: on disk or in memory."""
+    return [p for p in (STAGING / migration_id, MEMORY_STAGING / migration_id) if p.exists()]
 
 
 def test_second_run_of_the_same_container_is_refused(
@@ -212,7 +221,7 @@ def test_source_killed_then_recover(
     assert_counts_on(here, container_name, before)
     assert wait_absent(gone, container_name), "a second copy was left"
     # (other migrations may be staging at the same time on this machine: look at ours only)
-    assert not (STAGING / settled[0]["migration_id"]).exists(), "source staging left"
+    assert not source_staging(settled[0]["migration_id"]), "source staging left"
     assert not dest_checkpoints(lab, settled[0]["migration_id"]), "checkpoint left on B"
     # Settled: recover again has nothing to do, and a new migration is accepted.
     p = migrate_on_a("recover", container_name, *migrate_args, "--json")
@@ -365,7 +374,7 @@ def test_destination_dockerd_restarted(
             assert wait_absent(docker_a, container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
-            assert not (STAGING / migration_id).exists(), "source staging left"
+            assert not source_staging(migration_id), "source staging left"
         source_journal_settled(migrate_on_a, container_name, migrate_args)
     finally:
         client_b.close()
@@ -449,7 +458,7 @@ def test_destination_dockerd_restarted_with_live_restore(
         assert wait_absent(docker_a, container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
-            assert not (STAGING / migration_id).exists(), "source staging left"
+            assert not source_staging(migration_id), "source staging left"
         source_journal_settled(migrate_on_a, container_name, migrate_args)
         # The adopted container is still fully managed: it stops on request.
         c.stop(timeout=2)
@@ -690,7 +699,8 @@ def test_source_disk_full_during_the_checkpoint(
     a.run(["mkdir", "-p", str(STAGING)])
     a.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(STAGING)])
     try:
-        p = migrate_on_a("run", container_name, *migrate_args, "--json")
+        # On disk by choice: in memory (the default when it fits) this area is not used.
+        p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
         assert p.returncode == 1, p.stderr
         err = json.loads(p.stdout)["error"]
         assert err["details"]["cause"] == "criu.dump_failed", err
@@ -725,12 +735,14 @@ def test_source_killed_during_the_criu_dump_then_recover(
     try:
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
-        staging = STAGING / migration_id
+        # In memory (the default: the counter fits) or on disk if the host is short of memory.
+        places = (MEMORY_STAGING / migration_id, STAGING / migration_id)
         mark.unlink()
         deadline = time.monotonic() + 60
-        while not (staging / "work" / "dump.log").exists():
+        while not any((p / "work" / "dump.log").exists() for p in places):
             assert time.monotonic() < deadline and proc.poll() is None, "no dump started"
             time.sleep(0.01)
+        staging = next(p for p in places if p.exists())
         os.kill(pid, sig)
         _, err = proc.communicate(timeout=300)
     finally:

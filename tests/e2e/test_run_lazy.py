@@ -19,6 +19,7 @@ from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
 from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
 
 from migrate.engines.docker import RUNC_CRIU_CONF, criu_config_lock
+from migrate.staging import MEMORY_ROOT
 
 STAGING = Path("/var/lib/migrate/staging")
 
@@ -93,7 +94,8 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
     assert _gone(docker_a, container_name)
     assert _conf() == admin_conf
     assert not RUNC_CRIU_CONF.with_name("runc.conf.migrate-saved").exists()
-    assert not list(Path("/run/migrate").glob("post-*"))
+    # Ours only: other sessions on this machine run post-copies of their own.
+    assert not (Path("/run/migrate") / f"post-{rep['migration_id'][:12]}").exists()
     deadline = time.monotonic() + 30  # the source's runc may still be exiting
     while (left := _procs_mentioning(src_id, dst.id)) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -102,6 +104,8 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
     ours = _migration_ids(src_id)
     assert len(ours) == 1, ours
     assert not (STAGING / ours[0]).exists(), "staging left on the source"
+    assert not (MEMORY_ROOT / "staging" / ours[0]).exists(), "memory staging left on the source"
+    assert not (MEMORY_ROOT / "agent" / f"migrate-{ours[0]}").exists(), "memory staging left on B"
     dst_dir = Path(dst.attrs["LogPath"]).parent
     assert not list(dst_dir.glob("migrate-*")) and not list(dst_dir.glob("checkpoints/*"))
 
