@@ -287,6 +287,8 @@ def start_workload(a: LabHost, name: str, case: Case) -> Path:
 
 # --settle (main): write the workload's layer back to disk before each leg starts.
 SETTLE = False
+# --keep-criu-logs (main): what the agent command is prefixed with.
+AGENT_ENV = ""
 
 
 def read_sum(upper: Path) -> tuple[int, str]:
@@ -561,7 +563,7 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
         argv = [str(migrate_executable()), "run", name, "--to", b.url,
                 "--identity", env["MIGRATE_LAB_KEY"],
                 "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
-                "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
+                "--agent-command", AGENT_ENV + env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
         if strategy:
             argv += ["--strategy", strategy]
         argv += list(extra)
@@ -1026,6 +1028,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--settle", action="store_true",
                     help="syncfs after the workload wrote its read-write layer, before each "
                     "leg (a layer written long ago rather than seconds before)")  # fmt: skip
+    ap.add_argument("--keep-criu-logs", type=Path, metavar="DIR",
+                    help="keep CRIU's logs of every migration in DIR (MIGRATE_KEEP_CRIU_LOGS, "
+                    "source and agent); benchmarks/lazy_floor.py --from-kept DIR reads them")  # fmt: skip
     ap.add_argument("--name", help="output name under benchmarks/results/")
     ap.add_argument("--plot", action="store_true", help="also write NAME.png (matplotlib)")
     ap.add_argument("--render", type=Path, metavar="NAME.json",
@@ -1038,8 +1043,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     mems = [int(x) for x in args.mem.split(",")]
     rws = [int(x) for x in args.rw.split(",")]
     legs = [x.strip() for x in args.legs.split(",")]
-    global SETTLE
+    global SETTLE, AGENT_ENV
     SETTLE = args.settle
+    if args.keep_criu_logs:
+        from migrate.criu import ENV_KEEP_LOGS
+
+        os.environ[ENV_KEEP_LOGS] = str(args.keep_criu_logs.resolve())  # the source inherits it
+        AGENT_ENV = f"env {ENV_KEEP_LOGS}={shlex.quote(os.environ[ENV_KEEP_LOGS])} "
     cases = case_list(mems, rws, args.full, args.text, args.incompressible)
     single = [(c.mem_mb, c.rw_mb, c.text_pct) for c in cases] == [(256, 0, 50)]
     name = args.name or ("run-256mb" if single else "matrix")

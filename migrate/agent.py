@@ -699,6 +699,7 @@ class Agent:
         finally:
             if daemon is not None:
                 daemon.kill()
+                criu.keep_logs(daemon.work, f"{migration_id}-dest")
                 shutil.rmtree(daemon.work, ignore_errors=True)
             shutil.rmtree(full, ignore_errors=True)
         restore_s = time.monotonic() - t0
@@ -758,6 +759,7 @@ class Agent:
                 if daemon is not None:
                     daemon.kill()
                 relay.close()
+                criu.keep_logs(work, f"{m.id}-dest")
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(full, ignore_errors=True)
         threading.Thread(target=self._supervise_postcopy, args=(m, pc), daemon=True,
@@ -807,6 +809,7 @@ class Agent:
         finally:
             pc.daemon.kill()
             pc.relay.close()
+            criu.keep_logs(pc.daemon.work, f"{m.id}-dest")
             shutil.rmtree(pc.daemon.work, ignore_errors=True)
             shutil.rmtree(pc.full, ignore_errors=True)
             pc.done.set()

@@ -11,6 +11,7 @@ command is the fallback and the source of human-readable text.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -361,6 +362,42 @@ def _require(binary: str | None) -> str:
 
 
 # --- logs ------------------------------------------------------------------------------------
+
+
+ENV_KEEP_LOGS = "MIGRATE_KEEP_CRIU_LOGS"
+
+
+def keep_logs(src: Path, tag: str) -> Path | None:
+    """With $MIGRATE_KEEP_CRIU_LOGS set to a directory: copy the CRIU logs (``*.log``) of
+    ``src`` to DIR/TAG before their directory is deleted, with ``btime.json`` giving each
+    log's birth time (CRIU stamps its lines with seconds since its own start: this places
+    them on the wall clock; benchmarks/lazy_floor.py reads both). A debugging aid for where
+    the downtime goes; off by default, and never an error."""
+    root = os.environ.get(ENV_KEEP_LOGS, "").strip()
+    if not root:
+        return None
+    out = Path(root) / tag
+    births: dict[str, float] = {}
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for f in sorted(src.glob("*.log")):
+            births[f.name] = _btime(f)
+            shutil.copyfile(f, out / f.name)
+        (out / "btime.json").write_text(json.dumps(births, indent=1))
+    except OSError as e:
+        log.warning("could not keep the CRIU logs of %s in %s: %s", src, out, e)
+        return None
+    return out
+
+
+def _btime(path: Path) -> float:
+    """A file's birth time (statx, through stat(1)); 0.0 where the file system keeps none."""
+    p = subprocess.run(["stat", "-c", "%.9W", str(path)], capture_output=True, text=True,
+                       check=False, timeout=10)  # fmt: skip
+    try:
+        return float(p.stdout.strip() or 0)
+    except ValueError:
+        return 0.0
 
 
 def log_tail(path: Path | str, lines: int = 40) -> str:

@@ -170,6 +170,7 @@ class Migration:
                 self.page_server.kill()
             if self.tunnel is not None:
                 self.tunnel.close()
+            criu.keep_logs(self.staging / "work", f"{self.id}-source")
             shutil.rmtree(self.staging, ignore_errors=True)
             if self.conn is not None:
                 self.conn.close()
