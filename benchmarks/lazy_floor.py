@@ -394,6 +394,8 @@ def from_kept(lab: Lab, kept: Path, bench_json: Path) -> list[dict[str, Any]]:
     for src in sorted(kept.glob("*-source")):
         mid = src.name.removesuffix("-source")
         dst = kept / f"{mid}-dest"
+        if not (journals / "source" / f"{mid}.jsonl").exists() or not dst.is_dir():
+            continue  # refused before it paused: nothing to place
         recs = [json.loads(x) for x in (journals / "source" / f"{mid}.jsonl").read_text().splitlines()]
         arec = [json.loads(x) for x in (journals / "agent" / f"{mid}.jsonl").read_text().splitlines()]
         ev = {r["event"]: r for r in recs}

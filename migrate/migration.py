@@ -565,6 +565,10 @@ class Migration:
         self._choose_staging(spec)
         img_dir = self.staging / "checkpoint"
         work_dir = self.staging / "work"
+        # Looked up while the container still runs: neither changes with the pause, and each
+        # is a Docker API call that would otherwise add to the downtime.
+        upper = Path(self.engine.state(spec.id).upper_dir)
+        log_path = self.engine.log_file(spec.id)
         self._fault("source:before_pause")
         with self.timer.phase("freeze", "pausing the container"):
             self.journal.append("pausing")
@@ -578,7 +582,6 @@ class Migration:
                 self.page_server = self.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
             else:
                 img_dir, work_dir = self._checkpoint(spec, img_dir, work_dir)
-        upper = Path(self.engine.state(spec.id).upper_dir)
         with self.timer.phase("rootfs", "read-write layer"):
             pc = self.precopied
             # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
@@ -621,7 +624,6 @@ class Migration:
                                          timeout=RESTORE_TIMEOUT_S)  # fmt: skip
                     self._count("volumes", res["_stream"])
                     self.bytes["volumes_kept"] += bcap.stats.kept_bytes
-        log_path = self.engine.log_file(spec.id)
         if log_path is not None and log_path.is_file():
             with self.timer.phase("logs", "log history"):
                 res = self.conn.call("put_log", stream=_file_chunks(log_path),
