@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,8 +52,10 @@ from migrate.protocol import (
     decode_control,
     error_message,
     response_message,
+    stream_header,
     validate_request,
 )
+from migrate.transport.bulk_sink import BulkListener
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +77,8 @@ MEMORY_STAGING_ROOT = staging_mod.MEMORY_ROOT / "agent"
 POSTCOPY_TIMEOUT_S = 1800.0
 # The source may go quiet for a long time while it dumps a large container.
 IDLE_TIMEOUT_S = 900.0
+# A stream via the bulk connection may arrive just after the sink's handover.
+BULK_HANDOVER_WAIT_S = 10.0
 # Label on every drill container: which drill made it (and that it is one).
 DRILL_LABEL = "org.migrate.drill"
 
@@ -157,6 +162,10 @@ class Agent:
     _migrations: dict[str, _Migration] = field(default_factory=dict)
     _drills: dict[str, _Drill] = field(default_factory=dict)
     _done: bool = False
+    # The bulk connection (transport/bulk_sink.py): its one-shot listener, and once the sink
+    # handed over its stdin, the Connection that reads streams sent `via: bulk` from it.
+    _bulk_listener: BulkListener | None = None
+    _bulk: Connection | None = None
 
     @property
     def engine(self) -> Any:
@@ -193,6 +202,14 @@ class Agent:
             self._stop_postcopies()
             self._rollback_uncommitted("agent exiting")
             self._remove_drills()
+            self._close_bulk()
+
+    def _close_bulk(self) -> None:
+        """Closing our end of the handed-over socket lets the sink, and its SSH session,
+        end; the listener's directory goes with it."""
+        if self._bulk_listener is not None:
+            self._bulk_listener.close()
+        self._bulk = None
 
     def _stop_postcopies(self) -> None:
         """The agent is leaving while a post-copy still runs (the source went away): stop the
@@ -226,7 +243,7 @@ class Agent:
             rid, method, args = validate_request(msg)
             handler = getattr(self, f"h_{method.name}")
             if method.stream:
-                reader = StreamReader(self.conn)
+                reader = StreamReader(self._stream_conn(rid, msg.get("via")))
                 result = handler(stream=reader, **args)
                 reader.drain()
             else:
@@ -257,7 +274,47 @@ class Agent:
             err = MigrateError(f"agent internal error: {type(e).__name__}: {e}")
             self.conn.send_control(error_message(rid, err))
 
+    def _stream_conn(self, rid: int, via: Any) -> Connection:
+        """Where the stream of request ``rid`` arrives: right here on the control channel,
+        or on the bulk connection, whose first frame must name this request."""
+        if via is None:
+            return self.conn
+        if via != "bulk":
+            raise ConnectionLost(f"stream via {via!r}: unknown, the session cannot resync")
+        if self._bulk is None and self._bulk_listener is not None:
+            end = self._bulk_listener.wait(BULK_HANDOVER_WAIT_S)
+            if end is not None:
+                self._bulk = Connection(end, timeout=IDLE_TIMEOUT_S)
+        if self._bulk is None:
+            # The source writes this stream into a connection nobody reads: no way to resync.
+            raise ConnectionLost("a stream via the bulk connection, which is not open")
+        try:
+            head = self._bulk.recv_frame()
+            if head.kind != KIND_CONTROL or decode_control(head.body) != stream_header(rid):
+                raise ProtocolError("the bulk connection is out of step with the requests")
+        except MigrateError as e:
+            self._close_bulk()
+            raise ConnectionLost(f"bulk connection unusable: {e.message}") from None
+        return self._bulk
+
     # --- handlers (the allow-list is protocol.METHODS) -------------------------------------
+
+    def h_bulk_open(self) -> dict[str, Any]:
+        """A one-shot socket for the sink of the source's OpenSSH bulk connection, and the
+        token that sink must present (transport/bulk_sink.py)."""
+        if self._bulk_listener is not None:
+            raise ProtocolError("the bulk connection was opened already in this session")
+        root = LAZY_WORK_ROOT
+        try:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            root = Path(tempfile.gettempdir())
+        try:
+            self._bulk_listener = BulkListener(root)
+        except OSError as e:
+            raise Unsupported(f"cannot open the bulk socket in {root}: {e}",
+                              hint="use --bulk paramiko") from None  # fmt: skip
+        return {"socket": str(self._bulk_listener.path), "token": self._bulk_listener.token}
 
     def h_hello(
         self, *, protocol: int, min_protocol: int, software: str, faults: list[Any]

@@ -365,6 +365,9 @@ def _print_report(rep: Report) -> None:
     t.add_column()
     t.add_row("destination name", f"{rep.dest_name} ({rep.dest_container_id[:12]})")
     t.add_row("strategy", rep.strategy + (f" ({rep.strategy_note})" if rep.strategy_note else ""))
+    if rep.stream_channel:
+        t.add_row("streams via", rep.stream_channel
+                  + (f" ({rep.stream_channel_note})" if rep.stream_channel_note else ""))  # fmt: skip
     t.add_row("downtime", "-" if rep.downtime_s is None else f"{rep.downtime_s:.3f} s")
     if rep.postcopy:
         pc = rep.postcopy
@@ -428,6 +431,19 @@ def _channel_factory(
 
 
 DEFAULT_AGENT = "migrate agent"
+_BULK = typer.Option(
+    "auto", "--bulk",
+    help="How streams travel over SSH: auto (default: a second connection through the "
+    "system's OpenSSH client, several times faster than paramiko; paramiko when that does "
+    "not come up) | openssh (required: fail if it does not come up) | paramiko (on the "
+    "control connection).",
+)  # fmt: skip
+
+
+def _check_bulk(bulk: str) -> None:
+    if bulk not in ("auto", "openssh", "paramiko"):
+        fail(UsageError(f"--bulk {bulk!r} is not one of auto, openssh, paramiko",
+                        hint="see `migrate run --help`"))  # fmt: skip
 
 
 @app.command()
@@ -459,6 +475,7 @@ def run(
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
     ),  # fmt: skip
+    bulk: str = _BULK,
     precopy: bool = typer.Option(
         True, "--precopy/--no-precopy",
         help="Copy the read-write layer while the container still runs and send only what "
@@ -486,6 +503,7 @@ def run(
     if strategy not in ("cold", "lazy", "auto"):
         fail(UsageError(f"--strategy {strategy!r} is not one of cold, lazy, auto",
                         hint="see `migrate run --help`"))  # fmt: skip
+    _check_bulk(bulk)
     if bind_mounts not in ("refuse", "same-path", "copy"):
         fail(UsageError(f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
                         hint="see docs/mounts-and-networks.md"))  # fmt: skip
@@ -509,6 +527,7 @@ def run(
                 bind_mounts=bind_mounts,
                 precopy=precopy,
                 staging=staging,
+                bulk=bulk,
                 faults=faults_from_env(),
             ),
             engine,
@@ -684,8 +703,17 @@ def agent(
         help="Where received checkpoint images are staged (default: inside the new "
         "container's directory on Docker's data root). Another file system costs a copy.",
     ),  # fmt: skip
+    sink: str | None = typer.Option(
+        None, "--sink", hidden=True,
+        help="Internal: hand this process's stdin (the source's OpenSSH bulk connection) to "
+        "the running agent listening on this socket.",
+    ),  # fmt: skip
 ) -> None:
     """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
+    if sink is not None:
+        from migrate.transport.bulk_sink import run_sink
+
+        raise typer.Exit(run_sink(sink))
     from migrate.agent import run_agent
 
     raise typer.Exit(run_agent(docker_host, staging_dir))

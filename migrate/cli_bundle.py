@@ -13,11 +13,13 @@ from rich.markup import escape
 
 from migrate.cli import (
     _AGENT_COMMAND,
+    _BULK,
     _DEST_DOCKER_HOST,
     _SSH_ACCEPT_NEW,
     _SSH_IDENTITY,
     _SSH_KNOWN_HOSTS,
     _channel_factory,
+    _check_bulk,
     _RichProgress,
     app,
     err,
@@ -156,6 +158,7 @@ def drill_cmd(
     accept_new_host_key: bool = _SSH_ACCEPT_NEW,
     agent_command: str = _AGENT_COMMAND,
     dest_docker_host: str | None = _DEST_DOCKER_HOST,
+    bulk: str = _BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
 ) -> None:
     """Disaster-recovery drill: prove the container restores on a standby host.
@@ -177,6 +180,7 @@ def drill_cmd(
         return
     if verify_cmd is not None and not argv:
         fail(UsageError("--verify-cmd is empty", hint="give a command, e.g. --verify-cmd 'true'"))
+    _check_bulk(bulk)
     md_path = None
     if report is not None:
         if report.suffix == ".md":
@@ -197,7 +201,8 @@ def drill_cmd(
         return
     progress = _RichProgress(err, enabled=err.is_terminal and not as_json)
     opts = DrillOptions(container=container, destination=to, verify_argv=argv,
-                        settle_s=settle, verify_timeout_s=verify_timeout, keep=keep)  # fmt: skip
+                        settle_s=settle, verify_timeout_s=verify_timeout, keep=keep,
+                        bulk=bulk)  # fmt: skip
     rep = Drill(opts, engine, factory, progress).run()
     doc = rep.to_json()
     if report is not None and md_path is not None:

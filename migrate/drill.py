@@ -39,6 +39,7 @@ from migrate.migration import check_process_owners
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import NullProgress, Progress, Timer
 from migrate.transport import Channel
+from migrate.transport.openssh import StreamChannel, attach_bulk
 
 CALL_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 1800.0  # the agent verifies, loads the image and restores: GBs take minutes
@@ -56,6 +57,7 @@ class DrillOptions:
     verify_timeout_s: float = DEFAULT_VERIFY_TIMEOUT_S
     keep: bool = False
     state_dir: Path = DEFAULT_DIR
+    bulk: str = "auto"  # how the bundle travels over SSH (migrate/transport/openssh.py)
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class DrillReport:
     phases: dict[str, float] = field(default_factory=dict)
     reason: str | None = None  # why it failed or was refused
     error: dict[str, Any] | None = None
+    stream_channel: str = ""  # openssh | paramiko | local (the bundle's stream)
+    stream_channel_note: str = ""
 
     @property
     def passed(self) -> bool:
@@ -203,6 +207,7 @@ class Drill:
         self.drill_name = ""
         self.staging = self.opts.state_dir / "staging" / f"drill-source-{self.id}"
         self.fields: dict[str, Any] = {}
+        self.stream_channel = StreamChannel("")
 
     def run(self) -> DrillReport:
         """Never raises a MigrateError: every outcome is a report (refused, failed, passed)."""
@@ -269,6 +274,8 @@ class Drill:
             hello = self.conn.call("hello", protocol=PROTOCOL_VERSION,
                                    min_protocol=MIN_PROTOCOL_VERSION, software=__version__,
                                    faults=[])  # fmt: skip
+            methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
+            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, methods)
             if "drill_restore" not in (hello.get("methods") or []):
                 raise Incompatible(
                     f"the destination's migrate ({hello.get('software')}) cannot run drills",
@@ -383,6 +390,8 @@ class Drill:
             phases=dict(self.timer.phases),
             reason=reason,
             error=err.to_wire() if err is not None else None,
+            stream_channel=self.stream_channel.name,
+            stream_channel_note=self.stream_channel.note,
             **self.fields,
         )
 

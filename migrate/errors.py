@@ -157,6 +157,13 @@ class AgentUnavailable(PrecheckFailed):
 
 
 @_register
+class BulkUnavailable(PrecheckFailed):
+    """The OpenSSH bulk connection (--bulk openssh) could not be used."""
+
+    code = "precheck.bulk_unavailable"
+
+
+@_register
 class Incompatible(PrecheckFailed):
     """Source and destination are not compatible."""
 

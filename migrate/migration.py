@@ -49,6 +49,7 @@ from migrate.precopy import PreCopy
 from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 from migrate.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.transport import Channel, Tunnel
+from migrate.transport.openssh import StreamChannel, attach_bulk
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ class RunOptions:
     # Where checkpoint images are staged on both ends: auto | memory | disk (staging.py).
     staging: str = "auto"
     memory_root: Path = staging_mod.MEMORY_ROOT
+    # Streams over an OpenSSH bulk connection (auto | openssh | paramiko; docs/architecture.md).
+    bulk: str = "auto"
 
 
 @dataclass
@@ -130,6 +133,7 @@ class Migration:
         self.page_server: postcopy.PageServer | None = None
         self.tunnel: Tunnel | None = None
         self.postcopy: dict[str, Any] = {}
+        self.stream_channel = StreamChannel("")
 
     # --- public ---------------------------------------------------------------------------
 
@@ -246,6 +250,9 @@ class Migration:
                 self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
             modes = hello.get("staging")
             self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
+            # Before anything is frozen: its handshake must not land in the downtime.
+            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, self.agent_methods,
+                                              self.opts.faults)  # fmt: skip
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
             res = self.conn.call(
@@ -881,6 +888,8 @@ class Migration:
             dest_container_id=self.dest_container_id,
             strategy=self.strategy,
             strategy_note=self.strategy_note,
+            stream_channel=self.stream_channel.name,
+            stream_channel_note=self.stream_channel.note,
             postcopy=dict(self.postcopy) or None,
             staging=dict(self.staged_in),
             migration_id=self.id,

@@ -6,6 +6,11 @@ A frame is a fixed 7-byte header (magic ``MG``, kind, body length) and a body:
 * ``DATA``: raw bytes of the stream that the last request opened (zstd-compressed);
 * ``END``: end of that stream (empty body).
 
+A stream goes either on the control channel right after its request, or, when the request
+says ``"via": "bulk"``, on the bulk connection (OpenSSH, migrate/transport/openssh.py): there
+it starts with a ``CONTROL`` frame ``{"type": "stream", "id": REQUEST_ID}`` and then the same
+``DATA`` frames and ``END``; the answer still comes on the control channel.
+
 Requests are named, allow-listed and keyword-only: each method declares its parameters and
 their JSON types here, and a request that does not match is refused before any handler runs.
 Nothing received is ever evaluated or unpickled.
@@ -19,7 +24,7 @@ import struct
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import zstandard
 
@@ -186,6 +191,8 @@ METHODS: dict[str, Method] = {
         _m("drill_restore", stream=True, drill_id=_S, name=_S, size=_I),
         _m("drill_verify", drill_id=_S, settle_s=_F, argv=_L, timeout_s=_F),
         _m("drill_remove", drill_id=_S, keep=_B),
+        # Open the bulk connection's socket: answers {socket, token} (docs/protocol.md).
+        _m("bulk_open"),
         _m("bye"),
     )
 }
@@ -223,8 +230,30 @@ def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, dict[str, Any
 # --- a connection: requests, responses and streams ----------------------------------------
 
 
+class BulkSender(Protocol):
+    """Where the source writes the frames of a stream sent ``via`` the bulk connection."""
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def settimeout(self, seconds: float | None) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    def kill(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def stream_header(rid: int) -> dict[str, Any]:
+    """First frame of a stream on the bulk connection: whose request it belongs to."""
+    return {"type": "stream", "id": rid}
+
+
 class Connection:
-    """Frames over a channel; the source side's request/response and stream helpers."""
+    """Frames over a channel; the source side's request/response and stream helpers.
+
+    ``bulk``: when set, streams go there (``via: bulk``) instead of the control channel.
+    """
 
     def __init__(
         self, channel: Channel, *, timeout: float = 60.0, level: int = 1,
@@ -237,6 +266,7 @@ class Connection:
         self._next_id = 1
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.bulk: BulkSender | None = None
         channel.settimeout(timeout)
 
     # low level
@@ -277,9 +307,31 @@ class Connection:
             raise ValueError(f"{method}: stream {'required' if m.stream else 'not allowed'}")
         rid = self._next_id
         self._next_id += 1
-        self.send_control({"type": "request", "id": rid, "method": method, "args": args})
+        bulk = self.bulk if stream is not None else None
+        if bulk is not None and not bulk.alive():
+            # Died between streams (its ssh exited): nothing is half sent, but this stream
+            # has nowhere to go. The caller's error path rolls back, as for a lost link.
+            self.bulk = None
+            bulk.kill()
+            raise ConnectionLost("the bulk connection (ssh) ended before a stream")
+        req: dict[str, Any] = {"type": "request", "id": rid, "method": method, "args": args}
+        if bulk is not None:
+            req["via"] = "bulk"
+        self.send_control(req)
         stats = None
-        if stream is not None:
+        if stream is not None and bulk is not None:
+            try:
+                bulk.settimeout(self.timeout)
+                bulk.sendall(encode_control(stream_header(rid)))
+                stats = self.send_stream(stream, on_progress=on_progress, to=bulk)
+            except BaseException:
+                # Frames may be half sent: it cannot carry another stream. Ending it gives
+                # the agent EOF in the middle of the stream, which ends its session (and
+                # rolls back what it made), as a broken stream on the control channel does.
+                self.bulk = None
+                bulk.kill()
+                raise
+        elif stream is not None:
             stats = self.send_stream(stream, on_progress=on_progress)
         self.ch.settimeout(timeout if timeout is not None else self.timeout)
         try:
@@ -303,7 +355,9 @@ class Connection:
             result.setdefault("_stream", stats)
         return result
 
-    def send_stream(self, chunks: Iterator[bytes], *, on_progress: Any = None) -> dict[str, int]:
+    def send_stream(
+        self, chunks: Iterator[bytes], *, on_progress: Any = None, to: BulkSender | None = None
+    ) -> dict[str, int]:
         """Compress and send a stream as DATA frames, then END. Returns raw/wire byte counts.
 
         Reading ``chunks`` and compressing run in a thread of their own (see ``_Compressor``)
@@ -311,24 +365,33 @@ class Connection:
         taking turns. An exception raised while reading or compressing comes out of here as
         is, with no END sent (the stream is then unusable, as before).
         """
+        send = self.send_frame if to is None else lambda kind, body: to.sendall(
+            encode_frame(kind, body))  # fmt: skip
         comp = _Compressor(chunks, level=self.level, threads=self.threads)
         raw = wire = 0
         try:
             for body, raw in comp:
-                self.send_frame(KIND_DATA, body)
+                send(KIND_DATA, body)
                 wire += len(body) + HEADER.size
                 if on_progress is not None:
                     on_progress(raw, wire)
         finally:
             comp.close()
-        self.send_frame(KIND_END, b"")
+        send(KIND_END, b"")
         wire += HEADER.size
         if on_progress is not None:
             on_progress(raw, wire)
         return {"raw": raw, "wire": wire}
 
     def close(self) -> None:
-        self.ch.close()
+        try:
+            self.ch.close()
+        finally:
+            # After the control channel: the agent has exited (or been given its time), so
+            # the remote end of the bulk connection is gone and ssh exits on its own.
+            bulk, self.bulk = self.bulk, None
+            if bulk is not None:
+                bulk.close()
 
 
 # --- stream stages in threads ---------------------------------------------------------------

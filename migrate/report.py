@@ -105,6 +105,10 @@ class Report:
     # (staging.py); empty when the run ended before the checkpoint.
     staging: dict[str, str] = field(default_factory=dict)
     migration_id: str = ""  # names the journals (`migrate recover`) and staging directories
+    # What carried the streams: openssh (the bulk connection) | paramiko | local; and why
+    # not openssh under --bulk auto.
+    stream_channel: str = ""
+    stream_channel_note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +126,8 @@ class Report:
             "source_action": self.source_action,
             "error": self.error,
             "strategy_note": self.strategy_note,
+            "stream_channel": self.stream_channel,
+            "stream_channel_note": self.stream_channel_note,
             "postcopy": None if self.postcopy is None else {
                 k: round(v, 4) if isinstance(v, float) else v for k, v in self.postcopy.items()
             },

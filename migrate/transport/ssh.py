@@ -34,6 +34,7 @@ from migrate.errors import (
     MigrateError,
     Timeout,
 )
+from migrate.transport.openssh import BulkTarget
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
 from migrate.transport.tunnel import SshReverseTunnel
 
@@ -819,6 +820,21 @@ class SshChannel:
 
     def stderr_tail(self) -> str:
         return self._tail.text()
+
+    def bulk_target(self) -> BulkTarget:
+        """Where a second, OpenSSH connection must go to reach this agent's host: same host,
+        port, user and identity, and the host key this connection verified (pinned)."""
+        t = self.chan.get_transport()
+        if self._session is None or t is None or not t.is_active():
+            raise ConnectionLost(f"the SSH connection to {self._peer} is closed")
+        key = t.get_remote_server_key()
+        dest, opts = self._session.dest, self._session.opts
+        return BulkTarget(
+            host=dest.host, port=dest.port, user=dest.user,
+            identity=None if opts.identity is None else Path(opts.identity).expanduser(),
+            host_key_type=key.get_name(), host_key_b64=key.get_base64(),
+            agent_command=self.command,
+        )  # fmt: skip
 
     def reverse_tunnel(self, local_port: int) -> SshReverseTunnel:
         """A loopback port on the destination whose connections reach our ``local_port``

@@ -71,6 +71,9 @@ def test_drill_passes_and_leaves_nothing(
                     "--settle", "1", "--verify-cmd", "sh -c 'test $(cat /tmp/count) -gt 0'")  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert rep["status"] == "passed" and rep["reason"] is None
+    # Over SSH the bundle travels through the OpenSSH bulk connection (--bulk auto).
+    ssh = transport_args[transport_args.index("--to") + 1].startswith("ssh://")
+    assert rep["stream_channel"] == ("openssh" if ssh else "local"), rep
     # The source never stopped: it still counts, from where it was (not restarted).
     c = docker_a.containers.get(container_name)
     assert c.status == "running" and rep["source_running"] is True

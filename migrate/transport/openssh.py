@@ -1,0 +1,363 @@
+"""The source's bulk connection: stream frames through the system's OpenSSH client.
+
+paramiko does every 32 KiB packet's work in Python under the GIL, which caps a stream at
+0.34-0.77x of OpenSSH's own rate on two CPUs (benchmarks/results/stream.md). So the streams
+(checkpoint, read-write layer, volumes, logs) go through an ``ssh`` child process instead:
+we write frames to its stdin (a pipe write releases the GIL; OpenSSH encrypts in C) and the
+agent reads them from sshd's pipe (migrate/transport/bulk_sink.py). Requests, answers and
+errors stay on the paramiko control channel.
+
+Security: the child trusts exactly the host key paramiko verified for the control connection
+(written to a private known_hosts file, StrictHostKeyChecking=yes, no other known_hosts, no
+user ssh_config), authenticates as the same user with the same identity, and the agent only
+accepts the sink that presents the random token it gave us over the control channel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import shlex
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
+from migrate.protocol import Connection
+from migrate.transport.bulk_sink import ACK, set_pipe_size, token_line
+from migrate.transport.tail import StderrTail
+
+log = logging.getLogger(__name__)
+
+BULK_MODES = ("auto", "openssh", "paramiko")
+# How long the bulk connection may take to come up (handshake + auth + starting the sink);
+# measured 0.2-0.6 s on the lab. Past this `auto` falls back to paramiko.
+READY_TIMEOUT_S = 10.0
+CONNECT_TIMEOUT_S = 10
+# A cut link is noticed within ~16 s, like the control connection's 15 s dead-peer timeout.
+SERVER_ALIVE_INTERVAL_S = 2
+SERVER_ALIVE_COUNT_MAX = 8
+# Fastest first (AES-NI); all of them are OpenSSH defaults.
+CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+           "aes128-ctr", "aes256-ctr")  # fmt: skip
+# The name the pinned key is filed under, whatever the host and port are.
+HOST_KEY_ALIAS = "migrate-bulk-peer"
+CLOSE_TIMEOUT_S = 5.0
+WRITE_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class BulkTarget:
+    """Where and as whom the control connection logged in, and the key it verified."""
+
+    host: str
+    port: int
+    user: str
+    identity: Path | None  # None: OpenSSH's defaults (ssh-agent, ~/.ssh/id_*)
+    host_key_type: str  # e.g. ssh-ed25519, as paramiko names it
+    host_key_b64: str
+    agent_command: str  # the remote command that started the agent (env prefix included)
+
+
+def host_key_algorithms(key_type: str) -> str:
+    """The signature algorithms that make the server prove the pinned key (RSA keys sign
+    with SHA-2 today; ssh-rsa last for old servers)."""
+    if key_type == "ssh-rsa":
+        return "rsa-sha2-512,rsa-sha2-256,ssh-rsa"
+    return key_type
+
+
+def known_hosts_text(target: BulkTarget) -> str:
+    return f"{HOST_KEY_ALIAS} {target.host_key_type} {target.host_key_b64}\n"
+
+
+def sink_command(agent_command: str, socket_path: str) -> str:
+    return f"{agent_command} --sink {shlex.quote(socket_path)}"
+
+
+def ssh_argv(ssh: str, target: BulkTarget, known_hosts: Path, socket_path: str) -> list[str]:
+    """The OpenSSH command line of the bulk connection (pure; tests/unit/test_openssh.py)."""
+    opts = {
+        "BatchMode": "yes",  # never prompt: fail, and auto falls back
+        "StrictHostKeyChecking": "yes",
+        "UserKnownHostsFile": str(known_hosts),
+        "GlobalKnownHostsFile": "/dev/null",
+        "HostKeyAlias": HOST_KEY_ALIAS,
+        "HostKeyAlgorithms": host_key_algorithms(target.host_key_type),
+        "UpdateHostKeys": "no",
+        "CheckHostIP": "no",
+        "Ciphers": ",".join(CIPHERS),
+        "Compression": "no",  # frames are zstd-compressed already
+        "ServerAliveInterval": str(SERVER_ALIVE_INTERVAL_S),
+        "ServerAliveCountMax": str(SERVER_ALIVE_COUNT_MAX),
+        "ConnectTimeout": str(CONNECT_TIMEOUT_S),
+        "ConnectionAttempts": "1",
+        "ControlMaster": "no",
+        "ControlPath": "none",
+        "ForwardAgent": "no",
+        "ForwardX11": "no",
+        "ClearAllForwardings": "yes",
+        "PermitLocalCommand": "no",
+        "RequestTTY": "no",
+        "EscapeChar": "none",  # binary data on stdin
+        "LogLevel": "ERROR",
+    }
+    argv = [ssh, "-F", "/dev/null"]  # the user's ssh_config must not redirect or relax it
+    for k, v in opts.items():
+        argv += ["-o", f"{k}={v}"]
+    if target.identity is not None:
+        argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.identity)]
+    argv += ["-p", str(target.port), "-l", target.user, "--", target.host,
+             sink_command(target.agent_command, socket_path)]  # fmt: skip
+    return argv
+
+
+def unavailable_hint(mode: str) -> str:
+    return (
+        "check that `ssh` (OpenSSH) is installed on this host and that the same key logs in "
+        "with it non-interactively (`ssh -o BatchMode=yes -i KEY USER@HOST true`); or pass "
+        "--bulk paramiko to stream over the control connection (slower)"
+        if mode == "openssh"
+        else ""
+    )
+
+
+class BulkLink:
+    """The running ``ssh`` child; frames are written to its stdin."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], known_hosts: Path, peer: str) -> None:
+        self.proc = proc
+        self._known_hosts = known_hosts
+        self._peer = peer
+        self._tail = StderrTail()
+        self.timeout: float | None = 60.0
+        self._closed = False
+        assert proc.stdin is not None and proc.stderr is not None
+        self._wfd = proc.stdin.fileno()
+        set_pipe_size(self._wfd)
+        self._stderr_thread = threading.Thread(
+            target=self._drain_stderr, name="bulk-ssh-stderr", daemon=True
+        )
+        self._stderr_thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @classmethod
+    def start(
+        cls, target: BulkTarget, socket_path: str, token: str, *,
+        ready_timeout: float = READY_TIMEOUT_S, ssh: str | None = None,
+    ) -> BulkLink:  # fmt: skip
+        """Start ``ssh``, hand the sink its token, wait for the agent's ACK; raises
+        BulkUnavailable (with OpenSSH's own words) when it does not come up."""
+        ssh = ssh or shutil.which("ssh")
+        if ssh is None:
+            raise BulkUnavailable("no `ssh` (OpenSSH client) on PATH")
+        fd, name = tempfile.mkstemp(prefix="migrate-bulk-", suffix=".known_hosts")
+        known = Path(name)
+        try:
+            with os.fdopen(fd, "w") as f:  # mkstemp: 0600
+                f.write(known_hosts_text(target))
+            proc = subprocess.Popen(
+                ssh_argv(ssh, target, known, socket_path),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                # Our terminal's Ctrl-C is for us: the rollback decides when this ends.
+                start_new_session=True,
+            )  # fmt: skip
+        except BaseException:
+            known.unlink(missing_ok=True)
+            raise
+        link = cls(proc, known, f"ssh://{target.user}@{target.host}:{target.port} (bulk)")
+        try:
+            link.sendall(token_line(token))
+            link._wait_ack(ready_timeout)
+        except BaseException as e:
+            link.kill()
+            if isinstance(e, (ConnectionLost, Timeout)):
+                why = link.stderr_tail() or e.message
+                raise BulkUnavailable(f"the OpenSSH bulk connection did not come up: {why}",
+                                      details={"stderr_tail": link.stderr_tail()}) from None  # fmt: skip
+            raise
+        log.debug("bulk connection up (ssh pid %d)", proc.pid)
+        return link
+
+    def _wait_ack(self, timeout: float) -> None:
+        assert self.proc.stdout is not None
+        rfd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        got = b""
+        while len(got) < len(ACK):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([rfd], [], [], left)[0]:
+                raise Timeout(f"no answer from the sink within {timeout:g} s")
+            chunk = os.read(rfd, len(ACK) - len(got))
+            if not chunk:
+                self.proc.wait(2)  # let its stderr arrive for the message
+                self._stderr_thread.join(1)
+                raise ConnectionLost(f"ssh exited ({self.proc.returncode})")
+            got += chunk
+        if got != ACK:
+            raise ConnectionLost(f"unexpected answer from the sink: {got!r}")
+        self.proc.stdout.close()
+
+    # --- the send side of a Channel -------------------------------------------------------
+
+    def alive(self) -> bool:
+        return not self._closed and self.proc.poll() is None
+
+    def sendall(self, data: bytes) -> None:
+        if self._closed:
+            raise ConnectionLost(f"the bulk connection to {self._peer} is closed")
+        view = memoryview(data)
+        os.set_blocking(self._wfd, False)
+        while view:
+            if not select.select([], [self._wfd], [], self.timeout)[1]:
+                raise Timeout(
+                    f"{self._peer} accepted no data for {self.timeout:g} s",
+                    hint="the agent may be stuck; the link may be down",
+                )
+            try:
+                n = os.write(self._wfd, view[:WRITE_CHUNK])
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                self.proc.poll()
+                self._stderr_thread.join(1 if e.errno == errno.EPIPE else 0)
+                raise ConnectionLost(
+                    f"the bulk connection to {self._peer} broke: {e.strerror or e}"
+                    + (f" (ssh exited with {self.proc.returncode})"
+                       if self.proc.returncode is not None else ""),
+                    details={"stderr_tail": self.stderr_tail()},
+                ) from None  # fmt: skip
+            view = view[n:]
+
+    def settimeout(self, seconds: float | None) -> None:
+        self.timeout = seconds
+
+    def stderr_tail(self) -> str:
+        return self._tail.text()
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    # --- ending ---------------------------------------------------------------------------
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """EOF on its stdin, then give ssh ``timeout`` s to exit (the agent's exit ends the
+        remote side), then kill it. Always removes the known_hosts file."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.debug("ssh (bulk, pid %d) still running after EOF: killing it", self.proc.pid)
+        self._finish()
+
+    def kill(self) -> None:
+        """End it now (after an error mid-stream: it cannot carry another stream)."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()  # by its pid: we started it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(5)
+        self._stderr_thread.join(1)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        self._known_hosts.unlink(missing_ok=True)
+
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        fd = self.proc.stderr.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._tail.feed(chunk)
+
+
+# --- choosing the stream channel for a session ----------------------------------------------
+
+# Test hook (MIGRATE_FAULTS): the bulk connection gets an identity that does not exist, so
+# OpenSSH has no key to offer and its authentication fails.
+FAULT_NO_KEY = "source:bulk_no_key"
+_MISSING_KEY = Path("/nonexistent/migrate-bulk-test-key")
+
+
+@dataclass(frozen=True)
+class StreamChannel:
+    """Which channel this session's streams use, and why (for the report)."""
+
+    name: str  # openssh | paramiko | local
+    note: str = ""
+    pid: int | None = None  # the ssh child's, for openssh
+
+
+def attach_bulk(
+    conn: Connection, mode: str, agent_methods: frozenset[str],
+    faults: frozenset[str] = frozenset(),
+) -> StreamChannel:  # fmt: skip
+    """Open the bulk connection for ``conn`` per ``--bulk`` (right after the hello, long
+    before any freeze). ``auto``: OpenSSH when it comes up, else paramiko with the reason;
+    ``openssh``: BulkUnavailable instead of falling back; ``paramiko``: never tried."""
+    if mode not in BULK_MODES:
+        raise ValueError(f"unknown bulk mode {mode!r}")
+    target_of = getattr(conn.ch, "bulk_target", None)
+    if target_of is None:
+        if mode == "openssh":
+            raise BulkUnavailable(
+                f"--bulk openssh needs an ssh:// destination (this one is {conn.ch.peer})",
+                hint="use --bulk auto or paramiko with local://",
+            )
+        return StreamChannel("local")
+    if mode == "paramiko":
+        return StreamChannel("paramiko", "--bulk paramiko")
+    try:
+        if "bulk_open" not in agent_methods:
+            raise BulkUnavailable("the destination's migrate has no bulk connection (older)",
+                                  hint="install the same migrate version on both hosts")  # fmt: skip
+        target = target_of()
+        if FAULT_NO_KEY in faults:
+            target = BulkTarget(**{**target.__dict__, "identity": _MISSING_KEY})
+        res = conn.call("bulk_open")
+        sock, token = res.get("socket"), res.get("token")
+        if not isinstance(sock, str) or not isinstance(token, str):
+            raise BulkUnavailable("the agent's answer to bulk_open is malformed")
+        try:
+            link = BulkLink.start(target, sock, token)
+        except OSError as e:
+            raise BulkUnavailable(f"cannot start ssh: {e.strerror or e}") from None
+    except (ConnectionLost, Timeout):
+        raise  # the control connection itself: the caller's error path
+    except MigrateError as e:
+        if mode == "openssh":
+            raise BulkUnavailable(e.message, hint=e.hint or unavailable_hint(mode),
+                                  details=e.details) from None  # fmt: skip
+        log.info("--bulk auto: streaming over paramiko (%s)", e.message)
+        return StreamChannel("paramiko", f"OpenSSH bulk connection unavailable: {e.message}")
+    conn.bulk = link
+    return StreamChannel("openssh", pid=link.pid)

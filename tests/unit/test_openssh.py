@@ -1,0 +1,285 @@
+"""The OpenSSH bulk connection's pure logic: its command line, the token, and how a
+Connection routes a stream to it (and gives it up after an error)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_protocol import Pipe
+
+from migrate import errors, protocol
+from migrate.agent import Agent
+from migrate.protocol import Connection, StreamReader
+from migrate.transport import bulk_sink, openssh
+from migrate.transport.openssh import BulkTarget, ssh_argv
+
+TARGET = BulkTarget(
+    host="10.0.0.2", port=2222, user="admin", identity=Path("/keys/id ed25519"),
+    host_key_type="ssh-ed25519", host_key_b64="AAAAC3NzaC1lZDI1NTE5AAAAIFAKE",
+    agent_command="export DOCKER_HOST=x; migrate agent --docker-host 'unix:///a b'",
+)  # fmt: skip
+
+
+def _opts(argv: list[str]) -> dict[str, str]:
+    out = {}
+    for i, a in enumerate(argv):
+        if a == "-o":
+            k, _, v = argv[i + 1].partition("=")
+            out[k] = v
+    return out
+
+
+def test_argv_pins_the_verified_key_and_trusts_nothing_else() -> None:
+    argv = ssh_argv("/usr/bin/ssh", TARGET, Path("/tmp/kh"), "/run/migrate/bulk-x/s")
+    o = _opts(argv)
+    assert argv[:3] == ["/usr/bin/ssh", "-F", "/dev/null"]  # no user ssh_config
+    assert o["StrictHostKeyChecking"] == "yes"
+    assert o["UserKnownHostsFile"] == "/tmp/kh"
+    assert o["GlobalKnownHostsFile"] == "/dev/null"
+    assert o["HostKeyAlias"] == openssh.HOST_KEY_ALIAS
+    assert o["HostKeyAlgorithms"] == "ssh-ed25519"
+    assert o["BatchMode"] == "yes" and o["UpdateHostKeys"] == "no"
+    assert o["Ciphers"].split(",")[0] == "aes128-gcm@openssh.com"
+    assert int(o["ServerAliveInterval"]) * int(o["ServerAliveCountMax"]) <= 20
+    assert o["ControlPath"] == "none" and o["ForwardAgent"] == "no"
+    assert o["EscapeChar"] == "none"
+
+
+def test_argv_same_user_port_identity_and_remote_command() -> None:
+    argv = ssh_argv("ssh", TARGET, Path("/tmp/kh"), "/run/migrate/bulk-x/s")
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[argv.index("-l") + 1] == "admin"
+    assert argv[argv.index("-i") + 1] == "/keys/id ed25519"
+    assert _opts(argv)["IdentitiesOnly"] == "yes"
+    # The host comes after "--" (a host name can not be taken for an option), the remote
+    # command is the agent's own, one argument.
+    assert argv[-3:] == ["--", "10.0.0.2", TARGET.agent_command + " --sink /run/migrate/bulk-x/s"]
+
+
+def test_argv_without_identity_leaves_openssh_its_defaults() -> None:
+    t = BulkTarget(**{**TARGET.__dict__, "identity": None})
+    argv = ssh_argv("ssh", t, Path("/tmp/kh"), "/s")
+    assert "-i" not in argv and "IdentitiesOnly" not in _opts(argv)
+
+
+def test_sink_path_is_quoted_for_the_remote_shell() -> None:
+    assert openssh.sink_command("migrate agent", "/run/a b;rm -rf /") == (
+        "migrate agent --sink '/run/a b;rm -rf /'"
+    )
+
+
+@pytest.mark.parametrize(("ktype", "algs"), [
+    ("ssh-ed25519", "ssh-ed25519"),
+    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+    ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256,ssh-rsa"),
+])  # fmt: skip
+def test_host_key_algorithms(ktype: str, algs: str) -> None:
+    assert openssh.host_key_algorithms(ktype) == algs
+
+
+def test_known_hosts_has_only_the_pinned_key() -> None:
+    assert openssh.known_hosts_text(TARGET) == (
+        f"{openssh.HOST_KEY_ALIAS} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFAKE\n"
+    )
+
+
+def test_tokens_are_random_and_strictly_parsed() -> None:
+    a, b = bulk_sink.new_token(), bulk_sink.new_token()
+    assert a != b and len(a) == bulk_sink.TOKEN_HEX_LEN
+    line = bulk_sink.token_line(a)
+    assert bulk_sink.parse_token_line(line) == a.encode()
+    for bad in (line[:-1], line[:-1] + b"x", a.upper().encode() + b"\n", b"", line + b"\n",
+                b"g" * 64 + b"\n"):  # fmt: skip
+        assert bulk_sink.parse_token_line(bad) is None
+    with pytest.raises(ValueError):
+        bulk_sink.token_line("not-a-token")
+
+
+# --- routing streams ------------------------------------------------------------------------
+
+
+class FakeBulk(Pipe):
+    def __init__(self, fail_after: int | None = None) -> None:
+        super().__init__()
+        self.killed = False
+        self.closed = False
+        self.fail_after = fail_after
+
+    def sendall(self, data: bytes) -> None:
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise errors.ConnectionLost("broken pipe")
+        self.sent += data
+
+    def alive(self) -> bool:
+        return not self.killed
+
+    def kill(self) -> None:
+        self.killed = True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _frames(data: bytes) -> list[protocol.Frame]:
+    ch = Pipe(data)
+    out = []
+    while ch.buf:
+        out.append(protocol.read_frame(ch))
+    return out
+
+
+def _answer(rid: int) -> bytes:
+    return protocol.encode_control(protocol.response_message(rid, {"ok": True}))
+
+
+def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
+    ctl = Pipe(_answer(1))
+    conn = Connection(ctl)
+    bulk = FakeBulk()
+    conn.bulk = bulk
+    res = conn.call("put_log", stream=iter([b"hello " * 1000]), migration_id="m")
+    assert res["ok"] is True
+    req = _frames(bytes(ctl.sent))
+    assert len(req) == 1 and protocol.decode_control(req[0].body)["via"] == "bulk"
+    frames = _frames(bytes(bulk.sent))
+    assert frames[0].kind == protocol.KIND_CONTROL
+    assert protocol.decode_control(frames[0].body) == {"type": "stream", "id": 1}
+    assert frames[-1].kind == protocol.KIND_END
+    assert all(f.kind == protocol.KIND_DATA for f in frames[1:-1])
+    # Read back by the agent's reader from the bulk bytes (after the header).
+    reader = StreamReader(Connection(Pipe(bytes(bulk.sent)[len(frames[0].body) + 7:])))
+    assert reader.read() == b"hello " * 1000
+    conn.close()
+    assert bulk.closed
+
+
+def test_a_broken_bulk_stream_kills_it_and_is_not_reused() -> None:
+    conn = Connection(Pipe())
+    bulk = FakeBulk(fail_after=10)
+    conn.bulk = bulk
+    with pytest.raises(errors.ConnectionLost):
+        conn.call("put_log", stream=iter([os.urandom(3 << 20)]), migration_id="m")
+    assert bulk.killed and conn.bulk is None
+
+
+def test_a_source_read_error_mid_stream_kills_the_bulk_connection() -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"x" * 100
+        raise errors.DiskFull("read failed")
+
+    conn = Connection(Pipe())
+    bulk = FakeBulk()
+    conn.bulk = bulk
+    with pytest.raises(errors.DiskFull):
+        conn.call("put_log", stream=chunks(), migration_id="m")
+    assert bulk.killed and conn.bulk is None
+    assert _frames(bytes(bulk.sent))[-1].kind != protocol.KIND_END
+
+
+def test_a_dead_bulk_connection_fails_the_stream_before_the_request() -> None:
+    ctl = Pipe()
+    conn = Connection(ctl)
+    bulk = FakeBulk()
+    bulk.killed = True
+    conn.bulk = bulk
+    with pytest.raises(errors.ConnectionLost):
+        conn.call("put_log", stream=iter([b"x"]), migration_id="m")
+    assert not ctl.sent and conn.bulk is None
+
+
+def test_calls_without_a_stream_stay_on_the_control_channel() -> None:
+    ctl = Pipe(_answer(1))
+    conn = Connection(ctl)
+    conn.bulk = FakeBulk()
+    conn.call("status", migration_id="m")
+    assert "via" not in protocol.decode_control(_frames(bytes(ctl.sent))[0].body)
+    assert not conn.bulk.sent  # type: ignore[union-attr]
+
+
+# --- the agent's side -------------------------------------------------------------------------
+
+
+def _agent_with_bulk(bulk_bytes: bytes) -> Agent:
+    agent = Agent(Connection(Pipe()), engine_factory=lambda: None)
+    agent._bulk = Connection(Pipe(bulk_bytes))
+    return agent
+
+
+def test_agent_takes_the_stream_whose_header_names_the_request() -> None:
+    data = protocol.encode_control(protocol.stream_header(7)) + protocol.encode_frame(
+        protocol.KIND_END, b"")  # fmt: skip
+    agent = _agent_with_bulk(data)
+    conn = agent._stream_conn(7, "bulk")
+    assert conn is agent._bulk
+    assert conn.recv_frame().kind == protocol.KIND_END
+
+
+@pytest.mark.parametrize("head", [
+    protocol.encode_control(protocol.stream_header(6)),  # another request's stream
+    protocol.encode_frame(protocol.KIND_DATA, b"x"),  # no header at all
+    protocol.encode_control({"type": "stream", "id": 7, "extra": 1}),
+    b"XX" + b"\0" * 5,  # not a frame
+])  # fmt: skip
+def test_agent_refuses_a_bulk_stream_out_of_step(head: bytes) -> None:
+    agent = _agent_with_bulk(head)
+    with pytest.raises(errors.ConnectionLost):
+        agent._stream_conn(7, "bulk")
+    assert agent._bulk is None  # given up for good
+
+
+def test_agent_refuses_bulk_streams_it_cannot_read() -> None:
+    agent = Agent(Connection(Pipe()), engine_factory=lambda: None)
+    with pytest.raises(errors.ConnectionLost):
+        agent._stream_conn(1, "bulk")  # never opened
+    with pytest.raises(errors.ConnectionLost):
+        agent._stream_conn(1, "carrier-pigeon")
+    assert agent._stream_conn(1, None) is agent.conn
+
+
+# --- the handover over a real unix socket (no SSH) ---------------------------------------------
+
+
+def test_listener_hands_over_the_sinks_pipes_and_leaves_nothing(tmp_path: Path) -> None:
+    listener = bulk_sink.BulkListener(tmp_path)
+    assert (listener.dir.stat().st_mode & 0o777) == 0o700
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(listener.path))
+    socket.send_fds(s, [listener.token.encode()], [in_r, out_w])
+    end = listener.wait(10)
+    assert end is not None
+    assert os.read(out_r, 100) == bulk_sink.ACK
+    assert not listener.dir.exists()  # removed once the sink connected
+    os.write(in_w, b"frames")
+    assert end.recv(100) == b"frames"
+    got: list[bytes] = []
+    t = threading.Thread(target=lambda: got.append(s.recv(10)))
+    t.start()
+    listener.close()
+    t.join(5)
+    assert got == [b""]  # the sink is told to go
+    for fd in (in_r, in_w, out_r, out_w):
+        os.close(fd)
+    s.close()
+
+
+def test_listener_refuses_a_wrong_token(tmp_path: Path) -> None:
+    listener = bulk_sink.BulkListener(tmp_path)
+    r, w = os.pipe()
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(listener.path))
+    socket.send_fds(s, [bulk_sink.new_token().encode()], [r, w])
+    assert listener.wait(10) is None
+    assert "wrong bulk token" in listener.error
+    assert s.recv(10) == b""  # closed on it
+    assert not listener.dir.exists()
+    listener.close()
+    for fd in (r, w):
+        os.close(fd)
+    s.close()
