@@ -119,10 +119,27 @@ def sink(target: Path) -> int:
     ch = TimedChannel(StdioChannel.claim_stdio(), clock)
     conn = Connection(ch, timeout=120)  # type: ignore[arg-type]
     req = decode_control(conn.recv_frame().body)
+    stream_conn = conn
+    listener = None
+    if req["method"] == "bulk_open":  # --mode bulk: as the agent's h_bulk_open does
+        from migrate.agent import LAZY_WORK_ROOT
+        from migrate.protocol import KIND_CONTROL, stream_header
+        from migrate.transport.bulk_sink import BulkListener
+
+        LAZY_WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
+        listener = BulkListener(LAZY_WORK_ROOT)
+        conn.send_control(response_message(req["id"], {"socket": str(listener.path),
+                                                       "token": listener.token}))  # fmt: skip
+        req = decode_control(conn.recv_frame().body)
+        end = listener.wait(10)
+        assert end is not None and req.get("via") == "bulk", (listener.error, req)
+        stream_conn = Connection(TimedChannel(end, clock), timeout=120)  # type: ignore[arg-type]
+        head = stream_conn.recv_frame()
+        assert head.kind == KIND_CONTROL and decode_control(head.body) == stream_header(req["id"])
     clock.s.clear()
     t0, c0 = time.perf_counter(), cpu_s()
     target.mkdir(parents=True)
-    reader = StreamReader(conn)
+    reader = StreamReader(stream_conn)
     stats = layers.extract(TimedReader(reader, clock), target, policy=layers.CHECKPOINT_POLICY)  # type: ignore[arg-type]
     reader.drain()
     wall = time.perf_counter() - t0
@@ -130,16 +147,38 @@ def sink(target: Path) -> int:
               "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
     conn.send_control(response_message(req["id"], result))
     shutil.rmtree(target, ignore_errors=True)
+    if listener is not None:
+        listener.close()
     return 0
 
 
 # --- source (runs on a) ----------------------------------------------------------------------
 
 
+class TimedBulk:
+    """The bulk link, its writes timed as ``sendall`` (the same stage as paramiko's)."""
+
+    def __init__(self, link: Any, clock: StageClock) -> None:
+        self.link, self.clock = link, clock
+
+    def sendall(self, data: bytes) -> None:
+        t = time.perf_counter()
+        try:
+            self.link.sendall(data)
+        finally:
+            self.clock.add("sendall", time.perf_counter() - t)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.link, name)
+
+
 def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int,
-           threads: int) -> int:
+           threads: int, mode: str = "paramiko", agent_command: str = "") -> int:
+    import dataclasses
+
     from migrate import layers, protocol
     from migrate.protocol import Connection
+    from migrate.transport.openssh import BulkLink
     from migrate.transport.ssh import SshOptions, connect, parse_destination
 
     if os.environ.get("STREAM_BENCH_SWITCH"):
@@ -149,8 +188,16 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
     session = connect(parse_destination(dest),
                       SshOptions(identity=Path(key), known_hosts=Path(known)))  # fmt: skip
     cmd = f"{sys.executable} {HERE / 'stream_bench.py'} --sink {sink_dir}"
-    ch = TimedChannel(session.exec(cmd, close_session=True), clock)
+    sch = session.exec(cmd, close_session=True)
+    ch = TimedChannel(sch, clock)
     conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
+    link = None
+    if mode == "bulk":  # as migrate/transport/openssh.py's attach_bulk, opened before timing
+        res = conn.call("bulk_open")
+        target = dataclasses.replace(sch.bulk_target(), agent_command=agent_command)
+        link = BulkLink.start(target, res["socket"], res["token"])
+        conn.bulk = TimedBulk(link, clock)  # type: ignore[assignment]
+        clock.s.clear()
     t0, c0 = time.perf_counter(), cpu_s()
     res = conn.call("put_checkpoint", stream=timed_iter(layers.capture(src), clock, "capture"),
                     migration_id="bench", timeout=600)  # fmt: skip
@@ -160,6 +207,11 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
            "wire": st["wire"], "sink": res,
            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
     conn.close()
+    if link is not None:  # the ssh child has exited: its CPU and RSS are ours to read
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out["ssh_cpu"] = ru.ru_utime + ru.ru_stime
+        out["ssh_peak_rss_kb"] = ru.ru_maxrss
+    out["mode"] = mode
     print(json.dumps(out))
     return 0
 
@@ -185,10 +237,20 @@ def run_raw(lab: Any, a: Any, path: Path, cipher: list[str]) -> float:
     argv = [base[0], *cipher, *base[1:]]
     tar = subprocess.Popen(["tar", "-C", str(path), "-cf", "-", "."], stdout=subprocess.PIPE)
     t0 = time.monotonic()
+    c0 = children_cpu_s()
     subprocess.run(a.argv(argv), stdin=tar.stdout, check=True, timeout=600, capture_output=True)
     dt = time.monotonic() - t0
+    RAW_CPU.append(children_cpu_s() - c0)  # the ssh client (and nsenter's exec of it)
     tar.wait()
     return dt
+
+
+RAW_CPU: list[float] = []
+
+
+def children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> int:
@@ -208,12 +270,24 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--label", default="", help="what this run measures (for the JSON)")
     ap.add_argument("--json", type=Path, help="append the summary as one JSON line here")
+    ap.add_argument("--modes", default="paramiko",
+                    help="comma-separated, run interleaved: paramiko (migrate's control "
+                    "channel) and/or bulk (the OpenSSH bulk connection)")  # fmt: skip
+    ap.add_argument("--mode", default="paramiko", help=argparse.SUPPRESS)
+    ap.add_argument("--agent-command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
         return sink(args.sink)
     if args.source:
         return source(args.source, args.dest, args.key, args.known, args.sink_dir, args.level,
-                      args.threads)
+                      args.threads, args.mode, args.agent_command)
+    return drive(args)
+
+
+def drive(args: Any) -> int:
+    modes = [m for m in args.modes.split(",") if m]
+    if not set(modes) <= {"paramiko", "bulk"}:
+        raise SystemExit(f"--modes: unknown mode in {args.modes!r}")
 
     from migrate.lab import Lab
     from migrate.lab_config import LabConfig
@@ -222,40 +296,62 @@ def main() -> int:
     lab.up()
     env = lab.env()
     a = lab.host("a")
-    results: list[dict[str, Any]] = []
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     raws: list[float] = []
     with tempfile.TemporaryDirectory(dir=SINK_ROOT, prefix="stream-src-") as tmp:
         nbytes = make_source(Path(tmp), args.mib, args.text)
         src = Path(tmp) / "img"
         for i in range(args.runs):
-            sink_dir = SINK_ROOT / f"stream-sink-{uuid.uuid4().hex[:8]}"
-            p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
-                       "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
-                       "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
-                       "--level", str(args.level), "--threads", str(args.threads)],
-                      timeout=900)  # fmt: skip
-            r = json.loads(p.stdout.strip().splitlines()[-1])
-            results.append(r)
+            line = [f"run {i + 1}:"]
+            for mode in modes:
+                sink_dir = SINK_ROOT / f"stream-sink-{uuid.uuid4().hex[:8]}"
+                p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
+                           "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
+                           "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
+                           "--level", str(args.level), "--threads", str(args.threads),
+                           "--mode", mode, "--agent-command", env["MIGRATE_AGENT_COMMAND"]],
+                          timeout=900)  # fmt: skip
+                r = json.loads(p.stdout.strip().splitlines()[-1])
+                results[mode].append(r)
+                line.append(f"{mode} {r['raw'] / r['wall'] / 1e6:.0f} MB/s ({r['wall']:.2f} s)")
+                print(f"  {mode} source", json.dumps({k: round(v, 2) for k, v in r["stages"].items()}),
+                      f"cpu {r['cpu']:.2f}" + (f" + ssh {r['ssh_cpu']:.2f}" if "ssh_cpu" in r else "")
+                      + f" rss {r['peak_rss_kb'] // 1024} MiB", file=sys.stderr)  # fmt: skip
+                sk = r["sink"]
+                print(f"  {mode} sink  ", json.dumps({k: round(v, 2) for k, v in sk["stages"].items()}),
+                      f"wall {sk['wall']:.2f} cpu {sk['cpu']:.2f} rss {sk['peak_rss_kb'] // 1024} MiB",
+                      file=sys.stderr)  # fmt: skip
             raw = run_raw(lab, a, src, ["-c", "aes128-gcm@openssh.com"])
             raws.append(raw)
-            print(f"run {i + 1}: migrate {r['raw'] / MiB:.0f} MiB in {r['wall']:.2f} s "
-                  f"({r['raw'] / r['wall'] / 1e6:.0f} MB/s), wire/raw {r['wire'] / r['raw']:.3f}, "
-                  f"OpenSSH {raw:.2f} s ({nbytes / raw / 1e6:.0f} MB/s)", file=sys.stderr)  # fmt: skip
-            print("  source", json.dumps({k: round(v, 2) for k, v in r["stages"].items()}),
-                  f"cpu {r['cpu']:.2f} rss {r['peak_rss_kb'] // 1024} MiB", file=sys.stderr)
-            s = r["sink"]
-            print("  sink  ", json.dumps({k: round(v, 2) for k, v in s["stages"].items()}),
-                  f"wall {s['wall']:.2f} cpu {s['cpu']:.2f} rss {s['peak_rss_kb'] // 1024} MiB",
-                  file=sys.stderr)
-    med = statistics.median(r["wall"] for r in results)
+            line.append(f"OpenSSH {nbytes / raw / 1e6:.0f} MB/s ({raw:.2f} s, "
+                        f"ssh cpu {RAW_CPU[-1]:.2f})")  # fmt: skip
+            print(" ".join(line) + "; ratios " + ", ".join(
+                f"{m} {(results[m][-1]['raw'] / results[m][-1]['wall']) / (nbytes / raw):.2f}"
+                for m in modes), file=sys.stderr)  # fmt: skip
     med_raw = statistics.median(raws)
-    summary = {"label": args.label, "mib": args.mib, "text": args.text, "level": args.level,
-               "threads": args.threads,
-               "bytes": nbytes, "migrate_s": [round(r["wall"], 3) for r in results],
-               "openssh_s": [round(x, 3) for x in raws], "median_migrate_s": med,
-               "median_openssh_s": med_raw, "ratio": med_raw / med, "runs": results}  # fmt: skip
-    print(f"median: migrate {nbytes / med / 1e6:.0f} MB/s, OpenSSH {nbytes / med_raw / 1e6:.0f} "
-          f"MB/s, ratio {med_raw / med:.2f}", file=sys.stderr)  # fmt: skip
+    summary: dict[str, Any] = {
+        "label": args.label, "mib": args.mib, "text": args.text, "level": args.level,
+        "threads": args.threads, "bytes": nbytes, "modes": modes,
+        "openssh_s": [round(x, 3) for x in raws], "openssh_cpu_s": [round(x, 2) for x in RAW_CPU],
+        "median_openssh_s": med_raw,
+    }  # fmt: skip
+    for m in modes:
+        rs = results[m]
+        # Effective rate: raw bytes per second; the ratio per run is against the OpenSSH run
+        # of the same round (same minutes).
+        ratios = [(r["raw"] / r["wall"]) / (nbytes / x) for r, x in zip(rs, raws, strict=True)]
+        summary[m] = {
+            "wall_s": [round(r["wall"], 3) for r in rs],
+            "mb_s": [round(r["raw"] / r["wall"] / 1e6, 1) for r in rs],
+            "ratio_per_run": [round(x, 3) for x in ratios],
+            "median_ratio": round(statistics.median(ratios), 3),
+            "median_wall_s": statistics.median(r["wall"] for r in rs),
+            "runs": rs,
+        }
+        print(f"median {m}: {nbytes / summary[m]['median_wall_s'] / 1e6:.0f} MB/s, ratio to "
+              f"OpenSSH per run {summary[m]['ratio_per_run']} (median "
+              f"{summary[m]['median_ratio']:.2f})", file=sys.stderr)  # fmt: skip
+    print(f"median OpenSSH: {nbytes / med_raw / 1e6:.0f} MB/s", file=sys.stderr)
     if args.json:
         with open(args.json, "a") as f:
             f.write(json.dumps(summary) + "\n")
