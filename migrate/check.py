@@ -192,10 +192,30 @@ def check_destination(conn: Any) -> CheckReport:
             cpu = None  # this host's own check reports its CRIU problem
         else:
             cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
-    return CheckReport(
-        tuple(destination_results(hello, cpu, local.version)),
-        host=str(hello.get("hostname") or ""),
-    )
+    from migrate.transport.openssh import attach_bulk
+
+    rows = destination_results(hello, cpu, local.version)
+    # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?
+    methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
+    bulk = bulk_result(attach_bulk(conn, "auto", methods).note, conn.bulk is not None)
+    if bulk is not None:
+        rows.append(bulk)
+    return CheckReport(tuple(rows), host=str(hello.get("hostname") or ""))
+
+
+def bulk_result(note: str, up: bool) -> CheckResult | None:
+    """The `bulk` row: whether streams will go through OpenSSH (a warning when they fall back
+    to paramiko: slower, still correct); None for transports without SSH."""
+    if up:
+        return CheckResult("bulk", True, "streams through OpenSSH (ssh)", required=False)
+    if not note:
+        return None  # local://
+    return CheckResult(
+        "bulk", False, "streams over paramiko (slower)", problem=note,
+        fix="install the OpenSSH client (`ssh`) and make the same key log in "
+        "non-interactively (BatchMode); `migrate run` falls back to paramiko meanwhile",
+        required=False,
+    )  # fmt: skip
 
 
 def destination_results(

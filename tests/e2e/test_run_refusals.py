@@ -162,7 +162,7 @@ def test_check_to_destination(
     data = json.loads(p.stdout)
     assert data["ready"] is True
     dest = {c["name"]: c for c in data["destination"]["checks"]}
-    for name in ("agent", "criu", "criu_check", "docker", "docker_experimental", "cpu"):
+    for name in ("agent", "criu", "criu_check", "docker", "docker_experimental", "cpu", "bulk"):
         assert dest[name]["ok"], dest[name]
     # The same destination with a daemon lacking experimental features: not ready, with the fix.
     p = migrate_on_a("check", *migrate_args, "--dest-docker-host", plain_dockerd_b, "--json")

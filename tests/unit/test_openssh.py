@@ -283,3 +283,13 @@ def test_listener_refuses_a_wrong_token(tmp_path: Path) -> None:
     for fd in (r, w):
         os.close(fd)
     s.close()
+
+
+def test_check_row_for_the_bulk_connection() -> None:
+    from migrate.check import bulk_result
+
+    up = bulk_result("", True)
+    assert up is not None and up.ok and up.status == "ok"
+    down = bulk_result("OpenSSH bulk connection unavailable: Permission denied", False)
+    assert down is not None and down.status == "warn" and "Permission denied" in down.problem
+    assert bulk_result("", False) is None  # local://: no row
