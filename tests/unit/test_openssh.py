@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -293,3 +294,55 @@ def test_check_row_for_the_bulk_connection() -> None:
     down = bulk_result("OpenSSH bulk connection unavailable: Permission denied", False)
     assert down is not None and down.status == "warn" and "Permission denied" in down.problem
     assert bulk_result("", False) is None  # local://: no row
+
+
+# --- choosing the channel (attach_bulk) --------------------------------------------------------
+
+
+class _SshLike(Pipe):
+    peer = "ssh://root@b:22"
+
+    def bulk_target(self) -> BulkTarget:
+        return TARGET
+
+
+def test_attach_bulk_modes_without_trying_ssh() -> None:
+    local = Connection(Pipe())
+    assert openssh.attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
+    with pytest.raises(errors.BulkUnavailable) as e:
+        openssh.attach_bulk(local, "openssh", frozenset({"bulk_open"}))
+    assert e.value.exit_code == errors.EXIT_REFUSED
+    ssh = Connection(_SshLike())
+    ch = openssh.attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
+    assert (ch.name, ssh.bulk) == ("paramiko", None)
+    # An older agent without bulk_open: auto falls back and says why, openssh refuses.
+    ch = openssh.attach_bulk(ssh, "auto", frozenset())
+    assert ch.name == "paramiko" and "no bulk connection" in ch.note and ssh.bulk is None
+    with pytest.raises(errors.BulkUnavailable, match="no bulk connection"):
+        openssh.attach_bulk(ssh, "openssh", frozenset())
+    with pytest.raises(ValueError):
+        openssh.attach_bulk(ssh, "carrier-pigeon", frozenset())
+
+
+def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    token = bulk_sink.new_token()
+    ctl = _SshLike(protocol.encode_control(protocol.response_message(
+        1, {"socket": "/run/migrate/bulk-x/s", "token": token})))  # fmt: skip
+    conn = Connection(ctl)
+    # An "ssh" that says what OpenSSH says when the key is refused, and exits 255.
+    fake = tmp_path / "ssh"
+    fake.write_text("#!/bin/sh\necho 'root@b: Permission denied (publickey).' >&2\nexit 255\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[Path] = []
+    real_mkstemp = tempfile.mkstemp
+    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw),
+                                                           seen.append(Path(r[1])))[0])  # fmt: skip
+    ch = openssh.attach_bulk(conn, "auto", frozenset({"bulk_open"}))
+    assert ch.name == "paramiko" and "Permission denied" in ch.note, ch
+    assert conn.bulk is None
+    assert len(seen) == 1 and seen[0].parent == tmp_path  # it was written, then removed
+    assert not list(tmp_path.glob("migrate-bulk-*")), "known_hosts copy left behind"
