@@ -129,6 +129,24 @@ def unavailable_hint(mode: str) -> str:
     )
 
 
+KH_SUFFIX = ".known_hosts"
+
+
+def _sweep_known_hosts() -> None:
+    """Remove the known_hosts copies of sources that died between writing one and their
+    connection coming up (a fraction of a second): their pid is in the name."""
+    for f in Path(tempfile.gettempdir()).glob(f"migrate-bulk-*{KH_SUFFIX}"):
+        pid = f.name.removeprefix("migrate-bulk-").split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            f.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive (another user's): not ours to judge
+
+
 class BulkLink:
     """The running ``ssh`` child; frames are written to its stdin."""
 
@@ -161,7 +179,8 @@ class BulkLink:
         ssh = ssh or shutil.which("ssh")
         if ssh is None:
             raise BulkUnavailable("no `ssh` (OpenSSH client) on PATH")
-        fd, name = tempfile.mkstemp(prefix="migrate-bulk-", suffix=".known_hosts")
+        _sweep_known_hosts()
+        fd, name = tempfile.mkstemp(prefix=f"migrate-bulk-{os.getpid()}-", suffix=KH_SUFFIX)
         known = Path(name)
         try:
             with os.fdopen(fd, "w") as f:  # mkstemp: 0600
@@ -186,6 +205,10 @@ class BulkLink:
                 raise BulkUnavailable(f"the OpenSSH bulk connection did not come up: {why}",
                                       details={"stderr_tail": link.stderr_tail()}) from None  # fmt: skip
             raise
+        # Authenticated: OpenSSH checked the key and keeps it in memory (a rekey compares
+        # with it and does not read the file again: checked with RekeyLimit=8M and the file
+        # gone). So it goes now, and a source killed later leaves no copy behind.
+        known.unlink(missing_ok=True)
         log.debug("bulk connection up (ssh pid %d)", proc.pid)
         return link
 

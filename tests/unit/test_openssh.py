@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -346,3 +347,19 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     assert conn.bulk is None
     assert len(seen) == 1 and seen[0].parent == tmp_path  # it was written, then removed
     assert not list(tmp_path.glob("migrate-bulk-*")), "known_hosts copy left behind"
+
+
+def test_stale_known_hosts_of_dead_sources_are_swept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"migrate-bulk-{dead.pid}-abc.known_hosts"
+    mine = tmp_path / f"migrate-bulk-{os.getpid()}-abc.known_hosts"
+    alive = tmp_path / "migrate-bulk-1-abc.known_hosts"  # init: alive
+    other = tmp_path / "migrate-bulk-x.known_hosts"
+    for f in (stale, mine, alive, other):
+        f.write_text("x")
+    openssh._sweep_known_hosts()
+    assert not stale.exists() and mine.exists() and alive.exists() and other.exists()
