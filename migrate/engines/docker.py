@@ -751,7 +751,9 @@ class DockerEngine:
         return server
 
     def checkpoint_dir(self, ref: str, name: str) -> Path:
-        cid = self.state(ref).id
+        return self._checkpoint_path(self.state(ref).id, name)
+
+    def _checkpoint_path(self, cid: str, name: str) -> Path:
         return self.data_root / "containers" / cid / "checkpoints" / name
 
     def _exec_root(self) -> Path:
@@ -788,7 +790,7 @@ class DockerEngine:
         holds no lazy memory: runc's CRIU configuration tells the restoring CRIU to ask the
         local lazy-pages daemon for it (the file exists only while Docker starts the task)."""
         cid = self.state(ref).id
-        images = self.checkpoint_dir(ref, name)
+        images = self._checkpoint_path(cid, name)  # no second inspect inside the downtime
         if lazy is None:
             with criu_config_lock(exclusive=False):
                 self._start(ref, cid, name, images, self._task_work(cid))
