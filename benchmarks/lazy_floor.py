@@ -473,7 +473,10 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
                     break
                 time.sleep(0.05)
             shutil.copytree(tmp / "img", eb.checkpoint_dir(name, "small"))
-            out[key].append(_api_start(eb, name, "small"))
+            # Shared, as migrate's own plain restores: another migration on this machine may
+            # hold its lazy settings in the host's runc.conf for a moment.
+            with engine_mod.criu_config_lock(exclusive=False):
+                out[key].append(_api_start(eb, name, "small"))
             seq, digest = request_sum(b, name, upper_dir(b, name), before[0])
             if digest != before[1]:
                 raise RuntimeError("small restore: memory hash mismatch")
