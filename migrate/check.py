@@ -152,6 +152,7 @@ def run_checks(
     results.append(check_memory_staging(staging_mod.tmpfs_free(staging_mod.MEMORY_ROOT),
                                         staging_mod.mem_available()))  # fmt: skip
     results.append(check_kernel(platform.release()))
+    results.append(check_criu_kdat_cache(mount_fstype(Path("/run"), _read_text(MOUNTS))))
     return CheckReport(tuple(results), host=socket.gethostname())
 
 
@@ -601,6 +602,39 @@ def check_runc_criu_conf(text: str | None) -> CheckResult:
         fix=f"echo file-locks >> {RUNC_CRIU_CONF} (make setup does it)",
         required=False,
     )
+
+
+MOUNTS = Path("/proc/self/mounts")
+
+
+def mount_fstype(path: Path, mounts: str | None) -> str | None:
+    """File system type of the mount holding ``path`` (the longest mount point above it in a
+    /proc/mounts text), None when unknown."""
+    best, fstype = "", None
+    for line in (mounts or "").splitlines():
+        f = line.split()
+        if len(f) < 3:
+            continue
+        mnt = f[1].replace("\\040", " ")
+        inside = str(path) == mnt or str(path).startswith(mnt.rstrip("/") + "/")
+        if inside and len(mnt) >= len(best):  # later lines mount over earlier ones
+            best, fstype = mnt, f[2]
+    return fstype
+
+
+def check_criu_kdat_cache(run_fstype: str | None) -> CheckResult:
+    """CRIU keeps what it probes about the kernel in /run/criu.kdat, and only on a tmpfs.
+    Elsewhere every CRIU run probes again: 25-35 ms each, and a lazy migration starts four
+    of them inside its downtime (benchmarks/results/lazy-floor.md). Informational."""
+    if run_fstype == "tmpfs":
+        return CheckResult("criu_kdat_cache", True, "/run is tmpfs", required=False)
+    return CheckResult(
+        "criu_kdat_cache", False, f"/run is {run_fstype or 'not a mount of its own'}",
+        problem="CRIU cannot cache its kernel probe (/run/criu.kdat needs a tmpfs): every "
+        "dump and restore probes again, ~25-35 ms each inside the downtime",
+        fix="mount /run as a tmpfs (the usual setup; a boot-time choice of the host)",
+        required=False,
+    )  # fmt: skip
 
 
 # --- host ------------------------------------------------------------------------------------

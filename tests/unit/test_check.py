@@ -367,3 +367,25 @@ def test_runc_criu_conf_needs_file_locks() -> None:
         r = check.check_runc_criu_conf(text)
         assert not r.ok and not r.required
         assert "file locks" in r.problem and "file-locks" in r.fix
+
+
+MOUNTS_TEXT = """\
+/dev/vda / ext4 rw,relatime 0 0
+tmpfs /run/lock tmpfs rw 0 0
+proc /proc proc rw 0 0
+"""
+
+
+def test_run_on_the_root_ext4_means_no_kdat_cache() -> None:
+    fstype = check.mount_fstype(Path("/run"), MOUNTS_TEXT)
+    assert fstype == "ext4"  # /run/lock is a tmpfs of its own, /run is not
+    r = check.check_criu_kdat_cache(fstype)
+    assert r.name == "criu_kdat_cache" and r.status == "warn" and "tmpfs" in r.fix
+
+
+def test_run_as_tmpfs_caches_criu_kernel_probe() -> None:
+    text = MOUNTS_TEXT + "tmpfs /run tmpfs rw,nosuid 0 0\n"
+    assert check.mount_fstype(Path("/run"), text) == "tmpfs"
+    assert check.check_criu_kdat_cache("tmpfs").status == "ok"
+    assert check.mount_fstype(Path("/run"), "") is None
+    assert check.check_criu_kdat_cache(None).status == "warn"
