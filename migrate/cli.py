@@ -618,6 +618,7 @@ def evacuate(
     keep_source: bool = typer.Option(
         False, "--keep-source", help="Keep each source container (stopped) instead of removing it."
     ),
+    bulk: str = _BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
 ) -> None:
     """Drain this host: live-migrate every running container (or those with --label) to the
@@ -651,13 +652,14 @@ def evacuate(
         err.print(f"{mark} {escape(o.container)} \u2192 {escape(o.target or '-')} "
                   f"{o.status}{escape(extra)}", highlight=False, soft_wrap=True)  # fmt: skip
 
+    _check_bulk(bulk)
     try:
         targets = parse_targets(to)
         labels = parse_labels(label)
         for t in targets:
             channels(t)  # a malformed target is refused before anything moves
         res = evacuate(targets, channels, DockerEngine, labels=labels, parallel=parallel,
-                       keep_source=keep_source, on_done=done)  # fmt: skip
+                       keep_source=keep_source, bulk=bulk, on_done=done)  # fmt: skip
     except MigrateError as e:
         if as_json:
             out.print_json(data={"status": "failed", "error": e.to_wire()})

@@ -165,6 +165,7 @@ def evacuate(
     labels: Mapping[str, str] | None = None,
     parallel: int = 1,
     keep_source: bool = False,
+    bulk: str = "auto",
     on_done: Callable[[Outcome], None] | None = None,
 ) -> EvacuationResult:
     """Move the running containers (with ``labels``) off this host; see the module doc."""
@@ -196,7 +197,8 @@ def evacuate(
             target = candidates[0]
             tried.append(target)
             ledger.debit(target, sizes[name])
-            opts = RunOptions(container=name, destination=target, keep_source=keep_source)
+            opts = RunOptions(container=name, destination=target, keep_source=keep_source,
+                              bulk=bulk)  # fmt: skip
             try:
                 rep = Migration(opts, engines(), channels(target)).run()
             except InDoubt as e:
