@@ -443,7 +443,7 @@ _BULK = typer.Option(
 def _check_bulk(bulk: str) -> None:
     if bulk not in ("auto", "openssh", "paramiko"):
         fail(UsageError(f"--bulk {bulk!r} is not one of auto, openssh, paramiko",
-                        hint="see `migrate run --help`"))  # fmt: skip
+                        hint="auto (default), openssh (required) or paramiko (never)"))  # fmt: skip
 
 
 @app.command()
