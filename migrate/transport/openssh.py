@@ -31,7 +31,7 @@ from pathlib import Path
 
 from migrate.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
 from migrate.protocol import Connection
-from migrate.transport.bulk_sink import ACK, set_pipe_size, token_line
+from migrate.transport.bulk_sink import ACK, parse_token_line, set_pipe_size, token_line
 from migrate.transport.tail import StderrTail
 
 log = logging.getLogger(__name__)
@@ -368,7 +368,9 @@ def attach_bulk(
             target = BulkTarget(**{**target.__dict__, "identity": _MISSING_KEY})
         res = conn.call("bulk_open")
         sock, token = res.get("socket"), res.get("token")
-        if not isinstance(sock, str) or not isinstance(token, str):
+        if (not isinstance(sock, str) or not sock.startswith("/") or "\0" in sock
+                or not isinstance(token, str)
+                or parse_token_line(token.encode() + b"\n") is None):  # fmt: skip
             raise BulkUnavailable("the agent's answer to bulk_open is malformed")
         try:
             link = BulkLink.start(target, sock, token)

@@ -363,3 +363,20 @@ def test_stale_known_hosts_of_dead_sources_are_swept(
         f.write_text("x")
     openssh._sweep_known_hosts()
     assert not stale.exists() and mine.exists() and alive.exists() and other.exists()
+
+
+@pytest.mark.parametrize("answer", [
+    {"socket": "/run/migrate/bulk-x/s", "token": "short"},
+    {"socket": "/run/migrate/bulk-x/s", "token": "A" * 64},
+    {"socket": "relative/s", "token": "a" * 64},
+    {"socket": 5, "token": "a" * 64},
+    {},
+])  # fmt: skip
+def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, object]) -> None:
+    def conn() -> Connection:
+        return Connection(_SshLike(protocol.encode_control(protocol.response_message(1, answer))))
+
+    ch = openssh.attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
+    assert ch.name == "paramiko" and "malformed" in ch.note
+    with pytest.raises(errors.BulkUnavailable, match="malformed"):
+        openssh.attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))
