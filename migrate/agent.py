@@ -67,10 +67,10 @@ MAX_LOG_BYTES = 1 << 30
 # Waiting for the lazy-pages daemon to move every page of a restored container (local disk).
 RESTORE_FILL_TIMEOUT_S = 600.0
 # Below this much lazy memory Docker's own restore path is as fast as the daemon's start.
-LAZY_RESTORE_MIN_BYTES = 16 << 20
-ENV_LAZY_RESTORE = "MIGRATE_LAZY_RESTORE"  # "0": always restore the plain way
+LAZY_RESTORE_MIN_BYTES = lazy_pages.MIN_LAZY_BYTES
+ENV_LAZY_RESTORE = lazy_pages.ENV_SWITCH
 # Short: the daemon's unix socket lives here and socket paths are limited to 108 bytes.
-LAZY_WORK_ROOT = Path("/run/migrate")
+LAZY_WORK_ROOT = lazy_pages.WORK_ROOT
 # Checkpoint images staged in memory (staging.py); journalled like --staging-dir.
 MEMORY_STAGING_ROOT = staging_mod.MEMORY_ROOT / "agent"
 # Post-copy: the longest a restored container may wait for the rest of its memory.
@@ -903,35 +903,12 @@ class Agent:
 
     def _no_lazy_restore(self) -> str:
         """Why the images cannot be split for a local lazy restore ("" when they can)."""
-        if os.environ.get(ENV_LAZY_RESTORE, "1") == "0":
-            return f"{ENV_LAZY_RESTORE}=0"
-        if criu.find_criu() is None or not criu.pycriu_available():
-            return "pycriu or criu missing"
-        return self.engine.lazy_restore_blocker() or ""
+        return lazy_pages.blocker(self.engine)
 
     def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
         """Give Docker the checkpoint without its lazy memory when that is worth it and
         possible (lazy_pages.py); otherwise the complete images, moved (same file system)."""
-        split = None
-        reason = self._no_lazy_restore()
-        if not reason:
-            try:
-                split = lazy_pages.split(full, target)
-            except OSError as e:
-                shutil.rmtree(target, ignore_errors=True)
-                if e.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise DiskFull(
-                        f"no space for the checkpoint images in {target.parent}: {e}",
-                        hint="free space on the destination's Docker data root",
-                    ) from None
-                reason = f"images not split: {e}"
-            except (ValueError, KeyError, ImportError) as e:
-                reason = f"images not split: {e}"
-                shutil.rmtree(target, ignore_errors=True)
-            if split is not None and split.lazy_bytes < LAZY_RESTORE_MIN_BYTES:
-                reason = f"only {split.lazy_bytes} bytes of lazy memory"
-                shutil.rmtree(target, ignore_errors=True)
-                split = None
+        split, reason = lazy_pages.split_for_restore(self.engine, full, target)
         if split is None:
             log.debug("plain restore: %s", reason)
             _move_tree(full, target)
@@ -1139,6 +1116,7 @@ class Agent:
                 "container_id": res.container_id,
                 "volumes": list(res.volumes),
                 "restore_s": res.restore_s,
+                "restore_mode": res.restore_mode,
                 "recovery_s": res.total_s,
                 "image_loaded": res.image_loaded,
                 "bundle_bytes": got,

@@ -87,7 +87,7 @@ def import_cmd(
         out.print_json(json.dumps({
             "status": "restored" if res.started else "created", "name": res.name,
             "container_id": res.container_id, "restore_s": round(res.restore_s, 3),
-            "checkpoint": res.checkpoint or None,
+            "restore_mode": res.restore_mode or None, "checkpoint": res.checkpoint or None,
         }))  # fmt: skip
         return
     state = (

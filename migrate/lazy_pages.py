@@ -17,6 +17,7 @@ shape CRIU itself writes for a lazy dump.
 from __future__ import annotations
 
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -27,8 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrate import criu
 from migrate.criu import log_tail
-from migrate.errors import RestoreFailed
+from migrate.engines.base import Engine
+from migrate.errors import DiskFull, RestoreFailed
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,11 @@ _COPY_CHUNK = 1 << 20
 
 SOCKET_WAIT_S = 10.0
 DAEMON_LOG = "lazy-pages.log"
+# Below this much lazy memory Docker's own restore path is as fast as the daemon's start.
+MIN_LAZY_BYTES = 16 << 20
+ENV_SWITCH = "MIGRATE_LAZY_RESTORE"  # "0": always restore the plain way
+WORK_ROOT = Path("/run/migrate")  # the daemons' work directories (their sockets)
+FILL_TIMEOUT_S = 600.0  # the longest the daemon may take to feed every page
 
 
 @dataclass(frozen=True)
@@ -115,6 +123,41 @@ def _die_with(parent: int) -> Callable[[], None]:
             os._exit(1)
 
     return child
+
+
+def blocker(engine: Engine) -> str:
+    """Why a split restore cannot be done on this host ("" when it can)."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"{ENV_SWITCH}=0"
+    if criu.find_criu() is None or not criu.pycriu_available():
+        return "pycriu or criu missing"
+    return engine.lazy_restore_blocker() or ""
+
+
+def split_for_restore(engine: Engine, full: Path, target: Path) -> tuple[SplitStats | None, str]:
+    """Write Docker's copy of the images in ``full`` to ``target`` without the lazy memory,
+    when that is possible and worth it; else nothing is written and the reason is returned
+    (the caller restores the plain way). A full disk is an error, not a reason."""
+    reason = blocker(engine)
+    if reason:
+        return None, reason
+    try:
+        stats = split(full, target)
+    except OSError as e:
+        shutil.rmtree(target, ignore_errors=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(
+                f"no space for the checkpoint images in {target.parent}: {e}",
+                hint="free space on the Docker data root",
+            ) from None
+        return None, f"images not split: {e}"
+    except (ValueError, KeyError, ImportError) as e:
+        shutil.rmtree(target, ignore_errors=True)
+        return None, f"images not split: {e}"
+    if stats.lazy_bytes < MIN_LAZY_BYTES:
+        shutil.rmtree(target, ignore_errors=True)
+        return None, f"only {stats.lazy_bytes} bytes of lazy memory"
+    return stats, ""
 
 
 class LazyPagesDaemon:
