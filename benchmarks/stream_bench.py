@@ -272,7 +272,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="append the summary as one JSON line here")
     ap.add_argument("--modes", default="paramiko",
                     help="comma-separated, run interleaved: paramiko (migrate's control "
-                    "channel) and/or bulk (the OpenSSH bulk connection)")  # fmt: skip
+                    "channel) and/or bulk (the OpenSSH bulk connection), each optionally "
+                    "@LEVEL for its own zstd level (bulk@-5)")  # fmt: skip
     ap.add_argument("--mode", default="paramiko", help=argparse.SUPPRESS)
     ap.add_argument("--agent-command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -286,7 +287,8 @@ def main() -> int:
 
 def drive(args: Any) -> int:
     modes = [m for m in args.modes.split(",") if m]
-    if not set(modes) <= {"paramiko", "bulk"}:
+    # MODE or MODE@LEVEL (a zstd level for that leg only, e.g. bulk@-5)
+    if not {m.split("@")[0] for m in modes} <= {"paramiko", "bulk"}:
         raise SystemExit(f"--modes: unknown mode in {args.modes!r}")
 
     from migrate.lab import Lab
@@ -308,8 +310,9 @@ def drive(args: Any) -> int:
                 p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
                            "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
                            "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
-                           "--level", str(args.level), "--threads", str(args.threads),
-                           "--mode", mode, "--agent-command", env["MIGRATE_AGENT_COMMAND"]],
+                           "--level", mode.split("@")[1] if "@" in mode else str(args.level),
+                           "--threads", str(args.threads), "--mode", mode.split("@")[0],
+                           "--agent-command", env["MIGRATE_AGENT_COMMAND"]],
                           timeout=900)  # fmt: skip
                 r = json.loads(p.stdout.strip().splitlines()[-1])
                 results[mode].append(r)
