@@ -173,7 +173,8 @@ class TimedBulk:
 
 
 def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int,
-           threads: int, mode: str = "paramiko", agent_command: str = "") -> int:
+           threads: int, mode: str = "paramiko", agent_command: str = "",
+           adaptive: bool = False) -> int:
     import dataclasses
 
     from migrate import layers, protocol
@@ -191,6 +192,7 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
     sch = session.exec(cmd, close_session=True)
     ch = TimedChannel(sch, clock)
     conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
+    conn.adaptive = adaptive  # the sink reads multi-frame streams (StreamReader, as the agent)
     link = None
     if mode == "bulk":  # as migrate/transport/openssh.py's attach_bulk, opened before timing
         res = conn.call("bulk_open")
@@ -204,7 +206,7 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
     wall = time.perf_counter() - t0
     st = res.pop("_stream")
     out = {"wall": wall, "cpu": cpu_s() - c0, "stages": clock.s, "raw": st["raw"],
-           "wire": st["wire"], "sink": res,
+           "wire": st["wire"], "fast_raw": st.get("fast_raw", 0), "sink": res,
            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
     conn.close()
     if link is not None:  # the ssh child has exited: its CPU and RSS are ours to read
@@ -262,6 +264,7 @@ def main() -> int:
     ap.add_argument("--known", help=argparse.SUPPRESS)
     ap.add_argument("--sink-dir", help=argparse.SUPPRESS)
     ap.add_argument("--level", type=int, default=1)
+    ap.add_argument("--adaptive", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=0, help="zstd worker threads")
     ap.add_argument("--lab", default=os.environ.get("MIGRATE_BENCH_LAB", "mbench"))
     ap.add_argument("--subnet", default=os.environ.get("MIGRATE_BENCH_SUBNET", "10.213.20.0/24"))
@@ -281,13 +284,14 @@ def main() -> int:
         return sink(args.sink)
     if args.source:
         return source(args.source, args.dest, args.key, args.known, args.sink_dir, args.level,
-                      args.threads, args.mode, args.agent_command)
+                      args.threads, args.mode, args.agent_command, args.adaptive)
     return drive(args)
 
 
 def drive(args: Any) -> int:
     modes = [m for m in args.modes.split(",") if m]
-    # MODE or MODE@LEVEL (a zstd level for that leg only, e.g. bulk@-5)
+    # MODE or MODE@LEVEL (a zstd level for that leg only, e.g. bulk@-5) or MODE@adaptive
+    # (level 1 with adaptive compression, as `migrate run` does by default)
     if not {m.split("@")[0] for m in modes} <= {"paramiko", "bulk"}:
         raise SystemExit(f"--modes: unknown mode in {args.modes!r}")
 
@@ -310,7 +314,8 @@ def drive(args: Any) -> int:
                 p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
                            "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
                            "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
-                           "--level", mode.split("@")[1] if "@" in mode else str(args.level),
+                           *(["--level", "1", "--adaptive"] if mode.endswith("@adaptive") else
+                             ["--level", mode.split("@")[1] if "@" in mode else str(args.level)]),
                            "--threads", str(args.threads), "--mode", mode.split("@")[0],
                            "--agent-command", env["MIGRATE_AGENT_COMMAND"]],
                           timeout=900)  # fmt: skip

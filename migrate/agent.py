@@ -336,6 +336,8 @@ class Agent:
             "methods": sorted(METHODS),
             # Where checkpoint images can be staged (staging.py): the source asks for memory.
             "staging": ["disk", "memory"],
+            # Streams may be several zstd frames (adaptive compression, protocol.py).
+            "stream_frames": "multi",
         }
         crit = criu.capabilities(criu.find_criu())
         caps["criu_version"] = list(crit.version) if crit.version else None

@@ -487,6 +487,11 @@ def run(
         "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
         "(refuse when they do not fit) | disk.",
     ),  # fmt: skip
+    compression: str = typer.Option(
+        "adaptive", "--compression",
+        help="adaptive (default: zstd level 1 while the link is the limit, almost none while "
+        "the CPUs are) | fixed (always level 1).",
+    ),  # fmt: skip
 ) -> None:
     """Live-migrate one running container to another host.
 
@@ -510,6 +515,9 @@ def run(
     if staging not in ("auto", "memory", "disk"):
         fail(UsageError(f"--staging {staging!r} is not one of auto, memory, disk",
                         hint="see `migrate run --help`"))  # fmt: skip
+    if compression not in ("adaptive", "fixed"):
+        fail(UsageError(f"--compression {compression!r} is not one of adaptive, fixed",
+                        hint="see `migrate run --help`"))  # fmt: skip
     try:
         factory = _channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -527,6 +535,7 @@ def run(
                 bind_mounts=bind_mounts,
                 precopy=precopy,
                 staging=staging,
+                compression=compression,
                 bulk=bulk,
                 faults=faults_from_env(),
             ),

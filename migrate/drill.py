@@ -275,6 +275,7 @@ class Drill:
                                    min_protocol=MIN_PROTOCOL_VERSION, software=__version__,
                                    faults=[])  # fmt: skip
             methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
+            self.conn.note_agent(hello)
             self.stream_channel = attach_bulk(self.conn, self.opts.bulk, methods)
             if "drill_restore" not in (hello.get("methods") or []):
                 raise Incompatible(

@@ -80,6 +80,9 @@ class RunOptions:
     strategy: str = "cold"  # cold | lazy | auto (docs/architecture.md, "Post-copy")
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
+    # adaptive: the level drops to almost none while the CPUs, not the link, are the limit
+    # (protocol.py, FAST_LEVEL); fixed: always compression_level.
+    compression: str = "adaptive"
     # Stream the read-write layer while the container runs; only what changed goes in the
     # freeze (migrate/precopy.py). Off: the whole layer is captured frozen.
     precopy: bool = True
@@ -111,7 +114,8 @@ class Migration:
         self.dest_name = ""
         self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0,
                                       "volumes": 0, "logs": 0, "rootfs_precopy": 0,
-                                      "rootfs_kept": 0, "volumes_precopy": 0, "volumes_kept": 0}
+                                      "rootfs_kept": 0, "volumes_precopy": 0, "volumes_kept": 0,
+                                      "fast": 0}
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
@@ -248,6 +252,7 @@ class Migration:
             methods = hello.get("methods")
             if isinstance(methods, list):
                 self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
+            self.conn.note_agent(hello, adaptive=self.opts.compression == "adaptive")
             modes = hello.get("staging")
             self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
             # Before anything is frozen: its handshake must not land in the downtime.
@@ -877,6 +882,7 @@ class Migration:
         self.bytes[what] += int(stream_stats.get("raw", 0))
         self.bytes["raw"] += int(stream_stats.get("raw", 0))
         self.bytes["wire"] += int(stream_stats.get("wire", 0))
+        self.bytes["fast"] += int(stream_stats.get("fast_raw", 0))
 
     def _report(self, status: str, t0: float, action: str) -> Report:
         return Report(

@@ -19,9 +19,11 @@ Nothing received is ever evaluated or unpickled.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import struct
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +57,18 @@ STAGE_JOIN_TIMEOUT_S = 5.0
 # zstd's own worker threads (0: compress in the calling thread); chosen by measurement in
 # benchmarks/results/stream.md.
 ZSTD_THREADS = 0
+# Adaptive compression (an agent whose hello says ``stream_frames: multi``): a long stream
+# measures what it achieves (raw bytes per second as the sender takes them, so the link, the
+# destination and the CPUs all count) at the normal level and at FAST_LEVEL (next to no CPU:
+# 3-4 GB/s, ratio ~1), one ADAPT_WINDOW each, then goes on with the faster for
+# ADAPT_EXPLOIT windows and measures again. On a link slower than the CPUs that keeps level 1
+# (the ratio pays: 1 Gbit/s, half text, 1.6x OpenSSH's raw rate); where the CPUs are the
+# limit (both ends on two shared vCPUs) it sends more bytes for less CPU
+# (benchmarks/results/stream-adaptive.md). Each change of level starts a new zstd frame.
+FAST_LEVEL = -1000
+# (MIGRATE_ADAPT_WINDOW: a smaller window, for tests that want a small stream to adapt.)
+ADAPT_WINDOW = int(os.environ.get("MIGRATE_ADAPT_WINDOW") or 32 << 20)
+ADAPT_EXPLOIT = 24
 
 
 @dataclass(frozen=True)
@@ -267,7 +281,14 @@ class Connection:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.bulk: BulkSender | None = None
+        # The agent reads several zstd frames per stream (note_agent): compression may adapt.
+        self.adaptive = False
         channel.settimeout(timeout)
+
+    def note_agent(self, hello: Mapping[str, Any], *, adaptive: bool = True) -> None:
+        """What the agent's hello says about streams: multi-frame streams allow adaptive
+        compression (an older agent refuses data after the first frame)."""
+        self.adaptive = adaptive and hello.get("stream_frames") == "multi"
 
     # low level
     def send_frame(self, kind: int, body: bytes) -> None:
@@ -367,7 +388,8 @@ class Connection:
         """
         send = self.send_frame if to is None else lambda kind, body: to.sendall(
             encode_frame(kind, body))  # fmt: skip
-        comp = _Compressor(chunks, level=self.level, threads=self.threads)
+        comp = _Compressor(chunks, level=self.level, threads=self.threads,
+                           adaptive=self.adaptive)  # fmt: skip
         raw = wire = 0
         try:
             for body, raw in comp:
@@ -381,7 +403,7 @@ class Connection:
         wire += HEADER.size
         if on_progress is not None:
             on_progress(raw, wire)
-        return {"raw": raw, "wire": wire}
+        return {"raw": raw, "wire": wire, "fast_raw": comp.fast_raw}
 
     def close(self) -> None:
         try:
@@ -479,16 +501,24 @@ class _Stage:
 
 class _Compressor(_Stage):
     """Source side: reads ``chunks`` and compresses them into frame bodies of ~DATA_CHUNK;
-    iterating yields ``(body, raw bytes read so far)``."""
+    iterating yields ``(body, raw bytes read so far)``. ``adaptive``: choose between the level
+    and FAST_LEVEL by the rate each achieves (``_Adapt``), a new zstd frame at each change."""
 
-    def __init__(self, chunks: Iterator[bytes], *, level: int, threads: int) -> None:
+    def __init__(
+        self, chunks: Iterator[bytes], *, level: int, threads: int, adaptive: bool = False
+    ) -> None:  # fmt: skip
         super().__init__("stream-compress")
         self._chunks = chunks
         self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
+        self._adapt = (_Adapt(self._cctx, zstandard.ZstdCompressor(level=FAST_LEVEL))
+                       if adaptive else None)  # fmt: skip
+        self.fast_raw = 0  # raw bytes that went at FAST_LEVEL
         self.start()
 
     def produce(self) -> None:
-        comp = self._cctx.compressobj()
+        cctx = self._cctx
+        comp = cctx.compressobj()
+        fast = self._adapt.fast if self._adapt is not None else None
         raw = 0
         pending: list[bytes] = []
         pending_len = 0
@@ -499,6 +529,8 @@ class _Compressor(_Stage):
                 if not chunk:
                     continue
                 raw += len(chunk)
+                if cctx is fast:
+                    self.fast_raw += len(chunk)
                 out = comp.compress(chunk)
                 if out:
                     pending.append(out)
@@ -507,6 +539,13 @@ class _Compressor(_Stage):
                     if not self._emit(b"".join(pending), raw):
                         return
                     pending, pending_len = [], 0
+                if self._adapt is not None:
+                    want = self._adapt.next(raw, time.monotonic())
+                    if want is not cctx:
+                        # End this frame here; the next one starts at the other level.
+                        pending.append(comp.flush())
+                        pending_len += len(pending[-1])
+                        cctx, comp = want, want.compressobj()
             pending.append(comp.flush())
             self._emit(b"".join(pending), raw)
         finally:
@@ -530,6 +569,43 @@ class _Compressor(_Stage):
                 return
             assert isinstance(item, tuple)
             yield item
+
+
+class _Adapt:
+    """Which compressor the next window of a stream uses: windows of ADAPT_WINDOW raw bytes;
+    after one to warm up (the queues fill), one at each level is measured, and the faster
+    one (raw bytes per second) runs for ADAPT_EXPLOIT windows before measuring again. The
+    rate is taken where the producer hands bodies over, so back-pressure from the link, the
+    destination and the CPUs all shows in it."""
+
+    def __init__(self, normal: zstandard.ZstdCompressor, fast: zstandard.ZstdCompressor) -> None:
+        self.normal, self.fast = normal, fast
+        # The last two windows of every plan are measured; the first plan's first is not.
+        self._plan: list[zstandard.ZstdCompressor] = [normal, normal, fast]
+        self._rates: dict[int, float] = {}
+        self._current = normal
+        self._start_raw = 0
+        self._start_t: float | None = None
+        self.choices: list[str] = []  # "normal" / "fast" after each measurement (reports, tests)
+
+    def next(self, raw: int, now: float) -> zstandard.ZstdCompressor:
+        if self._start_t is None:
+            self._start_t = now
+        if raw - self._start_raw < ADAPT_WINDOW:
+            return self._current
+        rate = (raw - self._start_raw) / max(now - self._start_t, 1e-6)
+        done = self._plan.pop(0)
+        if len(self._plan) < 2:
+            self._rates[id(done)] = rate
+        if not self._plan:
+            best = max((self.normal, self.fast), key=lambda c: self._rates.get(id(c), 0.0))
+            self.choices.append("fast" if best is self.fast else "normal")
+            other = self.normal if best is self.fast else self.fast
+            self._plan = [best] * ADAPT_EXPLOIT + [other, best]
+            self._rates.clear()
+        self._current = self._plan[0]
+        self._start_raw, self._start_t = raw, now
+        return self._current
 
 
 class _FrameSource:
@@ -578,7 +654,9 @@ class _Decompressor(_Stage):
     def produce(self) -> None:
         dctx = zstandard.ZstdDecompressor()
         # _FrameSource is not an IO[bytes], but read() is all the stream reader calls.
-        zr = dctx.stream_reader(self._src, read_size=DATA_CHUNK, closefd=False)  # type: ignore[arg-type]
+        # Across frames: an adaptive sender starts a new frame at each change of level.
+        zr = dctx.stream_reader(self._src, read_size=DATA_CHUNK, closefd=False,  # type: ignore[arg-type]
+                                read_across_frames=True)  # fmt: skip
         try:
             while not self._stop.is_set():
                 try:

@@ -65,11 +65,15 @@ class Bytes:
     rootfs_kept: int = 0
     volumes_precopy: int = 0  # the same for volumes (``volumes``: sent during the freeze)
     volumes_kept: int = 0
+    # Raw bytes sent almost uncompressed by adaptive compression (protocol.py, FAST_LEVEL):
+    # where the CPUs, not the link, were the limit.
+    fast: int = 0
 
     def to_json(self) -> dict[str, int]:
         return {
             "raw": self.raw,
             "wire": self.wire,
+            "fast": self.fast,
             "image": self.image,
             "rootfs": self.rootfs,
             "rootfs_precopy": self.rootfs_precopy,

@@ -318,3 +318,77 @@ def _wait_no_stage_threads(timeout: float = 10.0) -> None:
         time.sleep(0.02)
     assert not _stage_threads(), f"stage threads left running: {_stage_threads()}"
 
+
+
+def _words(mib: int, seed: int = 7) -> list[bytes]:
+    """Compressible text (~0.3 at zstd level 1) in 256 KiB pieces, the same every run."""
+    import random
+
+    rnd = random.Random(seed)
+    vocab = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9)))
+             for _ in range(4000)]  # fmt: skip
+    out, size = [], 0
+    while size < mib << 20:
+        piece = b" ".join(rnd.choice(vocab) for _ in range(40_000))[: 256 << 10]
+        out.append(piece)
+        size += len(piece)
+    return out
+
+
+class SlowPipe(Pipe):
+    """A link slower than the compressor: 20 MB/s."""
+
+    def sendall(self, data: bytes) -> None:
+        time.sleep(len(data) / 20e6)
+        super().sendall(data)
+
+
+def _receive(data: bytes) -> bytes:
+    reader = StreamReader(Connection(Pipe(data)))
+    got = bytearray()
+    while chunk := reader.read(1 << 20):
+        got += chunk
+    assert reader.finished
+    return bytes(got)
+
+
+@pytest.fixture
+def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Windows well above what the queue holds, so each window's rate is the link's.
+    monkeypatch.setattr(protocol, "ADAPT_WINDOW", 4 << 20)
+    monkeypatch.setattr(protocol, "PIPELINE_DEPTH", 1)
+
+
+def test_adaptive_stream_goes_fast_where_compressing_is_the_limit(small_windows: None) -> None:
+    payload = _words(32)
+    raw = b"".join(payload)
+    tx = Pipe()  # sends instantly: only the compressor limits the rate
+    conn = Connection(tx)
+    conn.note_agent({"stream_frames": "multi"})
+    stats = conn.send_stream(iter(payload))
+    assert stats["raw"] == len(raw)
+    # warm-up and one window at level 1, one fast, then fast for the rest
+    assert stats["fast_raw"] >= 16 << 20, stats
+    assert _receive(bytes(tx.sent)) == raw  # several zstd frames, one stream
+
+
+def test_adaptive_stream_keeps_the_level_where_the_link_is_the_limit(small_windows: None) -> None:
+    payload = _words(32)
+    tx = SlowPipe()
+    conn = Connection(tx)
+    conn.note_agent({"stream_frames": "multi"})
+    stats = conn.send_stream(iter(payload))
+    # one window measured fast (the probe), the rest at level 1: the ratio pays on this link
+    assert 0 < stats["fast_raw"] <= (4 << 20) + (256 << 10), stats
+    assert stats["wire"] < 0.6 * stats["raw"]
+    assert _receive(bytes(tx.sent)) == b"".join(payload)
+
+
+def test_no_adaptive_compression_with_an_agent_that_reads_one_frame(small_windows: None) -> None:
+    conn = Connection(Pipe())
+    conn.note_agent({"methods": []})  # an older agent: no stream_frames
+    assert not conn.adaptive
+    stats = conn.send_stream(iter(_words(16)))
+    assert stats["fast_raw"] == 0
+    conn.note_agent({"stream_frames": "multi"}, adaptive=False)  # --compression fixed
+    assert not conn.adaptive
