@@ -11,15 +11,18 @@ from typing import Any
 from migrate.engines.docker import RUNC_CRIU_CONF
 
 # 48 MiB of random text held by one awk process, in 8 KiB strings (above the agent's 16 MiB
-# threshold for the split restore). On request (/tmp/ask) awk writes what it holds to
-# /tmp/dump: the checksum of that file is a checksum of the process's memory.
+# threshold for the split restore). On request (a line written to the FIFO /tmp/ask) awk
+# writes what it holds to /tmp/dump: the checksum of that file is a checksum of the process's
+# memory. awk waits for requests in open() of the FIFO and never forks: a process polling
+# with system("sleep") is caught mid-vfork now and then by the pause (the parent waits in D
+# state for a frozen child) and CRIU cannot seize it ("Unseizable non-zombie ... state D").
 HOLDER = (
-    "tr -dc a-z0-9 </dev/urandom | head -c 50331648 | fold -w 8192 | awk '"
+    "mkfifo /tmp/ask && tr -dc a-z0-9 </dev/urandom | head -c 50331648 | fold -w 8192 | awk '"
     '{ a[NR] = $0 } END { print "ready" > "/tmp/ready"; close("/tmp/ready"); '
-    'while (1) { if ((getline x < "/tmp/ask") > 0) { close("/tmp/ask"); '
-    'system("rm -f /tmp/ask"); for (i = 1; i <= NR; i++) print a[i] > "/tmp/dump"; '
+    'while (1) { if ((getline x < "/tmp/ask") > 0) { '
+    'for (i = 1; i <= NR; i++) print a[i] > "/tmp/dump"; '
     'close("/tmp/dump"); print "done" > "/tmp/dumped"; close("/tmp/dumped") } '
-    'else close("/tmp/ask"); system("sleep 0.1") } }\''
+    'close("/tmp/ask") } }\''
 )
 
 
