@@ -112,8 +112,10 @@ def run_once(lab: Lab, layers: tuple[str, ...], mem: int, keep: Path | None,
     # The image on b (the probe measures the downtime, not the image transfer).
     save = a.argv(["env", f"DOCKER_HOST={a.docker_host}", DOCKER, "save", IMAGE])
     load = b.argv(["env", f"DOCKER_HOST={b.docker_host}", DOCKER, "load"])
-    subprocess.run(f"{' '.join(save)} | {' '.join(load)}", shell=True, check=True,
-                   capture_output=True)  # fmt: skip
+    with subprocess.Popen(save, stdout=subprocess.PIPE) as saver:
+        subprocess.run(load, stdin=saver.stdout, check=True, capture_output=True)
+    if saver.returncode != 0:
+        raise RuntimeError(f"docker save {IMAGE} on a failed ({saver.returncode})")
     ea = DockerEngine(a.docker_host)
     eb = DockerEngine(b.docker_host)
     staging = Path(tempfile.mkdtemp(prefix="lzf-", dir="/var/tmp"))

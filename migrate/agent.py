@@ -695,7 +695,7 @@ class Agent:
             if choice.memory and memory_bytes >= LAZY_RESTORE_MIN_BYTES:
                 # Without the split Docker needs all of the images in its own directory:
                 # from memory that is a copy where the disk staging area has a rename.
-                if why := self._no_lazy_restore():
+                if why := lazy_pages.blocker(self.engine):
                     choice = staging_mod.Choice(False, f"no local lazy restore: {why}")
             log.info("agent staging: %s (%s)", choice.label, choice.reason)
             if choice.memory:
@@ -902,10 +902,6 @@ class Agent:
         if not pc.result:
             raise PostcopyFailed("post-copy did not finish", hint="see the agent's log")
         return dict(pc.result)
-
-    def _no_lazy_restore(self) -> str:
-        """Why the images cannot be split for a local lazy restore ("" when they can)."""
-        return lazy_pages.blocker(self.engine)
 
     def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
         """Give Docker the checkpoint without its lazy memory when that is worth it and

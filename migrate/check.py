@@ -644,7 +644,7 @@ def check_disk(name: str, path: Path | None, min_free: int, *, what: str) -> Che
     """Free space where ``path`` is (or would be created), warning below ``min_free``."""
     if path is None:
         return CheckResult(name, False, "unknown", problem=f"{what} is unknown", required=False)
-    probe = _existing_ancestor(path)
+    probe = staging_mod.nearest_existing(path)
     if probe is None:
         return CheckResult(
             name, False, "unknown", problem=f"cannot find {path} on this host", required=False
@@ -746,13 +746,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-
-
-def _existing_ancestor(path: Path) -> Path | None:
-    for p in (path, *path.parents):
-        if p.exists():
-            return p
-    return None
 
 
 def _gib(n: int) -> str:

@@ -17,10 +17,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from migrate.lab_sys import parse_mountinfo_entries
+
 # /dev/shm is a tmpfs on every distribution we know, sized at half the RAM by default.
 # MIGRATE_MEMORY_STAGING points elsewhere (a tmpfs of its own, say).
 MEMORY_ROOT = Path(os.environ.get("MIGRATE_MEMORY_STAGING") or "/dev/shm/migrate")
-TMPFS_MAGIC = 0x01021994
 MODES = ("auto", "memory", "disk")
 # Room left for the container's own growth between the estimate and the dump.
 GROWTH = 1.25
@@ -40,27 +41,28 @@ class Choice:
         return "memory" if self.memory else "disk"
 
 
-def _is_tmpfs(path: Path) -> bool:
-    # statvfs has no file system type; /proc/self/mountinfo does. Find the mount holding
-    # ``path``'s nearest existing ancestor.
-    probe = path
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    target = os.path.realpath(probe)
+def nearest_existing(path: Path) -> Path | None:
+    """``path`` or its nearest ancestor that exists (what a directory to be made lands on)."""
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return None
+
+
+def _fstype(path: Path) -> str:
+    """The file system type of the mount holding the existing ``path`` ("" if unknown):
+    statvfs has no type, /proc/self/mountinfo has."""
+    target = os.path.realpath(path)
     best, fstype = "", ""
     try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+        entries = parse_mountinfo_entries(Path("/proc/self/mountinfo").read_text())
     except OSError:
-        return False
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields = left.split()
-        if len(fields) < 5 or not right:
-            continue
-        mnt = fields[4].replace("\\040", " ")
-        if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best, fstype = mnt, right.split()[0]
-    return fstype == "tmpfs"
+        return ""
+    for point, _root, kind in entries:
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, kind
+    return fstype
 
 
 def mem_available() -> int:
@@ -77,11 +79,9 @@ def mem_available() -> int:
 
 def tmpfs_free(root: Path) -> int:
     """Free bytes of the tmpfs holding ``root``, 0 if it is not a tmpfs."""
-    if not _is_tmpfs(root):
+    probe = nearest_existing(root)
+    if probe is None or _fstype(probe) != "tmpfs":
         return 0
-    probe = root
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
     try:
         return shutil.disk_usage(probe).free
     except OSError:

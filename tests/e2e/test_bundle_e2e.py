@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import remove_containers
 from test_run import COUNTER, _count, _start_counter, counter_image  # noqa: F401 - fixture
-from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
+from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.lab import migrate_executable
 
@@ -69,9 +69,7 @@ def test_import_feeds_the_memory_from_a_local_lazy_daemon(
 ) -> None:  # fmt: skip
     """48 MiB of memory: the import gives Docker the checkpoint without it and a local
     lazy-pages daemon feeds it (not ~16 ms per MB through containerd); every byte arrives."""
-    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
-    _wait_file(docker_a, container_name, "/tmp/ready")
-    before = _memory_sum(docker_a, container_name)
+    before = start_holder(docker_a, container_name, test_image)
     bundle = tmp_path / "h.tar.zst"
     p = migrate_on_a("export", container_name, "-o", str(bundle), "--leave-running", "--json")
     assert p.returncode == 0, p.stderr

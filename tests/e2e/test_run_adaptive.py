@@ -7,24 +7,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
+from test_run_fast_restore import _memory_sum, start_holder
 
 # 4 MiB windows: the 48 MiB checkpoint is measured at both levels (one window each at least)
 # and goes on at the faster one, so the stream is several frames whichever wins.
 SMALL_WINDOWS = {"MIGRATE_ADAPT_WINDOW": str(4 << 20)}
 
 
-def _holder(docker_a: Any, name: str, image: str) -> str:
-    docker_a.containers.run(image, ["sh", "-c", HOLDER], name=name, detach=True)
-    _wait_file(docker_a, name, "/tmp/ready")
-    return _memory_sum(docker_a, name)
-
-
 def test_adaptive_stream_changes_level_and_the_memory_arrives(
     migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
     docker_b: Any, test_image: str,
 ) -> None:  # fmt: skip
-    before = _holder(docker_a, container_name, test_image)
+    before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--json", env_extra=SMALL_WINDOWS)
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
@@ -37,7 +31,7 @@ def test_fixed_compression_keeps_one_level(
     migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
     docker_b: Any, test_image: str,
 ) -> None:  # fmt: skip
-    before = _holder(docker_a, container_name, test_image)
+    before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--compression", "fixed", "--json",
                      env_extra=SMALL_WINDOWS)  # fmt: skip
     assert p.returncode == 0, p.stderr

@@ -51,13 +51,18 @@ def _memory_sum(client: Any, name: str) -> str:
     return digest
 
 
+def start_holder(client: Any, name: str, image: str) -> str:
+    """Run HOLDER as ``name`` and return the checksum of its memory once it is ready."""
+    client.containers.run(image, ["sh", "-c", HOLDER], name=name, detach=True)
+    _wait_file(client, name, "/tmp/ready")
+    return _memory_sum(client, name)
+
+
 def test_memory_survives_split_restore(
     migrate_on_a: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str,
 ) -> None:  # fmt: skip
-    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
-    _wait_file(docker_a, container_name, "/tmp/ready")
-    before = _memory_sum(docker_a, container_name)
+    before = start_holder(docker_a, container_name, test_image)
     # The administrator's runc.conf (make setup writes `file-locks` there) must not stop the
     # split restore, and must be exactly as it was afterwards.
     admin_conf = RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None

@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 from test_handover import recover, start_run, wait_mark
 from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
-from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
+from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.engines.docker import RUNC_CRIU_CONF, criu_config_lock
 from migrate.staging import MEMORY_ROOT
@@ -68,10 +68,8 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
     migrate_on_a: Any, migrate_args: list[str], container_name: str,
     docker_a: Any, docker_b: Any, test_image: str,
 ) -> None:  # fmt: skip
-    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
-    _wait_file(docker_a, container_name, "/tmp/ready")
+    before = start_holder(docker_a, container_name, test_image)
     src_id = docker_a.containers.get(container_name).id
-    before = _memory_sum(docker_a, container_name)
     admin_conf = _conf()
 
     p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "lazy", "--json")
@@ -160,9 +158,7 @@ def test_source_lost_mid_postcopy(
     stopped by its agent before its daemon lets go of the memory (never run with holes),
     the source copy stays paused with the state at the pause, `migrate recover` changes
     nothing and says so."""
-    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
-    _wait_file(docker_a, container_name, "/tmp/ready")
-    before = _memory_sum(docker_a, container_name)
+    before = start_holder(docker_a, container_name, test_image)
     mark = tmp_path / "mark"
     # The test hook stops `migrate run` right after `commit`, post-copy running (the awk reads
     # its memory only when asked, so most pages are still on A, pushed in the background).
@@ -197,9 +193,7 @@ def test_link_cut_mid_postcopy(
     """The link dies while pages are still moving: `migrate run` reports it (exit 4, the
     post-copy error and what to decide), B's agent stops its copy, A's copy stays paused
     with the state at the pause and resumes whole when the operator unpauses it."""
-    docker_a.containers.run(test_image, ["sh", "-c", HOLDER], name=container_name, detach=True)
-    _wait_file(docker_a, container_name, "/tmp/ready")
-    before = _memory_sum(docker_a, container_name)
+    before = start_holder(docker_a, container_name, test_image)
     mark = tmp_path / "mark"
     proc = start_run(lab, container_name, [*migrate_args, "--strategy", "lazy"], mark,
                      "source:wait:postcopy")  # fmt: skip

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from test_run_fast_restore import HOLDER, _memory_sum, _wait_file
+from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.lab import migrate_executable
 from migrate.staging import MEMORY_ROOT
@@ -28,17 +28,11 @@ def _no_leftovers(run_on_a: Any, run_on_b: Any, rep: dict[str, Any]) -> None:
     assert _gone(run_on_b, MEMORY_ROOT / "agent" / f"migrate-{mid}")
 
 
-def _start_holder(docker_a: Any, name: str, image: str) -> str:
-    docker_a.containers.run(image, ["sh", "-c", HOLDER], name=name, detach=True)
-    _wait_file(docker_a, name, "/tmp/ready")
-    return _memory_sum(docker_a, name)
-
-
 def test_memory_staging_on_both_ends_keeps_the_memory(
     migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
     docker_b: Any, test_image: str, run_on_a: Any, run_on_b: Any,
 ) -> None:  # fmt: skip
-    before = _start_holder(docker_a, container_name, test_image)
+    before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
@@ -53,7 +47,7 @@ def test_disk_staging_when_asked(
     migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
     docker_b: Any, test_image: str, run_on_a: Any, run_on_b: Any,
 ) -> None:  # fmt: skip
-    before = _start_holder(docker_a, container_name, test_image)
+    before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
@@ -75,7 +69,7 @@ def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
     """A 160 MiB tmpfs fits the 48 MiB container when the run decides; the test fills it
     while the run waits just before the pause, so CRIU's dump into it fails with ENOSPC. The
     run dumps again on disk (the container is still paused and intact) and migrates."""
-    before = _start_holder(docker_a, container_name, test_image)
+    before = start_holder(docker_a, container_name, test_image)
     small = tmp_path / "small-tmpfs"
     small.mkdir()
     # Mounted in A's mount namespace, where the source runs (not visible from here).
