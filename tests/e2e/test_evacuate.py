@@ -54,6 +54,8 @@ def test_evacuate_moves_all_and_leaves_the_unmovable(
             assert by[n]["status"] == "migrated", by[n]
             assert by[n]["target"] == migrate_args[migrate_args.index("--to") + 1]
             assert by[n]["downtime_s"] > 0
+            # Two at a time, each over its own OpenSSH bulk connection (--bulk auto).
+            assert by[n]["report"]["stream_channel"] == "openssh", by[n]["report"]
             assert docker_b.containers.get(n).status == "running"
             assert _count(docker_b, n) >= before[n], "state lost"
             assert not docker_a.containers.list(all=True, filters={"name": n})
@@ -76,3 +78,26 @@ def test_evacuate_nothing_reachable_is_refused(
     p = migrate_on_a("evacuate", *args, "--label", "mt-evacuate=none")
     assert p.returncode == 3, p.stdout + p.stderr
     assert "no target host is reachable" in p.stderr
+
+
+def test_evacuate_passes_bulk_to_each_migration(
+    migrate_on_a: Any, migrate_args: list[str], docker_a: Any, docker_b: Any, test_image: str,
+) -> None:  # fmt: skip
+    tag = uuid.uuid4().hex[:8]
+    name = f"mt-ev-{tag}-0"
+    try:
+        docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=name, detach=True,
+                                labels={"mt-evacuate": tag})  # fmt: skip
+        time.sleep(0.5)
+        p = migrate_on_a("evacuate", *migrate_args, "--label", f"mt-evacuate={tag}",
+                         "--bulk", "paramiko", "--json")  # fmt: skip
+        assert p.returncode == 0, p.stdout + p.stderr
+        (only,) = json.loads(p.stdout)["containers"]
+        assert only["status"] == "migrated", only
+        # auto would have taken OpenSSH here (the test above): the choice reached the migration.
+        assert only["report"]["stream_channel"] == "paramiko", only["report"]
+        assert docker_b.containers.get(name).status == "running"
+    finally:
+        for client in (docker_a, docker_b):
+            for c in client.containers.list(all=True, filters={"name": name}):
+                c.remove(force=True)
