@@ -35,7 +35,7 @@ test-unit: setup
 	$(PYTEST) -m unit $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check migrate tests
+	$(VENV)/bin/ruff check migrate tests benchmarks
 	$(VENV)/bin/mypy migrate
 
 demo: setup

@@ -18,8 +18,8 @@ import argparse
 import fcntl
 import os
 import platform
-import shutil
 import shlex
+import shutil
 import subprocess
 import tempfile
 import threading

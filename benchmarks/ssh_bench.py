@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
 
-from sshd_helper import running_sshd, sshd_available
+# After the path set-up above: run as a script, the checkout and the unit tests' sshd helper
+# are not importable before it.
+from sshd_helper import running_sshd, sshd_available  # noqa: E402
 
-from migrate.transport.ssh import SshOptions, connect, parse_destination
+from migrate.transport.ssh import SshOptions, connect, parse_destination  # noqa: E402
 
 CHUNK = 1 << 20
 NOTES_MARKER = "<!-- notes: kept by ssh_bench.py -->"
