@@ -155,8 +155,11 @@ def compile_workload(out_dir: Path) -> bytes:
     exe = out_dir / "memfill"
     subprocess.run(
         ["gcc", "-O2", "-static", "-Wall", "-o", str(exe), str(HERE / "memfill.c")],
-        check=True, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     return exe.read_bytes()
 
 
@@ -234,8 +237,10 @@ def clear_b(b: LabHost, name: str, layers: Sequence[str]) -> None:
         if set(have) & set(layers):
             docker(b, "rmi", "-f", image_id, check=False)
             if image_id in docker(b, "images", "-aq", check=False).split():
-                log(f"warning: image {image_id} on b shares layers with {IMAGE} and is in use "
-                    "(a container?): migrate will rightly not send those layers")  # fmt: skip
+                log(
+                    f"warning: image {image_id} on b shares layers with {IMAGE} and is in use "
+                    "(a container?): migrate will rightly not send those layers"
+                )
     if docker(b, "images", "-q", IMAGE, check=False):
         raise RuntimeError(f"{IMAGE} is still on b")
 
@@ -258,16 +263,19 @@ def wait_no_global_criu_config(timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     while opts := _dump_mode_options():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{GLOBAL_CRIU_CONFIG} says {', '.join(opts)} (written by "
-                               "another migration?): every CRIU dump on this host would use it")  # fmt: skip
+            raise RuntimeError(
+                f"{GLOBAL_CRIU_CONFIG} says {', '.join(opts)} (written by "
+                "another migration?): every CRIU dump on this host would use it"
+            )
         log(f"waiting: {GLOBAL_CRIU_CONFIG} says {', '.join(opts)} (another migration's?)")
         time.sleep(5)
 
 
 def start_workload(a: LabHost, name: str, case: Case) -> Path:
     wait_no_global_criu_config()
-    docker(a, "run", "-d", "--name", name, IMAGE,
-           str(case.mem_mb), str(case.rw_mb), str(case.text_pct))  # fmt: skip
+    docker(
+        a, "run", "-d", "--name", name, IMAGE, str(case.mem_mb), str(case.rw_mb), str(case.text_pct)
+    )
     upper = upper_dir(a, name)
     deadline = time.monotonic() + READY_TIMEOUT_S
     while not (upper / "tmp" / "ready").exists():
@@ -485,18 +493,28 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
         with tempfile.TemporaryDirectory() as tmp, SshMaster(lab, a, Path(tmp)) as ssh:
 
             def sh(cmd: str) -> str:
-                p = a.run(["bash", "-o", "pipefail", "-c", cmd], timeout=STEP_TIMEOUT_S,
-                          check=False)  # fmt: skip
+                p = a.run(
+                    ["bash", "-o", "pipefail", "-c", cmd], timeout=STEP_TIMEOUT_S, check=False
+                )
                 if p.returncode != 0:
                     raise RuntimeError(f"manual step failed: {cmd}\n{p.stderr.strip()[-800:]}")
                 return p.stdout.strip()
 
             def create() -> None:
-                args = [DOCKER, "create", "--name", name, "--hostname",
-                        cfg["Config"]["Hostname"], cfg["Config"]["Image"], *cfg["Args"]]  # fmt: skip
+                args = [
+                    DOCKER,
+                    "create",
+                    "--name",
+                    name,
+                    "--hostname",
+                    cfg["Config"]["Hostname"],
+                    cfg["Config"]["Image"],
+                    *cfg["Args"],
+                ]
                 state["id_b"] = sh(ssh.shell(*args)).splitlines()[-1]
-                state["upper_b"] = sh(ssh.shell(DOCKER, "inspect", "-f",
-                                                "{{.GraphDriver.Data.UpperDir}}", name))  # fmt: skip
+                state["upper_b"] = sh(
+                    ssh.shell(DOCKER, "inspect", "-f", "{{.GraphDriver.Data.UpperDir}}", name)
+                )
 
             def rootfs() -> None:
                 remote = f"{tar_x} -xpf - -C {shlex.quote(state['upper_b'])}"
@@ -509,17 +527,26 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
 
             plan: list[tuple[str, bool, Callable[[], object]]] = [
                 ("docker pause", True, lambda: sh(f"{DOCKER} pause {name}")),
-                ("docker checkpoint create --leave-running", True,
-                 lambda: sh(f"{DOCKER} checkpoint create --leave-running {name} {cp}")),
-                ("docker save | ssh docker load", True,
-                 lambda: sh(f"{DOCKER} save {IMAGE} | {ssh.shell(DOCKER, 'load')}")),
+                (
+                    "docker checkpoint create --leave-running",
+                    True,
+                    lambda: sh(f"{DOCKER} checkpoint create --leave-running {name} {cp}"),
+                ),
+                (
+                    "docker save | ssh docker load",
+                    True,
+                    lambda: sh(f"{DOCKER} save {IMAGE} | {ssh.shell(DOCKER, 'load')}"),
+                ),
                 ("ssh docker create (+ inspect upper dir)", True, create),
                 ("tar upper dir | ssh tar -x", True, rootfs),
                 ("tar checkpoint | ssh tar -x into checkpoints/", True, checkpoint_copy),
-                ("ssh docker start --checkpoint", True,
-                 lambda: sh(ssh.shell(DOCKER, "start", "--checkpoint", cp, name))),
+                (
+                    "ssh docker start --checkpoint",
+                    True,
+                    lambda: sh(ssh.shell(DOCKER, "start", "--checkpoint", cp, name)),
+                ),
                 ("docker rm -f (source)", False, lambda: sh(f"{DOCKER} rm -f {name}")),
-            ]  # fmt: skip
+            ]
             for label, in_downtime, fn in plan:
                 if label.startswith("docker rm"):
                     # the checkpoint and upper dir vanish with the source: measure them first
@@ -533,8 +560,9 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
                 log(f"manual: {label}: {steps[-1].seconds:.2f} s")
             # the steps ran back to back; the sizes and zstd reference above are not counted
             total = sum(s.seconds for s in steps)
-        image_bytes = int(a.run(["bash", "-o", "pipefail", "-c",
-                                 f"{DOCKER} save {IMAGE} | wc -c"]).stdout)  # fmt: skip
+        image_bytes = int(
+            a.run(["bash", "-o", "pipefail", "-c", f"{DOCKER} save {IMAGE} | wc -c"]).stdout
+        )
         sizes["image"] = image_bytes
         sizes["raw"] = sum(sizes.values())
         downtime = sum(s.seconds for s in steps if s.in_downtime)
@@ -552,18 +580,29 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
         clear_b(b, name, case.layers)
 
 
-def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = "",
-                extra: Sequence[str] = ()) -> MigrateResult:  # fmt: skip
+def run_migrate(
+    lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = "", extra: Sequence[str] = ()
+) -> MigrateResult:
     name = f"bench-r-{uuid.uuid4().hex[:6]}"
     clear_b(b, name, case.layers)
     env = lab.env()
     try:
         upper_a = start_workload(a, name, case)
         before = request_sum(a, name, upper_a, 0)
-        argv = [str(migrate_executable()), "run", name, "--to", b.url,
-                "--identity", env["MIGRATE_LAB_KEY"],
-                "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
-                "--agent-command", AGENT_ENV + env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
+        argv = [
+            str(migrate_executable()),
+            "run",
+            name,
+            "--to",
+            b.url,
+            "--identity",
+            env["MIGRATE_LAB_KEY"],
+            "--known-hosts",
+            env["MIGRATE_LAB_KNOWN_HOSTS"],
+            "--agent-command",
+            AGENT_ENV + env["MIGRATE_AGENT_COMMAND"],
+            "--json",
+        ]
         if strategy:
             argv += ["--strategy", strategy]
         argv += list(extra)
@@ -574,11 +613,14 @@ def run_migrate(lab: Lab, a: LabHost, b: LabHost, case: Case, strategy: str = ""
             t_end = time.monotonic()
         wall = t_end - t0
         if p.returncode != 0:
-            raise RuntimeError(f"migrate run exited {p.returncode}: {err.strip()[-1500:]}"
-                               f"\n{out[-1500:]}")  # fmt: skip
+            raise RuntimeError(
+                f"migrate run exited {p.returncode}: {err.strip()[-1500:]}\n{out[-1500:]}"
+            )
         report = json.loads(out)
-        log(f"migrate {strategy or 'cold'} {' '.join(extra)}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
-            f"phases {report['phases']}")  # fmt: skip
+        log(
+            f"migrate {strategy or 'cold'} {' '.join(extra)}: downtime {report['downtime_s']:.2f} s, total {report['total_s']:.2f} s, "
+            f"phases {report['phases']}"
+        )
         ok = verify_on_b(b, name, before)
         cpu = sampler.cpu_per_phase(report["phases"], t_end)
         return MigrateResult(report, wall, sampler.source_kb, sampler.agent_peak_kb, ok, cpu)
@@ -613,8 +655,13 @@ def run_raw(lab: Lab, a: LabHost, nbytes: int) -> RawResult:
                 open(path, "rb") as f,
             ):
                 t0 = time.monotonic()
-                subprocess.run(a.argv(ssh.argv("cat >/dev/null")), stdin=f, check=True,
-                               timeout=STEP_TIMEOUT_S, capture_output=True)  # fmt: skip
+                subprocess.run(
+                    a.argv(ssh.argv("cat >/dev/null")),
+                    stdin=f,
+                    check=True,
+                    timeout=STEP_TIMEOUT_S,
+                    capture_output=True,
+                )
                 seconds[cipher] = time.monotonic() - t0
             log(f"raw ssh ({cipher}): {nbytes / MiB:.0f} MiB in {seconds[cipher]:.2f} s")
         return RawResult(nbytes, seconds)
@@ -732,8 +779,9 @@ def derived(case: Case) -> dict[str, Any]:
         d["manual_total_s"] = man.total_s
     if m is not None and man is not None:
         d["downtime_vs_manual"] = ratio(m.report["downtime_s"], man.downtime_s)
-        d["downtime_vs_manual_without_image"] = ratio(m.report["downtime_s"],
-                                                      man.downtime_without_image_s)  # fmt: skip
+        d["downtime_vs_manual_without_image"] = ratio(
+            m.report["downtime_s"], man.downtime_without_image_s
+        )
         d["total_vs_manual"] = ratio(m.report["total_s"], man.total_s)
     if raw is not None:
         best = min(raw.seconds.values())
@@ -798,13 +846,17 @@ def goals(cases: list[Case]) -> list[str]:
     if lazy:
         big = max(lazy)
         lo, hi = min(v for _, v in lazy), max(v for _, v in lazy)
-        out.append(f"- Issue 8 goal 2, lazy downtime at {big[0]} MiB: "
-                   f"{verdict(big[1], GOAL_LAZY_DOWNTIME_S)} s; flat across "
-                   f"{', '.join(str(m) for m, _ in lazy)} MiB: "
-                   f"{verdict(hi / lo - 1 if lo else None, GOAL_LAZY_FLATNESS)} (max/min - 1).")  # fmt: skip
+        out.append(
+            f"- Issue 8 goal 2, lazy downtime at {big[0]} MiB: "
+            f"{verdict(big[1], GOAL_LAZY_DOWNTIME_S)} s; flat across "
+            f"{', '.join(str(m) for m, _ in lazy)} MiB: "
+            f"{verdict(hi / lo - 1 if lo else None, GOAL_LAZY_FLATNESS)} (max/min - 1)."
+        )
     else:
-        out.append("- Issue 8 goal 2 (lazy downtime): not measured (run with --legs ...,lazy "
-                   "once `migrate run --strategy lazy` exists).")  # fmt: skip
+        out.append(
+            "- Issue 8 goal 2 (lazy downtime): not measured (run with --legs ...,lazy "
+            "once `migrate run --strategy lazy` exists)."
+        )
     by_rw = [c for c in cases if c.text_pct == 50 and c.migrate is not None]
     empty = [c for c in by_rw if c.rw_mb == zero]
     big_rw = [c for c in by_rw if c.rw_mb >= 1024]
@@ -846,11 +898,13 @@ def goals(cases: list[Case]) -> list[str]:
             continue
         kind = "incompressible" if c.text_pct == 0 else f"{c.text_pct} % text"
         goal = GOAL_STREAM_VS_SSH if c.text_pct == 0 else 1.0
-        out.append(f"- Issue 8 goal 4, {c.label} ({kind}): RW layer + checkpoint raw bytes "
-                   f"over the {'+'.join(DATA_PHASES)} phases "
-                   f"{d['migrate_effective_mb_s']:.0f} MB/s vs OpenSSH "
-                   f"{d['raw_ssh_mb_s']:.0f} MB/s: "
-                   f"{verdict(d['stream_vs_ssh'], goal, at_least=True)}.")  # fmt: skip
+        out.append(
+            f"- Issue 8 goal 4, {c.label} ({kind}): RW layer + checkpoint raw bytes "
+            f"over the {'+'.join(DATA_PHASES)} phases "
+            f"{d['migrate_effective_mb_s']:.0f} MB/s vs OpenSSH "
+            f"{d['raw_ssh_mb_s']:.0f} MB/s: "
+            f"{verdict(d['stream_vs_ssh'], goal, at_least=True)}."
+        )
     peaks: list[tuple[Case, float]] = [
         (c, float(derived(c)["peak_rss_MB"]))
         for c in cases
@@ -858,8 +912,10 @@ def goals(cases: list[Case]) -> list[str]:
     ]
     if peaks:
         c, v = max(peaks, key=lambda x: x[1])
-        out.append(f"- Issue 8 goal 5, peak RSS of source and agent (largest, at {c.label}): "
-                   f"{verdict(v, GOAL_PEAK_RSS_MB)} MB.")  # fmt: skip
+        out.append(
+            f"- Issue 8 goal 5, peak RSS of source and agent (largest, at {c.label}): "
+            f"{verdict(v, GOAL_PEAK_RSS_MB)} MB."
+        )
     return out
 
 
@@ -871,22 +927,31 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
         f"({meta['host']}, {meta['cpus']} CPUs, kernel {meta['kernel']}), lab `{meta['lab']}`, "
         f"migrate at commit {meta['git']}. One run per case; this VM is shared, expect +-20 %."
     )
-    out += ["", "Workload: a static C process (benchmarks/memfill.c) holding MEM MiB, half "
-            "random bytes, half log-like text (unless the case says otherwise); its read-write "
-            "layer holds RW MiB of files of the same mix. Memory verified after each migration: "
-            "the process hashes its memory on SIGUSR1 and the hash on b must equal the one on a "
-            "(random seed, so a fresh start cannot match).", ""]  # fmt: skip
-    out += ["## Summary", "",
-            "| case | manual downtime | (image pre-copied) | migrate downtime | ratio | "
-            "lazy downtime | manual total | migrate total | raw MiB | wire MiB | wire/raw | "
-            "raw ssh (best) | migrate data phases | source peak RSS | agent peak RSS | verified |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    out += [
+        "",
+        "Workload: a static C process (benchmarks/memfill.c) holding MEM MiB, half "
+        "random bytes, half log-like text (unless the case says otherwise); its read-write "
+        "layer holds RW MiB of files of the same mix. Memory verified after each migration: "
+        "the process hashes its memory on SIGUSR1 and the hash on b must equal the one on a "
+        "(random seed, so a fresh start cannot match).",
+        "",
+    ]
+    out += [
+        "## Summary",
+        "",
+        "| case | manual downtime | (image pre-copied) | migrate downtime | ratio | "
+        "lazy downtime | manual total | migrate total | raw MiB | wire MiB | wire/raw | "
+        "raw ssh (best) | migrate data phases | source peak RSS | agent peak RSS | verified |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for c in cases:
         d = derived(c)
         rb = c.migrate.report["bytes"] if c.migrate else {}
-        ver = [f"{leg} {fmt(r.verified)}"
-               for leg, r in (("manual", c.manual), ("migrate", c.migrate), ("lazy", c.lazy))
-               if r is not None]  # fmt: skip
+        ver = [
+            f"{leg} {fmt(r.verified)}"
+            for leg, r in (("manual", c.manual), ("migrate", c.migrate), ("lazy", c.lazy))
+            if r is not None
+        ]
         out.append(
             f"| {c.label} | {fmt(d.get('manual_downtime_s'), '.2f', ' s')} "
             f"| {fmt(d.get('manual_downtime_without_image_s'), '.2f', ' s')} "
@@ -903,73 +968,112 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
             f"| {fmt(d.get('source_peak_rss_mib'), '.0f', ' MiB')} "
             f"| {fmt(d.get('agent_peak_rss_mib'), '.0f', ' MiB')} | {', '.join(ver) or '-'} |"
         )
-    out += ["", "ratio = migrate downtime / manual downtime. Downtime: manual = `docker pause` to "
-            "`docker start --checkpoint` done on b (all steps below marked *); migrate = its "
-            "report's `downtime_s` (pause to the destination running). \"image pre-copied\": "
-            "the manual downtime without the `docker save | load` step, i.e. if the operator "
-            "had copied the image before pausing. raw ssh: OpenSSH `ssh b 'cat >/dev/null'` of "
-            "migrate's raw byte count (best of default cipher and aes128-gcm), over a "
-            "connection opened beforehand (handshake not timed). migrate data phases: the sum "
-            f"of its phases {', '.join(DATA_PHASES)} (streaming the RW layer and the "
-            "checkpoint, decompression and writing on b included). Peak RSS: VmHWM of the "
-            "`migrate run` process and of the `migrate agent` process on b, sampled every "
-            "50 ms.", ""]  # fmt: skip
+    out += [
+        "",
+        "ratio = migrate downtime / manual downtime. Downtime: manual = `docker pause` to "
+        "`docker start --checkpoint` done on b (all steps below marked *); migrate = its "
+        'report\'s `downtime_s` (pause to the destination running). "image pre-copied": '
+        "the manual downtime without the `docker save | load` step, i.e. if the operator "
+        "had copied the image before pausing. raw ssh: OpenSSH `ssh b 'cat >/dev/null'` of "
+        "migrate's raw byte count (best of default cipher and aes128-gcm), over a "
+        "connection opened beforehand (handshake not timed). migrate data phases: the sum "
+        f"of its phases {', '.join(DATA_PHASES)} (streaming the RW layer and the "
+        "checkpoint, decompression and writing on b included). Peak RSS: VmHWM of the "
+        "`migrate run` process and of the `migrate agent` process on b, sampled every "
+        "50 ms.",
+        "",
+    ]
     out += ["## Goals", "", *goals(cases), ""]
     out += ["## Where the time goes", ""]
     for c in cases:
         out += [f"### {c.label}", ""]
         if c.manual:
-            out += ["Manual procedure (* = inside the downtime):", "",
-                    "| step | s |", "|---|---:|"]  # fmt: skip
+            out += ["Manual procedure (* = inside the downtime):", "", "| step | s |", "|---|---:|"]
             for s in c.manual.steps:
                 out.append(f"| {s.name}{' *' if s.in_downtime else ''} | {s.seconds:.2f} |")
             mb = c.manual.bytes
-            out += [f"| **downtime** | **{c.manual.downtime_s:.2f}** |",
-                    f"| total | {c.manual.total_s:.2f} |", "",
-                    f"Bytes over ssh (uncompressed): image {mb['image'] / MiB:.1f} MiB, "
-                    f"upper dir {mb['rootfs'] / MiB:.1f} MiB, checkpoint "
-                    f"{mb['checkpoint'] / MiB:.1f} MiB. Reference, the same checkpoint "
-                    "through zstd in one thread: " + ", ".join(
-                        f"level {k}: wire/raw {v['wire_vs_raw']:.3f} at {v['mb_s']:.0f} MB/s"
-                        for k, v in c.manual.zstd.items()) + ".", ""]  # fmt: skip
-        for title, r in (("`migrate run`", c.migrate), ("`migrate run --staging disk`",
-                                                         c.diskstaging),
-                         ("`migrate run --strategy lazy`", c.lazy)):
+            out += [
+                f"| **downtime** | **{c.manual.downtime_s:.2f}** |",
+                f"| total | {c.manual.total_s:.2f} |",
+                "",
+                f"Bytes over ssh (uncompressed): image {mb['image'] / MiB:.1f} MiB, "
+                f"upper dir {mb['rootfs'] / MiB:.1f} MiB, checkpoint "
+                f"{mb['checkpoint'] / MiB:.1f} MiB. Reference, the same checkpoint "
+                "through zstd in one thread: "
+                + ", ".join(
+                    f"level {k}: wire/raw {v['wire_vs_raw']:.3f} at {v['mb_s']:.0f} MB/s"
+                    for k, v in c.manual.zstd.items()
+                )
+                + ".",
+                "",
+            ]
+        for title, r in (
+            ("`migrate run`", c.migrate),
+            ("`migrate run --staging disk`", c.diskstaging),
+            ("`migrate run --strategy lazy`", c.lazy),
+        ):
             if r is None:
                 continue
-            out += [f"{title} phases (in the order they ran; * = inside the downtime, "
-                    "from `freeze` through `restore`; CPU: seconds of CPU the `migrate run` "
-                    "process and the agent used in that phase, sampled every 50 ms):", "",
-                    "| phase | s | source CPU s | agent CPU s |", "|---|---:|---:|---:|"]  # fmt: skip
+            out += [
+                f"{title} phases (in the order they ran; * = inside the downtime, "
+                "from `freeze` through `restore`; CPU: seconds of CPU the `migrate run` "
+                "process and the agent used in that phase, sampled every 50 ms):",
+                "",
+                "| phase | s | source CPU s | agent CPU s |",
+                "|---|---:|---:|---:|",
+            ]
             inside = False
             for k, v in r.report["phases"].items():
                 inside = inside or k == "freeze"
                 cpu = r.cpu.get(k, {})
-                out.append(f"| {k}{' *' if inside else ''} | {v:.2f} "
-                           f"| {fmt(cpu.get('source'))} | {fmt(cpu.get('agent'))} |")  # fmt: skip
+                out.append(
+                    f"| {k}{' *' if inside else ''} | {v:.2f} "
+                    f"| {fmt(cpu.get('source'))} | {fmt(cpu.get('agent'))} |"
+                )
                 if k == "restore":
                     inside = False
             rb = r.report["bytes"]
-            out += [f"| **downtime** | **{r.report['downtime_s']:.2f}** | | |",
-                    f"| total (report) | {r.report['total_s']:.2f} | | |",
-                    f"| `migrate run` process wall time | {r.wall_s:.2f} | | |", "",
-                    "Bytes: " + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in rb.items()), ""]  # fmt: skip
+            out += [
+                f"| **downtime** | **{r.report['downtime_s']:.2f}** | | |",
+                f"| total (report) | {r.report['total_s']:.2f} | | |",
+                f"| `migrate run` process wall time | {r.wall_s:.2f} | | |",
+                "",
+                "Bytes: " + ", ".join(f"{k} {v / MiB:.1f} MiB" for k, v in rb.items()),
+                "",
+            ]
             extra = {k: v for k, v in r.report.items() if k not in REPORT_KNOWN}
             if extra:
                 out += ["Other report fields: `" + json.dumps(extra)[:600] + "`", ""]
         if c.raw:
-            out += ["Raw link: " + ", ".join(
-                f"{k} {v:.2f} s ({c.raw.bytes / v / 1e6:.0f} MB/s)" for k, v in c.raw.seconds.items()
-            ) + f" for {c.raw.bytes / MiB:.0f} MiB.", ""]  # fmt: skip
+            out += [
+                "Raw link: "
+                + ", ".join(
+                    f"{k} {v:.2f} s ({c.raw.bytes / v / 1e6:.0f} MB/s)"
+                    for k, v in c.raw.seconds.items()
+                )
+                + f" for {c.raw.bytes / MiB:.0f} MiB.",
+                "",
+            ]
         for e in c.errors:
             out += [f"**FAILED** {e}", ""]
     return "\n".join(out)
 
 
 REPORT_KNOWN = {
-    "status", "container", "source", "destination", "dest_name", "dest_container_id",
-    "strategy", "downtime_s", "total_s", "phases", "bytes", "source_action", "error",
-}  # fmt: skip
+    "status",
+    "container",
+    "source",
+    "destination",
+    "dest_name",
+    "dest_container_id",
+    "strategy",
+    "downtime_s",
+    "total_s",
+    "phases",
+    "bytes",
+    "source_action",
+    "error",
+}
 
 
 def load_cases(doc: dict[str, Any]) -> list[Case]:
@@ -981,16 +1085,24 @@ def load_cases(doc: dict[str, Any]) -> list[Case]:
     cases = []
     for d in doc["cases"]:
         man = d["manual"]
-        cases.append(Case(
-            mem_mb=d["mem_mb"], rw_mb=d["rw_mb"], text_pct=d["text_pct"], legs=tuple(d["legs"]),
-            layers=tuple(d.get("layers", ())),
-            manual=None if man is None else ManualResult(
-                **(man | {"steps": [Step(**x) for x in man["steps"]]})),
-            migrate=mig(d["migrate"]), lazy=mig(d["lazy"]), noprecopy=mig(d.get("noprecopy")),
-            diskstaging=mig(d.get("diskstaging")),
-            raw=None if d["raw"] is None else RawResult(**d["raw"]),
-            errors=list(d["errors"]),
-        ))  # fmt: skip
+        cases.append(
+            Case(
+                mem_mb=d["mem_mb"],
+                rw_mb=d["rw_mb"],
+                text_pct=d["text_pct"],
+                legs=tuple(d["legs"]),
+                layers=tuple(d.get("layers", ())),
+                manual=None
+                if man is None
+                else ManualResult(**(man | {"steps": [Step(**x) for x in man["steps"]]})),
+                migrate=mig(d["migrate"]),
+                lazy=mig(d["lazy"]),
+                noprecopy=mig(d.get("noprecopy")),
+                diskstaging=mig(d.get("diskstaging")),
+                raw=None if d["raw"] is None else RawResult(**d["raw"]),
+                errors=list(d["errors"]),
+            )
+        )
     return cases
 
 
@@ -1008,8 +1120,12 @@ def write_results(name: str, cases: list[Case], meta: dict[str, Any], plot_png: 
 
 
 def git_describe() -> str:
-    p = subprocess.run(["git", "-C", str(HERE), "log", "-1", "--format=%h"],
-                       capture_output=True, text=True, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["git", "-C", str(HERE), "log", "-1", "--format=%h"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return p.stdout.strip() if p.returncode == 0 else "?"
 
 
@@ -1020,21 +1136,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mem", default="256", help="memory sizes in MiB, comma-separated")
     ap.add_argument("--rw", default="0", help="read-write layer sizes in MiB, comma-separated")
     ap.add_argument("--full", action="store_true", help="every (mem, rw) pair, not the two axes")
-    ap.add_argument("--legs", default=",".join(LEGS),
-                    help="manual,migrate,raw (and lazy: migrate run --strategy lazy)")  # fmt: skip
+    ap.add_argument(
+        "--legs",
+        default=",".join(LEGS),
+        help="manual,migrate,raw (and lazy: migrate run --strategy lazy)",
+    )
     ap.add_argument("--text", type=int, default=50, help="percent of text in memory and files")
-    ap.add_argument("--incompressible", action="store_true",
-                    help="add the middle memory size with no text (stream throughput goal)")  # fmt: skip
-    ap.add_argument("--settle", action="store_true",
-                    help="syncfs after the workload wrote its read-write layer, before each "
-                    "leg (a layer written long ago rather than seconds before)")  # fmt: skip
-    ap.add_argument("--keep-criu-logs", type=Path, metavar="DIR",
-                    help="keep CRIU's logs of every migration in DIR (MIGRATE_KEEP_CRIU_LOGS, "
-                    "source and agent); benchmarks/lazy_floor.py --from-kept DIR reads them")  # fmt: skip
+    ap.add_argument(
+        "--incompressible",
+        action="store_true",
+        help="add the middle memory size with no text (stream throughput goal)",
+    )
+    ap.add_argument(
+        "--settle",
+        action="store_true",
+        help="syncfs after the workload wrote its read-write layer, before each "
+        "leg (a layer written long ago rather than seconds before)",
+    )
+    ap.add_argument(
+        "--keep-criu-logs",
+        type=Path,
+        metavar="DIR",
+        help="keep CRIU's logs of every migration in DIR (MIGRATE_KEEP_CRIU_LOGS, "
+        "source and agent); benchmarks/lazy_floor.py --from-kept DIR reads them",
+    )
     ap.add_argument("--name", help="output name under benchmarks/results/")
     ap.add_argument("--plot", action="store_true", help="also write NAME.png (matplotlib)")
-    ap.add_argument("--render", type=Path, metavar="NAME.json",
-                    help="measure nothing: rewrite NAME.md (and .png) from a saved NAME.json")  # fmt: skip
+    ap.add_argument(
+        "--render",
+        type=Path,
+        metavar="NAME.json",
+        help="measure nothing: rewrite NAME.md (and .png) from a saved NAME.json",
+    )
     args = ap.parse_args(argv)
     if args.render:
         saved = json.loads(args.render.read_text())

@@ -62,16 +62,34 @@ def main() -> None:
         with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
             path = Path(tmp) / "b.tar.zst"
             t0 = time.monotonic()
-            p = a.run(["/usr/bin/time", "-v", exe, "export", name, "-o", str(path),
-                       "--leave-running", "--json"], env=env, timeout=1800, check=False)  # fmt: skip
+            p = a.run(
+                [
+                    "/usr/bin/time",
+                    "-v",
+                    exe,
+                    "export",
+                    name,
+                    "-o",
+                    str(path),
+                    "--leave-running",
+                    "--json",
+                ],
+                env=env,
+                timeout=1800,
+                check=False,
+            )
             if p.returncode != 0:
                 raise RuntimeError(p.stderr[-2000:])
             export_s, export_kb = time.monotonic() - t0, _peak_kb(p.stderr)
             size = path.stat().st_size
             content = json.loads(p.stdout)["content_bytes"]
             t0 = time.monotonic()
-            p = b.run(["/usr/bin/time", "-v", exe, "import", str(path), "--name", name],
-                      env=env, timeout=1800, check=False)  # fmt: skip
+            p = b.run(
+                ["/usr/bin/time", "-v", exe, "import", str(path), "--name", name],
+                env=env,
+                timeout=1800,
+                check=False,
+            )
             if p.returncode != 0:
                 raise RuntimeError(p.stderr[-2000:])
             import_s, import_kb = time.monotonic() - t0, _peak_kb(p.stderr)

@@ -95,11 +95,17 @@ def main() -> int:
                 cache = cgroup_cache_mib(eng, name)
                 s = dump(eng, name, where)
                 results[arm].append(s)
-                print(json.dumps({"arm": arm, "round": i, "dump_s": round(s, 3),
-                                  "cgroup_cache_mib": cache}), flush=True)  # fmt: skip
+                print(
+                    json.dumps(
+                        {"arm": arm, "round": i, "dump_s": round(s, 3), "cgroup_cache_mib": cache}
+                    ),
+                    flush=True,
+                )
         for arm, v in results.items():
-            print(f"{arm}: median {statistics.median(v):.3f} s, "
-                  f"runs {', '.join(f'{x:.3f}' for x in sorted(v))}")  # fmt: skip
+            print(
+                f"{arm}: median {statistics.median(v):.3f} s, "
+                f"runs {', '.join(f'{x:.3f}' for x in sorted(v))}"
+            )
     finally:
         for name in names:
             br.docker(a, "rm", "-f", name, check=False)

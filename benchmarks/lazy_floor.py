@@ -103,8 +103,9 @@ DUMP_MARKS = [
 ]
 
 
-def run_once(lab: Lab, layers: tuple[str, ...], mem: int, keep: Path | None,
-             conf_extra: str) -> dict[str, Any]:  # fmt: skip
+def run_once(
+    lab: Lab, layers: tuple[str, ...], mem: int, keep: Path | None, conf_extra: str
+) -> dict[str, Any]:
     a, b = lab.host("a"), lab.host("b")
     name = f"lzf-{uuid.uuid4().hex[:6]}"
     case = Case(mem, 0, layers=layers)
@@ -149,8 +150,9 @@ def run_once(lab: Lab, layers: tuple[str, ...], mem: int, keep: Path | None,
         shutil.copytree(img, target, copy_function=os.link)
         t["images_linked"] = time.time()
         shutil.rmtree(work, ignore_errors=True)
-        daemon = lazy_pages.LazyPagesDaemon(criu_bin, img, work, verbosity=4,
-                                            page_server=("127.0.0.1", page_server.port))  # fmt: skip
+        daemon = lazy_pages.LazyPagesDaemon(
+            criu_bin, img, work, verbosity=4, page_server=("127.0.0.1", page_server.port)
+        )
         t["daemon_up"] = time.time()
         eb.start_from_checkpoint(cid_b, "lzf", lazy=LazyRestore(work_dir=work))
         t["docker_start_returned"] = time.time()
@@ -211,8 +213,9 @@ def run_once(lab: Lab, layers: tuple[str, ...], mem: int, keep: Path | None,
 
 def btime(path: Path) -> float:
     """Birth time of a file (statx through stat(1)); 0.0 where the file system has none."""
-    p = subprocess.run(["stat", "-c", "%.9W", str(path)], capture_output=True, text=True,
-                       check=False)  # fmt: skip
+    p = subprocess.run(
+        ["stat", "-c", "%.9W", str(path)], capture_output=True, text=True, check=False
+    )
     try:
         return float(p.stdout.strip() or 0)
     except ValueError:
@@ -255,7 +258,10 @@ DUMP_EVENTS = [
 ]
 RESTORE_EVENTS = [
     ("CRIU restore: kernel features probed", r"Found task size"),
-    ("CRIU restore: setup-namespaces hook (runc prestart hooks) start", r"Running setup-namespaces"),
+    (
+        "CRIU restore: setup-namespaces hook (runc prestart hooks) start",
+        r"Running setup-namespaces",
+    ),
     ("CRIU restore: setup-namespaces hook done", r"cg: Move into"),
     ("CRIU restore: post-setup-namespaces (mounts done)", r"Running post-setup-namespaces"),
     ("CRIU restore: tasks restored (restorer done)", r": Restored$"),
@@ -302,46 +308,91 @@ def timeline(r: dict[str, Any]) -> list[tuple[float, str]]:
 # first event of a segment's start label found). Medians are taken per segment.
 SEGMENTS = [
     ("docker pause", None, "docker pause returned"),
-    ("runc start, runc's CRIU version + lazy-pages feature checks, CRIU start",
-     "docker pause returned", "CRIU dump starts (dump.log created)"),
-    ("CRIU dump: kernel feature probing (no kdat cache: /run is not tmpfs here)",
-     "CRIU dump starts (dump.log created)", "CRIU dump: vdso/cpu probed (kdat done)"),
-    ("CRIU dump: freezer check, seize", "CRIU dump: vdso/cpu probed (kdat done)",
-     "CRIU dump: freezer cgroup frozen, tasks seized"),
-    ("CRIU dump: network lock", "CRIU dump: network lock start",
-     "CRIU dump: network locked (next step)"),
-    ("CRIU dump: files, mm (pagemap scan), mounts, netns, cgroups, images written",
-     "CRIU dump: network locked (next step)", "CRIU dump: images written, page server starts"),
-    ("status-ready -> runc's status-fd -> migrate",
-     "CRIU dump: images written, page server starts",
-     "runc status-fd: dump images ready (migrate's checkpoint ends)"),
-    ("images to b's checkpoint dir (hard links; migrate: the stream)",
-     "runc status-fd: dump images ready (migrate's checkpoint ends)",
-     "images hard-linked into b's checkpoint dir"),
-    ("lazy-pages daemon start (CRIU, its kernel probing, socket)",
-     "images hard-linked into b's checkpoint dir",
-     "lazy-pages daemon socket up; docker start --checkpoint called"),
-    ("dockerd -> containerd (checkpoint into content store) -> shim started",
-     "lazy-pages daemon socket up; docker start --checkpoint called",
-     "containerd-shim started (dockerd log)"),
-    ("shim -> runc restore -> runc's CRIU version check -> CRIU start",
-     "containerd-shim started (dockerd log)", "CRIU restore starts (restore.log created)"),
-    ("CRIU restore: kernel feature probing, images read",
-     "CRIU restore starts (restore.log created)",
-     "CRIU restore: setup-namespaces hook (runc prestart hooks) start"),
-    ("runc prestart hook: Docker's libnetwork-setkey (exec of dockerd, network setup)",
-     "CRIU restore: setup-namespaces hook (runc prestart hooks) start",
-     "CRIU restore: setup-namespaces hook done"),
-    ("CRIU restore: cgroups, mount namespace, tasks, memory mappings (lazy: uffd)",
-     "CRIU restore: setup-namespaces hook done", "CRIU restore: tasks restored (restorer done)"),
-    ("CRIU restore: post-restore hook (runc), ghosts",
-     "CRIU restore: tasks restored (restorer done)", "CRIU restore: network unlock start"),
-    ("CRIU restore: network unlock (iptables-restore x2 unless skipped)",
-     "CRIU restore: network unlock start", "CRIU restore: after network unlock (next line)"),
-    ("CRIU restore: restorer finishes, tasks resumed",
-     "CRIU restore: after network unlock (next line)", "CRIU restore: finished, tasks resumed"),
-    ("runc -> shim -> containerd -> dockerd: start returns",
-     "CRIU restore: finished, tasks resumed", "docker start --checkpoint returned"),
+    (
+        "runc start, runc's CRIU version + lazy-pages feature checks, CRIU start",
+        "docker pause returned",
+        "CRIU dump starts (dump.log created)",
+    ),
+    (
+        "CRIU dump: kernel feature probing (no kdat cache: /run is not tmpfs here)",
+        "CRIU dump starts (dump.log created)",
+        "CRIU dump: vdso/cpu probed (kdat done)",
+    ),
+    (
+        "CRIU dump: freezer check, seize",
+        "CRIU dump: vdso/cpu probed (kdat done)",
+        "CRIU dump: freezer cgroup frozen, tasks seized",
+    ),
+    (
+        "CRIU dump: network lock",
+        "CRIU dump: network lock start",
+        "CRIU dump: network locked (next step)",
+    ),
+    (
+        "CRIU dump: files, mm (pagemap scan), mounts, netns, cgroups, images written",
+        "CRIU dump: network locked (next step)",
+        "CRIU dump: images written, page server starts",
+    ),
+    (
+        "status-ready -> runc's status-fd -> migrate",
+        "CRIU dump: images written, page server starts",
+        "runc status-fd: dump images ready (migrate's checkpoint ends)",
+    ),
+    (
+        "images to b's checkpoint dir (hard links; migrate: the stream)",
+        "runc status-fd: dump images ready (migrate's checkpoint ends)",
+        "images hard-linked into b's checkpoint dir",
+    ),
+    (
+        "lazy-pages daemon start (CRIU, its kernel probing, socket)",
+        "images hard-linked into b's checkpoint dir",
+        "lazy-pages daemon socket up; docker start --checkpoint called",
+    ),
+    (
+        "dockerd -> containerd (checkpoint into content store) -> shim started",
+        "lazy-pages daemon socket up; docker start --checkpoint called",
+        "containerd-shim started (dockerd log)",
+    ),
+    (
+        "shim -> runc restore -> runc's CRIU version check -> CRIU start",
+        "containerd-shim started (dockerd log)",
+        "CRIU restore starts (restore.log created)",
+    ),
+    (
+        "CRIU restore: kernel feature probing, images read",
+        "CRIU restore starts (restore.log created)",
+        "CRIU restore: setup-namespaces hook (runc prestart hooks) start",
+    ),
+    (
+        "runc prestart hook: Docker's libnetwork-setkey (exec of dockerd, network setup)",
+        "CRIU restore: setup-namespaces hook (runc prestart hooks) start",
+        "CRIU restore: setup-namespaces hook done",
+    ),
+    (
+        "CRIU restore: cgroups, mount namespace, tasks, memory mappings (lazy: uffd)",
+        "CRIU restore: setup-namespaces hook done",
+        "CRIU restore: tasks restored (restorer done)",
+    ),
+    (
+        "CRIU restore: post-restore hook (runc), ghosts",
+        "CRIU restore: tasks restored (restorer done)",
+        "CRIU restore: network unlock start",
+    ),
+    (
+        "CRIU restore: network unlock (iptables-restore x2 unless skipped)",
+        "CRIU restore: network unlock start",
+        "CRIU restore: after network unlock (next line)",
+    ),
+    (
+        "CRIU restore: restorer finishes, tasks resumed",
+        "CRIU restore: after network unlock (next line)",
+        "CRIU restore: finished, tasks resumed",
+    ),
+    (
+        "runc -> shim -> containerd -> dockerd: start returns",
+        "CRIU restore: finished, tasks resumed",
+        "docker start --checkpoint returned",
+    ),
     ("until inspect says running", "docker start --checkpoint returned", "inspect: running"),
 ]
 
@@ -374,8 +425,11 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "n": len(rs),
             "downtime": statistics.median(r["downtime"] for r in rs),
             "downtimes": [round(r["downtime"], 3) for r in rs],
-            "segments": {n: statistics.median(sg[n] for sg in segs if n in sg)
-                         for n in names if any(n in sg for sg in segs)},  # fmt: skip
+            "segments": {
+                n: statistics.median(sg[n] for sg in segs if n in sg)
+                for n in names
+                if any(n in sg for sg in segs)
+            },
         }
     return out
 
@@ -398,8 +452,12 @@ def from_kept(lab: Lab, kept: Path, bench_json: Path) -> list[dict[str, Any]]:
         dst = kept / f"{mid}-dest"
         if not (journals / "source" / f"{mid}.jsonl").exists() or not dst.is_dir():
             continue  # refused before it paused: nothing to place
-        recs = [json.loads(x) for x in (journals / "source" / f"{mid}.jsonl").read_text().splitlines()]
-        arec = [json.loads(x) for x in (journals / "agent" / f"{mid}.jsonl").read_text().splitlines()]
+        recs = [
+            json.loads(x) for x in (journals / "source" / f"{mid}.jsonl").read_text().splitlines()
+        ]
+        arec = [
+            json.loads(x) for x in (journals / "agent" / f"{mid}.jsonl").read_text().splitlines()
+        ]
         ev = {r["event"]: r for r in recs}
         dest_id = ev["prepared"]["data"]["dest_container_id"]
         if dest_id not in reports:
@@ -424,14 +482,20 @@ def from_kept(lab: Lab, kept: Path, bench_json: Path) -> list[dict[str, Any]]:
             "criu_dump_start": bs.get("dump.log", 0.0),
             "criu_restore_start": bd.get("restore.log", 0.0),
         }
-        runs.append({
-            "mem": mem, "name": mid, "variant": "migrate run", "verified": lz.get("verified"),
-            "t": t, "downtime": rep["downtime_s"],
-            "steps": {k: v for k, v in ph.items() if k.startswith("restore")},
-            "dump_log": criu_lines(src / "dump.log"),
-            "restore_log": criu_lines(dst / "restore.log"),
-            "dockerd_b": dockerd_lines(lab, "b", t0, t["running"] + 0.05),
-        })  # fmt: skip
+        runs.append(
+            {
+                "mem": mem,
+                "name": mid,
+                "variant": "migrate run",
+                "verified": lz.get("verified"),
+                "t": t,
+                "downtime": rep["downtime_s"],
+                "steps": {k: v for k, v in ph.items() if k.startswith("restore")},
+                "dump_log": criu_lines(src / "dump.log"),
+                "restore_log": criu_lines(dst / "restore.log"),
+                "dockerd_b": dockerd_lines(lab, "b", t0, t["running"] + 0.05),
+            }
+        )
     return runs
 
 
@@ -451,8 +515,11 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
     import migrate.engines.docker as engine_mod
 
     b = lab.host("b")
-    out: dict[str, list[float]] = {"plain": [], "checkpoint_small_lock": [],
-                                   "checkpoint_small_nolock": []}  # fmt: skip
+    out: dict[str, list[float]] = {
+        "plain": [],
+        "checkpoint_small_lock": [],
+        "checkpoint_small_nolock": [],
+    }
     eb = DockerEngine(b.docker_host)
     for _ in range(reps):
         name = f"lzf-plain-{uuid.uuid4().hex[:6]}"
@@ -497,18 +564,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--keep", type=Path)
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--summarize", type=Path, nargs="+", metavar="JSON",
-                    help="measure nothing: print the summary of saved runs")
-    ap.add_argument("--from-kept", type=Path, nargs=2, metavar=("KEPT_DIR", "BENCH_JSON"),
-                    help="measure nothing: the same segments for `migrate run` legs of "
-                    "bench_run.py --keep-criu-logs KEPT_DIR (its BENCH_JSON)")  # fmt: skip
+    ap.add_argument(
+        "--summarize",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="measure nothing: print the summary of saved runs",
+    )
+    ap.add_argument(
+        "--from-kept",
+        type=Path,
+        nargs=2,
+        metavar=("KEPT_DIR", "BENCH_JSON"),
+        help="measure nothing: the same segments for `migrate run` legs of "
+        "bench_run.py --keep-criu-logs KEPT_DIR (its BENCH_JSON)",
+    )
     ap.add_argument("--floor", action="store_true")
-    ap.add_argument("--variants", default="skip",
-                    help="comma-separated, alternated per repetition: skip (migrate's dumps "
-                    "now), lock (CRIU's default network lock, as before)")  # fmt: skip
-    ap.add_argument("--criu-conf", default="",
-                    help="extra CRIU options for the dump (CRIU_CONFIG_FILE), e.g. "
-                    "'network-lock skip'")  # fmt: skip
+    ap.add_argument(
+        "--variants",
+        default="skip",
+        help="comma-separated, alternated per repetition: skip (migrate's dumps "
+        "now), lock (CRIU's default network lock, as before)",
+    )
+    ap.add_argument(
+        "--criu-conf",
+        default="",
+        help="extra CRIU options for the dump (CRIU_CONFIG_FILE), e.g. 'network-lock skip'",
+    )
     args = ap.parse_args(argv)
     import migrate.engines.docker as engine_mod
 
@@ -540,17 +622,22 @@ def main(argv: list[str] | None = None) -> int:
                 engine_mod.dump_env = real_dump_env if variant == "skip" else (lambda w: None)
                 r = run_once(lab, layers, mem, args.keep, conf)
                 r["variant"] = variant
-                print(f"{mem} MiB {variant}: downtime {r['downtime']:.3f} "
-                      + " ".join(f"{k}={v:.3f}" for k, v in r["steps"].items()),
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"{mem} MiB {variant}: downtime {r['downtime']:.3f} "
+                    + " ".join(f"{k}={v:.3f}" for k, v in r["steps"].items()),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 for x, label in timeline(r):
                     print(f"   {x:7.3f}  {label}", file=sys.stderr)
                 out["runs"].append(r)
     if out["runs"]:
         out["summary"] = summary(out["runs"])
         for key, sm in out["summary"].items():
-            print(f"== {key}: n={sm['n']} median downtime {sm['downtime']:.3f} {sm['downtimes']}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"== {key}: n={sm['n']} median downtime {sm['downtime']:.3f} {sm['downtimes']}",
+                file=sys.stderr,
+            )
             for label, x in sm["segments"].items():
                 print(f"   {x:7.3f}  {label}", file=sys.stderr)
             print(f"   {sum(sm['segments'].values()):7.3f}  (sum of the medians)", file=sys.stderr)

@@ -54,11 +54,15 @@ def plot(doc: dict[str, Any], out: Path) -> None:
         down.append(("migrate --strategy lazy", [v.get("lazy_downtime_s") for v in d]))
     bars(ax_down, down, "downtime (s)")
     ax_down.set_title("Downtime: pause to running on b")
-    bars(ax_total, [
-        ("manual", [v.get("manual_total_s") for v in d]),
-        ("migrate", [v.get("migrate_total_s") for v in d]),
-        ("OpenSSH cat, same raw bytes", [v.get("raw_ssh_best_s") for v in d]),
-    ], "seconds")  # fmt: skip
+    bars(
+        ax_total,
+        [
+            ("manual", [v.get("manual_total_s") for v in d]),
+            ("migrate", [v.get("migrate_total_s") for v in d]),
+            ("OpenSSH cat, same raw bytes", [v.get("raw_ssh_best_s") for v in d]),
+        ],
+        "seconds",
+    )
     ax_total.set_title("Total time, and the raw link for the same bytes")
 
     # stacked phases of the cold migration, in the order they ran
@@ -69,8 +73,10 @@ def plot(doc: dict[str, Any], out: Path) -> None:
                 names.append(k)
     bottom = [0.0] * len(cases)
     for k in names:
-        ys = [float(((c["migrate"] or {}).get("report", {}).get("phases", {})).get(k, 0.0))
-              for c in cases]  # fmt: skip
+        ys = [
+            float(((c["migrate"] or {}).get("report", {}).get("phases", {})).get(k, 0.0))
+            for c in cases
+        ]
         ax_phases.bar(x, ys, 0.6, bottom=bottom, label=k)
         bottom = [b + y for b, y in zip(bottom, ys, strict=True)]
     ax_phases.set_xticks(x, labels, fontsize=8)
@@ -78,10 +84,14 @@ def plot(doc: dict[str, Any], out: Path) -> None:
     ax_phases.set_title("`migrate run` phases (freeze..restore = downtime)")
     ax_phases.legend(fontsize=7, ncol=2)
 
-    bars(ax_rss, [
-        ("source (migrate run)", [v.get("source_peak_rss_mib") for v in d]),
-        ("agent (migrate agent)", [v.get("agent_peak_rss_mib") for v in d]),
-    ], "peak RSS (MiB)")  # fmt: skip
+    bars(
+        ax_rss,
+        [
+            ("source (migrate run)", [v.get("source_peak_rss_mib") for v in d]),
+            ("agent (migrate agent)", [v.get("agent_peak_rss_mib") for v in d]),
+        ],
+        "peak RSS (MiB)",
+    )
     ax_rss.axhline(GOAL_PEAK_RSS_MIB, color="red", linestyle="--", linewidth=1)
     ax_rss.set_title("Peak memory (VmHWM); red: the 200 MB goal")
 

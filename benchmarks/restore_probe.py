@@ -142,8 +142,12 @@ def timed(lab: Lab, cp_dir: Path, fn: object) -> tuple[float, Timeline]:
 
 
 def render(title: str, seconds: float, tl: Timeline) -> list[str]:
-    out = [f"### {title}: {seconds:.2f} s", "", "| what | changed from | to | peak |",
-           "|---|---:|---:|---:|"]  # fmt: skip
+    out = [
+        f"### {title}: {seconds:.2f} s",
+        "",
+        "| what | changed from | to | peak |",
+        "|---|---:|---:|---:|",
+    ]
     if tl.criu:
         out.append(f"| CRIU process running | {tl.criu[0]:.2f} s | {tl.criu[-1]:.2f} s | |")
     else:
@@ -161,9 +165,12 @@ def main() -> None:
     ap.add_argument("--lab", default=os.environ.get("MIGRATE_BENCH_LAB", "mbench"))
     ap.add_argument("--subnet", default=os.environ.get("MIGRATE_BENCH_SUBNET", "10.213.20.0/24"))
     ap.add_argument("--mem", type=int, default=256)
-    ap.add_argument("--pages-elsewhere", action="store_true",
-                    help="experiment: before the restore, move pages-*.img out of Docker's "
-                    "checkpoint dir and leave absolute symlinks to them in their place")  # fmt: skip
+    ap.add_argument(
+        "--pages-elsewhere",
+        action="store_true",
+        help="experiment: before the restore, move pages-*.img out of Docker's "
+        "checkpoint dir and leave absolute symlinks to them in their place",
+    )
     args = ap.parse_args()
     lab = Lab(LabConfig(name=args.lab, subnet=args.subnet))
     lab.up()
@@ -185,8 +192,9 @@ def main() -> None:
                 img.rename(elsewhere / img.name)
                 img.symlink_to(elsewhere / img.name)
         task = lab.config.paths("b").exec_root / "containerd" / "daemon"
-        holder = _LogHolder(task / "io.containerd.runtime.v2.task" / "moby" / cid / "work"
-                            / "restore.log")  # fmt: skip
+        holder = _LogHolder(
+            task / "io.containerd.runtime.v2.task" / "moby" / cid / "work" / "restore.log"
+        )
         holder.start()
         try:
             t_rest, tl_rest = timed(

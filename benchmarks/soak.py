@@ -51,10 +51,14 @@ def docker(lab: Lab, host: str, *args: str) -> str:
 def leaks(lab: Lab) -> dict[str, int]:
     """What a leak would leave, counted on both hosts (only under this lab's own roots)."""
     c = lab.config
-    roots = [str(c.paths(h).data_root) for h in ("a", "b")] + [str(c.paths(h).exec_root)
-                                                                for h in ("a", "b")]  # fmt: skip
-    mounts = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
-              if any(r in ln for r in roots)]  # fmt: skip
+    roots = [str(c.paths(h).data_root) for h in ("a", "b")] + [
+        str(c.paths(h).exec_root) for h in ("a", "b")
+    ]
+    mounts = [
+        ln
+        for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+        if any(r in ln for r in roots)
+    ]
     procs = 0
     for p in Path("/proc").glob("[0-9]*"):
         try:
@@ -102,8 +106,15 @@ def main() -> int:
     before = leaks(lab)
     docker(lab, "a", "run", "-d", "--name", name, image, "sh", "-c", WORKLOAD)
     time.sleep(1.0)
-    common = ["--identity", env["MIGRATE_LAB_KEY"], "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
-              "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"]  # fmt: skip
+    common = [
+        "--identity",
+        env["MIGRATE_LAB_KEY"],
+        "--known-hosts",
+        env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command",
+        env["MIGRATE_AGENT_COMMAND"],
+        "--json",
+    ]
     rows: list[dict[str, Any]] = []
     here, there = "a", "b"
     last = 0
@@ -111,8 +122,12 @@ def main() -> int:
     t0 = time.monotonic()
     for i in range(args.n):
         url = env[f"MIGRATE_LAB_{there.upper()}_URL"]
-        p = lab.host(here).run([str(migrate_executable()), "run", name, "--to", url, *common],
-                               env=env, check=False, timeout=600)  # fmt: skip
+        p = lab.host(here).run(
+            [str(migrate_executable()), "run", name, "--to", url, *common],
+            env=env,
+            check=False,
+            timeout=600,
+        )
         if p.returncode != 0:
             failures.append(f"#{i} {here}->{there}: exit {p.returncode}: {p.stderr.strip()[-300:]}")
             break
@@ -123,10 +138,21 @@ def main() -> int:
         if count < last or not ok_log:
             failures.append(f"#{i}: state lost (count {count} after {last}, log ok {ok_log})")
         last = count
-        rows.append({"i": i, "from": here, "to": there, "downtime_s": rep["downtime_s"],
-                     "total_s": rep["total_s"], "count": count})  # fmt: skip
-        print(f"#{i:02d} {here}->{there} downtime {rep['downtime_s']:.3f}s total "
-              f"{rep['total_s']:.2f}s count {count}", flush=True)
+        rows.append(
+            {
+                "i": i,
+                "from": here,
+                "to": there,
+                "downtime_s": rep["downtime_s"],
+                "total_s": rep["total_s"],
+                "count": count,
+            }
+        )
+        print(
+            f"#{i:02d} {here}->{there} downtime {rep['downtime_s']:.3f}s total "
+            f"{rep['total_s']:.2f}s count {count}",
+            flush=True,
+        )
         here, there = there, here
     elapsed = time.monotonic() - t0
     time.sleep(1.0)
@@ -148,7 +174,8 @@ def main() -> int:
         "elapsed_s": round(elapsed, 1),
         "final_count": count,
         "downtime_s": {"min": downs[0], "median": downs[len(downs) // 2], "max": downs[-1]}
-        if downs else None,
+        if downs
+        else None,
         "before": before,
         "after": after,
         "failures": failures,
@@ -165,14 +192,16 @@ def main() -> int:
         f"- migrations done: {len(rows)} of {args.n} in {elapsed:.0f} s",
         f"- downtime: {result['downtime_s']}",
         f"- final counter {count}; every migration continued the counter and kept every line "
-        "of the file" if not any("state" in f for f in failures) else "- STATE LOST",
+        "of the file"
+        if not any("state" in f for f in failures)
+        else "- STATE LOST",
         "",
         "| resource (both hosts) | before | after |",
         "|---|---|---|",
         *[f"| {k} | {before[k]} | {after[k]} |" for k in before],
         "",
-        "Result: " + ("**no leak, state intact**" if not failures else "**FAILED**: "
-                      + "; ".join(failures)),  # fmt: skip
+        "Result: "
+        + ("**no leak, state intact**" if not failures else "**FAILED**: " + "; ".join(failures)),
         "",
     ]
     (RESULTS / "soak.md").write_text("\n".join(md))

@@ -128,8 +128,9 @@ def sink(target: Path) -> int:
 
         LAZY_WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
         listener = BulkListener(LAZY_WORK_ROOT)
-        conn.send_control(response_message(req["id"], {"socket": str(listener.path),
-                                                       "token": listener.token}))  # fmt: skip
+        conn.send_control(
+            response_message(req["id"], {"socket": str(listener.path), "token": listener.token})
+        )
         req = decode_control(conn.recv_frame().body)
         end = listener.wait(10)
         assert end is not None and req.get("via") == "bulk", (listener.error, req)
@@ -143,8 +144,13 @@ def sink(target: Path) -> int:
     stats = layers.extract(TimedReader(reader, clock), target, policy=layers.CHECKPOINT_POLICY)  # type: ignore[arg-type]
     reader.drain()
     wall = time.perf_counter() - t0
-    result = {"wall": wall, "cpu": cpu_s() - c0, "stages": clock.s, "bytes": stats.bytes,
-              "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+    result = {
+        "wall": wall,
+        "cpu": cpu_s() - c0,
+        "stages": clock.s,
+        "bytes": stats.bytes,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
     conn.send_control(response_message(req["id"], result))
     shutil.rmtree(target, ignore_errors=True)
     if listener is not None:
@@ -172,9 +178,18 @@ class TimedBulk:
         return getattr(self.link, name)
 
 
-def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int,
-           threads: int, mode: str = "paramiko", agent_command: str = "",
-           adaptive: bool = False) -> int:
+def source(
+    src: Path,
+    dest: str,
+    key: str,
+    known: str,
+    sink_dir: str,
+    level: int,
+    threads: int,
+    mode: str = "paramiko",
+    agent_command: str = "",
+    adaptive: bool = False,
+) -> int:
     import dataclasses
 
     from migrate import layers, protocol
@@ -186,8 +201,9 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
         sw = float(os.environ["STREAM_BENCH_SWITCH"])
         protocol.SWITCH_INTERVAL_S = sw if sw > 0 else None
     clock = StageClock()
-    session = connect(parse_destination(dest),
-                      SshOptions(identity=Path(key), known_hosts=Path(known)))  # fmt: skip
+    session = connect(
+        parse_destination(dest), SshOptions(identity=Path(key), known_hosts=Path(known))
+    )
     cmd = f"{sys.executable} {HERE / 'stream_bench.py'} --sink {sink_dir}"
     sch = session.exec(cmd, close_session=True)
     ch = TimedChannel(sch, clock)
@@ -201,13 +217,24 @@ def source(src: Path, dest: str, key: str, known: str, sink_dir: str, level: int
         conn.bulk = TimedBulk(link, clock)  # type: ignore[assignment]
         clock.s.clear()
     t0, c0 = time.perf_counter(), cpu_s()
-    res = conn.call("put_checkpoint", stream=timed_iter(layers.capture(src), clock, "capture"),
-                    migration_id="bench", timeout=600)  # fmt: skip
+    res = conn.call(
+        "put_checkpoint",
+        stream=timed_iter(layers.capture(src), clock, "capture"),
+        migration_id="bench",
+        timeout=600,
+    )
     wall = time.perf_counter() - t0
     st = res.pop("_stream")
-    out = {"wall": wall, "cpu": cpu_s() - c0, "stages": clock.s, "raw": st["raw"],
-           "wire": st["wire"], "fast_raw": st.get("fast_raw", 0), "sink": res,
-           "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}  # fmt: skip
+    out = {
+        "wall": wall,
+        "cpu": cpu_s() - c0,
+        "stages": clock.s,
+        "raw": st["raw"],
+        "wire": st["wire"],
+        "fast_raw": st.get("fast_raw", 0),
+        "sink": res,
+        "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    }
     conn.close()
     if link is not None:  # the ssh child has exited: its CPU and RSS are ours to read
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -273,18 +300,31 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--label", default="", help="what this run measures (for the JSON)")
     ap.add_argument("--json", type=Path, help="append the summary as one JSON line here")
-    ap.add_argument("--modes", default="paramiko",
-                    help="comma-separated, run interleaved: paramiko (migrate's control "
-                    "channel) and/or bulk (the OpenSSH bulk connection), each optionally "
-                    "@LEVEL for its own zstd level (bulk@-5)")  # fmt: skip
+    ap.add_argument(
+        "--modes",
+        default="paramiko",
+        help="comma-separated, run interleaved: paramiko (migrate's control "
+        "channel) and/or bulk (the OpenSSH bulk connection), each optionally "
+        "@LEVEL for its own zstd level (bulk@-5)",
+    )
     ap.add_argument("--mode", default="paramiko", help=argparse.SUPPRESS)
     ap.add_argument("--agent-command", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.sink:
         return sink(args.sink)
     if args.source:
-        return source(args.source, args.dest, args.key, args.known, args.sink_dir, args.level,
-                      args.threads, args.mode, args.agent_command, args.adaptive)
+        return source(
+            args.source,
+            args.dest,
+            args.key,
+            args.known,
+            args.sink_dir,
+            args.level,
+            args.threads,
+            args.mode,
+            args.agent_command,
+            args.adaptive,
+        )
     return drive(args)
 
 
@@ -311,38 +351,79 @@ def drive(args: Any) -> int:
             line = [f"run {i + 1}:"]
             for mode in modes:
                 sink_dir = SINK_ROOT / f"stream-sink-{uuid.uuid4().hex[:8]}"
-                p = a.run([sys.executable, str(HERE / "stream_bench.py"), "--source", str(src),
-                           "--dest", env["MIGRATE_LAB_B_URL"], "--key", env["MIGRATE_LAB_KEY"],
-                           "--known", env["MIGRATE_LAB_KNOWN_HOSTS"], "--sink-dir", str(sink_dir),
-                           *(["--level", "1", "--adaptive"] if mode.endswith("@adaptive") else
-                             ["--level", mode.split("@")[1] if "@" in mode else str(args.level)]),
-                           "--threads", str(args.threads), "--mode", mode.split("@")[0],
-                           "--agent-command", env["MIGRATE_AGENT_COMMAND"]],
-                          timeout=900)  # fmt: skip
+                p = a.run(
+                    [
+                        sys.executable,
+                        str(HERE / "stream_bench.py"),
+                        "--source",
+                        str(src),
+                        "--dest",
+                        env["MIGRATE_LAB_B_URL"],
+                        "--key",
+                        env["MIGRATE_LAB_KEY"],
+                        "--known",
+                        env["MIGRATE_LAB_KNOWN_HOSTS"],
+                        "--sink-dir",
+                        str(sink_dir),
+                        *(
+                            ["--level", "1", "--adaptive"]
+                            if mode.endswith("@adaptive")
+                            else ["--level", mode.split("@")[1] if "@" in mode else str(args.level)]
+                        ),
+                        "--threads",
+                        str(args.threads),
+                        "--mode",
+                        mode.split("@")[0],
+                        "--agent-command",
+                        env["MIGRATE_AGENT_COMMAND"],
+                    ],
+                    timeout=900,
+                )
                 r = json.loads(p.stdout.strip().splitlines()[-1])
                 results[mode].append(r)
                 line.append(f"{mode} {r['raw'] / r['wall'] / 1e6:.0f} MB/s ({r['wall']:.2f} s)")
-                print(f"  {mode} source", json.dumps({k: round(v, 2) for k, v in r["stages"].items()}),
-                      f"cpu {r['cpu']:.2f}" + (f" + ssh {r['ssh_cpu']:.2f}" if "ssh_cpu" in r else "")
-                      + f" rss {r['peak_rss_kb'] // 1024} MiB", file=sys.stderr)  # fmt: skip
+                print(
+                    f"  {mode} source",
+                    json.dumps({k: round(v, 2) for k, v in r["stages"].items()}),
+                    f"cpu {r['cpu']:.2f}"
+                    + (f" + ssh {r['ssh_cpu']:.2f}" if "ssh_cpu" in r else "")
+                    + f" rss {r['peak_rss_kb'] // 1024} MiB",
+                    file=sys.stderr,
+                )
                 sk = r["sink"]
-                print(f"  {mode} sink  ", json.dumps({k: round(v, 2) for k, v in sk["stages"].items()}),
-                      f"wall {sk['wall']:.2f} cpu {sk['cpu']:.2f} rss {sk['peak_rss_kb'] // 1024} MiB",
-                      file=sys.stderr)  # fmt: skip
+                print(
+                    f"  {mode} sink  ",
+                    json.dumps({k: round(v, 2) for k, v in sk["stages"].items()}),
+                    f"wall {sk['wall']:.2f} cpu {sk['cpu']:.2f} rss {sk['peak_rss_kb'] // 1024} MiB",
+                    file=sys.stderr,
+                )
             raw = run_raw(lab, a, src, ["-c", "aes128-gcm@openssh.com"])
             raws.append(raw)
-            line.append(f"OpenSSH {nbytes / raw / 1e6:.0f} MB/s ({raw:.2f} s, "
-                        f"ssh cpu {RAW_CPU[-1]:.2f})")  # fmt: skip
-            print(" ".join(line) + "; ratios " + ", ".join(
-                f"{m} {(results[m][-1]['raw'] / results[m][-1]['wall']) / (nbytes / raw):.2f}"
-                for m in modes), file=sys.stderr)  # fmt: skip
+            line.append(
+                f"OpenSSH {nbytes / raw / 1e6:.0f} MB/s ({raw:.2f} s, ssh cpu {RAW_CPU[-1]:.2f})"
+            )
+            print(
+                " ".join(line)
+                + "; ratios "
+                + ", ".join(
+                    f"{m} {(results[m][-1]['raw'] / results[m][-1]['wall']) / (nbytes / raw):.2f}"
+                    for m in modes
+                ),
+                file=sys.stderr,
+            )
     med_raw = statistics.median(raws)
     summary: dict[str, Any] = {
-        "label": args.label, "mib": args.mib, "text": args.text, "level": args.level,
-        "threads": args.threads, "bytes": nbytes, "modes": modes,
-        "openssh_s": [round(x, 3) for x in raws], "openssh_cpu_s": [round(x, 2) for x in RAW_CPU],
+        "label": args.label,
+        "mib": args.mib,
+        "text": args.text,
+        "level": args.level,
+        "threads": args.threads,
+        "bytes": nbytes,
+        "modes": modes,
+        "openssh_s": [round(x, 3) for x in raws],
+        "openssh_cpu_s": [round(x, 2) for x in RAW_CPU],
         "median_openssh_s": med_raw,
-    }  # fmt: skip
+    }
     for m in modes:
         rs = results[m]
         # Effective rate: raw bytes per second; the ratio per run is against the OpenSSH run
@@ -356,9 +437,12 @@ def drive(args: Any) -> int:
             "median_wall_s": statistics.median(r["wall"] for r in rs),
             "runs": rs,
         }
-        print(f"median {m}: {nbytes / summary[m]['median_wall_s'] / 1e6:.0f} MB/s, ratio to "
-              f"OpenSSH per run {summary[m]['ratio_per_run']} (median "
-              f"{summary[m]['median_ratio']:.2f})", file=sys.stderr)  # fmt: skip
+        print(
+            f"median {m}: {nbytes / summary[m]['median_wall_s'] / 1e6:.0f} MB/s, ratio to "
+            f"OpenSSH per run {summary[m]['ratio_per_run']} (median "
+            f"{summary[m]['median_ratio']:.2f})",
+            file=sys.stderr,
+        )
     print(f"median OpenSSH: {nbytes / med_raw / 1e6:.0f} MB/s", file=sys.stderr)
     if args.json:
         with open(args.json, "a") as f:

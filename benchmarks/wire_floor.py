@@ -35,8 +35,9 @@ def memfill_bytes(mib: int, text_pct: int) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         exe = Path(d) / "memfill"
         subprocess.run(["gcc", "-O2", "-o", str(exe), str(HERE / "memfill.c")], check=True)
-        out = subprocess.run([str(exe), "--emit", str(mib), str(text_pct)], check=True,
-                             capture_output=True).stdout  # fmt: skip
+        out = subprocess.run(
+            [str(exe), "--emit", str(mib), str(text_pct)], check=True, capture_output=True
+        ).stdout
     assert len(out) == mib << 20
     return out
 
@@ -106,17 +107,25 @@ def main() -> int:
     args = ap.parse_args()
     limit = args.mib << 20
     corpora: list[tuple[str, bytes, bool]] = [
-        (f"memfill mix (50 % random, 50 % text), {args.mib} MiB", memfill_bytes(args.mib, 50), False),
+        (
+            f"memfill mix (50 % random, 50 % text), {args.mib} MiB",
+            memfill_bytes(args.mib, 50),
+            False,
+        ),
         (f"memfill text only, {args.mib} MiB", memfill_bytes(args.mib, 100), True),
     ]
     py = files_text([Path(sys.base_prefix) / "lib"], (".py",), limit)
     if py:
         corpora.append((f"Python standard library sources, {len(py) >> 20} MiB", py, True))
-    docs = files_text([Path("/usr/share/common-licenses"), Path("/usr/share/doc")],
-                      ("GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0", ".txt", ".md", "README"),
-                      limit)  # fmt: skip
+    docs = files_text(
+        [Path("/usr/share/common-licenses"), Path("/usr/share/doc")],
+        ("GPL-3", "GPL-2", "LGPL-2.1", "Apache-2.0", ".txt", ".md", "README"),
+        limit,
+    )
     if len(docs) > 1 << 20:
-        corpora.append((f"English documentation from /usr/share, {len(docs) >> 20} MiB", docs, True))
+        corpora.append(
+            (f"English documentation from /usr/share, {len(docs) >> 20} MiB", docs, True)
+        )
     h, line = memfill_text_entropy()
     lines = [
         "# Wire floor: how far can half random, half text compress?",

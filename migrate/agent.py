@@ -312,8 +312,9 @@ class Agent:
         try:
             self._bulk_listener = BulkListener(root)
         except OSError as e:
-            raise Unsupported(f"cannot open the bulk socket in {root}: {e}",
-                              hint="use --bulk paramiko") from None  # fmt: skip
+            raise Unsupported(
+                f"cannot open the bulk socket in {root}: {e}", hint="use --bulk paramiko"
+            ) from None
         return {"socket": str(self._bulk_listener.path), "token": self._bulk_listener.token}
 
     def h_hello(
@@ -359,10 +360,15 @@ class Agent:
         return caps
 
     def h_precheck(
-        self, *, spec: dict[str, Any], name: str, criu_version: list[Any],
-        volumes: list[Any] | None = None, binds: list[Any] | None = None,
+        self,
+        *,
+        spec: dict[str, Any],
+        name: str,
+        criu_version: list[Any],
+        volumes: list[Any] | None = None,
+        binds: list[Any] | None = None,
         lazy: bool = False,
-    ) -> dict:  # fmt: skip
+    ) -> dict:
         info = self.engine.info()
         if not info.experimental:
             raise EngineUnavailable(
@@ -413,8 +419,10 @@ class Agent:
         if caps is None:
             caps = criu.capabilities(criu.find_criu())
         if not caps.lazy_pages:
-            return ("`criu check --feature uffd-noncoop` fails on the destination (no "
-                    "non-cooperative userfaultfd in its kernel)")  # fmt: skip
+            return (
+                "`criu check --feature uffd-noncoop` fails on the destination (no "
+                "non-cooperative userfaultfd in its kernel)"
+            )
         if blocker := self.engine.lazy_restore_blocker():
             return blocker
         return ""
@@ -475,10 +483,15 @@ class Agent:
         return {"loaded": True}
 
     def h_prepare(
-        self, *, migration_id: str, spec: dict[str, Any], name: str,
-        volumes: list[Any] | None = None, binds: list[Any] | None = None,
+        self,
+        *,
+        migration_id: str,
+        spec: dict[str, Any],
+        name: str,
+        volumes: list[Any] | None = None,
+        binds: list[Any] | None = None,
         networks: list[Any] | None = None,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> dict[str, Any]:
         s = _spec(spec)
         vols = _volumes(volumes)
         bind_list = _binds(binds)
@@ -573,8 +586,12 @@ class Agent:
         if not m.precopied:
             raise ProtocolError("put_rootfs_delta without a pre-copy")
         stats = layers.apply(stream, self._upper(m), policy=layers.ROOTFS_DELTA_POLICY)
-        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
-                "removed": stats.removed}  # fmt: skip
+        return {
+            "files": stats.members,
+            "bytes": stats.bytes,
+            "kept": stats.kept,
+            "removed": stats.removed,
+        }
 
     def _volume_dir(self, m: _Migration, volume: str, *, empty: bool) -> Path:
         if volume not in (*m.volumes_made, *m.volumes_reused):
@@ -617,8 +634,12 @@ class Agent:
             raise ProtocolError(f"put_volume_delta without a pre-copy of {volume!r}")
         target = self._volume_dir(m, volume, empty=False)
         stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
-        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
-                "removed": stats.removed}  # fmt: skip
+        return {
+            "files": stats.members,
+            "bytes": stats.bytes,
+            "kept": stats.kept,
+            "removed": stats.removed,
+        }
 
     def _bind_dir(self, m: _Migration, path: str, *, empty: bool) -> Path:
         target = Path(path)
@@ -658,8 +679,12 @@ class Agent:
             raise ProtocolError(f"put_bind_delta without a pre-copy of {path!r}")
         target = self._bind_dir(m, path, empty=False)
         stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
-        return {"files": stats.members, "bytes": stats.bytes, "kept": stats.kept,
-                "removed": stats.removed}  # fmt: skip
+        return {
+            "files": stats.members,
+            "bytes": stats.bytes,
+            "kept": stats.kept,
+            "removed": stats.removed,
+        }
 
     def h_put_log(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
         """The source's log history, where the new container's log driver appends to it (so
@@ -681,7 +706,11 @@ class Agent:
         return {"bytes": size}
 
     def h_put_checkpoint(
-        self, *, stream: StreamReader, migration_id: str, memory_bytes: int | None = None,
+        self,
+        *,
+        stream: StreamReader,
+        migration_id: str,
+        memory_bytes: int | None = None,
         require_memory: bool = False,
     ) -> dict[str, Any]:
         m = self._mig(migration_id)
@@ -725,7 +754,9 @@ class Agent:
                 img.write_bytes(b"\x00" * 16)
         return {"files": stats.members, "bytes": stats.bytes, "staging": where}
 
-    def h_restore(self, *, migration_id: str, page_server_port: int | None = None) -> dict[str, Any]:
+    def h_restore(
+        self, *, migration_id: str, page_server_port: int | None = None
+    ) -> dict[str, Any]:
         m = self._mig(migration_id)
         assert m.journal is not None
         t0 = time.monotonic()
@@ -789,8 +820,9 @@ class Agent:
         criu_bin = criu.find_criu()
         why = self.engine.lazy_restore_blocker() or ("" if criu_bin else "CRIU is missing")
         if why or criu_bin is None:
-            raise Unsupported(f"post-copy restore impossible here: {why}",
-                              hint="use --strategy cold")  # fmt: skip
+            raise Unsupported(
+                f"post-copy restore impossible here: {why}", hint="use --strategy cold"
+            )
         full = self._staging(m)
         target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
         # Only the small non-memory images: Docker gets hard links (a copy across file
@@ -804,11 +836,13 @@ class Agent:
         daemon: lazy_pages.LazyPagesDaemon | None = None
         try:
             # -v4: the daemon logs each page fault, which is how on-demand pages are counted.
-            daemon = lazy_pages.LazyPagesDaemon(criu_bin, full, work, verbosity=4,
-                                                page_server=(postcopy.LOOPBACK, relay.port))  # fmt: skip
+            daemon = lazy_pages.LazyPagesDaemon(
+                criu_bin, full, work, verbosity=4, page_server=(postcopy.LOOPBACK, relay.port)
+            )
             t_daemon = time.monotonic()
-            self.engine.start_from_checkpoint(m.container_id, m.checkpoint,
-                                              lazy=LazyRestore(work_dir=work))  # fmt: skip
+            self.engine.start_from_checkpoint(
+                m.container_id, m.checkpoint, lazy=LazyRestore(work_dir=work)
+            )
             t_started = time.monotonic()
             t_running = self._wait_running(m.container_id)
             pc = _Postcopy(daemon=daemon, relay=relay, full=full, t_running=t_running)
@@ -821,17 +855,27 @@ class Agent:
                 criu.keep_logs(work, f"{m.id}-dest")
                 shutil.rmtree(work, ignore_errors=True)
                 shutil.rmtree(full, ignore_errors=True)
-        threading.Thread(target=self._supervise_postcopy, args=(m, pc), daemon=True,
-                         name=f"postcopy-{m.id[:8]}").start()  # fmt: skip
+        threading.Thread(
+            target=self._supervise_postcopy, args=(m, pc), daemon=True, name=f"postcopy-{m.id[:8]}"
+        ).start()
         self._wait_fault("restoring", m.name)
         running_s = t_running - t0
         m.state = "restored"
         m.journal.append("restored", restore_s=running_s, running_s=running_s, mode="postcopy")
         # Where the downtime's restore part goes (benchmarks/results/lazy.md).
-        steps = {"images": t_copied - t0, "daemon": t_daemon - t_copied,
-                 "docker_start": t_started - t_daemon, "until_running": t_running - t_started}  # fmt: skip
-        return {"container_id": m.container_id, "restore_s": running_s, "running_s": running_s,
-                "restore_mode": "postcopy", "restore_steps": steps}  # fmt: skip
+        steps = {
+            "images": t_copied - t0,
+            "daemon": t_daemon - t_copied,
+            "docker_start": t_started - t_daemon,
+            "until_running": t_running - t_started,
+        }
+        return {
+            "container_id": m.container_id,
+            "restore_s": running_s,
+            "running_s": running_s,
+            "restore_mode": "postcopy",
+            "restore_steps": steps,
+        }
 
     def _supervise_postcopy(self, m: _Migration, pc: _Postcopy) -> None:
         """Wait for the last page; on any failure stop the destination copy (its memory is
@@ -846,15 +890,19 @@ class Agent:
                 stats = postcopy.page_stats(pc.daemon.log_path)
                 pc.result = {"postcopy_s": t_end - pc.t_running, "bytes": pc.relay.bytes_down}
                 if stats is not None:
-                    pc.result.update(pages_total=stats.total, pages_copied=stats.copied,
-                                     pages_on_demand=stats.faults,
-                                     pages_background=stats.background)  # fmt: skip
+                    pc.result.update(
+                        pages_total=stats.total,
+                        pages_copied=stats.copied,
+                        pages_on_demand=stats.faults,
+                        pages_background=stats.background,
+                    )
                 if m.journal is not None:
                     m.journal.append("postcopy_done", **pc.result)
                 return
             why = pc.relay.broken or (
                 f"the lazy-pages daemon did not finish in {POSTCOPY_TIMEOUT_S:.0f} s"
-                if rc is None else f"the lazy-pages daemon failed (exit {rc})"
+                if rc is None
+                else f"the lazy-pages daemon failed (exit {rc})"
             )
             self._stop_copy(m, why)
             tail = log_tail_safe(pc.daemon.log_path)
@@ -1005,8 +1053,9 @@ class Agent:
             return None
         lock = self._lock(migration_id)
         lock.acquire()
-        m = _Migration(id=migration_id, name=str(recs[0].data.get("name", "")), journal=j,
-                       lock=lock)  # fmt: skip
+        m = _Migration(
+            id=migration_id, name=str(recs[0].data.get("name", "")), journal=j, lock=lock
+        )
         m.checkpoint = f"migrate-{migration_id[:12]}"
         for r in recs:
             if r.event == "created":
@@ -1093,17 +1142,25 @@ class Agent:
                 d.image_id = str(meta["image"]["id"])
                 # The copy gets volumes of its own: the standby may hold a replica under the
                 # original name, which a drill must never touch.
-                renames = {str(v["name"]): f"{v['name']}-drill-{drill_id[:8]}"
-                           for v in meta.get("volumes") or []}  # fmt: skip
+                renames = {
+                    str(v["name"]): f"{v['name']}-drill-{drill_id[:8]}"
+                    for v in meta.get("volumes") or []
+                }
             except (KeyError, TypeError) as e:
                 raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
             had_image = self.engine.image(d.image_id) is not None
             self._sweep_orphan_drills()
             self._record_drill(d, had_image, list(renames.values()))
             try:
-                res = import_bundle(self.engine, path, name=name, state_dir=base, isolated=True,
-                                    labels={DRILL_LABEL: drill_id},
-                                    volume_names=renames)  # fmt: skip
+                res = import_bundle(
+                    self.engine,
+                    path,
+                    name=name,
+                    state_dir=base,
+                    isolated=True,
+                    labels={DRILL_LABEL: drill_id},
+                    volume_names=renames,
+                )
             except BaseException:
                 if not had_image:
                     self._remove_image(d)
@@ -1127,15 +1184,17 @@ class Agent:
 
     def _drill_files(self, drill_id: str) -> tuple[Path, PidLock]:
         base = (self.state_dir or DEFAULT_DIR) / "drills"
-        lock = PidLock(base / f"{drill_id}.lock", busy=f"drill {drill_id} is live",
-                       hint="it is removed by its own agent")  # fmt: skip
+        lock = PidLock(
+            base / f"{drill_id}.lock",
+            busy=f"drill {drill_id} is live",
+            hint="it is removed by its own agent",
+        )
         return base / f"{drill_id}.json", lock
 
     def _record_drill(self, d: _Drill, had_image: bool, volumes: list[str]) -> None:
         d.record, d.lock = self._drill_files(d.id)
         d.lock.acquire()
-        body = {"name": d.name, "image_id": d.image_id, "had_image": had_image,
-                "volumes": volumes}  # fmt: skip
+        body = {"name": d.name, "image_id": d.image_id, "had_image": had_image, "volumes": volumes}
         tmp = d.record.with_suffix(".partial")
         tmp.write_text(json.dumps(body))
         os.replace(tmp, d.record)
@@ -1173,8 +1232,9 @@ class Agent:
                     if isinstance(v, str) and f"-drill-{drill_id[:8]}" in v:
                         self.engine.remove_volume(v)
                 if not data.get("had_image") and data.get("image_id"):
-                    self._remove_image(_Drill(id=drill_id, name=name,
-                                              image_id=str(data["image_id"])))  # fmt: skip
+                    self._remove_image(
+                        _Drill(id=drill_id, name=name, image_id=str(data["image_id"]))
+                    )
                 rec.unlink(missing_ok=True)
             except (MigrateError, OSError, ValueError, AttributeError) as e:
                 log.error("could not remove what drill %s left: %s", drill_id, e)
@@ -1192,8 +1252,13 @@ class Agent:
             raise ProtocolError("drill_verify: settle or timeout out of range")
         time.sleep(settle_s)
         st = self.engine.state(d.container_id)
-        res: dict[str, Any] = {"status": st.status, "running": st.running and not st.paused,
-                               "exit_code": None, "timed_out": False, "output": ""}  # fmt: skip
+        res: dict[str, Any] = {
+            "status": st.status,
+            "running": st.running and not st.paused,
+            "exit_code": None,
+            "timed_out": False,
+            "output": "",
+        }
         if res["running"] and argv:
             ex = self.engine.exec(d.container_id, [str(a) for a in argv], timeout_s)
             res.update(exit_code=ex.exit_code, timed_out=ex.exit_code is None, output=ex.output)
@@ -1209,8 +1274,12 @@ class Agent:
             self.engine.remove_volume(v)
         image_removed = self._remove_image(d) if d.image_loaded else False
         self._settled(d)
-        return {"kept": False, "container_removed": True, "volumes_removed": list(d.volumes),
-                "image_removed": image_removed}  # fmt: skip
+        return {
+            "kept": False,
+            "container_removed": True,
+            "volumes_removed": list(d.volumes),
+            "image_removed": image_removed,
+        }
 
     def _remove_image(self, d: _Drill) -> bool:
         try:
@@ -1366,11 +1435,15 @@ def bind_plan(p: str, mode: str) -> tuple[Path, bool] | None:
             )
         return None
     if any(p == f or p.startswith(f + "/") for f in _BIND_FORBIDDEN):
-        raise Unsupported(f"--bind-mounts copy does not write into {p} (a system tree)",
-                          hint="use --bind-mounts same-path for host paths like that")  # fmt: skip
+        raise Unsupported(
+            f"--bind-mounts copy does not write into {p} (a system tree)",
+            hint="use --bind-mounts same-path for host paths like that",
+        )
     if path.is_symlink() or (path.exists() and not path.is_dir()):
-        raise VolumeConflict(f"{p} exists on the destination and is not a directory",
-                             hint=f"remove {p} there, or use --bind-mounts same-path")  # fmt: skip
+        raise VolumeConflict(
+            f"{p} exists on the destination and is not a directory",
+            hint=f"remove {p} there, or use --bind-mounts same-path",
+        )
     if path.is_dir():
         if any(path.iterdir()):
             raise VolumeConflict(
@@ -1391,8 +1464,11 @@ def bind_plan(p: str, mode: str) -> tuple[Path, bool] | None:
 def _binds(data: list[Any] | None) -> list[tuple[str, str]]:
     out = []
     for b in data or []:
-        if not (isinstance(b, dict) and isinstance(b.get("path"), str)
-                and b.get("mode") in ("same-path", "copy")):  # fmt: skip
+        if not (
+            isinstance(b, dict)
+            and isinstance(b.get("path"), str)
+            and b.get("mode") in ("same-path", "copy")
+        ):
             raise ProtocolError("binds: each must be {path, mode: same-path|copy}")
         out.append((b["path"], b["mode"]))
     return out
@@ -1440,9 +1516,15 @@ def _move_tree(src: Path, dst: Path) -> None:
     except (OSError, shutil.Error) as e:
         shutil.rmtree(dst, ignore_errors=True)
         text = str(e)
-        if "No space left" in text or "Disk quota" in text or getattr(e, "errno", None) in (
-            errno.ENOSPC, errno.EDQUOT,
-        ):  # fmt: skip
+        if (
+            "No space left" in text
+            or "Disk quota" in text
+            or getattr(e, "errno", None)
+            in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+            )
+        ):
             raise DiskFull(
                 f"no space for the checkpoint images in {dst.parent}: {text[:300]}",
                 hint="free space on the destination's Docker data root",

@@ -149,8 +149,11 @@ def run_checks(
     results.append(
         check_disk("disk_staging", staging, min_free_bytes, what="the staging directory")
     )
-    results.append(check_memory_staging(staging_mod.tmpfs_free(staging_mod.MEMORY_ROOT),
-                                        staging_mod.mem_available()))  # fmt: skip
+    results.append(
+        check_memory_staging(
+            staging_mod.tmpfs_free(staging_mod.MEMORY_ROOT), staging_mod.mem_available()
+        )
+    )
     results.append(check_kernel(platform.release()))
     results.append(check_criu_kdat_cache(mount_fstype(Path("/run"), _read_text(MOUNTS))))
     return CheckReport(tuple(results), host=socket.gethostname())
@@ -162,16 +165,21 @@ def check_memory_staging(tmpfs_free: int, available: int) -> CheckResult:
     root = staging_mod.MEMORY_ROOT
     if tmpfs_free == 0:
         return CheckResult(
-            "staging_memory", False, f"no tmpfs at {root}",
+            "staging_memory",
+            False,
+            f"no tmpfs at {root}",
             problem="checkpoint images are staged on disk (slower, and the dump's time moves "
             "with the disk's load)",
             fix=f"mount a tmpfs at {root.parent} (or set MIGRATE_MEMORY_STAGING to one)",
             required=False,
-        )  # fmt: skip
+        )
     fits = min(tmpfs_free, max(available - staging_mod.HOST_RESERVE, 0))
-    return CheckResult("staging_memory", True,
-                       f"images up to ~{_gib(int(fits / staging_mod.GROWTH))} staged in memory "
-                       f"({root})", required=False)  # fmt: skip
+    return CheckResult(
+        "staging_memory",
+        True,
+        f"images up to ~{_gib(int(fits / staging_mod.GROWTH))} staged in memory ({root})",
+        required=False,
+    )
 
 
 def check_destination(conn: Any) -> CheckReport:
@@ -181,9 +189,12 @@ def check_destination(conn: Any) -> CheckReport:
     from migrate.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
     hello = conn.call(
-        "hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
-        software=__version__, faults=[],
-    )  # fmt: skip
+        "hello",
+        protocol=PROTOCOL_VERSION,
+        min_protocol=MIN_PROTOCOL_VERSION,
+        software=__version__,
+        faults=[],
+    )
     local = criu.capabilities(criu.find_criu(), probe_features=False)
     cpu: dict[str, Any] | None = None
     if local.path is not None:
@@ -212,11 +223,14 @@ def bulk_result(note: str, up: bool) -> CheckResult | None:
     if not note:
         return None  # local://
     return CheckResult(
-        "bulk", False, "streams over paramiko (slower)", problem=note,
+        "bulk",
+        False,
+        "streams over paramiko (slower)",
+        problem=note,
         fix="install the OpenSSH client (`ssh`) and make the same key log in "
         "non-interactively (BatchMode); `migrate run` falls back to paramiko meanwhile",
         required=False,
-    )  # fmt: skip
+    )
 
 
 def destination_results(
@@ -225,8 +239,14 @@ def destination_results(
     local_criu: tuple[int, int, int] | None,
 ) -> list[CheckResult]:
     """Rows for the destination from its agent's answers (pure, for unit tests)."""
-    rows = [CheckResult("agent", True, f"migrate {hello.get('software')}, "
-                        f"protocol {hello.get('protocol')}, kernel {hello.get('kernel')}")]  # fmt: skip
+    rows = [
+        CheckResult(
+            "agent",
+            True,
+            f"migrate {hello.get('software')}, "
+            f"protocol {hello.get('protocol')}, kernel {hello.get('kernel')}",
+        )
+    ]
     version = hello.get("criu_version")
     theirs = tuple(version) if isinstance(version, list) and len(version) == 3 else None
     need = "{}.{}".format(*criu.MIN_CRIU[:2])
@@ -234,22 +254,39 @@ def destination_results(
     if theirs is None:
         rows.append(CheckResult("criu", False, "not found", problem="no usable criu", fix=fix))
     elif theirs < criu.MIN_CRIU:
-        rows.append(CheckResult("criu", False, criu.format_version(theirs),
-                                problem=f"CRIU >= {need} is needed", fix=fix))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "criu",
+                False,
+                criu.format_version(theirs),
+                problem=f"CRIU >= {need} is needed",
+                fix=fix,
+            )
+        )
     elif local_criu is not None and theirs < local_criu:
-        rows.append(CheckResult(
-            "criu", False, criu.format_version(theirs),
-            problem=f"older than this host's {criu.format_version(local_criu)}: it may not "
-            "read this host's checkpoint images",
-            fix="install the same CRIU on both hosts (`make setup`)",
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "criu",
+                False,
+                criu.format_version(theirs),
+                problem=f"older than this host's {criu.format_version(local_criu)}: it may not "
+                "read this host's checkpoint images",
+                fix="install the same CRIU on both hosts (`make setup`)",
+            )
+        )
     else:
         rows.append(CheckResult("criu", True, criu.format_version(theirs)))
-    rows.append(CheckResult(
-        "criu_check", bool(hello.get("criu_ok")), "passed" if hello.get("criu_ok") else "failed",
-        problem="" if hello.get("criu_ok") else "`criu check` fails on the destination",
-        fix="" if hello.get("criu_ok") else "run `migrate check` on the destination for details",
-    ))  # fmt: skip
+    rows.append(
+        CheckResult(
+            "criu_check",
+            bool(hello.get("criu_ok")),
+            "passed" if hello.get("criu_ok") else "failed",
+            problem="" if hello.get("criu_ok") else "`criu check` fails on the destination",
+            fix=""
+            if hello.get("criu_ok")
+            else "run `migrate check` on the destination for details",
+        )
+    )
     engine = hello.get("engine")
     if isinstance(engine, Mapping):
         info = EngineInfo(
@@ -258,36 +295,60 @@ def destination_results(
             api_version="",
             experimental=bool(engine.get("experimental")),
             storage_driver=str(engine.get("storage_driver") or ""),
-            data_root="", runtime="", runc_version="", cgroup_version="", kernel="", os="",
-            mem_total=int(engine.get("mem_total") or 0), host_name="",
+            data_root="",
+            runtime="",
+            runc_version="",
+            cgroup_version="",
+            kernel="",
+            os="",
+            mem_total=int(engine.get("mem_total") or 0),
+            host_name="",
             live_restore=lr if isinstance(lr := engine.get("live_restore"), bool) else None,
-        )  # fmt: skip
+        )
         rows.append(CheckResult("docker", True, f"{info.engine} {info.version}"))
         rows += [r for r in check_engine(info, None) if r.name != "docker"]
     else:
         found = hello.get("engine_error")
         err: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
-        rows.append(CheckResult(
-            "docker", False, "unreachable", problem=str(err.get("message") or "no answer"),
-            fix=str(err.get("hint") or "start dockerd --experimental on the destination"),
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "docker",
+                False,
+                "unreachable",
+                problem=str(err.get("message") or "no answer"),
+                fix=str(err.get("hint") or "start dockerd --experimental on the destination"),
+            )
+        )
     free = hello.get("free_disk")
     if isinstance(free, int):
         value = f"{_gib(free)} free (Docker's data root)"
-        rows.append(CheckResult(
-            "disk_data_root", free >= MIN_FREE_BYTES, value, required=False,
-            problem="" if free >= MIN_FREE_BYTES else f"less than {_gib(MIN_FREE_BYTES)} free: "
-            "image layers, the container's files and checkpoint images land there",
-            fix="" if free >= MIN_FREE_BYTES else "free space on the destination",
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "disk_data_root",
+                free >= MIN_FREE_BYTES,
+                value,
+                required=False,
+                problem=""
+                if free >= MIN_FREE_BYTES
+                else f"less than {_gib(MIN_FREE_BYTES)} free: "
+                "image layers, the container's files and checkpoint images land there",
+                fix="" if free >= MIN_FREE_BYTES else "free space on the destination",
+            )
+        )
     if cpu is not None:
         ok = bool(cpu.get("ok"))
-        rows.append(CheckResult(
-            "cpu", ok, "compatible" if ok else "incompatible",
-            problem="" if ok else "a checkpoint taken here would not restore there (CPU "
-            "features missing): " + str(cpu.get("output") or ""),
-            fix="" if ok else "migrate between hosts with the same CPU features",
-        ))  # fmt: skip
+        rows.append(
+            CheckResult(
+                "cpu",
+                ok,
+                "compatible" if ok else "incompatible",
+                problem=""
+                if ok
+                else "a checkpoint taken here would not restore there (CPU "
+                "features missing): " + str(cpu.get("output") or ""),
+                fix="" if ok else "migrate between hosts with the same CPU features",
+            )
+        )
     return rows
 
 
@@ -629,12 +690,14 @@ def check_criu_kdat_cache(run_fstype: str | None) -> CheckResult:
     if run_fstype == "tmpfs":
         return CheckResult("criu_kdat_cache", True, "/run is tmpfs", required=False)
     return CheckResult(
-        "criu_kdat_cache", False, f"/run is {run_fstype or 'not a mount of its own'}",
+        "criu_kdat_cache",
+        False,
+        f"/run is {run_fstype or 'not a mount of its own'}",
         problem="CRIU cannot cache its kernel probe (/run/criu.kdat needs a tmpfs): every "
         "dump and restore probes again, ~25-35 ms each inside the downtime",
         fix="mount /run as a tmpfs (the usual setup; a boot-time choice of the host)",
         required=False,
-    )  # fmt: skip
+    )
 
 
 # --- host ------------------------------------------------------------------------------------

@@ -35,8 +35,11 @@ err = Console(stderr=True)
 def fail(e: MigrateError) -> None:
     """Print an error with its hint and exit with its code."""
     # soft_wrap: a message is one line in a log or a pipe, whatever the console width.
-    err.print(f"[bold red]error[/] [dim]({e.code})[/]: {escape(e.message)}", highlight=False,
-              soft_wrap=True)  # fmt: skip
+    err.print(
+        f"[bold red]error[/] [dim]({e.code})[/]: {escape(e.message)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if e.hint:
         err.print(f"[bold]fix[/]: {escape(e.hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(e.exit_code)
@@ -116,8 +119,13 @@ def _print_lab_status(st: Any) -> None:
             t.add_row(h.host, netns, h.addr, d.kind, pid, mark, escape(d.detail))
         ok = h.mntns_present and h.local_bound
         mark = "[green]\u2713[/]" if ok else "[bold red]\u2717[/]"
-        detail = ("its own /srv/migrate-lab-local" if ok else
-                  "local dir not bound" if h.mntns_present else "absent")  # fmt: skip
+        detail = (
+            "its own /srv/migrate-lab-local"
+            if ok
+            else "local dir not bound"
+            if h.mntns_present
+            else "absent"
+        )
         t.add_row(h.host, netns, h.addr, "mount ns", "-", mark, detail)
     out.print(t)
 
@@ -243,8 +251,10 @@ _DEST_DOCKER_HOST = typer.Option(
 @app.command()
 def check(
     to: str | None = typer.Option(
-        None, "--to", help="Also check the destination ssh://[USER@]HOST[:PORT] (or local://), "
-        "through its agent: CRIU, Docker, disk, and whether this host's CPU features are there."
+        None,
+        "--to",
+        help="Also check the destination ssh://[USER@]HOST[:PORT] (or local://), "
+        "through its agent: CRIU, Docker, disk, and whether this host's CPU features are there.",
     ),
     identity: Path | None = _SSH_IDENTITY,
     known_hosts: Path | None = _SSH_KNOWN_HOSTS,
@@ -348,8 +358,9 @@ class _RichProgress:
 
     def transfer(self, stream: str, raw: int, wire: int, total: int | None) -> None:
         if self._status is not None:
-            self._status.update(transfer_line(stream, raw, wire, total,
-                                              time.monotonic() - self._t0))  # fmt: skip
+            self._status.update(
+                transfer_line(stream, raw, wire, total, time.monotonic() - self._t0)
+            )
 
 
 def transfer_line(stream: str, raw: int, wire: int, total: int | None, elapsed: float) -> str:
@@ -366,15 +377,20 @@ def _print_report(rep: Report) -> None:
     t.add_row("destination name", f"{rep.dest_name} ({rep.dest_container_id[:12]})")
     t.add_row("strategy", rep.strategy + (f" ({rep.strategy_note})" if rep.strategy_note else ""))
     if rep.stream_channel:
-        t.add_row("streams via", rep.stream_channel
-                  + (f" ({rep.stream_channel_note})" if rep.stream_channel_note else ""))  # fmt: skip
+        t.add_row(
+            "streams via",
+            rep.stream_channel
+            + (f" ({rep.stream_channel_note})" if rep.stream_channel_note else ""),
+        )
     t.add_row("downtime", "-" if rep.downtime_s is None else f"{rep.downtime_s:.3f} s")
     if rep.postcopy:
         pc = rep.postcopy
         pages = ""
         if "pages_total" in pc:
-            pages = (f": {pc['pages_total']} pages, {pc.get('pages_on_demand', 0)} fetched on "
-                     f"demand, {pc.get('pages_background', 0)} pushed in the background")  # fmt: skip
+            pages = (
+                f": {pc['pages_total']} pages, {pc.get('pages_on_demand', 0)} fetched on "
+                f"demand, {pc.get('pages_background', 0)} pushed in the background"
+            )
         t.add_row("post-copy", f"{float(pc.get('postcopy_s', 0)):.3f} s after resuming{pages}")
     t.add_row("total", f"{rep.total_s:.3f} s")
     if rep.staging:
@@ -432,18 +448,23 @@ def _channel_factory(
 
 DEFAULT_AGENT = "migrate agent"
 _BULK = typer.Option(
-    "auto", "--bulk",
+    "auto",
+    "--bulk",
     help="How streams travel over SSH: auto (default: a second connection through the "
     "system's OpenSSH client, several times faster than paramiko; paramiko when that does "
     "not come up) | openssh (required: fail if it does not come up) | paramiko (on the "
     "control connection).",
-)  # fmt: skip
+)
 
 
 def _check_bulk(bulk: str) -> None:
     if bulk not in ("auto", "openssh", "paramiko"):
-        fail(UsageError(f"--bulk {bulk!r} is not one of auto, openssh, paramiko",
-                        hint="auto (default), openssh (required) or paramiko (never)"))  # fmt: skip
+        fail(
+            UsageError(
+                f"--bulk {bulk!r} is not one of auto, openssh, paramiko",
+                hint="auto (default), openssh (required) or paramiko (never)",
+            )
+        )
 
 
 @app.command()
@@ -463,35 +484,40 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
     strategy: str = typer.Option(
-        "cold", "--strategy",
+        "cold",
+        "--strategy",
         help="cold (default: stop-and-copy, can always roll back) | lazy (post-copy: the "
         "container resumes on the destination before its memory has moved; shorter downtime, "
         "but a link lost before the last page has no rollback) | auto (lazy where both hosts "
         "can do it, else cold; choosing it accepts lazy's risk).",
-    ),  # fmt: skip
+    ),
     dest_docker_host: str | None = _DEST_DOCKER_HOST,
     bind_mounts: str = typer.Option(
-        "refuse", "--bind-mounts",
+        "refuse",
+        "--bind-mounts",
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
-    ),  # fmt: skip
+    ),
     bulk: str = _BULK,
     precopy: bool = typer.Option(
-        True, "--precopy/--no-precopy",
+        True,
+        "--precopy/--no-precopy",
         help="Copy the read-write layer while the container still runs and send only what "
         "changed during the pause (default), or copy all of it during the pause.",
-    ),  # fmt: skip
+    ),
     staging: str = typer.Option(
-        "auto", "--staging",
+        "auto",
+        "--staging",
         help="Where the checkpoint images wait on both hosts: auto (default: in memory, i.e. "
         "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
         "(refuse when they do not fit) | disk.",
-    ),  # fmt: skip
+    ),
     compression: str = typer.Option(
-        "adaptive", "--compression",
+        "adaptive",
+        "--compression",
         help="adaptive (default: zstd level 1 while the link is the limit, almost none while "
         "the CPUs are) | fixed (always level 1).",
-    ),  # fmt: skip
+    ),
 ) -> None:
     """Live-migrate one running container to another host.
 
@@ -506,18 +532,34 @@ def run(
     from migrate.migration import Migration, RunOptions, faults_from_env
 
     if strategy not in ("cold", "lazy", "auto"):
-        fail(UsageError(f"--strategy {strategy!r} is not one of cold, lazy, auto",
-                        hint="see `migrate run --help`"))  # fmt: skip
+        fail(
+            UsageError(
+                f"--strategy {strategy!r} is not one of cold, lazy, auto",
+                hint="see `migrate run --help`",
+            )
+        )
     _check_bulk(bulk)
     if bind_mounts not in ("refuse", "same-path", "copy"):
-        fail(UsageError(f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
-                        hint="see docs/mounts-and-networks.md"))  # fmt: skip
+        fail(
+            UsageError(
+                f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
+                hint="see docs/mounts-and-networks.md",
+            )
+        )
     if staging not in ("auto", "memory", "disk"):
-        fail(UsageError(f"--staging {staging!r} is not one of auto, memory, disk",
-                        hint="see `migrate run --help`"))  # fmt: skip
+        fail(
+            UsageError(
+                f"--staging {staging!r} is not one of auto, memory, disk",
+                hint="see `migrate run --help`",
+            )
+        )
     if compression not in ("adaptive", "fixed"):
-        fail(UsageError(f"--compression {compression!r} is not one of adaptive, fixed",
-                        hint="see `migrate run --help`"))  # fmt: skip
+        fail(
+            UsageError(
+                f"--compression {compression!r} is not one of adaptive, fixed",
+                hint="see `migrate run --help`",
+            )
+        )
     try:
         factory = _channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -560,8 +602,9 @@ def run(
 @app.command()
 def recover(
     container: str | None = typer.Argument(
-        None, help="Container (name or id) whose migration to settle; default: every unsettled "
-        "migration to --to."
+        None,
+        help="Container (name or id) whose migration to settle; default: every unsettled "
+        "migration to --to.",
     ),
     to: str = typer.Option(
         ..., "--to", help="The destination of that migration: ssh://[USER@]HOST[:PORT] or local://."
@@ -594,20 +637,26 @@ def recover(
         settled = do_recover(pending, engine, factory)
     except MigrateError as e:
         if as_json:
-            out.print_json(data={"status": "in_doubt" if e.exit_code == 4 else "failed",
-                                 "error": e.to_wire()})  # fmt: skip
+            out.print_json(
+                data={"status": "in_doubt" if e.exit_code == 4 else "failed", "error": e.to_wire()}
+            )
         fail(e)
         return
     if as_json:
         out.print_json(data={"status": "settled", "settled": [s.to_json() for s in settled]})
         return
     if not settled:
-        out.print("nothing to recover: no unsettled migration" +
-                  (f" of {escape(container)}" if container else f" to {escape(to)}"))
+        out.print(
+            "nothing to recover: no unsettled migration"
+            + (f" of {escape(container)}" if container else f" to {escape(to)}")
+        )
     for s in settled:
         what = "finished the commit" if s.outcome == "committed" else "rolled back"
-        out.print(f"{escape(s.container)} ({s.migration_id[:12]}): {what}"
-                  f" ({', '.join(s.actions) or 'nothing left to do'})", highlight=False)
+        out.print(
+            f"{escape(s.container)} ({s.migration_id[:12]}): {what}"
+            f" ({', '.join(s.actions) or 'nothing left to do'})",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -616,7 +665,9 @@ def evacuate(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
     ),
     label: list[str] = typer.Option(  # noqa: B006 - typer reads the default
-        [], "--label", help="Only containers with this label KEY=VALUE (repeatable: all must match)."
+        [],
+        "--label",
+        help="Only containers with this label KEY=VALUE (repeatable: all must match).",
     ),
     parallel: int = typer.Option(1, "--parallel", "-j", help="Migrations in flight at once."),
     identity: Path | None = _SSH_IDENTITY,
@@ -658,8 +709,12 @@ def evacuate(
             extra = f" (downtime {o.report.downtime_s:.3f} s)"
         elif o.error:
             extra = f": {o.error.get('message', '')}"
-        err.print(f"{mark} {escape(o.container)} \u2192 {escape(o.target or '-')} "
-                  f"{o.status}{escape(extra)}", highlight=False, soft_wrap=True)  # fmt: skip
+        err.print(
+            f"{mark} {escape(o.container)} \u2192 {escape(o.target or '-')} "
+            f"{o.status}{escape(extra)}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
     _check_bulk(bulk)
     try:
@@ -667,8 +722,16 @@ def evacuate(
         labels = parse_labels(label)
         for t in targets:
             channels(t)  # a malformed target is refused before anything moves
-        res = evacuate(targets, channels, DockerEngine, labels=labels, parallel=parallel,
-                       keep_source=keep_source, bulk=bulk, on_done=done)  # fmt: skip
+        res = evacuate(
+            targets,
+            channels,
+            DockerEngine,
+            labels=labels,
+            parallel=parallel,
+            keep_source=keep_source,
+            bulk=bulk,
+            on_done=done,
+        )
     except MigrateError as e:
         if as_json:
             out.print_json(data={"status": "failed", "error": e.to_wire()})
@@ -689,8 +752,14 @@ def evacuate(
                 why = str(o.error.get("message", ""))
                 if o.error.get("hint"):
                     why += f"\nfix: {o.error['hint']}"
-            table.add_row(escape(o.container), o.status, escape(o.target),
-                          human_bytes(o.memory), down, escape(why))  # fmt: skip
+            table.add_row(
+                escape(o.container),
+                o.status,
+                escape(o.target),
+                human_bytes(o.memory),
+                down,
+                escape(why),
+            )
         out.print(table)
         for target, said in res.targets.items():
             if not said.get("reachable"):
@@ -710,15 +779,18 @@ def agent(
         None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
     ),
     staging_dir: Path | None = typer.Option(
-        None, "--staging-dir",
+        None,
+        "--staging-dir",
         help="Where received checkpoint images are staged (default: inside the new "
         "container's directory on Docker's data root). Another file system costs a copy.",
-    ),  # fmt: skip
+    ),
     sink: str | None = typer.Option(
-        None, "--sink", hidden=True,
+        None,
+        "--sink",
+        hidden=True,
         help="Internal: hand this process's stdin (the source's OpenSSH bulk connection) to "
         "the running agent listening on this socket.",
-    ),  # fmt: skip
+    ),
 ) -> None:
     """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
     if sink is not None:
@@ -752,13 +824,20 @@ def demo(name: str = _LAB_NAME) -> None:
 
     r = res.report
     rep = Report(
-        status=r["status"], container=r["container"], source=r["source"],
-        destination=r["destination"], dest_name=r["dest_name"],
-        dest_container_id=r["dest_container_id"], strategy=r["strategy"],
-        downtime_s=r["downtime_s"], total_s=r["total_s"], phases=r["phases"],
-        bytes=Bytes(**r["bytes"]), source_action=r["source_action"],
+        status=r["status"],
+        container=r["container"],
+        source=r["source"],
+        destination=r["destination"],
+        dest_name=r["dest_name"],
+        dest_container_id=r["dest_container_id"],
+        strategy=r["strategy"],
+        downtime_s=r["downtime_s"],
+        total_s=r["total_s"],
+        phases=r["phases"],
+        bytes=Bytes(**r["bytes"]),
+        source_action=r["source_action"],
         staging=dict(r.get("staging") or {}),
-    )  # fmt: skip
+    )
     _print_report(rep)
     out.print(
         f"count on a before the move: {res.count_before}; on b right after: {res.count_after};"

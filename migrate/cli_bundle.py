@@ -49,11 +49,16 @@ def export_cmd(
         fail(e)
         return
     doc = {
-        "status": "exported", "container": container, "bundle": str(res.path),
-        "bundle_bytes": res.bundle_bytes, "content_bytes": res.manifest.total_size,
-        "members": len(res.manifest.members), "pause_s": round(res.pause_s, 3),
-        "checkpoint_time": res.checkpoint_time, "source": res.source_action,
-    }  # fmt: skip
+        "status": "exported",
+        "container": container,
+        "bundle": str(res.path),
+        "bundle_bytes": res.bundle_bytes,
+        "content_bytes": res.manifest.total_size,
+        "members": len(res.manifest.members),
+        "pause_s": round(res.pause_s, 3),
+        "checkpoint_time": res.checkpoint_time,
+        "source": res.source_action,
+    }
     if as_json:
         out.print_json(json.dumps(doc))
         return
@@ -84,14 +89,23 @@ def import_cmd(
         fail(e)
         return
     if as_json:
-        out.print_json(json.dumps({
-            "status": "restored" if res.started else "created", "name": res.name,
-            "container_id": res.container_id, "restore_s": round(res.restore_s, 3),
-            "restore_mode": res.restore_mode or None, "checkpoint": res.checkpoint or None,
-        }))  # fmt: skip
+        out.print_json(
+            json.dumps(
+                {
+                    "status": "restored" if res.started else "created",
+                    "name": res.name,
+                    "container_id": res.container_id,
+                    "restore_s": round(res.restore_s, 3),
+                    "restore_mode": res.restore_mode or None,
+                    "checkpoint": res.checkpoint or None,
+                }
+            )
+        )
         return
     state = (
-        f"restored in {res.restore_s:.2f} s" if res.started else "created (not started); "
+        f"restored in {res.restore_s:.2f} s"
+        if res.started
+        else "created (not started); "
         f"restore it with `docker start --checkpoint {res.checkpoint} {res.name}`"
     )
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
@@ -136,12 +150,16 @@ def drill_cmd(
         ..., "--to", help="Standby host: ssh://[USER@]HOST[:PORT] (or local:// for this host)."
     ),
     verify_cmd: str | None = typer.Option(
-        None, "--verify-cmd",
+        None,
+        "--verify-cmd",
         help="Command run inside the drill copy, split into words like a shell would but never "
         "run through one (use `sh -c '...'` for pipes); must exit 0.",
     ),
     settle: float = typer.Option(
-        5.0, "--settle", min=0.0, max=3600.0,
+        5.0,
+        "--settle",
+        min=0.0,
+        max=3600.0,
         help="Seconds the drill copy must keep running before it is verified.",
     ),
     verify_timeout: float = typer.Option(
@@ -184,8 +202,12 @@ def drill_cmd(
     md_path = None
     if report is not None:
         if report.suffix == ".md":
-            fail(UsageError("--report names the JSON file; the Markdown one is written next to it",
-                            hint="use --report FILE.json"))  # fmt: skip
+            fail(
+                UsageError(
+                    "--report names the JSON file; the Markdown one is written next to it",
+                    hint="use --report FILE.json",
+                )
+            )
         md_path = report.with_suffix(".md")
     try:
         factory = _channel_factory(
@@ -195,14 +217,21 @@ def drill_cmd(
     except MigrateError as e:
         if as_json:
             status = "refused" if e.exit_code == EXIT_REFUSED else "failed"
-            out.print_json(data={"status": status, "passed": False, "reason": e.message,
-                                 "error": e.to_wire()})  # fmt: skip
+            out.print_json(
+                data={"status": status, "passed": False, "reason": e.message, "error": e.to_wire()}
+            )
         fail(e)
         return
     progress = _RichProgress(err, enabled=err.is_terminal and not as_json)
-    opts = DrillOptions(container=container, destination=to, verify_argv=argv,
-                        settle_s=settle, verify_timeout_s=verify_timeout, keep=keep,
-                        bulk=bulk)  # fmt: skip
+    opts = DrillOptions(
+        container=container,
+        destination=to,
+        verify_argv=argv,
+        settle_s=settle,
+        verify_timeout_s=verify_timeout,
+        keep=keep,
+        bulk=bulk,
+    )
     rep = Drill(opts, engine, factory, progress).run()
     doc = rep.to_json()
     if report is not None and md_path is not None:
@@ -218,14 +247,19 @@ def drill_cmd(
         out.print(Markdown(rep.to_markdown()))
     if rep.status == "refused":
         if rep.error:
-            err.print(f"[bold red]refused[/] ({escape(str(rep.error.get('code')))}): "
-                      f"{escape(str(rep.reason))}", highlight=False, soft_wrap=True)  # fmt: skip
+            err.print(
+                f"[bold red]refused[/] ({escape(str(rep.error.get('code')))}): "
+                f"{escape(str(rep.reason))}",
+                highlight=False,
+                soft_wrap=True,
+            )
             if rep.error.get("hint"):
                 err.print(f"[bold]fix[/]: {escape(str(rep.error['hint']))}", soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED)
     if not rep.passed:
-        err.print(f"[bold red]drill failed[/]: {escape(str(rep.reason))}", highlight=False,
-                  soft_wrap=True)  # fmt: skip
+        err.print(
+            f"[bold red]drill failed[/]: {escape(str(rep.reason))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -392,8 +392,9 @@ def keep_logs(src: Path, tag: str) -> Path | None:
 
 def _btime(path: Path) -> float:
     """A file's birth time (statx, through stat(1)); 0.0 where the file system keeps none."""
-    p = subprocess.run(["stat", "-c", "%.9W", str(path)], capture_output=True, text=True,
-                       check=False, timeout=10)  # fmt: skip
+    p = subprocess.run(
+        ["stat", "-c", "%.9W", str(path)], capture_output=True, text=True, check=False, timeout=10
+    )
     try:
         return float(p.stdout.strip() or 0)
     except ValueError:

@@ -54,11 +54,23 @@ def run_demo(lab: Lab) -> DemoResult:
             pass
     env = lab.env()
     p = a.run(
-        [str(migrate_executable()), "run", DEMO_NAME, "--to", env["MIGRATE_LAB_B_URL"],
-         "--identity", env["MIGRATE_LAB_KEY"], "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
-         "--agent-command", env["MIGRATE_AGENT_COMMAND"], "--json"],
-        check=False, timeout=600,
-    )  # fmt: skip
+        [
+            str(migrate_executable()),
+            "run",
+            DEMO_NAME,
+            "--to",
+            env["MIGRATE_LAB_B_URL"],
+            "--identity",
+            env["MIGRATE_LAB_KEY"],
+            "--known-hosts",
+            env["MIGRATE_LAB_KNOWN_HOSTS"],
+            "--agent-command",
+            env["MIGRATE_AGENT_COMMAND"],
+            "--json",
+        ],
+        check=False,
+        timeout=600,
+    )
     if p.returncode != 0:
         try:
             err = json.loads(p.stdout).get("error") or {}

@@ -215,8 +215,9 @@ class Drill:
             try:
                 spec = self._precheck()
             except MigrateError as e:
-                return self._report("refused" if isinstance(e, PrecheckFailed) else "failed",
-                                     e.message, e)  # fmt: skip
+                return self._report(
+                    "refused" if isinstance(e, PrecheckFailed) else "failed", e.message, e
+                )
             try:
                 return self._drill(spec)
             except MigrateError as e:
@@ -271,9 +272,13 @@ class Drill:
                 )
             self.drill_name = f"{spec.name}-drill-{self.id[:8]}"
             self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
-            hello = self.conn.call("hello", protocol=PROTOCOL_VERSION,
-                                   min_protocol=MIN_PROTOCOL_VERSION, software=__version__,
-                                   faults=[])  # fmt: skip
+            hello = self.conn.call(
+                "hello",
+                protocol=PROTOCOL_VERSION,
+                min_protocol=MIN_PROTOCOL_VERSION,
+                software=__version__,
+                faults=[],
+            )
             methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
             self.conn.note_agent(hello)
             self.stream_channel = attach_bulk(self.conn, self.opts.bulk, methods)
@@ -283,8 +288,12 @@ class Drill:
                     hint="install the same migrate version on both hosts",
                 )
             drill_spec = replace(spec, name=self.drill_name)
-            self.conn.call("precheck", spec=drill_spec.to_wire(), name=self.drill_name,
-                           criu_version=list(caps.version))  # fmt: skip
+            self.conn.call(
+                "precheck",
+                spec=drill_spec.to_wire(),
+                name=self.drill_name,
+                criu_version=list(caps.version),
+            )
             res = self.conn.call(
                 "cpuinfo_check", image_b64=base64.b64encode(criu.cpuinfo_image()).decode()
             )
@@ -311,17 +320,24 @@ class Drill:
         self.staging.mkdir(parents=True)
         path = self.staging / "bundle.tar.zst"
         with self.timer.phase("checkpoint", "checkpoint (the source keeps running)"):
-            exp = export(self.engine, spec.id, path, leave_running=True,
-                         state_dir=self.opts.state_dir)  # fmt: skip
+            exp = export(
+                self.engine, spec.id, path, leave_running=True, state_dir=self.opts.state_dir
+            )
         sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
         for m in exp.manifest.members:
-            part = ("checkpoint" if m.name.startswith(CHECKPOINT_PREFIX) else
-                    "volumes" if m.name.startswith(VOLUME_PREFIX) else
-                    {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs",
-                     LOG_MEMBER: "log"}.get(m.name, "other"))  # fmt: skip
+            part = (
+                "checkpoint"
+                if m.name.startswith(CHECKPOINT_PREFIX)
+                else "volumes"
+                if m.name.startswith(VOLUME_PREFIX)
+                else {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs", LOG_MEMBER: "log"}.get(
+                    m.name, "other"
+                )
+            )
             sizes[part] = sizes.get(part, 0) + m.size
-        self.fields.update(recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s,
-                           sizes=sizes)  # fmt: skip
+        self.fields.update(
+            recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s, sizes=sizes
+        )
         with self.timer.phase("restore", "sending the bundle and restoring it on the destination"):
             res = self.conn.call(
                 "drill_restore",
@@ -335,9 +351,11 @@ class Drill:
                 ),
             )
         sizes["wire"] = int(res.get("_stream", {}).get("wire", 0))
-        self.fields.update(recovery_time_s=float(res["recovery_s"]),
-                           restore_s=float(res["restore_s"]),
-                           drill_container_id=str(res["container_id"]))  # fmt: skip
+        self.fields.update(
+            recovery_time_s=float(res["recovery_s"]),
+            restore_s=float(res["restore_s"]),
+            drill_container_id=str(res["container_id"]),
+        )
         path.unlink()
         with self.timer.phase("verify", "verifying the drill copy"):
             v = self.conn.call(

@@ -127,7 +127,9 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"bad label filter {item!r}: expected KEY=VALUE", hint="use --label KEY=VALUE")
+            raise UsageError(
+                f"bad label filter {item!r}: expected KEY=VALUE", hint="use --label KEY=VALUE"
+            )
         labels[key] = value
     return labels
 
@@ -143,8 +145,13 @@ def probe_targets(
         try:
             conn = Connection(channels(t)(), timeout=HELLO_TIMEOUT_S)
             try:
-                hello = conn.call("hello", protocol=PROTOCOL_VERSION,
-                                  min_protocol=MIN_PROTOCOL_VERSION, software="", faults=[])  # fmt: skip
+                hello = conn.call(
+                    "hello",
+                    protocol=PROTOCOL_VERSION,
+                    min_protocol=MIN_PROTOCOL_VERSION,
+                    software="",
+                    faults=[],
+                )
                 conn.call("bye")
             finally:
                 conn.close()
@@ -178,7 +185,8 @@ def evacuate(
     if not available:
         first = next(iter(said.values()), {}).get("error") or {}
         raise PrecheckFailed(
-            "no target host is reachable: " + "; ".join(
+            "no target host is reachable: "
+            + "; ".join(
                 f"{t}: {(s.get('error') or {}).get('message', '?')}" for t, s in said.items()
             ),
             hint=str(first.get("hint") or "check the --to hosts and the SSH options"),
@@ -197,13 +205,15 @@ def evacuate(
             target = candidates[0]
             tried.append(target)
             ledger.debit(target, sizes[name])
-            opts = RunOptions(container=name, destination=target, keep_source=keep_source,
-                              bulk=bulk)  # fmt: skip
+            opts = RunOptions(
+                container=name, destination=target, keep_source=keep_source, bulk=bulk
+            )
             try:
                 rep = Migration(opts, engines(), channels(target)).run()
             except InDoubt as e:
-                return Outcome(name, "in_doubt", target, sizes[name], error=e.to_wire(),
-                               tried=tuple(tried))  # fmt: skip
+                return Outcome(
+                    name, "in_doubt", target, sizes[name], error=e.to_wire(), tried=tuple(tried)
+                )
             except PrecheckFailed as e:
                 # Refused before anything was touched: the next target may accept it.
                 ledger.credit(target, sizes[name])
@@ -211,16 +221,28 @@ def evacuate(
                 continue
             except MigrateError as e:
                 ledger.credit(target, sizes[name])
-                return Outcome(name, "rolled_back", target, sizes[name], error=e.to_wire(),
-                               tried=tuple(tried))  # fmt: skip
+                return Outcome(
+                    name, "rolled_back", target, sizes[name], error=e.to_wire(), tried=tuple(tried)
+                )
             except Exception as e:  # noqa: BLE001 - one container's bug must not stop the drain
                 log.exception("evacuate: %s", name)
-                return Outcome(name, "failed", target, sizes[name],
-                               error={"code": "internal", "message": repr(e), "hint": ""},
-                               tried=tuple(tried))  # fmt: skip
+                return Outcome(
+                    name,
+                    "failed",
+                    target,
+                    sizes[name],
+                    error={"code": "internal", "message": repr(e), "hint": ""},
+                    tried=tuple(tried),
+                )
             return Outcome(name, "migrated", target, sizes[name], report=rep, tried=tuple(tried))
-        return Outcome(name, "refused", tried[-1] if tried else "", sizes[name],
-                       error=last.to_wire() if last else None, tried=tuple(tried))  # fmt: skip
+        return Outcome(
+            name,
+            "refused",
+            tried[-1] if tried else "",
+            sizes[name],
+            error=last.to_wire() if last else None,
+            tried=tuple(tried),
+        )
 
     def run_one(name: str) -> Outcome:
         out = move(name)

@@ -41,8 +41,10 @@ class _ChunkReader(io.RawIOBase):
 
 
 def _is_layer_candidate(member: tarfile.TarInfo) -> bool:
-    return member.isfile() and member.size > 0 and (
-        member.name.endswith("/layer.tar") or member.name.startswith("blobs/sha256/")
+    return (
+        member.isfile()
+        and member.size > 0
+        and (member.name.endswith("/layer.tar") or member.name.startswith("blobs/sha256/"))
     )
 
 

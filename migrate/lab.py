@@ -228,8 +228,14 @@ class LabHost:
         """``cmd`` wrapped to run inside this host's network and mount namespaces. Entering
         a mount namespace moves to its root: ``--wd=.`` keeps the caller's directory (the
         path is opened before the switch; the filesystem is the same)."""
-        return [str(NSENTER), f"--net={self.netns_path}", f"--mount={self.mntns_path}",
-                "--wd=.", "--", *cmd]  # fmt: skip
+        return [
+            str(NSENTER),
+            f"--net={self.netns_path}",
+            f"--mount={self.mntns_path}",
+            "--wd=.",
+            "--",
+            *cmd,
+        ]
 
     def environ(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         env = dict(os.environ)
@@ -279,8 +285,14 @@ class Lab:
 
     def host(self, name: str) -> LabHost:
         c = self.config
-        return LabHost(c.name, check_host(name), c.netns(name), c.addr(name),
-                       c.docker_host(name), c.paths(name).mntns)  # fmt: skip
+        return LabHost(
+            c.name,
+            check_host(name),
+            c.netns(name),
+            c.addr(name),
+            c.docker_host(name),
+            c.paths(name).mntns,
+        )
 
     def env(self) -> dict[str, str]:
         return lab_env(self.config)
@@ -289,16 +301,24 @@ class Lab:
         """OpenSSH client argv to ``host`` as root, with the lab's key and strict host keys."""
         c = self.config
         return [
-            str(SSH), "-F", "/dev/null",
-            "-i", str(c.client_key),
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={c.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", "ConnectTimeout=10",
+            str(SSH),
+            "-F",
+            "/dev/null",
+            "-i",
+            str(c.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={c.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=10",
             f"root@{c.addr(host)}",
             *cmd,
-        ]  # fmt: skip
+        ]
 
     def up(self) -> LabStatus:
         """Bring the lab up; reuse what is healthy, replace what is stale or dead."""
@@ -448,11 +468,28 @@ class Lab:
             want = c.paths(h).host_key.with_suffix(".pub").read_text().split()[1]
         except (OSError, IndexError):
             return False, "host key missing"
-        cmd = [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}", "--",
-               str(SSH_KEYSCAN), "-T", "3", "-t", "ed25519", "-p", str(SSH_PORT), c.addr(h)]  # fmt: skip
+        cmd = [
+            str(NSENTER),
+            f"--net={NETNS_DIR / c.netns(h)}",
+            "--",
+            str(SSH_KEYSCAN),
+            "-T",
+            "3",
+            "-t",
+            "ed25519",
+            "-p",
+            str(SSH_PORT),
+            c.addr(h),
+        ]
         try:
-            r = subprocess.run(cmd, check=False, timeout=10, capture_output=True, text=True,
-                               stdin=subprocess.DEVNULL)  # fmt: skip
+            r = subprocess.run(
+                cmd,
+                check=False,
+                timeout=10,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired:
             return False, "ssh-keyscan timed out"
         keys = [ln.split()[2] for ln in r.stdout.splitlines() if len(ln.split()) >= 3]
@@ -516,8 +553,22 @@ class Lab:
             for ns in (a, b):
                 if link_exists(LINK_IFACE, ns):
                     ip(["link", "del", LINK_IFACE], netns=ns)
-            ip(["link", "add", LINK_IFACE, "netns", a, "type", "veth",
-                 "peer", "name", LINK_IFACE, "netns", b])  # fmt: skip
+            ip(
+                [
+                    "link",
+                    "add",
+                    LINK_IFACE,
+                    "netns",
+                    a,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    LINK_IFACE,
+                    "netns",
+                    b,
+                ]
+            )
         prefix = c.network.prefixlen
         for h in HOSTS:
             ns, addr = c.netns(h), c.addr(h)
@@ -532,8 +583,7 @@ class Lab:
                     ip(["link", "del", rif])
                 if link_exists(MGMT_IFACE, ns):
                     ip(["link", "del", MGMT_IFACE], netns=ns)
-                ip(["link", "add", rif, "type", "veth", "peer", "name", MGMT_IFACE,
-                     "netns", ns])  # fmt: skip
+                ip(["link", "add", rif, "type", "veth", "peer", "name", MGMT_IFACE, "netns", ns])
             ip(["link", "set", MGMT_IFACE, "up"], netns=ns)
             ip(["route", "replace", f"{c.root_addr}/32", "dev", MGMT_IFACE, "src", addr], netns=ns)
             ip(["addr", "replace", f"{c.root_addr}/32", "dev", rif])
@@ -558,8 +608,13 @@ class Lab:
     def _host_argv(self, h: str, argv: Sequence[str]) -> list[str]:
         """A daemon's argv, started in the host's network and mount namespaces."""
         c = self.config
-        return [str(NSENTER), f"--net={NETNS_DIR / c.netns(h)}",
-                f"--mount={c.paths(h).mntns}", "--", *argv]  # fmt: skip
+        return [
+            str(NSENTER),
+            f"--net={NETNS_DIR / c.netns(h)}",
+            f"--mount={c.paths(h).mntns}",
+            "--",
+            *argv,
+        ]
 
     def _in_host_ns(self, pid: int, h: str) -> bool:
         c = self.config
@@ -583,8 +638,17 @@ class Lab:
         LOCAL_DIR.mkdir(parents=True, exist_ok=True, mode=0o755)
         p.local.mkdir(parents=True, exist_ok=True, mode=0o755)
         if not self._local_bound(h):
-            _run([str(NSENTER), f"--mount={p.mntns}", "--",
-                  str(MOUNT), "--bind", str(p.local), str(LOCAL_DIR)])  # fmt: skip
+            _run(
+                [
+                    str(NSENTER),
+                    f"--mount={p.mntns}",
+                    "--",
+                    str(MOUNT),
+                    "--bind",
+                    str(p.local),
+                    str(LOCAL_DIR),
+                ]
+            )
 
     def _local_bound(self, h: str) -> bool:
         """LOCAL_DIR inside the host's mount namespace is the host's own directory."""
@@ -595,9 +659,12 @@ class Lab:
             return False
         r = subprocess.run(
             [str(NSENTER), f"--mount={p.mntns}", "--", "stat", "-c", "%d:%i", str(LOCAL_DIR)],
-            check=False, capture_output=True, text=True, timeout=CMD_TIMEOUT_S,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=CMD_TIMEOUT_S,
             stdin=subprocess.DEVNULL,
-        )  # fmt: skip
+        )
         return r.returncode == 0 and r.stdout.strip() == f"{want.st_dev}:{want.st_ino}"
 
     # -- dockerd
@@ -765,15 +832,24 @@ def _require_root() -> None:
 
 
 def _require_tools() -> None:
-    missing = [str(t) for t in (DOCKERD, SSHD, NSENTER, IP, SSH_KEYGEN, SSH_KEYSCAN, UMOUNT,
-                                MOUNT, UNSHARE) if not t.exists()]  # fmt: skip
+    missing = [
+        str(t)
+        for t in (DOCKERD, SSHD, NSENTER, IP, SSH_KEYGEN, SSH_KEYSCAN, UMOUNT, MOUNT, UNSHARE)
+        if not t.exists()
+    ]
     if missing:
         raise LabError(f"missing: {', '.join(missing)}", hint="run `make setup` (as root)")
 
 
 def _run(argv: Sequence[str]) -> None:
-    r = subprocess.run(argv, check=False, capture_output=True, text=True,
-                       timeout=CMD_TIMEOUT_S, stdin=subprocess.DEVNULL)  # fmt: skip
+    r = subprocess.run(
+        argv,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=CMD_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+    )
     if r.returncode != 0:
         raise LabError(
             f"{' '.join(argv)} failed: {r.stderr.strip()[-500:]}",

@@ -302,13 +302,18 @@ def dockerd_argv(cfg: LabConfig, host: str) -> list[str]:
     return [
         str(DOCKERD),
         "--experimental",
-        "--config-file", str(p.daemon_json),
-        "--data-root", str(p.data_root),
-        "--exec-root", str(p.exec_root),
-        "-H", f"unix://{p.socket}",
-        "--pidfile", str(p.docker_pidfile),
+        "--config-file",
+        str(p.daemon_json),
+        "--data-root",
+        str(p.data_root),
+        "--exec-root",
+        str(p.exec_root),
+        "-H",
+        f"unix://{p.socket}",
+        "--pidfile",
+        str(p.docker_pidfile),
         *(["--live-restore"] if cfg.live_restore else []),
-    ]  # fmt: skip
+    ]
 
 
 def sshd_argv(cfg: LabConfig, host: str) -> list[str]:

@@ -30,11 +30,25 @@ BUILD_TIMEOUT_S = 300
 CONTAINER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 DIRS = {
-    "bin": 0o755, "sbin": 0o755, "usr": 0o755, "usr/bin": 0o755, "usr/sbin": 0o755,
-    "etc": 0o755, "root": 0o700, "home": 0o755, "tmp": 0o1777, "var": 0o755,
-    "var/tmp": 0o1777, "var/www": 0o755, "var/log": 0o755, "run": 0o755, "proc": 0o555,
-    "sys": 0o555, "dev": 0o755, "data": 0o755,
-}  # fmt: skip
+    "bin": 0o755,
+    "sbin": 0o755,
+    "usr": 0o755,
+    "usr/bin": 0o755,
+    "usr/sbin": 0o755,
+    "etc": 0o755,
+    "root": 0o700,
+    "home": 0o755,
+    "tmp": 0o1777,
+    "var": 0o755,
+    "var/tmp": 0o1777,
+    "var/www": 0o755,
+    "var/log": 0o755,
+    "run": 0o755,
+    "proc": 0o555,
+    "sys": 0o555,
+    "dev": 0o755,
+    "data": 0o755,
+}
 FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     "etc/group": "root:x:0:\nnogroup:x:65534:\n",
@@ -163,8 +177,10 @@ def build_image(
     client = docker_client(docker_host, timeout=BUILD_TIMEOUT_S)
     try:
         if not _has(client, base):
-            raise LabError(f"base image {base} is not on {docker_host}",
-                           hint="build it first (ensure_busybox_image)")  # fmt: skip
+            raise LabError(
+                f"base image {base} is not on {docker_host}",
+                hint="build it first (ensure_busybox_image)",
+            )
         import docker.errors
 
         try:
@@ -173,8 +189,9 @@ def build_image(
             )
         except docker.errors.BuildError as e:
             tail = "".join(str(x.get("stream", x.get("error", ""))) for x in e.build_log)
-            raise LabError(f"docker build of {tag} failed: {e}",
-                           details={"log_tail": tail[-2000:]}) from e  # fmt: skip
+            raise LabError(
+                f"docker build of {tag} failed: {e}", details={"log_tail": tail[-2000:]}
+            ) from e
         return _info(client, tag)
     finally:
         client.close()
@@ -220,12 +237,20 @@ def find_deb(package: str, cache: Path = DEB_CACHE) -> Path:
         if found:
             return found[-1]
     cache.mkdir(parents=True, exist_ok=True)
-    p = subprocess.run(["apt-get", "download", package], cwd=cache, capture_output=True,
-                       text=True, timeout=BUILD_TIMEOUT_S, check=False)  # fmt: skip
+    p = subprocess.run(
+        ["apt-get", "download", package],
+        cwd=cache,
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
     found = sorted(cache.glob(f"{package}_*.deb"))
     if p.returncode != 0 or not found:
-        raise LabError(f"cannot get the Debian package {package}: {p.stderr.strip()[-300:]}",
-                       hint="run `apt-get update` once, then retry")  # fmt: skip
+        raise LabError(
+            f"cannot get the Debian package {package}: {p.stderr.strip()[-300:]}",
+            hint="run `apt-get update` once, then retry",
+        )
     return found[-1]
 
 
@@ -236,8 +261,14 @@ def _needed_libs(root: Path, binaries: Sequence[str]) -> dict[str, Path]:
     need: dict[str, Path] = {}
     missing: list[str] = []
     for b in binaries:
-        p = subprocess.run(["ldd", str(root / b.lstrip("/"))], capture_output=True, text=True,
-                           env={"LD_LIBRARY_PATH": lib_path}, timeout=60, check=False)  # fmt: skip
+        p = subprocess.run(
+            ["ldd", str(root / b.lstrip("/"))],
+            capture_output=True,
+            text=True,
+            env={"LD_LIBRARY_PATH": lib_path},
+            timeout=60,
+            check=False,
+        )
         for line in p.stdout.splitlines():
             parts = line.split()
             if "not found" in line:
@@ -252,13 +283,16 @@ def _needed_libs(root: Path, binaries: Sequence[str]) -> dict[str, Path]:
                 continue
             need[path.lstrip("/")] = Path(path)
     if missing:
-        raise LabError(f"libraries missing on this host for {list(binaries)}: {sorted(set(missing))}",
-                       hint="apt-get install the packages that ship them")  # fmt: skip
+        raise LabError(
+            f"libraries missing on this host for {list(binaries)}: {sorted(set(missing))}",
+            hint="apt-get install the packages that ship them",
+        )
     return need
 
 
-def debian_rootfs_tar(packages: Sequence[str], binaries: Sequence[str],
-                      files: Mapping[str, bytes] | None = None) -> bytes:  # fmt: skip
+def debian_rootfs_tar(
+    packages: Sequence[str], binaries: Sequence[str], files: Mapping[str, bytes] | None = None
+) -> bytes:
     """A rootfs tar holding ``packages`` unpacked (no maintainer scripts), the shared
     libraries their ``binaries`` need copied from this host, and ``files``."""
     import tempfile
@@ -267,8 +301,12 @@ def debian_rootfs_tar(packages: Sequence[str], binaries: Sequence[str],
         root = Path(tmp) / "root"
         root.mkdir()
         for pkg in packages:
-            subprocess.run(["dpkg-deb", "-x", str(find_deb(pkg)), str(root)], check=True,
-                           capture_output=True, timeout=BUILD_TIMEOUT_S)  # fmt: skip
+            subprocess.run(
+                ["dpkg-deb", "-x", str(find_deb(pkg)), str(root)],
+                check=True,
+                capture_output=True,
+                timeout=BUILD_TIMEOUT_S,
+            )
         for rel, host_file in _needed_libs(root, binaries).items():
             dest = root / rel
             if not dest.exists():
@@ -310,13 +348,27 @@ def build_debian_app_image(
     request, and docker's build cache makes a rebuild of the same tar instant."""
     import hashlib
 
-    key = hashlib.sha256(repr((sorted(packages), list(binaries), sorted(
-        (k, hashlib.sha256(v).hexdigest()) for k, v in (files or {}).items()))).encode()).hexdigest()
+    key = hashlib.sha256(
+        repr(
+            (
+                sorted(packages),
+                list(binaries),
+                sorted((k, hashlib.sha256(v).hexdigest()) for k, v in (files or {}).items()),
+            )
+        ).encode()
+    ).hexdigest()
     cached = DEB_CACHE / "rootfs" / f"{key[:24]}.tar"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
         tmp.write_bytes(debian_rootfs_tar(packages, binaries, files))
         tmp.rename(cached)
-    return build_image(docker_host, tag, base=base, files={}, run=run,
-                       extra=extra, context_tars={"/": cached.read_bytes()})  # fmt: skip
+    return build_image(
+        docker_host,
+        tag,
+        base=base,
+        files={},
+        run=run,
+        extra=extra,
+        context_tars={"/": cached.read_bytes()},
+    )

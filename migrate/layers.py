@@ -132,9 +132,7 @@ CHECKPOINT_POLICY: Final = ExtractPolicy(
     name="checkpoint", allow_fifos=False, xattr_prefixes=(), max_members=100_000
 )
 VOLUME_POLICY: Final = ExtractPolicy(name="volume")
-ROOTFS_DELTA_POLICY: Final = replace(
-    ROOTFS_POLICY, name="rootfs delta", overwrite=True, delta=True
-)
+ROOTFS_DELTA_POLICY: Final = replace(ROOTFS_POLICY, name="rootfs delta", overwrite=True, delta=True)
 VOLUME_DELTA_POLICY: Final = replace(VOLUME_POLICY, name="volume delta", overwrite=True, delta=True)
 
 
@@ -709,8 +707,9 @@ def capture(
     keep: KeepFn | None = None,
 ) -> Capture:
     """Stream a pax tar of ``root`` (any directory) as chunks; see :class:`Capture`."""
-    return Capture(root, chunk_size=chunk_size, drop_xattrs=drop_xattrs, live=live,
-                   record=record, keep=keep)  # fmt: skip
+    return Capture(
+        root, chunk_size=chunk_size, drop_xattrs=drop_xattrs, live=live, record=record, keep=keep
+    )
 
 
 def capture_to(

@@ -167,24 +167,42 @@ class LazyPagesDaemon:
     (runc's CRIU configuration names that directory: see engines/docker.py)."""
 
     def __init__(
-        self, criu_bin: str, images: Path, work: Path, *,
-        page_server: tuple[str, int] | None = None, verbosity: int = 2,
-    ) -> None:  # fmt: skip
+        self,
+        criu_bin: str,
+        images: Path,
+        work: Path,
+        *,
+        page_server: tuple[str, int] | None = None,
+        verbosity: int = 2,
+    ) -> None:
         """``page_server``: fetch the pages from that address (post-copy, postcopy.py) instead
         of the images' own pages files."""
         self.images = images
         self.work = work
         self.log_path = work / DAEMON_LOG
         work.mkdir(parents=True, exist_ok=True)
-        argv = [criu_bin, "lazy-pages", "-D", str(images), "-W", str(work),
-                "-o", DAEMON_LOG, f"-v{verbosity}"]  # fmt: skip
+        argv = [
+            criu_bin,
+            "lazy-pages",
+            "-D",
+            str(images),
+            "-W",
+            str(work),
+            "-o",
+            DAEMON_LOG,
+            f"-v{verbosity}",
+        ]
         if page_server is not None:
             argv += ["--page-server", "--address", page_server[0], "--port", str(page_server[1])]
         log.debug("lazy-pages daemon: %s", argv)
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_die_with(os.getpid()),
-        )  # fmt: skip
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),
+        )
         self.t_start = time.monotonic()
         self._wait_socket()
 
@@ -203,7 +221,9 @@ class LazyPagesDaemon:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise self._failure(f"the lazy-pages daemon did not finish in {timeout:.0f} s") from None
+            raise self._failure(
+                f"the lazy-pages daemon did not finish in {timeout:.0f} s"
+            ) from None
         if rc != 0:
             raise self._failure(f"the lazy-pages daemon failed (exit {rc})")
         return time.monotonic() - self.t_start

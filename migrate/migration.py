@@ -112,10 +112,20 @@ class Migration:
         self.commit_sent = False
         self.dest_container_id = ""
         self.dest_name = ""
-        self.bytes: dict[str, int] = {"raw": 0, "wire": 0, "image": 0, "rootfs": 0, "checkpoint": 0,
-                                      "volumes": 0, "logs": 0, "rootfs_precopy": 0,
-                                      "rootfs_kept": 0, "volumes_precopy": 0, "volumes_kept": 0,
-                                      "fast": 0}
+        self.bytes: dict[str, int] = {
+            "raw": 0,
+            "wire": 0,
+            "image": 0,
+            "rootfs": 0,
+            "checkpoint": 0,
+            "volumes": 0,
+            "logs": 0,
+            "rootfs_precopy": 0,
+            "rootfs_kept": 0,
+            "volumes_precopy": 0,
+            "volumes_kept": 0,
+            "fast": 0,
+        }
         self.t_pause: float | None = None
         self.downtime: float | None = None
         self.staging = self.opts.state_dir / "staging" / self.id
@@ -150,9 +160,13 @@ class Migration:
             # From here on the migration is journalled until it is settled (`migrate recover`
             # reads what a killed run left).
             self.journal.append(
-                "precheck", container=spec.id, name=spec.name, destination=self.opts.destination,
-                dest_name=self.dest_name, keep_source=self.opts.keep_source,
-            )  # fmt: skip
+                "precheck",
+                container=spec.id,
+                name=spec.name,
+                destination=self.opts.destination,
+                dest_name=self.dest_name,
+                keep_source=self.opts.keep_source,
+            )
             self._transfer_image(spec)
             self._prepare(spec)
             self._precopy(spec)
@@ -235,8 +249,9 @@ class Migration:
                     hint="run `make setup` (it builds CRIU 4.2 from Debian's source package)",
                 )
             self.dest_name = self.opts.name or spec.name
-            self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S,
-                                   level=self.opts.compression_level)
+            self.conn = Connection(
+                self.connect(), timeout=CALL_TIMEOUT_S, level=self.opts.compression_level
+            )
             # None: post-copy possible on this side (the agent is asked about its own).
             lazy_why = None if self.opts.strategy != "cold" else "not asked"
             if lazy_why is None:
@@ -256,8 +271,9 @@ class Migration:
             modes = hello.get("staging")
             self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
             # Before anything is frozen: its handshake must not land in the downtime.
-            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, self.agent_methods,
-                                              self.opts.faults)  # fmt: skip
+            self.stream_channel = attach_bulk(
+                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults
+            )
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
             res = self.conn.call(
@@ -278,10 +294,14 @@ class Migration:
         from migrate.check import check_pipe_max_size
 
         if not caps.lazy_pages:
-            return ("`criu check --feature uffd-noncoop` fails on the source (no "
-                    "non-cooperative userfaultfd)")  # fmt: skip
-        pipe = check_pipe_max_size(_read_int(Path("/proc/sys/fs/pipe-max-size")),
-                                   0xFFFFFFFFFF if criu.has_cap_sys_resource() else 0)  # fmt: skip
+            return (
+                "`criu check --feature uffd-noncoop` fails on the source (no "
+                "non-cooperative userfaultfd)"
+            )
+        pipe = check_pipe_max_size(
+            _read_int(Path("/proc/sys/fs/pipe-max-size")),
+            0xFFFFFFFFFF if criu.has_cap_sys_resource() else 0,
+        )
         if not pipe.ok:
             return f"{pipe.problem} (fix: {pipe.fix})"
         assert self.conn is not None
@@ -432,18 +452,25 @@ class Migration:
                 on_progress=lambda raw, wire: self.progress.transfer("image", raw, wire, None),
             )
             self._count("image", res["_stream"])
-            log.info("image: %s layers sent, %s skipped", stats.get("layers_sent"),
-                     stats.get("layers_skipped"))
+            log.info(
+                "image: %s layers sent, %s skipped",
+                stats.get("layers_sent"),
+                stats.get("layers_skipped"),
+            )
 
     def _prepare(self, spec: ContainerSpec) -> None:
         assert self.conn is not None
         with self.timer.phase("create", "creating the container on the destination"):
             self.dest_created = True  # from here on the agent may have made something
-            res = self.conn.call("prepare", migration_id=self.id, spec=spec.to_wire(),
-                                 name=self.dest_name,
-                                 volumes=[v.to_wire() for v in self.volumes],
-                                 binds=self._binds_wire(),
-                                 networks=[n.to_wire() for n in self.networks])  # fmt: skip
+            res = self.conn.call(
+                "prepare",
+                migration_id=self.id,
+                spec=spec.to_wire(),
+                name=self.dest_name,
+                volumes=[v.to_wire() for v in self.volumes],
+                binds=self._binds_wire(),
+                networks=[n.to_wire() for n in self.networks],
+            )
             self.dest_container_id = str(res["container_id"])
             self.journal.append("prepared", dest_container_id=self.dest_container_id)
 
@@ -451,7 +478,10 @@ class Migration:
         """Stream the read-write layer into the new container's upper dir while the container
         still runs; the freeze then only sends what changed (migrate/precopy.py)."""
         assert self.conn is not None
-        if not self.opts.precopy or not {"precopy_rootfs", "put_rootfs_delta"} <= self.agent_methods:
+        if (
+            not self.opts.precopy
+            or not {"precopy_rootfs", "put_rootfs_delta"} <= self.agent_methods
+        ):
             return
         self._fault("source:before_precopy")
         with self.timer.phase("precopy", "pre-copying the read-write layer (still running)"):
@@ -470,8 +500,12 @@ class Migration:
             )
             self._count("rootfs_precopy", res["_stream"])
             self.precopied = pc
-            log.info("pre-copy: %d files (%d bytes) sent while running, %d names skipped",
-                     len(pc.files), pc.bytes_recorded, cap.stats.vanished)  # fmt: skip
+            log.info(
+                "pre-copy: %d files (%d bytes) sent while running, %d names skipped",
+                len(pc.files),
+                pc.bytes_recorded,
+                cap.stats.vanished,
+            )
             while pc.passes < precopy.MAX_PASSES and pc.worth_another_pass(
                 time.monotonic() - t_pass
             ):
@@ -479,20 +513,25 @@ class Migration:
                 # or was too recently changed to vouch for goes now rather than in the freeze.
                 t_pass = time.monotonic()
                 pc = PreCopy.start(pids, previous=pc)
-                cap = layers.capture(upper, live=True, record=pc.record,
-                                     keep=pc.keep_from_previous)  # fmt: skip
+                cap = layers.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
                 res = self.conn.call(
                     "put_rootfs_delta",
                     stream=cap,
                     migration_id=self.id,
                     timeout=RESTORE_TIMEOUT_S,
-                    on_progress=lambda raw, wire: self.progress.transfer("precopy", raw, wire,
-                                                                         None),
-                )  # fmt: skip
+                    on_progress=lambda raw, wire: self.progress.transfer(
+                        "precopy", raw, wire, None
+                    ),
+                )
                 self._count("rootfs_precopy", res["_stream"])
                 self.precopied = pc
-                log.info("pre-copy pass %d: %d files (%d bytes) sent again, %d kept",
-                         pc.passes, len(pc.files), pc.bytes_recorded, len(pc.kept))  # fmt: skip
+                log.info(
+                    "pre-copy pass %d: %d files (%d bytes) sent again, %d kept",
+                    pc.passes,
+                    len(pc.files),
+                    pc.bytes_recorded,
+                    len(pc.kept),
+                )
             if {"precopy_volume", "put_volume_delta"} <= self.agent_methods:
                 where = {m.name: m.destination for m in spec.mounts if m.type == "volume"}
                 for v in self.volumes:
@@ -503,21 +542,26 @@ class Migration:
                         migration_id=self.id,
                         volume=v.name,
                         timeout=RESTORE_TIMEOUT_S,
-                        on_progress=lambda raw, wire: self.progress.transfer("precopy", raw, wire,
-                                                                             None),
-                    )  # fmt: skip
+                        on_progress=lambda raw, wire: self.progress.transfer(
+                            "precopy", raw, wire, None
+                        ),
+                    )
                     self._count("volumes_precopy", res["_stream"])
                     self.precopied_volumes[v.name] = vpc
-            if (self.opts.bind_mounts == "copy"
-                    and {"precopy_bind", "put_bind_delta"} <= self.agent_methods):  # fmt: skip
+            if (
+                self.opts.bind_mounts == "copy"
+                and {"precopy_bind", "put_bind_delta"} <= self.agent_methods
+            ):
                 where = {m.source: m.destination for m in spec.mounts if m.type == "bind"}
                 for path in self.binds:
                     bpc = volumes_pc.under(where.get(path, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_bind",
                         stream=layers.capture(Path(path), live=True, record=bpc.record),
-                        migration_id=self.id, path=path, timeout=RESTORE_TIMEOUT_S,
-                    )  # fmt: skip
+                        migration_id=self.id,
+                        path=path,
+                        timeout=RESTORE_TIMEOUT_S,
+                    )
                     self._count("volumes_precopy", res["_stream"])
                     self.precopied_binds[path] = bpc
                     precopy.flush(Path(path))  # may be another file system than the layer's
@@ -557,8 +601,10 @@ class Migration:
             log.warning("the checkpoint did not fit in %s; dumping again on disk", self.staging)
         dumping = criu.wait_until_unused(self.staging, DUMP_WAIT_S)
         if dumping:
-            raise CheckpointFailed(f"the CRIU dump into {self.staging} still runs "
-                                   f"(pids {', '.join(map(str, dumping))})")  # fmt: skip
+            raise CheckpointFailed(
+                f"the CRIU dump into {self.staging} still runs "
+                f"(pids {', '.join(map(str, dumping))})"
+            )
         shutil.rmtree(self.staging, ignore_errors=True)
         self.staging = self.opts.state_dir / "staging" / self.id
         self.staged_in["source"] = "disk"
@@ -612,34 +658,49 @@ class Migration:
         for v in self.volumes:
             with self.timer.phase("volumes", f"volume {v.name}"):
                 vpc = self.precopied_volumes.get(v.name)
-                vcap = (layers.capture(Path(v.mountpoint)) if vpc is None
-                        else layers.capture(Path(v.mountpoint), keep=vpc.unchanged))  # fmt: skip
+                vcap = (
+                    layers.capture(Path(v.mountpoint))
+                    if vpc is None
+                    else layers.capture(Path(v.mountpoint), keep=vpc.unchanged)
+                )
                 res = self.conn.call(
                     "put_volume" if vpc is None else "put_volume_delta",
                     stream=vcap,
                     migration_id=self.id,
                     volume=v.name,
                     timeout=RESTORE_TIMEOUT_S,
-                    on_progress=lambda raw, wire: self.progress.transfer("volumes", raw, wire,
-                                                                         None),
-                )  # fmt: skip
+                    on_progress=lambda raw, wire: self.progress.transfer(
+                        "volumes", raw, wire, None
+                    ),
+                )
                 self._count("volumes", res["_stream"])
                 self.bytes["volumes_kept"] += vcap.stats.kept_bytes
         if self.opts.bind_mounts == "copy":
             for path in self.binds:
                 with self.timer.phase("binds", f"bind mount {path}"):
                     bpc = self.precopied_binds.get(path)
-                    bcap = (layers.capture(Path(path)) if bpc is None
-                            else layers.capture(Path(path), keep=bpc.unchanged))  # fmt: skip
-                    res = self.conn.call("put_bind" if bpc is None else "put_bind_delta",
-                                         stream=bcap, migration_id=self.id, path=path,
-                                         timeout=RESTORE_TIMEOUT_S)  # fmt: skip
+                    bcap = (
+                        layers.capture(Path(path))
+                        if bpc is None
+                        else layers.capture(Path(path), keep=bpc.unchanged)
+                    )
+                    res = self.conn.call(
+                        "put_bind" if bpc is None else "put_bind_delta",
+                        stream=bcap,
+                        migration_id=self.id,
+                        path=path,
+                        timeout=RESTORE_TIMEOUT_S,
+                    )
                     self._count("volumes", res["_stream"])
                     self.bytes["volumes_kept"] += bcap.stats.kept_bytes
         if log_path is not None and log_path.is_file():
             with self.timer.phase("logs", "log history"):
-                res = self.conn.call("put_log", stream=_file_chunks(log_path),
-                                     migration_id=self.id, timeout=RESTORE_TIMEOUT_S)  # fmt: skip
+                res = self.conn.call(
+                    "put_log",
+                    stream=_file_chunks(log_path),
+                    migration_id=self.id,
+                    timeout=RESTORE_TIMEOUT_S,
+                )
                 self._count("logs", res["_stream"])
         with self.timer.phase("transfer", "checkpoint images"):
             total = _dir_size(img_dir)
@@ -663,8 +724,9 @@ class Migration:
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
             extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
-            res = self.conn.call("restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S,
-                                 **extra)  # fmt: skip
+            res = self.conn.call(
+                "restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S, **extra
+            )
             self.downtime = time.monotonic() - self.t_pause
             running_s = res.get("running_s")
             if isinstance(running_s, (int, float)) and 0 <= running_s:
@@ -679,8 +741,9 @@ class Migration:
             for k, v in steps.items():
                 if isinstance(k, str) and isinstance(v, (int, float)):
                     self.timer.phases[f"restore.{k}"] = round(float(v), 4)
-        self.journal.append("restored", downtime_s=self.downtime,
-                            restore_mode=str(res.get("restore_mode", "")))
+        self.journal.append(
+            "restored", downtime_s=self.downtime, restore_mode=str(res.get("restore_mode", ""))
+        )
 
     def _postcopy(self, spec: ContainerSpec) -> None:
         """Committed, running on the destination; wait until every page has moved. A failure
@@ -695,9 +758,12 @@ class Migration:
         with self.timer.phase("postcopy", "moving the rest of the memory"):
             t0 = time.monotonic()
             try:
-                res = self.conn.call("postcopy_wait", migration_id=self.id,
-                                     timeout_s=POSTCOPY_TIMEOUT_S,
-                                     timeout=POSTCOPY_TIMEOUT_S + CALL_TIMEOUT_S)  # fmt: skip
+                res = self.conn.call(
+                    "postcopy_wait",
+                    migration_id=self.id,
+                    timeout_s=POSTCOPY_TIMEOUT_S,
+                    timeout=POSTCOPY_TIMEOUT_S + CALL_TIMEOUT_S,
+                )
             except MigrateError as e:
                 # Reset the page server's connection first: CRIU then fails the dump and
                 # leaves the tasks frozen. Killing CRIU instead would thaw them.
@@ -713,14 +779,21 @@ class Migration:
                 self.journal.append("postcopy_failed", reason=e.message, page_server_rc=rc)
                 self.paused = False  # never unpaused by us: the operator decides
                 raise postcopy.interrupted(
-                    e.message, spec.name,
-                    {"cause": e.code, "migration_id": self.id,
-                     "page_server": ps.failure_text()[-2000:]},
+                    e.message,
+                    spec.name,
+                    {
+                        "cause": e.code,
+                        "migration_id": self.id,
+                        "page_server": ps.failure_text()[-2000:],
+                    },
                 ) from None
             rc = ps.wait(PAGE_SERVER_EXIT_S)
             if rc != 0:
-                log.warning("the source's page server ended with %s after the last page: %s",
-                            rc, ps.failure_text()[-500:])  # fmt: skip
+                log.warning(
+                    "the source's page server ended with %s after the last page: %s",
+                    rc,
+                    ps.failure_text()[-500:],
+                )
             ps.kill()
         self.postcopy = {"postcopy_s": float(res.get("postcopy_s") or time.monotonic() - t0)}
         for k in ("pages_total", "pages_on_demand", "pages_background", "bytes"):
@@ -818,7 +891,9 @@ class Migration:
         if not touched:
             return cause
         msg = f"{cause.message}\nRolled back: {self.opts.container} runs on the source again"
-        msg += "; nothing was left on the destination." if not problems else ". " + "; ".join(problems)
+        msg += (
+            "; nothing was left on the destination." if not problems else ". " + "; ".join(problems)
+        )
         err = MigrationFailed(msg, hint=cause.hint, details={"cause": cause.code, **cause.details})
         return err
 
@@ -914,12 +989,16 @@ def check_process_owners(engine: Engine, spec: ContainerSpec) -> None:
     if criu.has_cap_sys_resource():
         return
     me_u, me_g = os.getuid(), os.getgid()
-    others = [p for p in engine.processes(spec.id)
-              if any(u != me_u for u in p.uids) or any(g != me_g for g in p.gids)]  # fmt: skip
+    others = [
+        p
+        for p in engine.processes(spec.id)
+        if any(u != me_u for u in p.uids) or any(g != me_g for g in p.gids)
+    ]
     if not others:
         return
-    shown = "; ".join(f"pid {p.pid} uid {p.uids[0] if p.uids else '?'} ({p.command[:60]})"
-                      for p in others[:5])  # fmt: skip
+    shown = "; ".join(
+        f"pid {p.pid} uid {p.uids[0] if p.uids else '?'} ({p.command[:60]})" for p in others[:5]
+    )
     raise Unsupported(
         f"{spec.name} runs processes as another user ({shown}{', ...' if len(others) > 5 else ''})"
         " and this host lacks CAP_SYS_RESOURCE: CRIU cannot read their rlimits (prlimit) "
@@ -965,8 +1044,13 @@ def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) ->
     """Ask a fresh agent to roll back ``migration_id`` from its journal."""
     conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
     try:
-        conn.call("hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
-                  software=__version__, faults=[])  # fmt: skip
+        conn.call(
+            "hello",
+            protocol=PROTOCOL_VERSION,
+            min_protocol=MIN_PROTOCOL_VERSION,
+            software=__version__,
+            faults=[],
+        )
         conn.call("abort", migration_id=migration_id, timeout=60)
         conn.call("bye")
     finally:

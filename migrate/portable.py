@@ -204,8 +204,9 @@ def import_bundle(
             engine.load_image(_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
-        cid = engine.create(spec, new_name, image=image, isolated=isolated, labels=labels,
-                            volume_names=volume_names)  # fmt: skip
+        cid = engine.create(
+            spec, new_name, image=image, isolated=isolated, labels=labels, volume_names=volume_names
+        )
         filled: list[str] = []  # volumes this import wrote into (new and empty before)
         try:
             upper = Path(engine.state(cid).upper_dir)
@@ -220,13 +221,25 @@ def import_bundle(
             # Started here: Docker gets the images without the lazy memory and a local
             # lazy-pages daemon feeds it from the staged ones (lazy_pages.py; Docker's own
             # path streams every byte through containerd: ~30 s for 1 GiB).
-            split, why = (lazy_pages.split_for_restore(engine, full, target) if start
-                          else (None, "--no-start"))  # fmt: skip
+            split, why = (
+                lazy_pages.split_for_restore(engine, full, target)
+                if start
+                else (None, "--no-start")
+            )
             if split is None:
                 shutil.move(str(full), str(target))
             if not start:
-                return ImportResult(cid, new_name, False, 0.0, image_id, loaded,
-                                    time.monotonic() - t_begin, cp_name, tuple(filled))  # fmt: skip
+                return ImportResult(
+                    cid,
+                    new_name,
+                    False,
+                    0.0,
+                    image_id,
+                    loaded,
+                    time.monotonic() - t_begin,
+                    cp_name,
+                    tuple(filled),
+                )
             t0 = time.monotonic()
             if split is None:
                 engine.start_from_checkpoint(cid, cp_name)
@@ -237,9 +250,18 @@ def import_bundle(
                 mode = "lazy_local"
             restore_s = time.monotonic() - t0
             shutil.rmtree(target, ignore_errors=True)
-            return ImportResult(cid, new_name, True, restore_s, image_id, loaded,
-                                time.monotonic() - t_begin, "", tuple(filled),
-                                restore_mode=mode)  # fmt: skip
+            return ImportResult(
+                cid,
+                new_name,
+                True,
+                restore_s,
+                image_id,
+                loaded,
+                time.monotonic() - t_begin,
+                "",
+                tuple(filled),
+                restore_mode=mode,
+            )
         except BaseException:
             made: list[str] = []
             try:
@@ -359,8 +381,10 @@ def _bundle_volumes(manifest: bundle.Manifest) -> list[dict[str, str]]:
         ):
             raise BundleInvalid("bundle member 'manifest.json': bad volume entry")
         if v["member"] != f"{VOLUME_PREFIX}{v['name']}.tar" or v["member"] not in names:
-            raise BundleInvalid(f"bundle member {v['member']!r}: volume without its content",
-                                details={"member": v["member"]})  # fmt: skip
+            raise BundleInvalid(
+                f"bundle member {v['member']!r}: volume without its content",
+                details={"member": v["member"]},
+            )
         out.append({k: v[k] for k in ("name", "destination", "member")})
     return out
 
@@ -395,8 +419,10 @@ def _fill_volumes(
             raise RestoreFailed(f"the new container has no volume at {v['destination']}")
         target = Path(m.source)
         if any(target.iterdir()):
-            raise NameConflict(f"volume {m.name} on this host is not empty",
-                               hint="remove it (`docker volume rm`) or import elsewhere")  # fmt: skip
+            raise NameConflict(
+                f"volume {m.name} on this host is not empty",
+                hint="remove it (`docker volume rm`) or import elsewhere",
+            )
         filled.append(m.name)
         with open(staging / v["member"], "rb") as f:
             layers.apply(f, target, policy=layers.VOLUME_POLICY)

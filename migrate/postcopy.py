@@ -58,9 +58,12 @@ class PageServer:
     runc's environment (None: ours)."""
 
     def __init__(
-        self, argv: Sequence[str], work_dir: Path, port: int,
+        self,
+        argv: Sequence[str],
+        work_dir: Path,
+        port: int,
         env: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.port = port
         self.work_dir = work_dir
         self.log_path = work_dir / "dump.log"
@@ -69,10 +72,14 @@ class PageServer:
         try:
             # Its own session: killpg reaches runc and its CRIU, and nothing else.
             self.proc = subprocess.Popen(
-                [*argv[:-1], "--status-fd", str(w), argv[-1]], pass_fds=(w,),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                start_new_session=True, env=env,
-            )  # fmt: skip
+                [*argv[:-1], "--status-fd", str(w), argv[-1]],
+                pass_fds=(w,),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=self._stderr,
+                start_new_session=True,
+                env=env,
+            )
         finally:
             os.close(w)
         self._status = r
@@ -163,8 +170,9 @@ class PageRelay:
             close_gently(down)
             return
         self._up = up
-        t = threading.Thread(target=self._down_to_up, args=(down, up), daemon=True,
-                             name="page-relay-req")  # fmt: skip
+        t = threading.Thread(
+            target=self._down_to_up, args=(down, up), daemon=True, name="page-relay-req"
+        )
         t.start()
         reason = ""
         try:

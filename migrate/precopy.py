@@ -86,8 +86,9 @@ class PreCopy:
         write done) and a write in progress during the scan is either seen by it or began
         after this instant."""
         started = time.time_ns()
-        return cls(started_ns=started, busy=frozenset(written_paths(list_pids())),
-                   previous=previous)  # fmt: skip
+        return cls(
+            started_ns=started, busy=frozenset(written_paths(list_pids())), previous=previous
+        )
 
     def record(self, rel: bytes, st: os.stat_result) -> None:
         """layers.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
@@ -128,7 +129,7 @@ class PreCopy:
         the same start, the busy paths below that mount point, relative to it."""
         inside = os.fsencode(mount_point.strip("/"))
         prefix = inside + b"/" if inside else b""
-        busy = frozenset(p[len(prefix):] for p in self.busy if p.startswith(prefix))
+        busy = frozenset(p[len(prefix) :] for p in self.busy if p.startswith(prefix))
         return PreCopy(started_ns=self.started_ns, busy=busy)
 
     @property

@@ -172,13 +172,19 @@ METHODS: dict[str, Method] = {
     for m in (
         _m("hello", protocol=_I, min_protocol=_I, software=_S, faults=_L),
         # lazy: also say whether a post-copy restore (--strategy lazy) can be done here.
-        _m("precheck", spec=_D, name=_S, criu_version=_L, volumes=_OL, binds=_OL,
-           lazy=Param("bool", required=False)),
+        _m(
+            "precheck",
+            spec=_D,
+            name=_S,
+            criu_version=_L,
+            volumes=_OL,
+            binds=_OL,
+            lazy=Param("bool", required=False),
+        ),
         _m("cpuinfo_check", image_b64=_S),
         _m("image_status", image_id=_S, diff_ids=_L),
         _m("load_image", stream=True, image_id=_S),
-        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL,
-           networks=_OL),
+        _m("prepare", migration_id=_S, spec=_D, name=_S, volumes=_OL, binds=_OL, networks=_OL),
         _m("put_rootfs", stream=True, migration_id=_S),
         # Pre-copy (migrate/precopy.py): the layer while the container runs, into the empty
         # upper dir; then the frozen delta over it.
@@ -193,8 +199,13 @@ METHODS: dict[str, Method] = {
         _m("put_log", stream=True, migration_id=_S),
         _m("put_bind", stream=True, migration_id=_S, path=_S),
         # memory_bytes: stage the images in memory when that much fits (staging.py).
-        _m("put_checkpoint", stream=True, migration_id=_S, memory_bytes=Param("int", required=False),
-           require_memory=Param("bool", required=False)),
+        _m(
+            "put_checkpoint",
+            stream=True,
+            migration_id=_S,
+            memory_bytes=Param("int", required=False),
+            require_memory=Param("bool", required=False),
+        ),
         # page_server_port: post-copy; the loopback port that leads to the source's pages.
         _m("restore", migration_id=_S, page_server_port=Param("int", required=False)),
         _m("postcopy_wait", migration_id=_S, timeout_s=_F),
@@ -270,9 +281,13 @@ class Connection:
     """
 
     def __init__(
-        self, channel: Channel, *, timeout: float = 60.0, level: int = 1,
+        self,
+        channel: Channel,
+        *,
+        timeout: float = 60.0,
+        level: int = 1,
         threads: int = ZSTD_THREADS,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.ch = channel
         self.timeout = timeout
         self.level = level
@@ -386,10 +401,12 @@ class Connection:
         taking turns. An exception raised while reading or compressing comes out of here as
         is, with no END sent (the stream is then unusable, as before).
         """
-        send = self.send_frame if to is None else lambda kind, body: to.sendall(
-            encode_frame(kind, body))  # fmt: skip
-        comp = _Compressor(chunks, level=self.level, threads=self.threads,
-                           adaptive=self.adaptive)  # fmt: skip
+        send = (
+            self.send_frame
+            if to is None
+            else lambda kind, body: to.sendall(encode_frame(kind, body))
+        )
+        comp = _Compressor(chunks, level=self.level, threads=self.threads, adaptive=self.adaptive)
         raw = wire = 0
         try:
             for body, raw in comp:
@@ -506,12 +523,13 @@ class _Compressor(_Stage):
 
     def __init__(
         self, chunks: Iterator[bytes], *, level: int, threads: int, adaptive: bool = False
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__("stream-compress")
         self._chunks = chunks
         self._cctx = zstandard.ZstdCompressor(level=level, threads=threads)
-        self._adapt = (_Adapt(self._cctx, zstandard.ZstdCompressor(level=FAST_LEVEL))
-                       if adaptive else None)  # fmt: skip
+        self._adapt = (
+            _Adapt(self._cctx, zstandard.ZstdCompressor(level=FAST_LEVEL)) if adaptive else None
+        )
         self.fast_raw = 0  # raw bytes that went at FAST_LEVEL
         self.start()
 
@@ -655,8 +673,12 @@ class _Decompressor(_Stage):
         dctx = zstandard.ZstdDecompressor()
         # _FrameSource is not an IO[bytes], but read() is all the stream reader calls.
         # Across frames: an adaptive sender starts a new frame at each change of level.
-        zr = dctx.stream_reader(self._src, read_size=DATA_CHUNK, closefd=False,  # type: ignore[arg-type]
-                                read_across_frames=True)  # fmt: skip
+        zr = dctx.stream_reader(
+            self._src,
+            read_size=DATA_CHUNK,
+            closefd=False,  # type: ignore[arg-type]
+            read_across_frames=True,
+        )
         try:
             while not self._stop.is_set():
                 try:

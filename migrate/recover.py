@@ -52,8 +52,9 @@ class Settled:
         }
 
 
-def pending_for(container: str | None, destination: str, engine: Engine,
-                state_dir: Path = DEFAULT_DIR) -> list[Pending]:  # fmt: skip
+def pending_for(
+    container: str | None, destination: str, engine: Engine, state_dir: Path = DEFAULT_DIR
+) -> list[Pending]:
     """The unsettled migrations of ``container`` (name or id), or all those to
     ``destination`` when no container is named."""
     pend = unsettled(state_dir)
@@ -65,10 +66,12 @@ def pending_for(container: str | None, destination: str, engine: Engine,
     except ContainerNotFound:
         pass  # removed already (e.g. killed after the commit): match the journal's records
     return [
-        p for p in pend
-        if p.name == container or p.container_id in ids
+        p
+        for p in pend
+        if p.name == container
+        or p.container_id in ids
         or (len(container) >= 12 and p.container_id.startswith(container))
-    ]  # fmt: skip
+    ]
 
 
 def recover(
@@ -98,8 +101,13 @@ def recover(
     return done
 
 
-def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_dir: Path,
-            lock_dir: Path | None) -> Settled:  # fmt: skip
+def _settle(
+    p: Pending,
+    engine: Engine,
+    connect: Callable[[], Channel],
+    state_dir: Path,
+    lock_dir: Path | None,
+) -> Settled:
     label = p.name or p.container_id[:12]
     lock = ContainerLock(p.container_id, label, lock_dir)
     lock.acquire()  # Busy (exit 3) if that migration's process still runs
@@ -112,8 +120,13 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
             raise InDoubt(f"{label}: cannot reach the destination's agent: {e.message}") from None
         actions: list[str] = []
         try:
-            conn.call("hello", protocol=PROTOCOL_VERSION, min_protocol=MIN_PROTOCOL_VERSION,
-                      software=__version__, faults=[])  # fmt: skip
+            conn.call(
+                "hello",
+                protocol=PROTOCOL_VERSION,
+                min_protocol=MIN_PROTOCOL_VERSION,
+                software=__version__,
+                faults=[],
+            )
             st = conn.call("status", migration_id=p.migration_id)
             last = str(st.get("last") or "")
             if st.get("live"):
@@ -126,10 +139,12 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
             started = any(r.event == "postcopy" for r in p.journal.records())
             if last == "postcopy_failed" or (started and last == "committed"):
                 outcome = "postcopy_failed"
-                actions.append("nothing changed: post-copy did not finish; the source copy "
-                               "holds the state at the pause (paused), the destination copy "
-                               "was stopped or lost memory: decide which to keep "
-                               "(docs/architecture.md, post-copy)")  # fmt: skip
+                actions.append(
+                    "nothing changed: post-copy did not finish; the source copy "
+                    "holds the state at the pause (paused), the destination copy "
+                    "was stopped or lost memory: decide which to keep "
+                    "(docs/architecture.md, post-copy)"
+                )
             elif last in ("committed", "postcopy_done"):
                 outcome = "committed"
             else:
@@ -146,8 +161,9 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
         except InDoubt:
             raise
         except MigrateError as e:
-            raise InDoubt(f"{label}: the destination's journal could not be used: {e.message}") \
-                from None
+            raise InDoubt(
+                f"{label}: the destination's journal could not be used: {e.message}"
+            ) from None
         finally:
             conn.close()
         # The destination is settled; now the source copy (an engine error here leaves the
@@ -176,8 +192,10 @@ def _settle(p: Pending, engine: Engine, connect: Callable[[], Channel], state_di
 
 def _stagings(state_dir: Path, migration_id: str) -> tuple[Path, Path]:
     """Where a run may have staged its checkpoint: on disk, or in memory (staging.py)."""
-    return (state_dir / "staging" / migration_id,
-            staging_mod.MEMORY_ROOT / "staging" / migration_id)  # fmt: skip
+    return (
+        state_dir / "staging" / migration_id,
+        staging_mod.MEMORY_ROOT / "staging" / migration_id,
+    )
 
 
 def _wait_for_orphaned_dump(staging: Path, label: str) -> None:

@@ -132,9 +132,9 @@ class Report:
             "strategy_note": self.strategy_note,
             "stream_channel": self.stream_channel,
             "stream_channel_note": self.stream_channel_note,
-            "postcopy": None if self.postcopy is None else {
-                k: round(v, 4) if isinstance(v, float) else v for k, v in self.postcopy.items()
-            },
+            "postcopy": None
+            if self.postcopy is None
+            else {k: round(v, 4) if isinstance(v, float) else v for k, v in self.postcopy.items()},
             "staging": dict(self.staging),
             "migration_id": self.migration_id,
         }

@@ -99,19 +99,24 @@ def decide(mode: str, need: int, *, tmpfs_free: int, available: int, copies: int
         return Choice(False, "--staging disk")
     want = int(need * GROWTH) + TMPFS_RESERVE
     if tmpfs_free < want:
-        why = ("no tmpfs for staging" if tmpfs_free == 0 else
-               f"tmpfs has {tmpfs_free >> 20} MiB free, the images need ~{want >> 20} MiB")
+        why = (
+            "no tmpfs for staging"
+            if tmpfs_free == 0
+            else f"tmpfs has {tmpfs_free >> 20} MiB free, the images need ~{want >> 20} MiB"
+        )
         return Choice(False, why)
     host_want = int(need * GROWTH) * copies + HOST_RESERVE
     if available < host_want:
-        return Choice(False, f"{available >> 20} MiB of memory available, staging in memory "
-                             f"needs {host_want >> 20} MiB")  # fmt: skip
+        return Choice(
+            False,
+            f"{available >> 20} MiB of memory available, staging in memory "
+            f"needs {host_want >> 20} MiB",
+        )
     return Choice(True, f"~{need >> 20} MiB fit in memory")
 
 
 def choose(mode: str, need: int, root: Path = MEMORY_ROOT, *, copies: int = 1) -> Choice:
-    return decide(mode, need, tmpfs_free=tmpfs_free(root), available=mem_available(),
-                  copies=copies)  # fmt: skip
+    return decide(mode, need, tmpfs_free=tmpfs_free(root), available=mem_available(), copies=copies)
 
 
 def ensure_root(root: Path) -> None:

@@ -101,8 +101,9 @@ def _runner(lab: Lab, host: str) -> RunFn:
         timeout: float = MIGRATE_TIMEOUT_S,
         input: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        return h.run(cmd, env={**env, **(env_extra or {})}, check=check, timeout=timeout,
-                     input=input)  # fmt: skip
+        return h.run(
+            cmd, env={**env, **(env_extra or {})}, check=check, timeout=timeout, input=input
+        )
 
     return run
 
@@ -137,11 +138,15 @@ def migrate_args(lab_env: dict[str, str]) -> list[str]:
     """The options that point ``migrate run`` at host B: ``--to`` URL, key, known_hosts and
     the agent command."""
     return [
-        "--to", lab_env["MIGRATE_LAB_B_URL"],
-        "--identity", lab_env["MIGRATE_LAB_KEY"],
-        "--known-hosts", lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command", lab_env["MIGRATE_AGENT_COMMAND"],
-    ]  # fmt: skip
+        "--to",
+        lab_env["MIGRATE_LAB_B_URL"],
+        "--identity",
+        lab_env["MIGRATE_LAB_KEY"],
+        "--known-hosts",
+        lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command",
+        lab_env["MIGRATE_AGENT_COMMAND"],
+    ]
 
 
 @pytest.fixture

@@ -62,8 +62,12 @@ class VolumeInfo:
     mountpoint: str  # where its content is on this host ("" when unknown)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "driver": self.driver, "options": dict(self.options),
-                "labels": dict(self.labels)}  # fmt: skip
+        return {
+            "name": self.name,
+            "driver": self.driver,
+            "options": dict(self.options),
+            "labels": dict(self.labels),
+        }
 
     @classmethod
     def from_wire(cls, data: Any) -> VolumeInfo:
@@ -78,9 +82,12 @@ class VolumeInfo:
         maps = []
         for k in ("options", "labels"):
             v = data.get(k) or {}
-            _want(isinstance(v, Mapping) and all(
-                isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
-                f"volume.{k}", "an object of strings")  # fmt: skip
+            _want(
+                isinstance(v, Mapping)
+                and all(isinstance(a, str) and isinstance(b, str) for a, b in v.items()),
+                f"volume.{k}",
+                "an object of strings",
+            )
             maps.append(dict(v))
         return cls(name, driver, maps[0], maps[1], "")
 
@@ -155,18 +162,33 @@ class ContainerSpec:
         missing = {"id", "name", "image_id"} - set(d)
         if missing:
             raise ValueError(f"spec: missing fields {sorted(missing)}")
-        for k in ("id", "name", "image_ref", "image_id", "hostname", "working_dir", "user",
-                  "restart_policy", "network_mode"):  # fmt: skip
+        for k in (
+            "id",
+            "name",
+            "image_ref",
+            "image_id",
+            "hostname",
+            "working_dir",
+            "user",
+            "restart_policy",
+            "network_mode",
+        ):
             _want(isinstance(d.setdefault(k, ""), str), k, "a string")
         for k in ("env", "cmd", "entrypoint", "networks"):
             v = d.get(k) or []
-            _want(isinstance(v, list | tuple) and all(isinstance(x, str) for x in v), k,
-                  "a list of strings")  # fmt: skip
+            _want(
+                isinstance(v, list | tuple) and all(isinstance(x, str) for x in v),
+                k,
+                "a list of strings",
+            )
             d[k] = tuple(v)
         labels = d.get("labels") or {}
-        _want(isinstance(labels, Mapping) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()), "labels",
-            "an object of strings")  # fmt: skip
+        _want(
+            isinstance(labels, Mapping)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()),
+            "labels",
+            "an object of strings",
+        )
         d["labels"] = dict(labels)
         for k in ("memory", "nano_cpus"):
             v = d.setdefault(k, 0)
@@ -192,8 +214,11 @@ def _records(kind: Any, items: Any, field_name: str) -> list[Any]:
     fields = kind.__dataclass_fields__
     out = []
     for it in items:
-        _want(isinstance(it, Mapping) and set(it) <= set(fields), field_name,
-              f"a list of objects with fields {sorted(fields)}")  # fmt: skip
+        _want(
+            isinstance(it, Mapping) and set(it) <= set(fields),
+            field_name,
+            f"a list of objects with fields {sorted(fields)}",
+        )
         for k, v in it.items():
             want_t = bool if fields[k].type in ("bool", bool) else str
             _want(isinstance(v, want_t), f"{field_name}.{k}", want_t.__name__)

@@ -196,9 +196,7 @@ class DockerEngine:
         endpoints: dict[str, Any] = {}
         for net, ep in networks.items():
             endpoints[net] = {
-                "Aliases": [
-                    a for a in (ep.get("Aliases") or []) if not c["Id"].startswith(a)
-                ]
+                "Aliases": [a for a in (ep.get("Aliases") or []) if not c["Id"].startswith(a)]
                 or None,
             }
             # Keep the address where the destination's network allows it (create() drops it
@@ -266,8 +264,13 @@ class DockerEngine:
         mode = spec.network_mode
         if isolated:
             mode = "none"
-            host.update(NetworkMode="none", PortBindings={}, PublishAllPorts=False, Links=None,
-                        RestartPolicy={"Name": "no", "MaximumRetryCount": 0})  # fmt: skip
+            host.update(
+                NetworkMode="none",
+                PortBindings={},
+                PublishAllPorts=False,
+                Links=None,
+                RestartPolicy={"Name": "no", "MaximumRetryCount": 0},
+            )
             cfg.pop("MacAddress", None)
         if volume_names:
             _rename_volumes(host, volume_names)
@@ -276,8 +279,10 @@ class DockerEngine:
         body: dict[str, Any] = dict(cfg)
         body["HostConfig"] = host
         endpoints = dict(spec.raw.get("Endpoints") or {})
-        if endpoints and mode not in ("", "default", "bridge", "host", "none") and not mode.startswith(
-            "container:"
+        if (
+            endpoints
+            and mode not in ("", "default", "bridge", "host", "none")
+            and not mode.startswith("container:")
         ):
             ep = dict(endpoints.get(mode) or {})
             if ep.get("IPAMConfig") and not self._user_subnet(mode):
@@ -313,15 +318,14 @@ class DockerEngine:
                 ipam = {}
             try:
                 self.api.connect_container_to_network(
-                    cid, net,
+                    cid,
+                    net,
                     aliases=list(ep.get("Aliases") or []) or None,
                     ipv4_address=ipam.get("IPv4Address") or None,
                     ipv6_address=ipam.get("IPv6Address") or None,
-                )  # fmt: skip
+                )
             except docker.errors.APIError as e:
-                raise EngineError(
-                    f"docker network connect {net}: {e.explanation or e}"
-                ) from None
+                raise EngineError(f"docker network connect {net}: {e.explanation or e}") from None
 
     def pause(self, ref: str) -> None:
         self._call("pause", self.api.pause, ref)
@@ -346,11 +350,18 @@ class DockerEngine:
         st = self.state(ref)
         root = self._runc_root(st.pid) if st.pid else None
         if root is None:
-            raise EngineError(f"docker says {st.name} is paused, runc disagrees, and runc's "
-                              "state cannot be found to reconcile them")  # fmt: skip
+            raise EngineError(
+                f"docker says {st.name} is paused, runc disagrees, and runc's "
+                "state cannot be found to reconcile them"
+            )
         runc = _runc_binary()
-        p = subprocess.run([runc, "--root", str(root), "pause", st.id], capture_output=True,
-                           text=True, timeout=60, check=False)  # fmt: skip
+        p = subprocess.run(
+            [runc, "--root", str(root), "pause", st.id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if p.returncode != 0:
             raise EngineError(f"runc pause {st.name}: {p.stderr.strip()[-300:]}")
 
@@ -364,8 +375,13 @@ class DockerEngine:
         if root is None:
             raise EngineError(f"runc's state for {st.name} cannot be found to freeze it")
         runc = _runc_binary()
-        p = subprocess.run([runc, "--root", str(root), "state", st.id], capture_output=True,
-                           text=True, timeout=60, check=False)  # fmt: skip
+        p = subprocess.run(
+            [runc, "--root", str(root), "state", st.id],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if p.returncode == 0 and json.loads(p.stdout or "{}").get("status") == "paused":
             return
         log.warning("%s was thawed behind Docker's back: freezing it again", st.name)
@@ -434,7 +450,9 @@ class DockerEngine:
                 continue
             if e.get("Running"):
                 pc = e.get("ProcessConfig") or {}
-                out.append(" ".join([str(pc.get("entrypoint", ""))] + list(pc.get("arguments") or [])))
+                out.append(
+                    " ".join([str(pc.get("entrypoint", ""))] + list(pc.get("arguments") or []))
+                )
         return out
 
     def processes(self, ref: str) -> list[ProcessInfo]:
@@ -459,8 +477,14 @@ class DockerEngine:
                 key, _, rest = line.partition(":")
                 if key in ("Uid", "Gid"):
                     ids[key] = tuple(int(x) for x in rest.split())
-            out.append(ProcessInfo(pid, ids.get("Uid", ()), ids.get("Gid", ()),
-                                   cmd.decode(errors="replace").strip()))  # fmt: skip
+            out.append(
+                ProcessInfo(
+                    pid,
+                    ids.get("Uid", ()),
+                    ids.get("Gid", ()),
+                    cmd.decode(errors="replace").strip(),
+                )
+            )
         return out
 
     def exec(self, ref: str, argv: list[str], timeout: float) -> ExecResult:
@@ -544,9 +568,12 @@ class DockerEngine:
 
     def create_volume(self, vol: VolumeInfo) -> VolumeInfo:
         try:
-            self.api.create_volume(vol.name, driver=vol.driver or "local",
-                                   driver_opts=dict(vol.options) or None,
-                                   labels=dict(vol.labels) or None)  # fmt: skip
+            self.api.create_volume(
+                vol.name,
+                driver=vol.driver or "local",
+                driver_opts=dict(vol.options) or None,
+                labels=dict(vol.labels) or None,
+            )
         except docker.errors.APIError as e:
             raise EngineError(f"docker volume create {vol.name}: {e.explanation or e}") from None
         made = self.volume(vol.name)
@@ -576,9 +603,11 @@ class DockerEngine:
             "Driver": n.get("Driver", "bridge"),
             "Options": dict(n.get("Options") or {}),
             "Labels": dict(n.get("Labels") or {}),
-            "IPAM": {"Driver": ipam.get("Driver") or "default",
-                     "Config": list(ipam.get("Config") or []),
-                     "Options": dict(ipam.get("Options") or {})},  # fmt: skip
+            "IPAM": {
+                "Driver": ipam.get("Driver") or "default",
+                "Config": list(ipam.get("Config") or []),
+                "Options": dict(ipam.get("Options") or {}),
+            },
             "Internal": bool(n.get("Internal")),
             "Attachable": bool(n.get("Attachable")),
             "EnableIPv6": bool(n.get("EnableIPv6")),
@@ -589,11 +618,16 @@ class DockerEngine:
         raw = dict(net.raw)
         try:
             self.api.create_network(
-                net.name, driver=net.driver, options=raw.get("Options") or None,
-                ipam=raw.get("IPAM") or None, internal=bool(raw.get("Internal")),
-                labels=raw.get("Labels") or None, enable_ipv6=bool(raw.get("EnableIPv6")),
-                attachable=bool(raw.get("Attachable")), check_duplicate=True,
-            )  # fmt: skip
+                net.name,
+                driver=net.driver,
+                options=raw.get("Options") or None,
+                ipam=raw.get("IPAM") or None,
+                internal=bool(raw.get("Internal")),
+                labels=raw.get("Labels") or None,
+                enable_ipv6=bool(raw.get("EnableIPv6")),
+                attachable=bool(raw.get("Attachable")),
+                check_duplicate=True,
+            )
         except docker.errors.APIError as e:
             raise EngineError(f"docker network create {net.name}: {e.explanation or e}") from None
 
@@ -646,9 +680,7 @@ class DockerEngine:
     def save_image(self, refs: Iterable[str]) -> Iterator[bytes]:
         names = list(refs)
         try:
-            res = self.api._get(
-                self.api._url("/images/get"), params={"names": names}, stream=True
-            )
+            res = self.api._get(self.api._url("/images/get"), params={"names": names}, stream=True)
             self.api._raise_for_status(res)
         except docker.errors.APIError as e:
             raise EngineError(f"docker save {names}: {e.explanation or e}") from None
@@ -701,17 +733,29 @@ class DockerEngine:
         image_dir.mkdir(parents=True, exist_ok=True)
         work_dir.mkdir(parents=True, exist_ok=True)
         argv = [
-            runc, "--root", str(root), "checkpoint", "--leave-running",
-            "--image-path", str(image_dir), "--work-path", str(work_dir),
-            "--file-locks", st.id,
-        ]  # fmt: skip
+            runc,
+            "--root",
+            str(root),
+            "checkpoint",
+            "--leave-running",
+            "--image-path",
+            str(image_dir),
+            "--work-path",
+            str(work_dir),
+            "--file-locks",
+            st.id,
+        ]
         log.debug("checkpoint: %s", argv)
         try:
             with criu_config_lock(exclusive=False):
                 p = subprocess.run(
-                    argv, capture_output=True, text=True, timeout=RUNC_TIMEOUT, check=False,
+                    argv,
+                    capture_output=True,
+                    text=True,
+                    timeout=RUNC_TIMEOUT,
+                    check=False,
                     env=dump_env(work_dir),
-                )  # fmt: skip
+                )
         except subprocess.TimeoutExpired:
             raise CheckpointFailed(
                 f"CRIU dump of {st.name} did not finish in {RUNC_TIMEOUT} s",
@@ -737,11 +781,20 @@ class DockerEngine:
         work_dir.mkdir(parents=True, exist_ok=True)
         port = free_port()
         argv = [
-            runc, "--root", str(root), "checkpoint", "--lazy-pages",
-            "--page-server", f"{LOOPBACK}:{port}",
-            "--image-path", str(image_dir), "--work-path", str(work_dir),
-            "--file-locks", st.id,
-        ]  # fmt: skip
+            runc,
+            "--root",
+            str(root),
+            "checkpoint",
+            "--lazy-pages",
+            "--page-server",
+            f"{LOOPBACK}:{port}",
+            "--image-path",
+            str(image_dir),
+            "--work-path",
+            str(work_dir),
+            "--file-locks",
+            st.id,
+        ]
         log.debug("lazy checkpoint: %s", argv)
         # CRIU reads runc.conf as it starts: hold the lock (shared) until the images are
         # written, not while the page server runs.
@@ -831,9 +884,14 @@ class DockerEngine:
 
     def _task_work(self, cid: str) -> Path:
         return (
-            self._exec_root() / "containerd" / "daemon" / "io.containerd.runtime.v2.task"
-            / "moby" / cid / "work"
-        )  # fmt: skip
+            self._exec_root()
+            / "containerd"
+            / "daemon"
+            / "io.containerd.runtime.v2.task"
+            / "moby"
+            / cid
+            / "work"
+        )
 
     def _start(self, ref: str, cid: str, name: str, images: Path, work: Path) -> None:
         # containerd deletes the task directory, CRIU's restore.log with it, as soon as the

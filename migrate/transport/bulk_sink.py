@@ -238,8 +238,9 @@ def run_sink(socket_path: str) -> int:
         while s.recv(64):
             pass
     except OSError as e:
-        print(f"migrate agent --sink: cannot reach the agent at {socket_path}: {e}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"migrate agent --sink: cannot reach the agent at {socket_path}: {e}", file=sys.stderr
+        )
         return 1
     finally:
         s.close()

@@ -45,8 +45,13 @@ CONNECT_TIMEOUT_S = 10
 SERVER_ALIVE_INTERVAL_S = 2
 SERVER_ALIVE_COUNT_MAX = 8
 # Fastest first (AES-NI); all of them are OpenSSH defaults.
-CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-           "aes128-ctr", "aes256-ctr")  # fmt: skip
+CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
 # The name the pinned key is filed under, whatever the host and port are.
 HOST_KEY_ALIAS = "migrate-bulk-peer"
 CLOSE_TIMEOUT_S = 5.0
@@ -114,8 +119,15 @@ def ssh_argv(ssh: str, target: BulkTarget, known_hosts: Path, socket_path: str) 
         argv += ["-o", f"{k}={v}"]
     if target.identity is not None:
         argv += ["-o", "IdentitiesOnly=yes", "-i", str(target.identity)]
-    argv += ["-p", str(target.port), "-l", target.user, "--", target.host,
-             sink_command(target.agent_command, socket_path)]  # fmt: skip
+    argv += [
+        "-p",
+        str(target.port),
+        "-l",
+        target.user,
+        "--",
+        target.host,
+        sink_command(target.agent_command, socket_path),
+    ]
     return argv
 
 
@@ -171,9 +183,14 @@ class BulkLink:
 
     @classmethod
     def start(
-        cls, target: BulkTarget, socket_path: str, token: str, *,
-        ready_timeout: float = READY_TIMEOUT_S, ssh: str | None = None,
-    ) -> BulkLink:  # fmt: skip
+        cls,
+        target: BulkTarget,
+        socket_path: str,
+        token: str,
+        *,
+        ready_timeout: float = READY_TIMEOUT_S,
+        ssh: str | None = None,
+    ) -> BulkLink:
         """Start ``ssh``, hand the sink its token, wait for the agent's ACK; raises
         BulkUnavailable (with OpenSSH's own words) when it does not come up."""
         ssh = ssh or shutil.which("ssh")
@@ -187,10 +204,12 @@ class BulkLink:
                 f.write(known_hosts_text(target))
             proc = subprocess.Popen(
                 ssh_argv(ssh, target, known, socket_path),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 # Our terminal's Ctrl-C is for us: the rollback decides when this ends.
                 start_new_session=True,
-            )  # fmt: skip
+            )
         except BaseException:
             known.unlink(missing_ok=True)
             raise
@@ -202,8 +221,10 @@ class BulkLink:
             link.kill()
             if isinstance(e, (ConnectionLost, Timeout)):
                 why = link.stderr_tail() or e.message
-                raise BulkUnavailable(f"the OpenSSH bulk connection did not come up: {why}",
-                                      details={"stderr_tail": link.stderr_tail()}) from None  # fmt: skip
+                raise BulkUnavailable(
+                    f"the OpenSSH bulk connection did not come up: {why}",
+                    details={"stderr_tail": link.stderr_tail()},
+                ) from None
             raise
         # Authenticated: OpenSSH checked the key and keeps it in memory (a rekey compares
         # with it and does not read the file again: checked with RekeyLimit=8M and the file
@@ -256,10 +277,13 @@ class BulkLink:
                 self._stderr_thread.join(1 if e.errno == errno.EPIPE else 0)
                 raise ConnectionLost(
                     f"the bulk connection to {self._peer} broke: {e.strerror or e}"
-                    + (f" (ssh exited with {self.proc.returncode})"
-                       if self.proc.returncode is not None else ""),
+                    + (
+                        f" (ssh exited with {self.proc.returncode})"
+                        if self.proc.returncode is not None
+                        else ""
+                    ),
                     details={"stderr_tail": self.stderr_tail()},
-                ) from None  # fmt: skip
+                ) from None
             view = view[n:]
 
     def settimeout(self, seconds: float | None) -> None:
@@ -341,9 +365,11 @@ class StreamChannel:
 
 
 def attach_bulk(
-    conn: Connection, mode: str, agent_methods: frozenset[str],
+    conn: Connection,
+    mode: str,
+    agent_methods: frozenset[str],
     faults: frozenset[str] = frozenset(),
-) -> StreamChannel:  # fmt: skip
+) -> StreamChannel:
     """Open the bulk connection for ``conn`` per ``--bulk`` (right after the hello, long
     before any freeze). ``auto``: OpenSSH when it comes up, else paramiko with the reason;
     ``openssh``: BulkUnavailable instead of falling back; ``paramiko``: never tried."""
@@ -361,16 +387,22 @@ def attach_bulk(
         return StreamChannel("paramiko", "--bulk paramiko")
     try:
         if "bulk_open" not in agent_methods:
-            raise BulkUnavailable("the destination's migrate has no bulk connection (older)",
-                                  hint="install the same migrate version on both hosts")  # fmt: skip
+            raise BulkUnavailable(
+                "the destination's migrate has no bulk connection (older)",
+                hint="install the same migrate version on both hosts",
+            )
         target = target_of()
         if FAULT_NO_KEY in faults:
             target = BulkTarget(**{**target.__dict__, "identity": _MISSING_KEY})
         res = conn.call("bulk_open")
         sock, token = res.get("socket"), res.get("token")
-        if (not isinstance(sock, str) or not sock.startswith("/") or "\0" in sock
-                or not isinstance(token, str)
-                or parse_token_line(token.encode() + b"\n") is None):  # fmt: skip
+        if (
+            not isinstance(sock, str)
+            or not sock.startswith("/")
+            or "\0" in sock
+            or not isinstance(token, str)
+            or parse_token_line(token.encode() + b"\n") is None
+        ):
             raise BulkUnavailable("the agent's answer to bulk_open is malformed")
         try:
             link = BulkLink.start(target, sock, token)
@@ -380,8 +412,9 @@ def attach_bulk(
         raise  # the control connection itself: the caller's error path
     except MigrateError as e:
         if mode == "openssh":
-            raise BulkUnavailable(e.message, hint=e.hint or unavailable_hint(mode),
-                                  details=e.details) from None  # fmt: skip
+            raise BulkUnavailable(
+                e.message, hint=e.hint or unavailable_hint(mode), details=e.details
+            ) from None
         log.info("--bulk auto: streaming over paramiko (%s)", e.message)
         return StreamChannel("paramiko", f"OpenSSH bulk connection unavailable: {e.message}")
     conn.bulk = link

@@ -830,11 +830,14 @@ class SshChannel:
         key = t.get_remote_server_key()
         dest, opts = self._session.dest, self._session.opts
         return BulkTarget(
-            host=dest.host, port=dest.port, user=dest.user,
+            host=dest.host,
+            port=dest.port,
+            user=dest.user,
             identity=None if opts.identity is None else Path(opts.identity).expanduser(),
-            host_key_type=key.get_name(), host_key_b64=key.get_base64(),
+            host_key_type=key.get_name(),
+            host_key_b64=key.get_base64(),
             agent_command=self.command,
-        )  # fmt: skip
+        )
 
     def reverse_tunnel(self, local_port: int) -> SshReverseTunnel:
         """A loopback port on the destination whose connections reach our ``local_port``

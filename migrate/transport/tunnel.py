@@ -71,11 +71,18 @@ class SshReverseTunnel:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self._socks += [sock, chan]
             server_done = threading.Event()
-            t_in = threading.Thread(target=_chan_to_server, args=(chan, sock, server_done),
-                                    daemon=True, name=f"tunnel-{self._local_port}-in")  # fmt: skip
-            t_out = threading.Thread(target=_server_to_chan,
-                                     args=(sock, chan, server_done, self._flowing),
-                                     daemon=True, name=f"tunnel-{self._local_port}-out")  # fmt: skip
+            t_in = threading.Thread(
+                target=_chan_to_server,
+                args=(chan, sock, server_done),
+                daemon=True,
+                name=f"tunnel-{self._local_port}-in",
+            )
+            t_out = threading.Thread(
+                target=_server_to_chan,
+                args=(sock, chan, server_done, self._flowing),
+                daemon=True,
+                name=f"tunnel-{self._local_port}-out",
+            )
             for t in (t_in, t_out):
                 t.start()
                 self._threads.append(t)
@@ -118,8 +125,9 @@ class DirectTunnel:
         pass
 
 
-def _server_to_chan(sock: socket.socket, chan: paramiko.Channel, done: threading.Event,
-                    flowing: threading.Event) -> None:  # fmt: skip
+def _server_to_chan(
+    sock: socket.socket, chan: paramiko.Channel, done: threading.Event, flowing: threading.Event
+) -> None:
     """Pages to the destination. The page server closes first when all went well (it answers
     the daemon's close request, then hangs up): pass that EOF on."""
     try:
@@ -144,6 +152,8 @@ def _chan_to_server(chan: paramiko.Channel, sock: socket.socket, done: threading
     except (OSError, EOFError, paramiko.SSHException) as e:
         log.debug("tunnel: destination side stopped: %s", e)
     if not done.wait(2.0):
-        log.error("tunnel: the destination's side ended before the last page: resetting the "
-                  "page server's connection")  # fmt: skip
+        log.error(
+            "tunnel: the destination's side ended before the last page: resetting the "
+            "page server's connection"
+        )
     abort(sock)  # linger 0: a reset

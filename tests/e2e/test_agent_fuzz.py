@@ -25,8 +25,9 @@ HEADER = struct.Struct("!2sBI")
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
-                                                                  max_size=4),  # fmt: skip
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -64,8 +65,9 @@ raw_frames = st.builds(
     st.one_of(st.just(MAGIC), st.binary(min_size=2, max_size=2)),
 )
 json_frames = st.builds(lambda v: frame(KIND_CONTROL, json.dumps(v).encode()), json_values)
-streams = st.lists(st.one_of(raw_frames, json_frames, requests(), st.binary(max_size=64)),
-                   min_size=1, max_size=6).map(b"".join)  # fmt: skip
+streams = st.lists(
+    st.one_of(raw_frames, json_frames, requests(), st.binary(max_size=64)), min_size=1, max_size=6
+).map(b"".join)
 # Truncation: cut the stream anywhere.
 payloads = st.tuples(streams, st.integers(0, 10_000)).map(lambda t: t[0][: max(1, t[1])])
 
@@ -73,8 +75,11 @@ payloads = st.tuples(streams, st.integers(0, 10_000)).map(lambda t: t[0][: max(1
 def run_agent(payload: bytes, docker_host: str, state_dir: Path) -> tuple[int | None, str]:
     ch = LocalChannel.start(
         [sys.executable, "-m", "migrate", "agent"],
-        env={"DOCKER_HOST": docker_host, "MIGRATE_STATE_DIR": str(state_dir),
-             "MIGRATE_LOCK_DIR": str(state_dir / "locks")},  # fmt: skip
+        env={
+            "DOCKER_HOST": docker_host,
+            "MIGRATE_STATE_DIR": str(state_dir),
+            "MIGRATE_LOCK_DIR": str(state_dir / "locks"),
+        },
     )
     ch.settimeout(30)
     try:
@@ -101,7 +106,9 @@ def created(docker_b: Any, state_dir: Path, known: set[str]) -> list[str]:
 
 
 def test_fuzzed_frames_never_crash_the_agent_or_create_anything(
-    lab: Any, docker_b: Any, tmp_path: Path,
+    lab: Any,
+    docker_b: Any,
+    tmp_path: Path,
 ) -> None:
     docker_host = lab.host("b").docker_host
     known = {c.id for c in docker_b.containers.list(all=True)}
@@ -109,8 +116,12 @@ def test_fuzzed_frames_never_crash_the_agent_or_create_anything(
     state_dir.mkdir()
     seen: list[bytes] = []
 
-    @settings(max_examples=60, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=60,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     @given(payloads)
     def one(payload: bytes) -> None:
         seen.append(payload)
@@ -142,15 +153,30 @@ def test_oversized_and_truncated_frames_are_refused_cleanly(lab: Any, tmp_path: 
         "truncated body": frame(KIND_CONTROL, hello)[:20],
         "not json": frame(KIND_CONTROL, b"\xff\xfe{"),
         "json array": frame(KIND_CONTROL, b"[1,2]"),
-        "method not allowed": frame(KIND_CONTROL, json.dumps(
-            {"type": "request", "id": 1, "method": "__init__", "args": {}}).encode()),
-        "path in migration id": frame(KIND_CONTROL, json.dumps(
-            {"type": "request", "id": 1, "method": "abort",
-             "args": {"migration_id": "../../../../tmp/x"}}).encode()),
-        "garbage stream": frame(KIND_CONTROL, json.dumps(
-            {"type": "request", "id": 1, "method": "load_image", "args": {"image_id": "x"}}
-        ).encode()) + frame(KIND_DATA, b"\x00" * 100) + frame(KIND_END, b""),
-    }  # fmt: skip
+        "method not allowed": frame(
+            KIND_CONTROL,
+            json.dumps({"type": "request", "id": 1, "method": "__init__", "args": {}}).encode(),
+        ),
+        "path in migration id": frame(
+            KIND_CONTROL,
+            json.dumps(
+                {
+                    "type": "request",
+                    "id": 1,
+                    "method": "abort",
+                    "args": {"migration_id": "../../../../tmp/x"},
+                }
+            ).encode(),
+        ),
+        "garbage stream": frame(
+            KIND_CONTROL,
+            json.dumps(
+                {"type": "request", "id": 1, "method": "load_image", "args": {"image_id": "x"}}
+            ).encode(),
+        )
+        + frame(KIND_DATA, b"\x00" * 100)
+        + frame(KIND_END, b""),
+    }
     for what, payload in cases.items():
         state_dir = tmp_path / what.replace(" ", "_")
         state_dir.mkdir()

@@ -83,8 +83,15 @@ def _assert_nothing_left(lab: Any, tmp: Path, dirs_before: set[str]) -> None:
     assert not list(tmp.glob("migrate-bulk-*")), "known_hosts copy left behind"
 
 
-def _run(lab: Any, name: str, args: list[str], tmp: Path, *extra: str,
-         faults: str = "", mark: Path | None = None) -> subprocess.Popen[str]:  # fmt: skip
+def _run(
+    lab: Any,
+    name: str,
+    args: list[str],
+    tmp: Path,
+    *extra: str,
+    faults: str = "",
+    mark: Path | None = None,
+) -> subprocess.Popen[str]:
     env = {**lab.env(), "TMPDIR": str(tmp)}
     if faults:
         env["MIGRATE_FAULTS"] = faults
@@ -92,8 +99,11 @@ def _run(lab: Any, name: str, args: list[str], tmp: Path, *extra: str,
         env["MIGRATE_FAULT_MARK"] = str(mark)
     return lab.host("a").popen(
         [str(migrate_executable()), "run", name, *args, "--json", *extra],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.fixture
@@ -105,9 +115,15 @@ def src_tmp(tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("bulk", ["auto", "openssh", "paramiko"])
 def test_state_arrives_over_the_chosen_channel(
-    bulk: str, lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, src_tmp: Path,
-) -> None:  # fmt: skip
+    bulk: str,
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    src_tmp: Path,
+) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(docker_a, test_image, container_name)
     proc = _run(lab, container_name, migrate_args, src_tmp, "--bulk", bulk)
@@ -123,9 +139,14 @@ def test_state_arrives_over_the_chosen_channel(
 
 
 def test_bulk_that_cannot_log_in_falls_back_under_auto(
-    lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, src_tmp: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    src_tmp: Path,
+) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(docker_a, test_image, container_name)
     proc = _run(lab, container_name, migrate_args, src_tmp, faults="source:bulk_no_key")
@@ -139,13 +160,19 @@ def test_bulk_that_cannot_log_in_falls_back_under_auto(
 
 
 def test_bulk_that_cannot_log_in_is_refused_under_openssh(
-    lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, src_tmp: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    src_tmp: Path,
+) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(docker_a, test_image, container_name)
-    proc = _run(lab, container_name, migrate_args, src_tmp, "--bulk", "openssh",
-                faults="source:bulk_no_key")  # fmt: skip
+    proc = _run(
+        lab, container_name, migrate_args, src_tmp, "--bulk", "openssh", faults="source:bulk_no_key"
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err
     e = json.loads(out)["error"]
@@ -157,19 +184,33 @@ def test_bulk_that_cannot_log_in_is_refused_under_openssh(
 
 
 def test_bulk_killed_mid_stream_rolls_back(
-    lab: Any, migrate_args: list[str], migrate_on_a: Any, container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, src_tmp: Path, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    migrate_on_a: Any,
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    src_tmp: Path,
+    tmp_path: Path,
+) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
-    proc = _run(lab, container_name, migrate_args, src_tmp, "--bulk", "openssh",
-                faults="source:wait:mid_stream", mark=mark)  # fmt: skip
+    proc = _run(
+        lab,
+        container_name,
+        migrate_args,
+        src_tmp,
+        "--bulk",
+        "openssh",
+        faults="source:wait:mid_stream",
+        mark=mark,
+    )
     try:
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
-        ssh = [c for c in _children(pid)
-               if b"--sink" in Path(f"/proc/{c}/cmdline").read_bytes()]  # fmt: skip
+        ssh = [c for c in _children(pid) if b"--sink" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(ssh) == 1, f"expected one ssh child of {pid}, found {ssh}"
         os.kill(ssh[0], signal.SIGKILL)  # the bulk connection dies in the middle of the stream
         mark.unlink()

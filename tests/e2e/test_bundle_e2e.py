@@ -64,9 +64,15 @@ def test_export_copy_import_twice(
 
 
 def test_import_feeds_the_memory_from_a_local_lazy_daemon(
-    migrate_on_a: Any, run_on_b: Any, container_name: str, other_names: list[str],
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    run_on_b: Any,
+    container_name: str,
+    other_names: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """48 MiB of memory: the import gives Docker the checkpoint without it and a local
     lazy-pages daemon feeds it (not ~16 ms per MB through containerd); every byte arrives."""
     before = start_holder(docker_a, container_name, test_image)
@@ -112,8 +118,7 @@ def test_inspect_matches_docker_top(
     migrate_on_a: Any, container_name: str, docker_a: Any, test_image: str, tmp_path: Path
 ) -> None:
     script = "sleep 1001 & sleep 1002 & while true; do sleep 0.3; done"
-    c = docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
-                                detach=True)  # fmt: skip
+    c = docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name, detach=True)
     time.sleep(1)
     path = tmp_path / "c.tar.zst"
     top = {" ".join(p[-1:]) for p in c.top()["Processes"]}
@@ -144,8 +149,12 @@ def test_import_no_start_leaves_the_checkpoint_ready(
     tmp_path: Path,
 ) -> None:
     # A counter that also logs: the log travels in the bundle (container.log).
-    docker_a.containers.run(counter_image, ["sh", "-c", f"echo logged-on-a; {COUNTER}"],
-                            name=container_name, detach=True)  # fmt: skip
+    docker_a.containers.run(
+        counter_image,
+        ["sh", "-c", f"echo logged-on-a; {COUNTER}"],
+        name=container_name,
+        detach=True,
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -161,8 +170,9 @@ def test_import_no_start_leaves_the_checkpoint_ready(
     p = migrate_on_a("inspect", str(path), "--json")
     assert json.loads(p.stdout)["sizes"]["container.log"] > 0
     name = other_names[0]
-    p = run_on_b([str(migrate_executable()), "import", str(path), "--name", name, "--no-start",
-                  "--json"])  # fmt: skip
+    p = run_on_b(
+        [str(migrate_executable()), "import", str(path), "--name", name, "--no-start", "--json"]
+    )
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)
     assert res["status"] == "created" and res["checkpoint"]
@@ -199,8 +209,13 @@ def test_named_volume_travels_in_the_bundle(
         "/data/count; sleep 0.1; done"
     )
     try:
-        docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
-                                detach=True, volumes={vol: {"bind": "/data", "mode": "rw"}})  # fmt: skip
+        docker_a.containers.run(
+            test_image,
+            ["sh", "-c", script],
+            name=container_name,
+            detach=True,
+            volumes={vol: {"bind": "/data", "mode": "rw"}},
+        )
         time.sleep(1.5)
         path = tmp_path / "v.tar.zst"
         p = migrate_on_a("export", container_name, "-o", str(path), "--leave-running")

@@ -51,8 +51,9 @@ def _assert_nothing_left_on_b(docker_b: Any, rep: dict[str, Any], marker: str) -
     assert _copies_with(marker.encode()) == [], "a copy of the checkpoint was left"
 
 
-def _drill(migrate_on_a: Any, migrate_args: list[str], name: str, report: Path,
-           *extra: str) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+def _drill(
+    migrate_on_a: Any, migrate_args: list[str], name: str, report: Path, *extra: str
+) -> tuple[Any, dict[str, Any]]:
     p = migrate_on_a("drill", name, *migrate_args, "--report", str(report), "--json", *extra)
     rep = json.loads(p.stdout)
     assert json.loads(report.read_text()) == rep
@@ -60,15 +61,28 @@ def _drill(migrate_on_a: Any, migrate_args: list[str], name: str, report: Path,
 
 
 def test_drill_passes_and_leaves_nothing(
-    migrate_on_a: Any, transport_args: list[str], container_name: str,  # noqa: F811
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    transport_args: list[str],  # noqa: F811
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     marker = f"MARK-{container_name}-{time.time_ns()}"
     _start(docker_a, container_name, test_image, marker)
     started = docker_a.api.inspect_container(container_name)["State"]["StartedAt"]
     report = tmp_path / "drill.json"
-    p, rep = _drill(migrate_on_a, transport_args, container_name, report,
-                    "--settle", "1", "--verify-cmd", "sh -c 'test $(cat /tmp/count) -gt 0'")  # fmt: skip
+    p, rep = _drill(
+        migrate_on_a,
+        transport_args,
+        container_name,
+        report,
+        "--settle",
+        "1",
+        "--verify-cmd",
+        "sh -c 'test $(cat /tmp/count) -gt 0'",
+    )
     assert p.returncode == 0, p.stderr
     assert rep["status"] == "passed" and rep["reason"] is None
     # Over SSH the bundle travels through the OpenSSH bulk connection (--bulk auto).
@@ -98,14 +112,27 @@ def test_drill_passes_and_leaves_nothing(
 
 
 def test_failing_verify_cmd_fails_the_drill(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     marker = f"MARK-{container_name}-{time.time_ns()}"
     _start(docker_a, container_name, test_image, marker)
     report = tmp_path / "drill.json"
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, report, "--settle", "0",
-                    "--verify-cmd", "sh -c 'echo not ready >&2; exit 3'")  # fmt: skip
+    p, rep = _drill(
+        migrate_on_a,
+        migrate_args,
+        container_name,
+        report,
+        "--settle",
+        "0",
+        "--verify-cmd",
+        "sh -c 'echo not ready >&2; exit 3'",
+    )
     assert p.returncode == 1, p.stderr
     assert rep["status"] == "failed"
     assert "exited with 3" in rep["reason"] and "exited with 3" in p.stderr
@@ -118,12 +145,18 @@ def test_failing_verify_cmd_fails_the_drill(
 
 
 def test_keep_leaves_an_isolated_copy(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     _start(docker_a, container_name, test_image, "keep")
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
-                    "--settle", "0", "--keep")  # fmt: skip
+    p, rep = _drill(
+        migrate_on_a, migrate_args, container_name, tmp_path / "r.json", "--settle", "0", "--keep"
+    )
     try:
         assert p.returncode == 0, p.stderr
         assert rep["kept"] is True and rep["verification"]["command"] is None
@@ -146,9 +179,13 @@ def test_keep_leaves_an_isolated_copy(
 
 
 def test_not_running_container_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     docker_a.containers.create(test_image, ["sleep", "100"], name=container_name)
     p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
     assert p.returncode == 3, p.stderr
@@ -157,20 +194,38 @@ def test_not_running_container_is_refused(
 
 
 def test_drill_with_a_named_volume_uses_its_own_copy(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     vol = f"mt-vol-{uuid.uuid4().hex[:10]}"
     script = "echo hello > /data/hello; while true; do sleep 0.2; done"
     try:
         # The standby holds a volume of the same name (a replica, say): the drill must not
         # touch it.
         replica = docker_b.volumes.create(vol)
-        docker_a.containers.run(test_image, ["sh", "-c", script], name=container_name,
-                                detach=True, volumes={vol: {"bind": "/data", "mode": "rw"}})  # fmt: skip
+        docker_a.containers.run(
+            test_image,
+            ["sh", "-c", script],
+            name=container_name,
+            detach=True,
+            volumes={vol: {"bind": "/data", "mode": "rw"}},
+        )
         time.sleep(1)
-        p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
-                        "--settle", "0", "--verify-cmd", "grep -q hello /data/hello")  # fmt: skip
+        p, rep = _drill(
+            migrate_on_a,
+            migrate_args,
+            container_name,
+            tmp_path / "r.json",
+            "--settle",
+            "0",
+            "--verify-cmd",
+            "grep -q hello /data/hello",
+        )
         assert p.returncode == 0, p.stderr
         assert rep["status"] == "passed" and rep["sizes"]["volumes"] > 0
         own = f"{vol}-drill-{rep['drill_id'][:8]}"
@@ -188,11 +243,21 @@ def test_drill_with_a_named_volume_uses_its_own_copy(
 
 
 def test_bind_mount_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
-    docker_a.containers.run(test_image, ["sleep", "100"], name=container_name, detach=True,
-                            volumes={"/tmp": {"bind": "/host-tmp", "mode": "ro"}})  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
+    docker_a.containers.run(
+        test_image,
+        ["sleep", "100"],
+        name=container_name,
+        detach=True,
+        volumes={"/tmp": {"bind": "/host-tmp", "mode": "ro"}},
+    )
     before = {c.id for c in docker_b.containers.list(all=True)}
     p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
     assert p.returncode == 3, p.stderr
@@ -220,20 +285,32 @@ def _agents_in(netns: str) -> list[int]:
 
 
 def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, lab_env: dict[str, str],
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    lab_env: dict[str, str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     _start(docker_a, container_name, test_image, "sweep")
     result: dict[str, Any] = {}
-    t = threading.Thread(target=lambda: result.update(p=migrate_on_a(
-        "drill", container_name, *migrate_args, "--settle", "120", "--json")))  # fmt: skip
+    t = threading.Thread(
+        target=lambda: result.update(
+            p=migrate_on_a("drill", container_name, *migrate_args, "--settle", "120", "--json")
+        )
+    )
     t.start()
     try:
         deadline = time.monotonic() + 60
         copies: list[Any] = []
         while not copies and time.monotonic() < deadline:
-            copies = [c for c in docker_b.containers.list(filters={"label": DRILL_LABEL})
-                      if c.name.startswith(f"{container_name}-drill-")]  # fmt: skip
+            copies = [
+                c
+                for c in docker_b.containers.list(filters={"label": DRILL_LABEL})
+                if c.name.startswith(f"{container_name}-drill-")
+            ]
             time.sleep(0.2)
         assert copies, "the drill copy never appeared on B"
         agents = _agents_in(lab_env["MIGRATE_LAB_B_NETNS"])
@@ -251,8 +328,9 @@ def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
     record = Path("/var/lib/migrate/drills") / f"{first['drill_id']}.json"
     assert record.is_file()
     # The next drill to B removes it before it restores its own copy.
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json",
-                    "--settle", "0")  # fmt: skip
+    p, rep = _drill(
+        migrate_on_a, migrate_args, container_name, tmp_path / "r.json", "--settle", "0"
+    )
     assert p.returncode == 0, p.stderr
     assert not docker_b.containers.list(all=True, filters={"name": first["drill_name"]})
     assert not record.exists()

@@ -9,8 +9,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-COUNT = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new "
-         "/tmp/count; sleep 0.1; done")  # fmt: skip
+COUNT = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new "
+    "/tmp/count; sleep 0.1; done"
+)
 
 
 def _count(client: Any, name: str) -> int:
@@ -19,9 +21,14 @@ def _count(client: Any, name: str) -> int:
 
 
 def test_evacuate_moves_all_and_leaves_the_unmovable(
-    lab_env: dict[str, str], migrate_on_a: Any, migrate_args: list[str],
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab_env: dict[str, str],
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     tag = uuid.uuid4().hex[:8]
     label = {"mt-evacuate": tag}
     movers = [f"mt-ev-{tag}-{i}" for i in range(3)]
@@ -30,11 +37,17 @@ def test_evacuate_moves_all_and_leaves_the_unmovable(
     (tmp_path / "data").mkdir()
     try:
         for n in movers:
-            docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=n, detach=True,
-                                    labels=label)  # fmt: skip
-        docker_a.containers.run(test_image, ["sleep", "1000"], name=pinned, detach=True,
-                                labels=label, volumes={str(tmp_path / "data"): {
-                                    "bind": "/data", "mode": "rw"}})  # fmt: skip
+            docker_a.containers.run(
+                test_image, ["sh", "-c", COUNT], name=n, detach=True, labels=label
+            )
+        docker_a.containers.run(
+            test_image,
+            ["sleep", "1000"],
+            name=pinned,
+            detach=True,
+            labels=label,
+            volumes={str(tmp_path / "data"): {"bind": "/data", "mode": "rw"}},
+        )
         docker_a.containers.run(test_image, ["sleep", "1000"], name=bystander, detach=True)
         time.sleep(1.0)
         before = {n: _count(docker_a, n) for n in movers}
@@ -43,8 +56,9 @@ def test_evacuate_moves_all_and_leaves_the_unmovable(
         args = list(migrate_args)
         i = args.index("--to") + 1
         args[i] = f"ssh://root@{lab_env['MIGRATE_LAB_A_ADDR']},{args[i]}"
-        p = migrate_on_a("evacuate", *args, "--label", f"mt-evacuate={tag}", "--parallel", "2",
-                         "--json")  # fmt: skip
+        p = migrate_on_a(
+            "evacuate", *args, "--label", f"mt-evacuate={tag}", "--parallel", "2", "--json"
+        )
         assert p.returncode == 1, p.stdout + p.stderr  # one container was left behind
         res = json.loads(p.stdout)
         assert res["status"] == "partial" and res["moved"] == 3 and res["left"] == 1
@@ -81,16 +95,28 @@ def test_evacuate_nothing_reachable_is_refused(
 
 
 def test_evacuate_passes_bulk_to_each_migration(
-    migrate_on_a: Any, migrate_args: list[str], docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     tag = uuid.uuid4().hex[:8]
     name = f"mt-ev-{tag}-0"
     try:
-        docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=name, detach=True,
-                                labels={"mt-evacuate": tag})  # fmt: skip
+        docker_a.containers.run(
+            test_image, ["sh", "-c", COUNT], name=name, detach=True, labels={"mt-evacuate": tag}
+        )
         time.sleep(0.5)
-        p = migrate_on_a("evacuate", *migrate_args, "--label", f"mt-evacuate={tag}",
-                         "--bulk", "paramiko", "--json")  # fmt: skip
+        p = migrate_on_a(
+            "evacuate",
+            *migrate_args,
+            "--label",
+            f"mt-evacuate={tag}",
+            "--bulk",
+            "paramiko",
+            "--json",
+        )
         assert p.returncode == 0, p.stdout + p.stderr
         (only,) = json.loads(p.stdout)["containers"]
         assert only["status"] == "migrated", only

@@ -43,8 +43,9 @@ def count(client: Any, name: str) -> int:
 
 
 def start_counter(client: Any, image: str, name: str, env: dict[str, str] | None = None) -> int:
-    client.containers.run(image, ["sh", "-c", COUNTER], name=name, detach=True,
-                          environment=env or {})  # fmt: skip
+    client.containers.run(
+        image, ["sh", "-c", COUNTER], name=name, detach=True, environment=env or {}
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -79,12 +80,16 @@ def wait_absent(client: Any, name: str, seconds: float = 30) -> bool:
     return absent(client, name)
 
 
-def start_run(lab: Any, name: str, args: list[str], mark: Path, fault: str) -> subprocess.Popen[str]:
+def start_run(
+    lab: Any, name: str, args: list[str], mark: Path, fault: str
+) -> subprocess.Popen[str]:
     return lab.host("a").popen(
         [str(migrate_executable()), "run", name, *args],
         env={**lab.env(), "MIGRATE_FAULTS": fault, "MIGRATE_FAULT_MARK": str(mark)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 300) -> int:
@@ -125,9 +130,15 @@ def source_staging(migration_id: str) -> list[Path]:
 
 
 def test_second_run_of_the_same_container_is_refused(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
     first = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
@@ -150,8 +161,12 @@ def test_second_run_of_the_same_container_is_refused(
 
 
 def test_three_containers_migrate_concurrently(
-    lab: Any, migrate_args: list[str], docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     import uuid
 
     from conftest import remove_containers
@@ -160,9 +175,13 @@ def test_three_containers_migrate_concurrently(
     try:
         before = {n: start_counter(docker_a, test_image, n) for n in names}
         procs = {
-            n: lab.host("a").popen([str(migrate_executable()), "run", n, *migrate_args, "--json"],
-                                   env=lab.env(), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+            n: lab.host("a").popen(
+                [str(migrate_executable()), "run", n, *migrate_args, "--json"],
+                env=lab.env(),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for n in names
         }
         for n, p in procs.items():
@@ -189,9 +208,17 @@ KILL_POINTS = [
 
 @pytest.mark.parametrize(("point", "winner"), KILL_POINTS)
 def test_source_killed_then_recover(
-    point: str, winner: str, lab: Any, migrate_on_a: Any, migrate_args: list[str],
-    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    point: str,
+    winner: str,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
@@ -228,17 +255,27 @@ def test_source_killed_then_recover(
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
 
 
-@pytest.mark.parametrize(("fault", "winner"), [
-    ("agent:exit_before_commit", "a"),  # the agent dies with `commit` unjournalled
-    ("agent:exit_after_commit", "b"),  # ...with `committed` journalled, before answering
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fault", "winner"),
+    [
+        ("agent:exit_before_commit", "a"),  # the agent dies with `commit` unjournalled
+        ("agent:exit_after_commit", "b"),  # ...with `committed` journalled, before answering
+    ],
+)
 def test_agent_dies_at_commit_in_doubt_then_recover(
-    fault: str, winner: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    fault: str,
+    winner: str,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     before = start_counter(docker_a, test_image, container_name)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json",
-                     env_extra={"MIGRATE_FAULTS": fault})  # fmt: skip
+    p = migrate_on_a(
+        "run", container_name, *migrate_args, "--json", env_extra={"MIGRATE_FAULTS": fault}
+    )
     assert p.returncode == 4, p.stderr
     assert json.loads(p.stdout)["error"]["code"] == "handover.in_doubt"
     assert "migrate recover" in p.stderr
@@ -266,9 +303,18 @@ AGENT_KILL_POINTS = [
 
 @pytest.mark.parametrize(("point", "rc", "winner"), AGENT_KILL_POINTS)
 def test_agent_killed_from_outside(
-    point: str, rc: int, winner: str, lab: Any, migrate_on_a: Any, migrate_args: list[str],
-    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    point: str,
+    rc: int,
+    winner: str,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
@@ -336,12 +382,20 @@ DOCKERD_RESTART_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("point", "rcs"), DOCKERD_RESTART_POINTS,
-                         ids=[p for p, _ in DOCKERD_RESTART_POINTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point", "rcs"), DOCKERD_RESTART_POINTS, ids=[p for p, _ in DOCKERD_RESTART_POINTS]
+)
 def test_destination_dockerd_restarted(
-    point: str, rcs: tuple[int, ...], lab: Any, migrate_on_a: Any, migrate_args: list[str],
-    container_name: str, docker_a: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    point: str,
+    rcs: tuple[int, ...],
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """Exactly one copy of the container is left, on one host; it runs with its state on A
     after a rollback and on B after a migration that went on (after `committed` it is B's
     container, stopped by the restart like any other)."""
@@ -404,13 +458,20 @@ LIVE_RESTORE_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("point", "restore_mode"), LIVE_RESTORE_POINTS,
-                         ids=[f"{p}-{m}" for p, m in LIVE_RESTORE_POINTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point", "restore_mode"), LIVE_RESTORE_POINTS, ids=[f"{p}-{m}" for p, m in LIVE_RESTORE_POINTS]
+)
 def test_destination_dockerd_restarted_with_live_restore(
-    point: str, restore_mode: str, live_restore_lab: Any, migrate_on_a: Any,
-    migrate_args: list[str], container_name: str, docker_a: Any, test_image: str,
+    point: str,
+    restore_mode: str,
+    live_restore_lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     """B's dockerd runs with live-restore and is restarted once B's copy runs: the container
     restored from the checkpoint (the plain restore, or with 48 MB of heap the default split
     restore with its local lazy-pages daemon) outlives the restart, the migration goes on
@@ -422,8 +483,9 @@ def test_destination_dockerd_restarted_with_live_restore(
     assert info["LiveRestoreEnabled"] is True
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
     heap = fill_heap if restore_mode == "lazy_local" else ""
-    docker_a.containers.run(test_image, ["sh", "-c", heap + COUNTER], name=container_name,
-                            detach=True)  # fmt: skip
+    docker_a.containers.run(
+        test_image, ["sh", "-c", heap + COUNTER], name=container_name, detach=True
+    )
     deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(ValueError):
@@ -468,9 +530,14 @@ def test_destination_dockerd_restarted_with_live_restore(
 
 
 def test_destination_disk_full_during_restore(
-    lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The file system Docker restores from fills up: a 64 KiB tmpfs mounted on B's new
     container's checkpoints directory (in B's mount namespace, where B's agent and dockerd
     see it), where the agent moves (here: copies) the staged images when it starts the
@@ -510,16 +577,27 @@ def mountinfo(lab: Any, host: str) -> str:
     return str(lab.host(host).run(["cat", "/proc/self/mountinfo"]).stdout)
 
 
-@pytest.mark.parametrize(("point", "extra"), [
-    # pre-copied while the container runs: full before anything is frozen
-    ("before_precopy", []),
-    # captured frozen (no pre-copy): full in the middle of the paused transfer
-    ("before_pause", ["--no-precopy"]),
-], ids=["precopy", "frozen"])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point", "extra"),
+    [
+        # pre-copied while the container runs: full before anything is frozen
+        ("before_precopy", []),
+        # captured frozen (no pre-copy): full in the middle of the paused transfer
+        ("before_pause", ["--no-precopy"]),
+    ],
+    ids=["precopy", "frozen"],
+)
 def test_destination_disk_full_in_the_read_write_layer(
-    point: str, extra: list[str], lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    point: str,
+    extra: list[str],
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The read-write layer (1 MiB written in the container) streams into B's new container's
     upper directory, here a 64 KiB tmpfs (in B's mount namespace): DiskFull in the middle of
     that stream, rolled back, and the removal of B's copy (its layer) takes the mount with
@@ -586,13 +664,25 @@ STAGING_FULL_POINTS = [
 ]
 
 
-@pytest.mark.parametrize(("point", "size", "action", "rc", "winner"), STAGING_FULL_POINTS,
-                         ids=[f"{p[0]}-{p[2]}" if p[2] else "mid_stream-overflow"
-                              for p in STAGING_FULL_POINTS])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point", "size", "action", "rc", "winner"),
+    STAGING_FULL_POINTS,
+    ids=[f"{p[0]}-{p[2]}" if p[2] else "mid_stream-overflow" for p in STAGING_FULL_POINTS],
+)
 def test_destination_staging_disk_full(
-    point: str, size: str, action: str, rc: int, winner: str, lab: Any, migrate_on_a: Any,
-    container_name: str, docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    point: str,
+    size: str,
+    action: str,
+    rc: int,
+    winner: str,
+    lab: Any,
+    migrate_on_a: Any,
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The agent stages the checkpoint images on a small file system of their own
     (`migrate agent --staging-dir`, a tmpfs) that is or becomes full: DiskFull, rolled back,
     nothing staged is left; after `committed` it changes nothing."""
@@ -602,20 +692,27 @@ def test_destination_staging_disk_full(
     stage.mkdir()
     b.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(stage)])
     args = [
-        "--to", env["MIGRATE_LAB_B_URL"], "--identity", env["MIGRATE_LAB_KEY"],
-        "--known-hosts", env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command", f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}",
-    ]  # fmt: skip
+        "--to",
+        env["MIGRATE_LAB_B_URL"],
+        "--identity",
+        env["MIGRATE_LAB_KEY"],
+        "--known-hosts",
+        env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command",
+        f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}",
+    ]
 
     def staged() -> list[str]:
         """What the staging file system holds, seen from B (the test's filler aside)."""
         names = str(b.run(["ls", "-A", str(stage)]).stdout).split()
         return [n for n in names if n != "filler"]
+
     try:
         before = start_counter(docker_a, test_image, container_name)
         mark = tmp_path / "mark"
-        proc = start_run(lab, container_name, args, mark,
-                         f"source:wait:{point}" if point != "start" else "")  # fmt: skip
+        proc = start_run(
+            lab, container_name, args, mark, f"source:wait:{point}" if point != "start" else ""
+        )
         if point != "start":
             try:
                 wait_mark(mark, proc)
@@ -645,12 +742,20 @@ def test_destination_staging_disk_full(
         stage.rmdir()
 
 
-@pytest.mark.parametrize(("fault", "rc"), [("source_killed", -9), ("agent_killed", 1),
-                                           ("link_cut", 1)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fault", "rc"), [("source_killed", -9), ("agent_killed", 1), ("link_cut", 1)]
+)
 def test_fault_during_restore(
-    fault: str, rc: int, lab: Any, migrate_on_a: Any, migrate_args: list[str],
-    container_name: str, docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    fault: str,
+    rc: int,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     """The copy on B has just started from the checkpoint; B has not journalled `restored`."""
     from test_link_cut import set_link
 
@@ -659,8 +764,10 @@ def test_fault_during_restore(
     proc = lab.host("a").popen(
         [str(migrate_executable()), "run", container_name, *migrate_args],
         env={**lab.env(), "MIGRATE_FAULTS": "agent:wait:restoring"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         agent_pid = wait_mark(mark, proc)
         assert docker_b.containers.get(container_name).status == "running"
@@ -687,9 +794,14 @@ def test_fault_during_restore(
 
 
 def test_source_disk_full_during_the_checkpoint(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     """A's staging area (where CRIU writes the dump) is a 64 KiB tmpfs, in A's mount namespace
     where the source runs: the dump of the paused container fails with ENOSPC. Rolled back:
     the container runs on A with its state (paused by Docker, possibly thawed by the failed
@@ -716,16 +828,28 @@ def test_source_disk_full_during_the_checkpoint(
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_source_killed_during_the_criu_dump_then_recover(
-    sig: int, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    sig: int,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The source gets SIGKILL (then `migrate recover` at once) or SIGINT (it rolls back by
     itself; its runc child dies of it, CRIU does not) while runc/CRIU dump the paused
     container (128 MiB in a tmpfs make the dump last long enough to be caught). The orphaned
     dump may still be going: the container must end up running on A with its state, not
     frozen again by the dump's end, and nothing may be left staged."""
-    docker_a.containers.run(test_image, ["sh", "-c", COUNTER], name=container_name,
-                            detach=True, tmpfs={"/big": "size=200m"})  # fmt: skip
+    docker_a.containers.run(
+        test_image,
+        ["sh", "-c", COUNTER],
+        name=container_name,
+        detach=True,
+        tmpfs={"/big": "size=200m"},
+    )
     c = docker_a.containers.get(container_name)
     res = c.exec_run(["dd", "if=/dev/urandom", "of=/big/f", "bs=1048576", "count=128"])
     assert res.exit_code == 0, res.output
@@ -771,15 +895,27 @@ def test_source_killed_during_the_criu_dump_then_recover(
 
 @pytest.mark.parametrize("victim", ["agent", "source", "dockerd"])
 def test_killed_while_docker_restores_the_checkpoint(
-    victim: str, lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    victim: str,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The agent or the source is SIGKILLed, or B's dockerd restarted, while B's `docker
     start --checkpoint` is still restoring (128 MiB in a tmpfs make it last seconds; the agent
     has journalled `restoring`): dockerd finishes (or drops) the start on its own, so whoever
     rolls back must not leave that copy running next to the resumed source."""
-    docker_a.containers.run(test_image, ["sh", "-c", COUNTER], name=container_name,
-                            detach=True, tmpfs={"/big": "size=200m"})  # fmt: skip
+    docker_a.containers.run(
+        test_image,
+        ["sh", "-c", COUNTER],
+        name=container_name,
+        detach=True,
+        tmpfs={"/big": "size=200m"},
+    )
     c = docker_a.containers.get(container_name)
     res = c.exec_run(["dd", "if=/dev/urandom", "of=/big/f", "bs=1048576", "count=128"])
     assert res.exit_code == 0, res.output
@@ -800,8 +936,9 @@ def test_killed_while_docker_restores_the_checkpoint(
             state_at_kill = docker_b.containers.get(container_name).status
             restart_dockerd_b(lab)
         else:
-            os.kill(int(lock.read_text().strip()) if victim == "agent" else proc.pid,
-                    signal.SIGKILL)  # fmt: skip
+            os.kill(
+                int(lock.read_text().strip()) if victim == "agent" else proc.pid, signal.SIGKILL
+            )
             state_at_kill = docker_b.containers.get(container_name).status
     finally:
         mark.unlink(missing_ok=True)
@@ -829,9 +966,15 @@ def test_killed_while_docker_restores_the_checkpoint(
 
 @pytest.mark.parametrize("moment", ["daemon_started", "runc_conf_written"])
 def test_agent_killed_during_a_lazy_local_restore(
-    moment: str, lab: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    moment: str,
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The agent is SIGKILLed while it restores with its local lazy-pages daemon (48 MB of
     heap in the counter's shell make the restore lazy): once the daemon runs, or once runc's
     host-wide CRIU configuration names it (while Docker starts the task). Rolled back; no
@@ -845,8 +988,9 @@ def test_agent_killed_during_a_lazy_local_restore(
             return False
 
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
-    docker_a.containers.run(test_image, ["sh", "-c", fill_heap + COUNTER],
-                            name=container_name, detach=True)  # fmt: skip
+    docker_a.containers.run(
+        test_image, ["sh", "-c", fill_heap + COUNTER], name=container_name, detach=True
+    )
     deadline = time.monotonic() + 60
     while True:
         try:

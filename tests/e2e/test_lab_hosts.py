@@ -26,9 +26,12 @@ CYCLE_SUBNET = os.environ.get("MIGRATE_TEST_LAB2_SUBNET", "10.213.9.0/24")
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(migrate_executable()), *args], capture_output=True, text=True, timeout=300,
+        [str(migrate_executable()), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
         check=check,
-    )  # fmt: skip
+    )
 
 
 def parse_exports(text: str) -> dict[str, str]:
@@ -51,8 +54,13 @@ def test_ssh_from_a_to_b_reaches_bs_experimental_docker(lab: Lab, run_on_a: RunF
     assert r.returncode == 0, r.stderr
     assert "Experimental: true" in r.stdout
     # The daemon answering is B's own: its DOCKER_HOST came from B's sshd (SetEnv).
-    r = run_on_a(lab.ssh_argv("b", "echo $DOCKER_HOST; /usr/bin/docker info --format "
-                              "'{{.ExperimentalBuild}} {{.DockerRootDir}}'"))  # fmt: skip
+    r = run_on_a(
+        lab.ssh_argv(
+            "b",
+            "echo $DOCKER_HOST; /usr/bin/docker info --format "
+            "'{{.ExperimentalBuild}} {{.DockerRootDir}}'",
+        )
+    )
     assert r.returncode == 0, r.stderr
     dh, info = r.stdout.splitlines()
     assert dh == lab.host("b").docker_host
@@ -65,8 +73,10 @@ def test_strict_host_key_checking_refuses_a_wrong_key(
     wrong = tmp_path / "known_hosts"
     a_key = lab.config.paths("a").host_key.with_suffix(".pub").read_text().split()
     wrong.write_text(f"{lab.host('b').addr} {a_key[0]} {a_key[1]}\n")  # A's key under B's name
-    argv = [a if a != f"UserKnownHostsFile={lab.config.known_hosts}" else
-            f"UserKnownHostsFile={wrong}" for a in lab.ssh_argv("b", "true")]  # fmt: skip
+    argv = [
+        a if a != f"UserKnownHostsFile={lab.config.known_hosts}" else f"UserKnownHostsFile={wrong}"
+        for a in lab.ssh_argv("b", "true")
+    ]
     r = run_on_a(argv, timeout=60)
     assert r.returncode == 255
     assert "host key" in r.stderr.lower()

@@ -36,28 +36,40 @@ BOUND_S = 75.0
 
 
 def set_link(lab: Any, up: bool) -> None:
-    subprocess.run(["ip", "-n", lab.host("a").netns, "link", "set", LINK_IFACE,
-                    "up" if up else "down"], check=True)  # fmt: skip
+    subprocess.run(
+        ["ip", "-n", lab.host("a").netns, "link", "set", LINK_IFACE, "up" if up else "down"],
+        check=True,
+    )
 
 
-@pytest.mark.parametrize(("point", "rc"), [
-    ("before_pause", 1),
-    # Cut while the source is paused, before its CRIU dump: the dump is local and succeeds,
-    # the first call after it meets the dead link.
-    ("after_pause", 1),
-    ("mid_stream", 1),
-    # `commit` sent into the dead link: in doubt (exit 4), the source stays paused; once the
-    # link is back, `migrate recover` finds no `committed` on B and resumes the source.
-    ("before_commit", 4),
-    # Committed and answered: only the `bye` is lost; the source retires its copy (exit 0),
-    # B's agent loses its session and keeps the committed copy.
-    ("after_commit", 0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("point", "rc"),
+    [
+        ("before_pause", 1),
+        # Cut while the source is paused, before its CRIU dump: the dump is local and succeeds,
+        # the first call after it meets the dead link.
+        ("after_pause", 1),
+        ("mid_stream", 1),
+        # `commit` sent into the dead link: in doubt (exit 4), the source stays paused; once the
+        # link is back, `migrate recover` finds no `committed` on B and resumes the source.
+        ("before_commit", 4),
+        # Committed and answered: only the `bye` is lost; the source retires its copy (exit 0),
+        # B's agent loses its session and keeps the committed copy.
+        ("after_commit", 0),
+    ],
+)
 def test_link_cut_rolls_back_in_bounded_time(
-    point: str, rc: int, lab: Any, migrate_on_a: Any, migrate_args: list[str],
+    point: str,
+    rc: int,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
     container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     before = start_counter(docker_a, test_image, container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
@@ -82,8 +94,10 @@ def test_link_cut_rolls_back_in_bounded_time(
         set_link(lab, True)
         if proc.poll() is None:
             proc.kill()
-    print(f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down"
-          + (f", source copy retired after {retired:.1f} s" if retired is not None else ""))
+    print(
+        f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down"
+        + (f", source copy retired after {retired:.1f} s" if retired is not None else "")
+    )
     assert proc.returncode == rc, err
     assert elapsed < BOUND_S, f"the dead link took {elapsed:.0f} s to notice and roll back"
     if rc == 4:

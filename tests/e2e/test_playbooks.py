@@ -19,9 +19,13 @@ from migrate.lab_config import ansible_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-RECAP = re.compile(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
-COUNT = ("i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new "
-         "/tmp/count; sleep 0.1; done")  # fmt: skip
+RECAP = re.compile(
+    r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
+)
+COUNT = (
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new "
+    "/tmp/count; sleep 0.1; done"
+)
 
 
 @pytest.fixture
@@ -31,19 +35,37 @@ def inventory(lab: Lab, tmp_path: Path) -> Path:
     return inv
 
 
-def play(playbook: str, inventory: Path, *extra: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "ANSIBLE_NOCOLOR": "1",
-           "ANSIBLE_HOST_KEY_CHECKING": "True", "ANSIBLE_RETRY_FILES_ENABLED": "False"}  # fmt: skip
+def play(
+    playbook: str, inventory: Path, *extra: str, cwd: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_HOST_KEY_CHECKING": "True",
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    }
     return subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(ROOT / "playbooks" / playbook),
-         *extra],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=600,
-    )  # fmt: skip
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(ROOT / "playbooks" / playbook),
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def recap(out: str) -> dict[str, dict[str, int]]:
-    return {m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]),
-                   "failed": int(m[4])} for m in RECAP.findall(out)}  # fmt: skip
+    return {
+        m[0]: {"ok": int(m[1]), "changed": int(m[2]), "unreachable": int(m[3]), "failed": int(m[4])}
+        for m in RECAP.findall(out)
+    }
 
 
 def _count(client: Any, name: str) -> int:
@@ -73,15 +95,28 @@ def test_evacuate_playbook_drains_a(
     (tmp_path / "data").mkdir()
     try:
         for n in movers:
-            docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=n, detach=True,
-                                    labels={"mt-pb": tag})  # fmt: skip
-        docker_a.containers.run(test_image, ["sleep", "1000"], name=pinned, detach=True,
-                                labels={"mt-pb": tag}, volumes={str(tmp_path / "data"): {
-                                    "bind": "/data", "mode": "rw"}})  # fmt: skip
+            docker_a.containers.run(
+                test_image, ["sh", "-c", COUNT], name=n, detach=True, labels={"mt-pb": tag}
+            )
+        docker_a.containers.run(
+            test_image,
+            ["sleep", "1000"],
+            name=pinned,
+            detach=True,
+            labels={"mt-pb": tag},
+            volumes={str(tmp_path / "data"): {"bind": "/data", "mode": "rw"}},
+        )
         time.sleep(1.0)
         before = {n: _count(docker_a, n) for n in movers}
-        p = play("evacuate.yml", inventory, "-e", "migrate_drain=a", "-e",
-                 f"migrate_label=mt-pb={tag}", cwd=tmp_path)  # fmt: skip
+        p = play(
+            "evacuate.yml",
+            inventory,
+            "-e",
+            "migrate_drain=a",
+            "-e",
+            f"migrate_label=mt-pb={tag}",
+            cwd=tmp_path,
+        )
         # The bind-mounted container had to stay: the play reports it and fails.
         assert p.returncode != 0, p.stdout + p.stderr
         assert "1 container(s) stayed on a" in p.stdout, p.stdout
@@ -94,9 +129,17 @@ def test_evacuate_playbook_drains_a(
             assert not docker_a.containers.list(all=True, filters={"name": n})
         assert docker_a.containers.get(pinned).status == "running"
         # With migrate_allow_partial the same situation is a success (nothing left to move).
-        p = play("evacuate.yml", inventory, "-e", "migrate_drain=a", "-e",
-                 f"migrate_label=mt-pb={tag}", "-e", "migrate_allow_partial=true",
-                 cwd=tmp_path)  # fmt: skip
+        p = play(
+            "evacuate.yml",
+            inventory,
+            "-e",
+            "migrate_drain=a",
+            "-e",
+            f"migrate_label=mt-pb={tag}",
+            "-e",
+            "migrate_allow_partial=true",
+            cwd=tmp_path,
+        )
         assert p.returncode == 0, p.stdout + p.stderr
         assert "status partial: moved 0, left 1" in p.stdout
     finally:
@@ -121,10 +164,21 @@ def test_drill_playbook_fetches_the_reports(
     try:
         docker_a.containers.run(test_image, ["sh", "-c", COUNT], name=name, detach=True)
         time.sleep(1.0)
-        p = play("drill.yml", inventory, "-e", "migrate_drill_source=a", "-e",
-                 "migrate_standby=b", "-e", json.dumps({"migrate_drill_containers": [name]}),
-                 "-e", "migrate_drill_verify_cmd=cat /tmp/count", "-e",
-                 f"migrate_drill_fetch_dir={fetch}", cwd=tmp_path)  # fmt: skip
+        p = play(
+            "drill.yml",
+            inventory,
+            "-e",
+            "migrate_drill_source=a",
+            "-e",
+            "migrate_standby=b",
+            "-e",
+            json.dumps({"migrate_drill_containers": [name]}),
+            "-e",
+            "migrate_drill_verify_cmd=cat /tmp/count",
+            "-e",
+            f"migrate_drill_fetch_dir={fetch}",
+            cwd=tmp_path,
+        )
         assert p.returncode == 0, p.stdout + p.stderr
         report = json.loads((fetch / "a" / f"{name}.json").read_text())
         assert "PASSED" in (fetch / "a" / f"{name}.md").read_text()

@@ -18,8 +18,9 @@ COUNTER = (
 
 
 @pytest.fixture(params=["ssh", "local"])
-def transport_args(request: Any, lab: Any, lab_env: dict[str, str],
-                   migrate_args: list[str]) -> list[str]:  # fmt: skip
+def transport_args(
+    request: Any, lab: Any, lab_env: dict[str, str], migrate_args: list[str]
+) -> list[str]:
     """The `--to ...` options for each transport: SSH to B, or `local://` with the agent as a
     subprocess on pipes, started in B's network and mount namespaces against B's daemon
     (B's mount namespace through B's dockerd: the handle under the run dir is not visible
@@ -29,11 +30,13 @@ def transport_args(request: Any, lab: Any, lab_env: dict[str, str],
     netns = lab_env["MIGRATE_LAB_B_NETNS"]
     mntns = f"/proc/{lab.status().hosts[1].dockerd.pid}/ns/mnt"
     return [
-        "--to", "local://",
+        "--to",
+        "local://",
         "--agent-command",
         f"nsenter --net=/run/netns/{netns} --mount={mntns} {migrate_executable()} agent",
-        "--dest-docker-host", lab.host("b").docker_host,
-    ]  # fmt: skip
+        "--dest-docker-host",
+        lab.host("b").docker_host,
+    ]
 
 
 def _count(client: Any, name: str) -> int:
@@ -56,8 +59,14 @@ def counter_image(lab: Any, test_image: str) -> str:
 
 
 def _start_counter(docker_a: Any, name: str, image: str) -> None:
-    docker_a.containers.run(image, ["sh", "-c", COUNTER], name=name, detach=True,
-                            environment={"SECRET": "s3"}, labels={"app": "counter"})
+    docker_a.containers.run(
+        image,
+        ["sh", "-c", COUNTER],
+        name=name,
+        detach=True,
+        environment={"SECRET": "s3"},
+        labels={"app": "counter"},
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -70,8 +79,12 @@ def _start_counter(docker_a: Any, name: str, image: str) -> None:
 
 
 def test_counter_and_files_resume_on_b(
-    migrate_on_a: Any, transport_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, counter_image: str,
+    migrate_on_a: Any,
+    transport_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     before = _count(docker_a, container_name)
@@ -101,8 +114,12 @@ def test_missing_container_is_refused(migrate_on_a: Any, migrate_args: list[str]
 
 
 def test_unknown_host_key_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    test_image: str, tmp_path: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
+    tmp_path: Any,
 ) -> None:
     docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
     kh = tmp_path / "empty_known_hosts"
@@ -117,8 +134,13 @@ def test_unknown_host_key_is_refused(
 
 @pytest.mark.parametrize("fault", ["agent:restore_fail", "agent:exit_mid_stream"])
 def test_fault_rolls_back(
-    fault: str, migrate_on_a: Any, transport_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, counter_image: str,
+    fault: str,
+    migrate_on_a: Any,
+    transport_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     before = _count(docker_a, container_name)
@@ -135,15 +157,24 @@ def test_fault_rolls_back(
 
 
 def test_tcp_server_answers_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, run_on_b: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    run_on_b: Any,
 ) -> None:
     docker_a.containers.run(
         test_image,
-        ["sh", "-c", "mkdir -p /www; echo served-from-memory > /www/index.html; "
-         "exec httpd -f -p 80 -h /www"],
-        name=container_name, detach=True,
-    )  # fmt: skip
+        [
+            "sh",
+            "-c",
+            "mkdir -p /www; echo served-from-memory > /www/index.html; exec httpd -f -p 80 -h /www",
+        ],
+        name=container_name,
+        detach=True,
+    )
     time.sleep(1)
     p = migrate_on_a("run", container_name, *migrate_args)
     assert p.returncode == 0, p.stderr
@@ -162,15 +193,23 @@ def test_demo_runs_twice(lab: Any) -> None:
     for _ in range(2):
         p = subprocess.run(
             [str(migrate_executable()), "demo", "--name", lab.config.name],
-            capture_output=True, text=True, timeout=600, check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
         assert p.returncode == 0, p.stderr + p.stdout
         assert "kept counting" in p.stdout
 
 
 def test_image_sent_only_when_missing(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
 ) -> None:
     from migrate.lab_images import build_image, remove_image
 
@@ -184,7 +223,9 @@ def test_image_sent_only_when_missing(
     assert sent > 0  # absent on B: transferred
     # ...but only the layer B lacks: its busybox base layer (~2 MB) stays home.
     assert sent < 500_000, sent
-    assert docker_b.containers.get(container_name).exec_run(["cat", "/marker"]).output == b"x" * 4096
+    assert (
+        docker_b.containers.get(container_name).exec_run(["cat", "/marker"]).output == b"x" * 4096
+    )
     docker_b.containers.get(container_name).remove(force=True)
     docker_a.containers.run(tag, ["sleep", "1000"], name=container_name, detach=True)
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
@@ -193,16 +234,30 @@ def test_image_sent_only_when_missing(
 
 
 def test_config_survives_under_a_new_name(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
 ) -> None:
     new = container_name + "-moved"
     docker_a.containers.run(
-        test_image, ["sleep 1000"], entrypoint=["sh", "-c"], name=container_name, detach=True,
-        environment={"A": "1"}, labels={"tier": "web"}, working_dir="/tmp", user="0:0",
+        test_image,
+        ["sleep 1000"],
+        entrypoint=["sh", "-c"],
+        name=container_name,
+        detach=True,
+        environment={"A": "1"},
+        labels={"tier": "web"},
+        working_dir="/tmp",
+        user="0:0",
         restart_policy={"Name": "on-failure", "MaximumRetryCount": 3},
-        ports={"80/tcp": 18080}, mem_limit="64m", nano_cpus=500_000_000,
-    )  # fmt: skip
+        ports={"80/tcp": 18080},
+        mem_limit="64m",
+        nano_cpus=500_000_000,
+    )
     want = docker_a.containers.get(container_name).attrs
     try:
         p = migrate_on_a("run", container_name, *migrate_args, "--name", new)
@@ -220,8 +275,13 @@ def test_config_survives_under_a_new_name(
 
 
 def test_name_taken_on_b_rolls_back(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, counter_image: str, test_image: str,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    counter_image: str,
+    test_image: str,
 ) -> None:
     _start_counter(docker_a, container_name, counter_image)
     docker_b.containers.create(test_image, ["true"], name=container_name)
@@ -238,8 +298,12 @@ def test_name_taken_on_b_rolls_back(
 
 
 def test_older_criu_on_destination_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, test_image: str, tmp_path: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
+    tmp_path: Any,
 ) -> None:
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\necho 'Version: 4.1.0'\n")
@@ -255,8 +319,12 @@ def test_older_criu_on_destination_is_refused(
 
 
 def test_unreachable_destination_is_refused(
-    lab_env: dict[str, str], migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, test_image: str,
+    lab_env: dict[str, str],
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
 ) -> None:
     docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
     args = list(migrate_args)

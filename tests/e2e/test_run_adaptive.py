@@ -15,9 +15,13 @@ SMALL_WINDOWS = {"MIGRATE_ADAPT_WINDOW": str(4 << 20)}
 
 
 def test_adaptive_stream_changes_level_and_the_memory_arrives(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--json", env_extra=SMALL_WINDOWS)
     assert p.returncode == 0, p.stderr
@@ -28,12 +32,23 @@ def test_adaptive_stream_changes_level_and_the_memory_arrives(
 
 
 def test_fixed_compression_keeps_one_level(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
-    p = migrate_on_a("run", container_name, *migrate_args, "--compression", "fixed", "--json",
-                     env_extra=SMALL_WINDOWS)  # fmt: skip
+    p = migrate_on_a(
+        "run",
+        container_name,
+        *migrate_args,
+        "--compression",
+        "fixed",
+        "--json",
+        env_extra=SMALL_WINDOWS,
+    )
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["fast"] == 0, rep["bytes"]

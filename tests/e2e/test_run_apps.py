@@ -50,12 +50,15 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 def redis_image(lab: Any, test_image: str) -> str:
     tag = "migrate-test/redis:1"
     build_debian_app_image(
-        lab.host("a").docker_host, tag,
+        lab.host("a").docker_host,
+        tag,
         packages=["redis-server", "redis-tools", "libjemalloc2", "liblzf1"],
         binaries=["/usr/bin/redis-server", "/usr/bin/redis-cli"],
-        extra=['CMD ["redis-server", "--save", "", "--appendonly", "no", '
-               '"--protected-mode", "no", "--bind", "0.0.0.0"]'],
-    )  # fmt: skip
+        extra=[
+            'CMD ["redis-server", "--save", "", "--appendonly", "no", '
+            '"--protected-mode", "no", "--bind", "0.0.0.0"]'
+        ],
+    )
     return tag
 
 
@@ -63,13 +66,13 @@ def redis_image(lab: Any, test_image: str) -> str:
 def nginx_image(lab: Any, test_image: str) -> str:
     tag = "migrate-test/nginx:1"
     build_debian_app_image(
-        lab.host("a").docker_host, tag,
+        lab.host("a").docker_host,
+        tag,
         packages=["nginx", "nginx-common"],
         binaries=["/usr/sbin/nginx"],
-        files={"/etc/nginx/nginx.conf": NGINX_CONF,
-               "/srv/www/index.html": b"served by nginx\n"},
+        files={"/etc/nginx/nginx.conf": NGINX_CONF, "/srv/www/index.html": b"served by nginx\n"},
         extra=['CMD ["nginx"]'],
-    )  # fmt: skip
+    )
     return tag
 
 
@@ -77,19 +80,28 @@ def nginx_image(lab: Any, test_image: str) -> str:
 def postgres_image(lab: Any, test_image: str) -> str:
     tag = "migrate-test/postgres:1"
     build_debian_app_image(
-        lab.host("a").docker_host, tag,
+        lab.host("a").docker_host,
+        tag,
         # Its less common libraries from their packages too, so that the host needs only
         # Debian's base libraries (the rest is copied from the host by ldd).
-        packages=["postgresql-15", "postgresql-client-15", "libpq5", "libicu72", "libxml2",
-                  "libldap-2.5-0", "libsasl2-2"],
-        binaries=[f"{PG_BIN}/postgres", f"{PG_BIN}/initdb", f"{PG_BIN}/psql",
-                  f"{PG_BIN}/pg_ctl"],
+        packages=[
+            "postgresql-15",
+            "postgresql-client-15",
+            "libpq5",
+            "libicu72",
+            "libxml2",
+            "libldap-2.5-0",
+            "libsasl2-2",
+        ],
+        binaries=[f"{PG_BIN}/postgres", f"{PG_BIN}/initdb", f"{PG_BIN}/psql", f"{PG_BIN}/pg_ctl"],
         files={"/etc/passwd": PASSWD, "/etc/group": GROUP},
-        extra=["USER postgres",
-               f'CMD ["sh", "-c", "{PG_BIN}/initdb -D /tmp/pg --no-locale -E UTF8 -A trust '
-               f"-U postgres >/tmp/initdb.log 2>&1 && exec {PG_BIN}/postgres -D /tmp/pg -k /tmp "
-               '-c listen_addresses=127.0.0.1"]'],
-    )  # fmt: skip
+        extra=[
+            "USER postgres",
+            f'CMD ["sh", "-c", "{PG_BIN}/initdb -D /tmp/pg --no-locale -E UTF8 -A trust '
+            f"-U postgres >/tmp/initdb.log 2>&1 && exec {PG_BIN}/postgres -D /tmp/pg -k /tmp "
+            '-c listen_addresses=127.0.0.1"]',
+        ],
+    )
     return tag
 
 
@@ -114,14 +126,21 @@ def _redis(client: Any, name: str, *args: str) -> str:
 
 
 def test_redis_keeps_acknowledged_keys(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, redis_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    redis_image: str,
+) -> None:
     docker_a.containers.run(redis_image, name=container_name, detach=True)
-    _wait(lambda: _exec(docker_a, container_name, ["redis-cli", "PING"])[1].strip() == "PONG",
-          "redis")  # fmt: skip
+    _wait(
+        lambda: _exec(docker_a, container_name, ["redis-cli", "PING"])[1].strip() == "PONG", "redis"
+    )
     n = 2000
-    script = f"i=1; while [ $i -le {n} ]; do echo \"SET key:$i value-$i\"; i=$((i+1)); done | redis-cli"
+    script = (
+        f'i=1; while [ $i -le {n} ]; do echo "SET key:$i value-$i"; i=$((i+1)); done | redis-cli'
+    )
     code, out = _exec(docker_a, container_name, ["sh", "-c", script])
     assert code == 0 and out.split() == ["OK"] * n, out[-500:]  # every write acknowledged
     _redis(docker_a, container_name, "RPUSH", "list", "a", "b", "c")
@@ -135,8 +154,7 @@ def test_redis_keeps_acknowledged_keys(
     info = _redis(docker_b, container_name, "INFO", "server")
     assert run_id in info, "redis restarted on B instead of being restored"
     assert _redis(docker_b, container_name, "DBSIZE") == str(n + 1)
-    script = (f"i=1; while [ $i -le {n} ]; do echo \"GET key:$i\"; i=$((i+1)); done "
-              "| redis-cli")  # fmt: skip
+    script = f'i=1; while [ $i -le {n} ]; do echo "GET key:$i"; i=$((i+1)); done | redis-cli'
     code, out = _exec(docker_b, container_name, ["sh", "-c", script])
     assert code == 0 and out.split() == [f"value-{i}" for i in range(1, n + 1)]
     assert _redis(docker_b, container_name, "LRANGE", "list", "0", "-1").split() == ["a", "b", "c"]
@@ -150,9 +168,15 @@ def _top_pids(client: Any, name: str) -> list[tuple[str, str]]:
 
 
 def test_nginx_serves_through_published_port_on_b(
-    lab_env: dict[str, str], migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, nginx_image: str, run_on_a: Any,
-) -> None:  # fmt: skip
+    lab_env: dict[str, str],
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    nginx_image: str,
+    run_on_a: Any,
+) -> None:
     port = 18180
     docker_a.containers.run(nginx_image, name=container_name, detach=True, ports={"80/tcp": port})
     a_addr, b_addr = lab_env["MIGRATE_LAB_A_ADDR"], lab_env["MIGRATE_LAB_B_ADDR"]
@@ -181,17 +205,24 @@ def test_nginx_serves_through_published_port_on_b(
 
 
 def test_postgres_is_refused_with_the_reason(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, postgres_image: str, tmp_path: Any,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    postgres_image: str,
+    tmp_path: Any,
+) -> None:
     if has_cap_sys_resource():
         pytest.skip("this host has CAP_SYS_RESOURCE: PostgreSQL is not refused here")
     docker_a.containers.run(postgres_image, name=container_name, detach=True)
     psql = [f"{PG_BIN}/psql", "-h", "/tmp", "-U", "postgres", "-tA", "-c"]
-    _wait(lambda: _exec(docker_a, container_name, [*psql, "SELECT 1"])[0] == 0, "postgres",
-          timeout=60)  # fmt: skip
-    code, out = _exec(docker_a, container_name,
-                      [*psql, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n"])  # fmt: skip
+    _wait(
+        lambda: _exec(docker_a, container_name, [*psql, "SELECT 1"])[0] == 0, "postgres", timeout=60
+    )
+    code, out = _exec(
+        docker_a, container_name, [*psql, "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n"]
+    )
     assert code == 0, out
     postmaster = [p for p in _top_pids(docker_a, container_name) if "postgres -D" in p[1]]
     assert len(postmaster) == 1
@@ -215,9 +246,13 @@ def test_postgres_is_refused_with_the_reason(
 
 
 def test_running_exec_session_is_named(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
     eid = docker_a.api.exec_create(c.id, ["sleep", "777"])["Id"]
     docker_a.api.exec_start(eid, detach=True)

@@ -44,8 +44,9 @@ class LocalPath:
 @pytest.fixture
 def local_path(lab: Lab) -> Iterator[LocalPath]:
     name = f"mt-bind-{uuid.uuid4().hex[:10]}"
-    lp = LocalPath(LOCAL_DIR / name, lab.config.paths("a").local / name,
-                   lab.config.paths("b").local / name)  # fmt: skip
+    lp = LocalPath(
+        LOCAL_DIR / name, lab.config.paths("a").local / name, lab.config.paths("b").local / name
+    )
     yield lp
     for d in (lp.on_a, lp.on_b):
         shutil.rmtree(d, ignore_errors=True)
@@ -62,8 +63,13 @@ def bind_dir() -> Iterator[Path]:
 
 
 def _start(docker_a: Any, name: str, image: str, src: Path, cmd: str = WRITER) -> None:
-    docker_a.containers.run(image, ["sh", "-c", cmd], name=name, detach=True,
-                            mounts=[docker.types.Mount("/shared", str(src), type="bind")])  # fmt: skip
+    docker_a.containers.run(
+        image,
+        ["sh", "-c", cmd],
+        name=name,
+        detach=True,
+        mounts=[docker.types.Mount("/shared", str(src), type="bind")],
+    )
 
 
 def _wait(cond: Any, what: str, timeout: float = WAIT_S) -> None:
@@ -111,15 +117,21 @@ def _tree(root: Path) -> dict[str, tuple[Any, ...]]:
                 what = p.read_bytes()
             else:
                 what = None
-            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode),
-                                             st.st_uid, st.st_gid, what)  # fmt: skip
+            out[str(p.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                what,
+            )
     st = root.lstat()
     out["."] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, None)
     return out
 
 
-def test_hosts_have_their_own_local_dir(lab: Lab, run_on_a: Any, run_on_b: Any,
-                                        local_path: LocalPath) -> None:  # fmt: skip
+def test_hosts_have_their_own_local_dir(
+    lab: Lab, run_on_a: Any, run_on_b: Any, local_path: LocalPath
+) -> None:
     """The premise of the tests below: A's path under LOCAL_DIR is not B's."""
     local_path.on_a.mkdir()
     (local_path.on_a / "who").write_text("a\n")
@@ -132,9 +144,14 @@ def test_hosts_have_their_own_local_dir(lab: Lab, run_on_a: Any, run_on_b: Any,
 
 
 def test_bind_mount_refused_by_default_with_the_hint(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, bind_dir: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    bind_dir: Path,
+) -> None:
     _start(docker_a, container_name, test_image, bind_dir)
     _wait(lambda: (bind_dir / "count").exists(), "the first count")
     p = migrate_on_a("run", container_name, *migrate_args)
@@ -146,9 +163,14 @@ def test_bind_mount_refused_by_default_with_the_hint(
 
 
 def test_copy_moves_the_directory_and_the_writer_goes_on_there(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, local_path: LocalPath,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    local_path: LocalPath,
+) -> None:
     local_path.on_a.mkdir(mode=0o711)
     _fill(local_path.on_a)
     _start(docker_a, container_name, test_image, local_path.path, APPENDER)
@@ -179,16 +201,22 @@ def test_copy_moves_the_directory_and_the_writer_goes_on_there(
     assert b_log[: len(a_log)] == a_log
     assert b_log == list(range(1, len(b_log) + 1)), "lines lost or repeated across the move"
     # The container on B sees it through its bind; A's directory no longer changes.
-    out = c.exec_run(["sh", "-c", "cat /shared/seed; readlink /shared/link; "
-                      "wc -c < /shared/sub/deep"]).output.decode()  # fmt: skip
+    out = c.exec_run(
+        ["sh", "-c", "cat /shared/seed; readlink /shared/link; wc -c < /shared/sub/deep"]
+    ).output.decode()
     assert out.split() == ["seeded", "on", "a", "sub/deep", "16384"]
     assert _tree(local_path.on_a) == a_full
 
 
 def test_copy_rollback_removes_what_it_created_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, local_path: LocalPath,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    local_path: LocalPath,
+) -> None:
     """The bind is two levels below a directory B lacks: the copy creates both, the rollback
     (restore fails on B) removes the topmost one; A's container runs on, writing its dir."""
     src_a = local_path.on_a / "data"
@@ -197,8 +225,14 @@ def test_copy_rollback_removes_what_it_created_on_b(
     _start(docker_a, container_name, test_image, local_path.path / "data", APPENDER)
     _wait(lambda: len(_lines(src_a / "log")) >= 5, "5 lines on A")
     before = _tree(src_a)
-    p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "copy",
-                     env_extra={"MIGRATE_FAULTS": "agent:restore_fail"})  # fmt: skip
+    p = migrate_on_a(
+        "run",
+        container_name,
+        *migrate_args,
+        "--bind-mounts",
+        "copy",
+        env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
+    )
     assert p.returncode == 1, p.stderr
     assert "Rolled back" in p.stderr
     assert docker_a.containers.get(container_name).status == "running"
@@ -214,9 +248,14 @@ def test_copy_rollback_removes_what_it_created_on_b(
 
 
 def test_copy_refuses_a_path_with_content_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, local_path: LocalPath,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    local_path: LocalPath,
+) -> None:
     local_path.on_a.mkdir()
     local_path.on_b.mkdir()
     (local_path.on_b / "theirs").write_text("b's own\n")
@@ -232,9 +271,14 @@ def test_copy_refuses_a_path_with_content_on_b(
 
 
 def test_same_path_uses_bs_own_data(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, local_path: LocalPath,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    local_path: LocalPath,
+) -> None:
     """B holds its own data at the path beforehand (as on shared or replicated storage):
     nothing is copied, B's container reads B's data and writes there; A's stays A's."""
     for d, who in ((local_path.on_a, "a"), (local_path.on_b, "b")):
@@ -258,9 +302,14 @@ def test_same_path_uses_bs_own_data(
 
 
 def test_same_path_refuses_a_path_missing_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, local_path: LocalPath,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    local_path: LocalPath,
+) -> None:
     local_path.on_a.mkdir()
     _start(docker_a, container_name, test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")

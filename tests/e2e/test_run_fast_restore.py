@@ -59,9 +59,13 @@ def start_holder(client: Any, name: str, image: str) -> str:
 
 
 def test_memory_survives_split_restore(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
     # The administrator's runc.conf (make setup writes `file-locks` there) must not stop the
     # split restore, and must be exactly as it was afterwards.

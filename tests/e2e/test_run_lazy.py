@@ -65,9 +65,13 @@ def _gone(client: Any, name: str) -> bool:
 
 
 def test_lazy_migration_keeps_memory_and_leaves_nothing(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
     src_id = docker_a.containers.get(container_name).id
     admin_conf = _conf()
@@ -109,9 +113,13 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
 
 
 def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     """A runc.conf whose administrator set work-dir would fight post-copy's own settings:
     --strategy lazy is refused before anything is touched (exit 3, the fix named); auto
     falls back to cold and says why."""
@@ -124,8 +132,9 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
         RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
         RUNC_CRIU_CONF.write_text((original or "") + "work-dir /var/tmp/admin-criu-work\n")
         try:
-            p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "lazy",
-                             "--dry-run")  # fmt: skip
+            p = migrate_on_a(
+                "run", container_name, *migrate_args, "--strategy", "lazy", "--dry-run"
+            )
         finally:
             if original is None:
                 RUNC_CRIU_CONF.unlink()
@@ -139,9 +148,13 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
 
 
 def test_auto_is_lazy_where_possible(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
     p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "auto", "--json")
     assert p.returncode == 0, p.stderr
@@ -151,9 +164,15 @@ def test_auto_is_lazy_where_possible(
 
 
 def test_source_lost_mid_postcopy(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, lab: Any, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    lab: Any,
+    tmp_path: Path,
+) -> None:
     """The `migrate run` process dies while pages are still moving: the destination copy is
     stopped by its agent before its daemon lets go of the memory (never run with holes),
     the source copy stays paused with the state at the pause, `migrate recover` changes
@@ -162,8 +181,13 @@ def test_source_lost_mid_postcopy(
     mark = tmp_path / "mark"
     # The test hook stops `migrate run` right after `commit`, post-copy running (the awk reads
     # its memory only when asked, so most pages are still on A, pushed in the background).
-    proc = start_run(lab, container_name, [*migrate_args, "--strategy", "lazy", "--json"],
-                     mark, "source:wait:postcopy")  # fmt: skip
+    proc = start_run(
+        lab,
+        container_name,
+        [*migrate_args, "--strategy", "lazy", "--json"],
+        mark,
+        "source:wait:postcopy",
+    )
     os.kill(wait_mark(mark, proc, 300), 9)
     proc.communicate(timeout=60)
     # The agent notices (tunnel gone, then the session): it stops its copy.
@@ -187,16 +211,23 @@ def test_source_lost_mid_postcopy(
 
 
 def test_link_cut_mid_postcopy(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     """The link dies while pages are still moving: `migrate run` reports it (exit 4, the
     post-copy error and what to decide), B's agent stops its copy, A's copy stays paused
     with the state at the pause and resumes whole when the operator unpauses it."""
     before = start_holder(docker_a, container_name, test_image)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, [*migrate_args, "--strategy", "lazy"], mark,
-                     "source:wait:postcopy")  # fmt: skip
+    proc = start_run(
+        lab, container_name, [*migrate_args, "--strategy", "lazy"], mark, "source:wait:postcopy"
+    )
     restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
     try:
         wait_mark(mark, proc, 300)

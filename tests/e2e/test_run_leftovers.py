@@ -31,15 +31,21 @@ def _copies_with(marker: bytes) -> list[Path]:
 
 
 def test_no_checkpoint_copies_or_staging_left(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     marker = f"MARK-{container_name}-{time.time_ns()}"
     # The marker lives in the shell's memory (a variable), so it is in the dumped pages.
     docker_a.containers.run(
-        test_image, ["sh", "-c", f'm="{marker}"; while true; do sleep 1; done'],
-        name=container_name, detach=True,
-    )  # fmt: skip
+        test_image,
+        ["sh", "-c", f'm="{marker}"; while true; do sleep 1; done'],
+        name=container_name,
+        detach=True,
+    )
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
     assert p.returncode == 0, p.stderr
     assert docker_b.containers.get(container_name).status == "running"
@@ -47,6 +53,9 @@ def test_no_checkpoint_copies_or_staging_left(
     # Other sessions on this machine stage their own migrations: look at ours only, in every
     # place a stage can be (source on disk or in memory, destination in memory).
     mid = json.loads(p.stdout)["migration_id"]
-    places = [Path("/var/lib/migrate/staging") / mid, MEMORY_ROOT / "staging" / mid,
-              MEMORY_ROOT / "agent" / f"migrate-{mid}"]  # fmt: skip
+    places = [
+        Path("/var/lib/migrate/staging") / mid,
+        MEMORY_ROOT / "staging" / mid,
+        MEMORY_ROOT / "agent" / f"migrate-{mid}",
+    ]
     assert [x for x in places if x.exists()] == [], "staging left"

@@ -47,10 +47,13 @@ def _exec(client: Any, name: str, cmd: str) -> str:
 def _start(docker_a: Any, name: str, image: str, volume: str) -> None:
     docker_a.volumes.create(volume, labels={"team": "storage"})
     docker_a.containers.run(
-        image, ["sh", "-c", f"{SETUP} && {WRITER}"], name=name, detach=True,
+        image,
+        ["sh", "-c", f"{SETUP} && {WRITER}"],
+        name=name,
+        detach=True,
         volumes={volume: {"bind": "/data", "mode": "rw"}},
         mounts=[docker.types.Mount("/anon", None, type="volume")],
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         try:
@@ -68,9 +71,14 @@ def _anon_name(client: Any, name: str) -> str:
 
 
 def test_volumes_and_logs_move_to_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    volume_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     _start(docker_a, container_name, test_image, volume_name)
     anon = _anon_name(docker_a, container_name)
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
@@ -102,32 +110,48 @@ def test_volumes_and_logs_move_to_b(
 
 
 def test_volume_with_other_content_on_b_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    volume_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     docker_b.volumes.create(volume_name)
-    docker_b.containers.run(test_image, ["sh", "-c", "echo theirs > /v/mine"], remove=True,
-                            volumes={volume_name: {"bind": "/v", "mode": "rw"}})  # fmt: skip
+    docker_b.containers.run(
+        test_image,
+        ["sh", "-c", "echo theirs > /v/mine"],
+        remove=True,
+        volumes={volume_name: {"bind": "/v", "mode": "rw"}},
+    )
     _start(docker_a, container_name, test_image, volume_name)
     p = migrate_on_a("run", container_name, *migrate_args)
     assert p.returncode == 3, p.stderr
     assert "not empty" in p.stderr and "docker volume rm" in p.stderr
     assert docker_a.containers.get(container_name).status == "running"
-    out = docker_b.containers.run(test_image, ["ls", "/v"], remove=True,
-                                  volumes={volume_name: {"bind": "/v", "mode": "ro"}})  # fmt: skip
+    out = docker_b.containers.run(
+        test_image, ["ls", "/v"], remove=True, volumes={volume_name: {"bind": "/v", "mode": "ro"}}
+    )
     assert out.decode().split() == ["mine"]
     with pytest.raises(docker.errors.NotFound):
         docker_b.containers.get(container_name)
 
 
 def test_rollback_removes_the_volumes_it_made(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, volume_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    volume_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     _start(docker_a, container_name, test_image, volume_name)
     anon = _anon_name(docker_a, container_name)
-    p = migrate_on_a("run", container_name, *migrate_args,
-                     env_extra={"MIGRATE_FAULTS": "agent:restore_fail"})  # fmt: skip
+    p = migrate_on_a(
+        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:restore_fail"}
+    )
     assert p.returncode == 1, p.stderr
     assert docker_a.containers.get(container_name).status == "running"
     for v in (volume_name, anon):

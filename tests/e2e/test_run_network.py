@@ -26,11 +26,16 @@ def network(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
     name = f"mtn-{uuid.uuid4().hex[:8]}"
     third = random.randint(1, 250)
     docker_a.networks.create(
-        name, driver="bridge", options={"com.docker.network.driver.mtu": "1400"},
+        name,
+        driver="bridge",
+        options={"com.docker.network.driver.mtu": "1400"},
         labels={"team": "net"},
-        ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
-            subnet=f"172.29.{third}.0/24", gateway=f"172.29.{third}.1")]),
-    )  # fmt: skip
+        ipam=docker.types.IPAMConfig(
+            pool_configs=[
+                docker.types.IPAMPool(subnet=f"172.29.{third}.0/24", gateway=f"172.29.{third}.1")
+            ]
+        ),
+    )
     yield name
     for client in (docker_a, docker_b):
         for c in client.containers.list(all=True, filters={"network": name}):
@@ -47,12 +52,23 @@ def _get(url: str) -> str:
 
 
 def test_network_ip_aliases_name_and_port_on_b(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, network: str, lab_env: dict[str, str],
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    network: str,
+    lab_env: dict[str, str],
+) -> None:
     port = random.randint(20000, 29999)
-    c = docker_a.containers.create(test_image, ["sh", "-c", SERVER], name=container_name,
-                                   ports={"80/tcp": port}, network=network)  # fmt: skip
+    c = docker_a.containers.create(
+        test_image,
+        ["sh", "-c", SERVER],
+        name=container_name,
+        ports={"80/tcp": port},
+        network=network,
+    )
     docker_a.networks.get(network).disconnect(c)
     docker_a.networks.get(network).connect(c, aliases=["svc-alias"])
     c.start()
@@ -65,8 +81,9 @@ def test_network_ip_aliases_name_and_port_on_b(
         except OSError:
             assert time.monotonic() < deadline, "server did not start on A"
             time.sleep(0.2)
-    ip_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"][
-        network]["IPAddress"]  # fmt: skip
+    ip_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"][network][
+        "IPAddress"
+    ]
     src_net = docker_a.api.inspect_network(network)
 
     p = migrate_on_a("run", container_name, *migrate_args)
@@ -81,19 +98,27 @@ def test_network_ip_aliases_name_and_port_on_b(
     # The server answers through the port published on B (from the root namespace).
     assert _get(f"http://{lab_env['MIGRATE_LAB_B_ADDR']}:{port}/i") == body
     for host in (container_name, "svc-alias"):
-        out = docker_b.containers.run(test_image, ["wget", "-qO-", f"http://{host}/i"],
-                                      network=network, remove=True)  # fmt: skip
+        out = docker_b.containers.run(
+            test_image, ["wget", "-qO-", f"http://{host}/i"], network=network, remove=True
+        )
         assert out.decode() == body
 
 
 def test_rollback_removes_the_network_it_created(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, network: str,
-) -> None:  # fmt: skip
-    docker_a.containers.run(test_image, ["sleep", "100000"], name=container_name,
-                            network=network, detach=True)  # fmt: skip
-    p = migrate_on_a("run", container_name, *migrate_args,
-                     env_extra={"MIGRATE_FAULTS": "agent:restore_fail"})  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    network: str,
+) -> None:
+    docker_a.containers.run(
+        test_image, ["sleep", "100000"], name=container_name, network=network, detach=True
+    )
+    p = migrate_on_a(
+        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:restore_fail"}
+    )
     assert p.returncode == 1, p.stderr
     assert docker_a.containers.get(container_name).status == "running"
     with pytest.raises(docker.errors.NotFound):
@@ -101,21 +126,33 @@ def test_rollback_removes_the_network_it_created(
 
 
 def test_container_on_two_networks_keeps_both(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, network: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    network: str,
+) -> None:
     """Connected to a second network after its creation (with a fixed address and an alias):
     both networks are created on B and the container is on both, with both addresses, and is
     reached by name on the second one. Without this the second network was silently lost."""
     second = f"{network}-2"
     third = random.randint(1, 250)
-    docker_a.networks.create(second, driver="bridge", ipam=docker.types.IPAMConfig(
-        pool_configs=[docker.types.IPAMPool(subnet=f"172.28.{third}.0/24")]))  # fmt: skip
+    docker_a.networks.create(
+        second,
+        driver="bridge",
+        ipam=docker.types.IPAMConfig(
+            pool_configs=[docker.types.IPAMPool(subnet=f"172.28.{third}.0/24")]
+        ),
+    )
     try:
-        docker_a.containers.run(test_image, ["sh", "-c", SERVER], name=container_name,
-                                network=network, detach=True)  # fmt: skip
-        docker_a.networks.get(second).connect(container_name, aliases=["svc-two"],
-                                              ipv4_address=f"172.28.{third}.77")  # fmt: skip
+        docker_a.containers.run(
+            test_image, ["sh", "-c", SERVER], name=container_name, network=network, detach=True
+        )
+        docker_a.networks.get(second).connect(
+            container_name, aliases=["svc-two"], ipv4_address=f"172.28.{third}.77"
+        )
         nets_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"]
         body = ""
         deadline = time.monotonic() + 20
@@ -134,8 +171,9 @@ def test_container_on_two_networks_keeps_both(
             assert nets_b[net]["IPAddress"] == nets_a[net]["IPAddress"], net
         assert nets_b[second]["IPAddress"] == f"172.28.{third}.77"
         assert "svc-two" in (nets_b[second]["Aliases"] or [])
-        out = docker_b.containers.run(test_image, ["wget", "-qO-", "http://svc-two/i"],
-                                      network=second, remove=True)  # fmt: skip
+        out = docker_b.containers.run(
+            test_image, ["wget", "-qO-", "http://svc-two/i"], network=second, remove=True
+        )
         assert out.decode() == body
     finally:
         for client in (docker_a, docker_b):

@@ -27,28 +27,32 @@ import pytest
 from migrate.lab import migrate_executable
 from migrate.layers import OVERLAY_HOST_XATTRS
 
-SETUP = " && ".join([
-    "mkdir -p /data/static/dir /data/churn",
-    "dd if=/dev/urandom of=/data/static/big bs=1M count=16 2>/dev/null",
-    "dd if=/dev/urandom of=/data/static/once bs=1M count=1 2>/dev/null",
-    "echo keep > /data/static/small && ln /data/static/small /data/static/small-link",
-    "mkfifo /data/static/fifo && ln -s big /data/static/big-link",
-    "echo r > /data/ra && printf 00000000 > /data/inplace",
-    "rm /bin/true",  # a whiteout made before the pre-copy
-    "dd if=/dev/urandom of=/vol/static bs=1M count=4 2>/dev/null && mkdir -p /vol/sub",
-    "touch /tmp/ready",
-])  # fmt: skip
+SETUP = " && ".join(
+    [
+        "mkdir -p /data/static/dir /data/churn",
+        "dd if=/dev/urandom of=/data/static/big bs=1M count=16 2>/dev/null",
+        "dd if=/dev/urandom of=/data/static/once bs=1M count=1 2>/dev/null",
+        "echo keep > /data/static/small && ln /data/static/small /data/static/small-link",
+        "mkfifo /data/static/fifo && ln -s big /data/static/big-link",
+        "echo r > /data/ra && printf 00000000 > /data/inplace",
+        "rm /bin/true",  # a whiteout made before the pre-copy
+        "dd if=/dev/urandom of=/vol/static bs=1M count=4 2>/dev/null && mkdir -p /vol/sub",
+        "touch /tmp/ready",
+    ]
+)
 
 # Run in A between the pre-copy and the pause: a file unchanged for seconds is rewritten in
 # place with its size and mtime kept (only its ctime tells), gets a new hard link, and a
 # directory of the pre-copy goes away.
-LATE = " && ".join([
-    "touch -r /data/static/once /tmp/ref",
-    "printf Z | dd of=/data/static/once bs=1 seek=1000 count=1 conv=notrunc 2>/dev/null",
-    "touch -r /tmp/ref /data/static/once",
-    "ln /data/static/small /data/static/late-link",
-    "rmdir /data/static/dir",
-])  # fmt: skip
+LATE = " && ".join(
+    [
+        "touch -r /data/static/once /tmp/ref",
+        "printf Z | dd of=/data/static/once bs=1 seek=1000 count=1 conv=notrunc 2>/dev/null",
+        "touch -r /tmp/ref /data/static/once",
+        "ln /data/static/small /data/static/late-link",
+        "rmdir /data/static/dir",
+    ]
+)
 
 # No sleep: the loop changes the layer until the freezer stops it mid-iteration.
 CHURN = """
@@ -78,11 +82,17 @@ def tree(root: Path) -> dict[bytes, tuple[Any, ...]]:
     def visit(rel: bytes) -> None:
         path = base + b"/" + rel if rel else base
         s = os.lstat(path)
-        names = sorted(n for n in os.listxattr(path, follow_symlinks=False)
-                       if n not in OVERLAY_HOST_XATTRS)  # fmt: skip
+        names = sorted(
+            n for n in os.listxattr(path, follow_symlinks=False) if n not in OVERLAY_HOST_XATTRS
+        )
         xattrs = tuple((n, os.getxattr(path, n, follow_symlinks=False)) for n in names)
-        entry: tuple[Any, ...] = (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_uid,
-                                  s.st_gid, xattrs)  # fmt: skip
+        entry: tuple[Any, ...] = (
+            stat.S_IFMT(s.st_mode),
+            stat.S_IMODE(s.st_mode),
+            s.st_uid,
+            s.st_gid,
+            xattrs,
+        )
         if not stat.S_ISLNK(s.st_mode):
             entry += (s.st_mtime_ns,)
         if stat.S_ISREG(s.st_mode):
@@ -124,9 +134,13 @@ def volume_dir(client: Any, name: str) -> Path:
 
 
 def start_churn(client: Any, image: str, name: str, volume: str) -> Any:
-    c = client.containers.run(image, ["sh", "-c", SETUP + " && " + CHURN], name=name,
-                              volumes={volume: {"bind": "/vol", "mode": "rw"}},
-                              detach=True)  # fmt: skip
+    c = client.containers.run(
+        image,
+        ["sh", "-c", SETUP + " && " + CHURN],
+        name=name,
+        volumes={volume: {"bind": "/vol", "mode": "rw"}},
+        detach=True,
+    )
     deadline = time.monotonic() + 30
     while c.exec_run(["cat", "/tmp/ready"]).exit_code != 0:
         assert time.monotonic() < deadline, c.logs()
@@ -144,25 +158,38 @@ def wait_step(mark: Path, proc: subprocess.Popen[str], step: str, seconds: float
             if len(fields) >= 2 and fields[1] == step:
                 return
         if proc.poll() is not None:
-            raise AssertionError(f"migrate exited early ({proc.returncode}): "
-                                 f"{proc.stderr.read() if proc.stderr else ''}")  # fmt: skip
+            raise AssertionError(
+                f"migrate exited early ({proc.returncode}): "
+                f"{proc.stderr.read() if proc.stderr else ''}"
+            )
         time.sleep(0.05)
     raise AssertionError(f"the fault hook {step} was never reached")
 
 
 def test_changed_in_the_last_instant_arrives_exactly(
-    lab: Any, migrate_args: list[str], container_name: str, docker_a: Any, docker_b: Any,
-    test_image: str, tmp_path: Path, volume_name: str,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+    volume_name: str,
+) -> None:
     start_churn(docker_a, test_image, container_name, volume_name)
     upper_a = upper_dir(docker_a, container_name)
     mark = tmp_path / "mark"
     proc = lab.host("a").popen(
         [str(migrate_executable()), "run", container_name, *migrate_args, "--json"],
-        env={**lab.env(), "MIGRATE_FAULTS": "source:wait:after_precopy,source:wait:before_restore",
-             "MIGRATE_FAULT_MARK": str(mark)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env={
+            **lab.env(),
+            "MIGRATE_FAULTS": "source:wait:after_precopy,source:wait:before_restore",
+            "MIGRATE_FAULT_MARK": str(mark),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_step(mark, proc, "after_precopy")
         at_precopy = (upper_a / "data" / "counter").read_bytes()
@@ -171,7 +198,10 @@ def test_changed_in_the_last_instant_arrives_exactly(
         assert res.exit_code == 0, res.output
         after = os.stat(upper_a / "data" / "static" / "once")
         assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
-            once.st_ino, once.st_size, once.st_mtime_ns)
+            once.st_ino,
+            once.st_size,
+            once.st_mtime_ns,
+        )
         time.sleep(0.5)  # the workload keeps going: changes after the pre-copy are certain
         mark.unlink()
         wait_step(mark, proc, "before_restore")
@@ -188,8 +218,11 @@ def test_changed_in_the_last_instant_arrives_exactly(
     missing = sorted(set(frozen) - set(arrived))
     extra = sorted(set(arrived) - set(frozen))
     differ = sorted(k for k in set(frozen) & set(arrived) if frozen[k] != arrived[k])
-    assert not missing and not extra and not differ, (missing, extra,
-                                                      [(k, frozen[k], arrived[k]) for k in differ])
+    assert not missing and not extra and not differ, (
+        missing,
+        extra,
+        [(k, frozen[k], arrived[k]) for k in differ],
+    )
     # The churning names exist (the test saw the workload's state, not an idle one).
     assert b"data/counter-link" in frozen and b"data/static/big" in frozen
     assert vol_frozen == vol_arrived
@@ -217,14 +250,25 @@ def test_changed_in_the_last_instant_arrives_exactly(
 
 
 def test_rollback_after_a_precopy_leaves_nothing_on_b(
-    lab: Any, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str, volume_name: str,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    volume_name: str,
+) -> None:
     start_churn(docker_a, test_image, container_name, volume_name)
     overlay_b = lab.config.paths("b").data_root / "overlay2"
     layers_before = set(os.listdir(overlay_b))
-    p = migrate_on_a("run", container_name, *migrate_args, "--json",
-                     env_extra={"MIGRATE_FAULTS": "source:after_precopy"})  # fmt: skip
+    p = migrate_on_a(
+        "run",
+        container_name,
+        *migrate_args,
+        "--json",
+        env_extra={"MIGRATE_FAULTS": "source:after_precopy"},
+    )
     assert p.returncode == 1, p.stderr
     assert "rolled back" in p.stderr.lower() or "rolled back" in p.stdout.lower(), p.stderr
     assert docker_a.containers.get(container_name).status == "running"

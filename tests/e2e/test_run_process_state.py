@@ -28,11 +28,30 @@ PROG = Path(__file__).resolve().parent / "progs" / "pstate.c"
 TAG = "migrate-test/pstate:1"
 # The features pstate.c knows, in its order (its FEATURES table).
 FEATURES = [
-    "process_tree", "sessions_pgroups", "threads", "pipe", "fifo", "unix_socket", "socketpair",
-    "eventfd", "signalfd", "timerfd", "posix_timer", "interval_timer", "signal_handlers_mask",
-    "sysv_shm", "sysv_sem", "sysv_msg", "deleted_open_file", "file_locks", "mmap_image_file",
-    "mmap_rw_layer_file", "cwd", "umask", "rlimits",
-]  # fmt: skip
+    "process_tree",
+    "sessions_pgroups",
+    "threads",
+    "pipe",
+    "fifo",
+    "unix_socket",
+    "socketpair",
+    "eventfd",
+    "signalfd",
+    "timerfd",
+    "posix_timer",
+    "interval_timer",
+    "signal_handlers_mask",
+    "sysv_shm",
+    "sysv_sem",
+    "sysv_msg",
+    "deleted_open_file",
+    "file_locks",
+    "mmap_image_file",
+    "mmap_rw_layer_file",
+    "cwd",
+    "umask",
+    "rlimits",
+]
 # The file pstate maps from the image: 8 KiB of a..z.
 IMAGE_DATA = bytes(ord("a") + i % 26 for i in range(8192))
 
@@ -40,8 +59,10 @@ IMAGE_DATA = bytes(ord("a") + i % 26 for i in range(8192))
 def compile_static(src: Path, out: Path) -> bytes:
     subprocess.run(
         ["gcc", "-O1", "-Wall", "-static", "-pthread", "-o", str(out), str(src)],
-        check=True, capture_output=True, timeout=120,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out.read_bytes()
 
 
@@ -49,11 +70,13 @@ def compile_static(src: Path, out: Path) -> bytes:
 def pstate_image(lab: Any, test_image: str, tmp_path_factory: Any) -> str:
     binary = compile_static(PROG, tmp_path_factory.mktemp("pstate") / "pstate")
     build_image(
-        lab.host("a").docker_host, TAG, base=test_image,
+        lab.host("a").docker_host,
+        TAG,
+        base=test_image,
         files={"/usr/local/bin/pstate": binary, "/usr/local/share/pstate/data": IMAGE_DATA},
         run=["chmod 755 /usr/local/bin/pstate"],
         extra=['CMD ["/usr/local/bin/pstate"]'],
-    )  # fmt: skip
+    )
     return TAG
 
 
@@ -74,13 +97,19 @@ def _wait_file(client: Any, name: str, path: str, timeout: float = 30) -> str:
 
 
 def run_checks_after_move(
-    docker_a: Any, docker_b: Any, migrate_on_a: Any, args: list[str], name: str, image: str,
+    docker_a: Any,
+    docker_b: Any,
+    migrate_on_a: Any,
+    args: list[str],
+    name: str,
+    image: str,
     features: list[str] | None = None,
-) -> tuple[str, str, dict[str, str]]:  # fmt: skip
+) -> tuple[str, str, dict[str, str]]:
     """Start pstate on A, migrate it, trigger the checks on B. Returns the token written
     before, the one reported after, and feature -> "ok" / "FAIL why"."""
-    docker_a.containers.run(image, ["/usr/local/bin/pstate", *(features or [])], name=name,
-                            detach=True)  # fmt: skip
+    docker_a.containers.run(
+        image, ["/usr/local/bin/pstate", *(features or [])], name=name, detach=True
+    )
     before = _wait_file(docker_a, name, "/ready").strip()
     time.sleep(0.5)  # let the timers fire a few times first
     p = migrate_on_a("run", name, *args)
@@ -98,16 +127,25 @@ def run_checks_after_move(
 
 @pytest.fixture(scope="module")
 def moved(
-    lab: Any, lab_env: dict[str, str], docker_a: Any, docker_b: Any, migrate_on_a: Any,
+    lab: Any,
+    lab_env: dict[str, str],
+    docker_a: Any,
+    docker_b: Any,
+    migrate_on_a: Any,
     pstate_image: str,
-) -> Iterator[tuple[str, str, dict[str, str]]]:  # fmt: skip
+) -> Iterator[tuple[str, str, dict[str, str]]]:
     """One pstate container with every feature, migrated A -> B once for the whole module."""
     name = f"mt-ps-{uuid.uuid4().hex[:8]}"
     args = [
-        "--to", lab_env["MIGRATE_LAB_B_URL"], "--identity", lab_env["MIGRATE_LAB_KEY"],
-        "--known-hosts", lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command", lab_env["MIGRATE_AGENT_COMMAND"],
-    ]  # fmt: skip
+        "--to",
+        lab_env["MIGRATE_LAB_B_URL"],
+        "--identity",
+        lab_env["MIGRATE_LAB_KEY"],
+        "--known-hosts",
+        lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command",
+        lab_env["MIGRATE_AGENT_COMMAND"],
+    ]
     try:
         yield run_checks_after_move(docker_a, docker_b, migrate_on_a, args, name, pstate_image)
     finally:
@@ -128,8 +166,10 @@ def test_state_survives(feature: str, moved: tuple[str, str, dict[str, str]]) ->
 
 
 def test_restart_is_detected(
-    docker_a: Any, container_name: str, pstate_image: str,
-) -> None:  # fmt: skip
+    docker_a: Any,
+    container_name: str,
+    pstate_image: str,
+) -> None:
     """The control: the same program restarted (not restored) fails every check, so the
     tests above cannot pass on a container that merely started again."""
     c = docker_a.containers.run(pstate_image, name=container_name, detach=True)

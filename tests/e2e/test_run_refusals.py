@@ -28,14 +28,18 @@ def _nothing_on(client: Any, name: str) -> bool:
 
 @pytest.mark.parametrize("state", ["exited", "created", "paused"])
 def test_container_not_running_is_refused(
-    state: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    state: str,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     if state == "created":
         docker_a.containers.create(test_image, ["sleep", "1000"], name=container_name)
     else:
-        c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name,
-                                    detach=True)  # fmt: skip
+        c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
         if state == "exited":
             c.kill()
             c.wait(timeout=30)
@@ -64,17 +68,29 @@ def plain_dockerd_b(lab: Any) -> Iterator[str]:
     (root / "daemon.json").write_text("{}\n")
     sock = root / "docker.sock"
     argv = [
-        str(DOCKERD), "--config-file", str(root / "daemon.json"),
-        "--data-root", str(root / "data"), "--exec-root", str(root / "exec"),
-        "-H", f"unix://{sock}", "--pidfile", str(root / "docker.pid"),
-        "--iptables=false", "--ip-masq=false",
-    ]  # fmt: skip
+        str(DOCKERD),
+        "--config-file",
+        str(root / "daemon.json"),
+        "--data-root",
+        str(root / "data"),
+        "--exec-root",
+        str(root / "exec"),
+        "-H",
+        f"unix://{sock}",
+        "--pidfile",
+        str(root / "docker.pid"),
+        "--iptables=false",
+        "--ip-masq=false",
+    ]
     with open(root / "dockerd.log", "ab") as logf:
         subprocess.Popen(
             [UNSHARE, "--net", "--", *argv],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-            start_new_session=True, close_fds=True,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
     host = f"unix://{sock}"
     try:
         deadline = time.monotonic() + 60
@@ -105,9 +121,13 @@ def _stop_plain(root: Path) -> None:
 
 
 def test_destination_daemon_not_experimental_is_refused(
-    plain_dockerd_b: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, test_image: str,
-) -> None:  # fmt: skip
+    plain_dockerd_b: str,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    test_image: str,
+) -> None:
     docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
     p = migrate_on_a("run", container_name, *migrate_args, "--dest-docker-host", plain_dockerd_b)
     assert p.returncode == 3, p.stderr
@@ -140,9 +160,14 @@ def _criu_saying_cpu_differs(tmp_path: Path) -> Path:
 
 
 def test_destination_cpu_mismatch_is_refused(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, tmp_path: Path,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    tmp_path: Path,
+) -> None:
     docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
     args = list(migrate_args)
     i = args.index("--agent-command") + 1

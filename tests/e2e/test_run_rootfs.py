@@ -9,16 +9,18 @@ from typing import Any
 
 import pytest
 
-SETUP = " && ".join([
-    "rm -rf /data && mkdir /data && echo fresh > /data/new",  # opaque: old1/old2 must not return
-    "rm /keep/gone",                                      # plain whiteout
-    "echo linked > /hl1 && ln /hl1 /hl2",                 # one inode, two names
-    "dd if=/dev/zero of=/sparse bs=1 count=1 seek=33554431 2>/dev/null",  # 32 MiB, ~4 KiB used
-    "mkfifo /fifo && chmod 0640 /fifo",
-    "ln -s /data/new /link && ln -s ../nowhere /dangling",
-    "mkdir -p /owned && echo o > /owned/f && chown -R 1234:5678 /owned && chmod 0751 /owned",
-    "echo ready > /tmp/ready",
-])  # fmt: skip
+SETUP = " && ".join(
+    [
+        "rm -rf /data && mkdir /data && echo fresh > /data/new",  # opaque: old1/old2 must not return
+        "rm /keep/gone",  # plain whiteout
+        "echo linked > /hl1 && ln /hl1 /hl2",  # one inode, two names
+        "dd if=/dev/zero of=/sparse bs=1 count=1 seek=33554431 2>/dev/null",  # 32 MiB, ~4 KiB used
+        "mkfifo /fifo && chmod 0640 /fifo",
+        "ln -s /data/new /link && ln -s ../nowhere /dangling",
+        "mkdir -p /owned && echo o > /owned/f && chown -R 1234:5678 /owned && chmod 0751 /owned",
+        "echo ready > /tmp/ready",
+    ]
+)
 
 CHECK = [
     ("ls -A /data", "new\n"),
@@ -41,10 +43,16 @@ def rootfs_image(lab: Any, test_image: str) -> str:
 
     tag = "migrate-test/rootfs:1"
     build_image(
-        lab.host("a").docker_host, tag, base=test_image,
-        files={"/data/old1": b"1\n", "/data/old2": b"2\n", "/keep/gone": b"x\n",
-               "/keep/stay": b"s\n"},
-    )  # fmt: skip
+        lab.host("a").docker_host,
+        tag,
+        base=test_image,
+        files={
+            "/data/old1": b"1\n",
+            "/data/old2": b"2\n",
+            "/keep/gone": b"x\n",
+            "/keep/stay": b"s\n",
+        },
+    )
     return tag
 
 
@@ -55,11 +63,16 @@ def _sh(container: Any, cmd: str) -> str:
 
 
 def test_rw_layer_arrives_exactly(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, rootfs_image: str,
-) -> None:  # fmt: skip
-    c = docker_a.containers.run(rootfs_image, ["sh", "-c", SETUP + " && exec sleep 1000"],
-                                name=container_name, detach=True)  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    rootfs_image: str,
+) -> None:
+    c = docker_a.containers.run(
+        rootfs_image, ["sh", "-c", SETUP + " && exec sleep 1000"], name=container_name, detach=True
+    )
     deadline = time.monotonic() + 20
     while c.exec_run(["cat", "/tmp/ready"]).exit_code != 0:
         assert time.monotonic() < deadline, c.logs()

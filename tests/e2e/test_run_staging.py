@@ -29,9 +29,15 @@ def _no_leftovers(run_on_a: Any, run_on_b: Any, rep: dict[str, Any]) -> None:
 
 
 def test_memory_staging_on_both_ends_keeps_the_memory(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, run_on_a: Any, run_on_b: Any,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    run_on_a: Any,
+    run_on_b: Any,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--json")
     assert p.returncode == 0, p.stderr
@@ -44,9 +50,15 @@ def test_memory_staging_on_both_ends_keeps_the_memory(
 
 
 def test_disk_staging_when_asked(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, run_on_a: Any, run_on_b: Any,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    run_on_a: Any,
+    run_on_b: Any,
+) -> None:
     before = start_holder(docker_a, container_name, test_image)
     p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
     assert p.returncode == 0, p.stderr
@@ -63,9 +75,15 @@ def test_bad_staging_value_is_a_usage_error(migrate_on_a: Any, migrate_args: lis
 
 
 def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
-    lab: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str, run_on_a: Any, tmp_path: Path,
-) -> None:  # fmt: skip
+    lab: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+    run_on_a: Any,
+    tmp_path: Path,
+) -> None:
     """A 160 MiB tmpfs fits the 48 MiB container when the run decides; the test fills it
     while the run waits just before the pause, so CRIU's dump into it fails with ENOSPC. The
     run dumps again on disk (the container is still paused and intact) and migrates."""
@@ -79,10 +97,16 @@ def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
     try:
         proc = lab.host("a").popen(
             [str(migrate_executable()), "run", container_name, *migrate_args, "--json"],
-            env={**lab.env(), "MIGRATE_MEMORY_STAGING": str(small),
-                 "MIGRATE_FAULTS": "source:wait:before_pause", "MIGRATE_FAULT_MARK": str(mark)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            env={
+                **lab.env(),
+                "MIGRATE_MEMORY_STAGING": str(small),
+                "MIGRATE_FAULTS": "source:wait:before_pause",
+                "MIGRATE_FAULT_MARK": str(mark),
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 120
         while not mark.exists():
             assert proc.poll() is None, proc.communicate()

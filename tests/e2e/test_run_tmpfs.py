@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-SETUP = (
-    "echo scratch-data > /scratch/f && echo shm-data > /dev/shm/seg && "
-    "echo ready; sleep 100000"
-)
+SETUP = "echo scratch-data > /scratch/f && echo shm-data > /dev/shm/seg && echo ready; sleep 100000"
 
 
 def _sh(client: Any, name: str, cmd: str) -> str:
@@ -17,13 +14,22 @@ def _sh(client: Any, name: str, cmd: str) -> str:
 
 
 def test_tmpfs_and_dev_shm_content_survive(
-    migrate_on_a: Any, migrate_args: list[str], container_name: str, docker_a: Any,
-    docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     import time
 
-    docker_a.containers.run(test_image, ["sh", "-c", SETUP], name=container_name, detach=True,
-                            tmpfs={"/scratch": "size=8m,mode=1770"})  # fmt: skip
+    docker_a.containers.run(
+        test_image,
+        ["sh", "-c", SETUP],
+        name=container_name,
+        detach=True,
+        tmpfs={"/scratch": "size=8m,mode=1770"},
+    )
     deadline = time.monotonic() + 20
     while b"ready" not in docker_a.containers.get(container_name).logs():
         assert time.monotonic() < deadline

@@ -16,9 +16,14 @@ JOURNALS = Path("/var/lib/migrate/journal")
 
 @pytest.mark.parametrize("fault", ["", "agent:restore_fail"])
 def test_env_values_never_printed_or_journalled(
-    fault: str, migrate_on_a: Any, migrate_args: list[str], container_name: str,
-    docker_a: Any, docker_b: Any, test_image: str,
-) -> None:  # fmt: skip
+    fault: str,
+    migrate_on_a: Any,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> None:
     secret = f"s3cr3t-{uuid.uuid4().hex}"
     start_counter(docker_a, test_image, container_name, env={"DB_PASSWORD": secret})
     env = {"MIGRATE_FAULTS": fault} if fault else {}

@@ -92,9 +92,12 @@ def test_checkpoint_restore_keeps_memory(
 ) -> None:
     a = lab.host("a")
     ctr = docker_a.containers.run(
-        test_image, ["sh", "-c", COUNTER], name=container_name, detach=True,
+        test_image,
+        ["sh", "-c", COUNTER],
+        name=container_name,
+        detach=True,
         labels={"org.migrate.test": "1"},
-    )  # fmt: skip
+    )
     wait_count(ctr, MIN_COUNT)
 
     docker(a, "checkpoint", "create", container_name, "cp1")

@@ -29,8 +29,9 @@ def _inventory_lock(img: Path) -> Any:
         return load(f)["entries"][0].get("network_lock_method")
 
 
-def test_checkpoint_skips_the_network_lock(lab: Lab, docker_a: Any, container_name: str,
-                                           test_image: str) -> None:  # fmt: skip
+def test_checkpoint_skips_the_network_lock(
+    lab: Lab, docker_a: Any, container_name: str, test_image: str
+) -> None:
     docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
     engine = DockerEngine(lab.host("a").docker_host)
     engine.pause(container_name)
@@ -45,8 +46,10 @@ def test_checkpoint_skips_the_network_lock(lab: Lab, docker_a: Any, container_na
 
 # A TCP connection inside the container, kept open: busybox nc listens, another nc connects
 # (both fed by a sleep: nc ends its side of the connection at the end of its input).
-TCP_PAIR = ("sleep 3600 | nc -l -p 7777 >/tmp/got & sleep 0.5; "
-            "(echo hello; sleep 3600) | nc 127.0.0.1 7777 & sleep 3600")  # fmt: skip
+TCP_PAIR = (
+    "sleep 3600 | nc -l -p 7777 >/tmp/got & sleep 0.5; "
+    "(echo hello; sleep 3600) | nc 127.0.0.1 7777 & sleep 3600"
+)
 
 
 def _established(pid: int) -> bool:
@@ -61,8 +64,9 @@ def _established(pid: int) -> bool:
     return False
 
 
-def test_established_tcp_is_still_refused(lab: Lab, docker_a: Any, container_name: str,
-                                          test_image: str) -> None:  # fmt: skip
+def test_established_tcp_is_still_refused(
+    lab: Lab, docker_a: Any, container_name: str, test_image: str
+) -> None:
     docker_a.containers.run(test_image, ["sh", "-c", TCP_PAIR], name=container_name, detach=True)
     pid = docker_a.containers.get(container_name).attrs["State"]["Pid"]
     deadline = time.monotonic() + 30

@@ -87,16 +87,23 @@ class Sshd:
         """OpenSSH client argv for this server (strict host key checking, our key only)."""
         return [
             "ssh",
-            "-F", "/dev/null",
-            "-i", str(self.client_key),
-            "-o", "IdentitiesOnly=yes",
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-p", str(self.port),
+            "-F",
+            "/dev/null",
+            "-i",
+            str(self.client_key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-p",
+            str(self.port),
             *extra,
             f"root@{self.host}",
-        ]  # fmt: skip
+        ]
 
 
 def _write_config(d: Path, port: int, host_key: Path, authorized: Path) -> Path:

@@ -241,16 +241,28 @@ def test_run_checks_uses_given_engine_info(tmp_path: Path) -> None:
 
 
 HELLO = {
-    "software": "0.1.0", "protocol": 1, "kernel": "6.1", "hostname": "b",
-    "criu_version": [4, 2, 1], "criu_ok": True,
-    "engine": {"engine": "docker", "version": "20.10.24", "experimental": True,
-               "storage_driver": "overlay2", "mem_total": 1 << 34},
+    "software": "0.1.0",
+    "protocol": 1,
+    "kernel": "6.1",
+    "hostname": "b",
+    "criu_version": [4, 2, 1],
+    "criu_ok": True,
+    "engine": {
+        "engine": "docker",
+        "version": "20.10.24",
+        "experimental": True,
+        "storage_driver": "overlay2",
+        "mem_total": 1 << 34,
+    },
     "free_disk": 50 << 30,
-}  # fmt: skip
+}
 
 
-def dest_rows(hello: dict[str, Any], cpu: dict[str, Any] | None = None,
-              local: tuple[int, int, int] | None = (4, 2, 1)) -> dict[str, CheckResult]:  # fmt: skip
+def dest_rows(
+    hello: dict[str, Any],
+    cpu: dict[str, Any] | None = None,
+    local: tuple[int, int, int] | None = (4, 2, 1),
+) -> dict[str, CheckResult]:
     rows = check.destination_results(hello, cpu or {"ok": True, "output": ""}, local)
     return {r.name: r for r in rows}
 
@@ -258,8 +270,16 @@ def dest_rows(hello: dict[str, Any], cpu: dict[str, Any] | None = None,
 def test_destination_ready() -> None:
     rows = dest_rows(HELLO)
     assert all(r.ok for r in rows.values()), rows
-    assert {"agent", "criu", "criu_check", "docker", "docker_experimental", "storage_driver",
-            "disk_data_root", "cpu"} <= set(rows)  # fmt: skip
+    assert {
+        "agent",
+        "criu",
+        "criu_check",
+        "docker",
+        "docker_experimental",
+        "storage_driver",
+        "disk_data_root",
+        "cpu",
+    } <= set(rows)
 
 
 def test_destination_problems_each_have_a_fix() -> None:
@@ -269,8 +289,10 @@ def test_destination_problems_each_have_a_fix() -> None:
     assert dest_rows({**HELLO, "criu_version": None})["criu"].value == "not found"
     off = dest_rows({**HELLO, "engine": {**HELLO["engine"], "experimental": False}})
     assert not off["docker_experimental"].ok and "experimental" in off["docker_experimental"].fix
-    gone = dest_rows({k: v for k, v in HELLO.items() if k != "engine"}
-                     | {"engine_error": {"message": "no socket", "hint": "start it"}})  # fmt: skip
+    gone = dest_rows(
+        {k: v for k, v in HELLO.items() if k != "engine"}
+        | {"engine_error": {"message": "no socket", "hint": "start it"}}
+    )
     assert not gone["docker"].ok and gone["docker"].fix == "start it"
     cpu = dest_rows(HELLO, {"ok": False, "output": "cpuinfo: fpu_xfeatures_mask mismatch"})["cpu"]
     assert not cpu.ok and "fpu_xfeatures_mask" in cpu.problem and cpu.required

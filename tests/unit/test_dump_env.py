@@ -35,8 +35,15 @@ def test_no_runc_conf_is_no_reason_to_lock(conf: Path, tmp_path: Path) -> None:
     assert d.dump_env(tmp_path) is not None
 
 
-@pytest.mark.parametrize("text", ["tcp-established\n", "file-locks\n--tcp-established\n",
-                                  "network-lock iptables\n", "network-lock nftables\n"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tcp-established\n",
+        "file-locks\n--tcp-established\n",
+        "network-lock iptables\n",
+        "network-lock nftables\n",
+    ],
+)
 def test_kept_when_runc_conf_carries_tcp_connections_or_chose_a_lock(
     conf: Path, tmp_path: Path, text: str
 ) -> None:

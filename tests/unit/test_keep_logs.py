@@ -24,8 +24,9 @@ def test_off_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert criu.keep_logs(_work(tmp_path), "m1-source") is None
 
 
-def test_copies_the_logs_with_their_birth_times(tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_copies_the_logs_with_their_birth_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     keep = tmp_path / "kept"
     monkeypatch.setenv(criu.ENV_KEEP_LOGS, str(keep))
     out = criu.keep_logs(_work(tmp_path), "m1-source")

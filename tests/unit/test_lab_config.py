@@ -150,8 +150,15 @@ def test_dockerd_and_sshd_argv() -> None:
 def test_host_argv_uses_nsenter_not_ip_netns_exec() -> None:
     h = Lab(LabConfig(name="t", subnet="10.50.0.0/24")).host("a")
     argv = h.argv(["docker", "ps"])
-    assert argv == ["/usr/bin/nsenter", "--net=/run/netns/t-a",
-                    "--mount=/run/migrate-lab/t/mntns/a", "--wd=.", "--", "docker", "ps"]  # fmt: skip
+    assert argv == [
+        "/usr/bin/nsenter",
+        "--net=/run/netns/t-a",
+        "--mount=/run/migrate-lab/t/mntns/a",
+        "--wd=.",
+        "--",
+        "docker",
+        "ps",
+    ]
     assert h.environ()["DOCKER_HOST"] == "unix:///run/migrate-lab/t/a/docker.sock"
     assert h.url == "ssh://root@10.50.0.1"
 

@@ -53,8 +53,14 @@ def test_only_container_ids_name_lock_files(tmp_path: Path) -> None:
 def test_unsettled_journals(tmp_path: Path) -> None:
     def journal(mid: str, *events: str) -> None:
         j = Journal.for_migration("source", mid, tmp_path)
-        j.append("precheck", container=CID, name="web", destination="ssh://b",
-                 dest_name="web", keep_source=False)  # fmt: skip
+        j.append(
+            "precheck",
+            container=CID,
+            name="web",
+            destination="ssh://b",
+            dest_name="web",
+            keep_source=False,
+        )
         for ev in events:
             j.append(ev)
 
@@ -70,19 +76,32 @@ def test_unsettled_journals(tmp_path: Path) -> None:
     with j.path.open("a") as f:
         f.write('{"event": "done", "ti')
     got = {p.migration_id: p.last for p in unsettled(tmp_path)}
-    assert got == {"a3": "pausing", "a4": "in_doubt", "a5": "rollback_incomplete",
-                   "a7": "precheck"}  # fmt: skip
+    assert got == {"a3": "pausing", "a4": "in_doubt", "a5": "rollback_incomplete", "a7": "precheck"}
     assert all(p.container_id == CID and p.name == "web" for p in unsettled(tmp_path))
 
 
 def _spec() -> ContainerSpec:
     return ContainerSpec(
-        id="a", name="b", image_ref="c", image_id="d", hostname="h", env=("K=v",), cmd=("x",),
-        entrypoint=(), working_dir="", user="", labels={"a": "b"}, restart_policy="no",
-        network_mode="bridge", ports=(PortBinding("80/tcp", "", "8080"),), memory=0,
-        nano_cpus=0, mounts=(MountSpec("tmpfs", "", "/x", rw=False),), tty=False,
+        id="a",
+        name="b",
+        image_ref="c",
+        image_id="d",
+        hostname="h",
+        env=("K=v",),
+        cmd=("x",),
+        entrypoint=(),
+        working_dir="",
+        user="",
+        labels={"a": "b"},
+        restart_policy="no",
+        network_mode="bridge",
+        ports=(PortBinding("80/tcp", "", "8080"),),
+        memory=0,
+        nano_cpus=0,
+        mounts=(MountSpec("tmpfs", "", "/x", rw=False),),
+        tty=False,
         raw={"Config": {}},
-    )  # fmt: skip
+    )
 
 
 def test_spec_round_trips_and_hostile_shapes_are_refused() -> None:

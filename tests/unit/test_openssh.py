@@ -21,10 +21,14 @@ from migrate.transport import bulk_sink, openssh
 from migrate.transport.openssh import BulkTarget, ssh_argv
 
 TARGET = BulkTarget(
-    host="10.0.0.2", port=2222, user="admin", identity=Path("/keys/id ed25519"),
-    host_key_type="ssh-ed25519", host_key_b64="AAAAC3NzaC1lZDI1NTE5AAAAIFAKE",
+    host="10.0.0.2",
+    port=2222,
+    user="admin",
+    identity=Path("/keys/id ed25519"),
+    host_key_type="ssh-ed25519",
+    host_key_b64="AAAAC3NzaC1lZDI1NTE5AAAAIFAKE",
     agent_command="export DOCKER_HOST=x; migrate agent --docker-host 'unix:///a b'",
-)  # fmt: skip
+)
 
 
 def _opts(argv: list[str]) -> dict[str, str]:
@@ -75,11 +79,14 @@ def test_sink_path_is_quoted_for_the_remote_shell() -> None:
     )
 
 
-@pytest.mark.parametrize(("ktype", "algs"), [
-    ("ssh-ed25519", "ssh-ed25519"),
-    ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
-    ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256,ssh-rsa"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("ktype", "algs"),
+    [
+        ("ssh-ed25519", "ssh-ed25519"),
+        ("ecdsa-sha2-nistp256", "ecdsa-sha2-nistp256"),
+        ("ssh-rsa", "rsa-sha2-512,rsa-sha2-256,ssh-rsa"),
+    ],
+)
 def test_host_key_algorithms(ktype: str, algs: str) -> None:
     assert openssh.host_key_algorithms(ktype) == algs
 
@@ -95,8 +102,14 @@ def test_tokens_are_random_and_strictly_parsed() -> None:
     assert a != b and len(a) == bulk_sink.TOKEN_HEX_LEN
     line = bulk_sink.token_line(a)
     assert bulk_sink.parse_token_line(line) == a.encode()
-    for bad in (line[:-1], line[:-1] + b"x", a.upper().encode() + b"\n", b"", line + b"\n",
-                b"g" * 64 + b"\n"):  # fmt: skip
+    for bad in (
+        line[:-1],
+        line[:-1] + b"x",
+        a.upper().encode() + b"\n",
+        b"",
+        line + b"\n",
+        b"g" * 64 + b"\n",
+    ):
         assert bulk_sink.parse_token_line(bad) is None
     with pytest.raises(ValueError):
         bulk_sink.token_line("not-a-token")
@@ -154,7 +167,7 @@ def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
     assert frames[-1].kind == protocol.KIND_END
     assert all(f.kind == protocol.KIND_DATA for f in frames[1:-1])
     # Read back by the agent's reader from the bulk bytes (after the header).
-    reader = StreamReader(Connection(Pipe(bytes(bulk.sent)[len(frames[0].body) + 7:])))
+    reader = StreamReader(Connection(Pipe(bytes(bulk.sent)[len(frames[0].body) + 7 :])))
     assert reader.read() == b"hello " * 1000
     conn.close()
     assert bulk.closed
@@ -214,19 +227,23 @@ def _agent_with_bulk(bulk_bytes: bytes) -> Agent:
 
 def test_agent_takes_the_stream_whose_header_names_the_request() -> None:
     data = protocol.encode_control(protocol.stream_header(7)) + protocol.encode_frame(
-        protocol.KIND_END, b"")  # fmt: skip
+        protocol.KIND_END, b""
+    )
     agent = _agent_with_bulk(data)
     conn = agent._stream_conn(7, "bulk")
     assert conn is agent._bulk
     assert conn.recv_frame().kind == protocol.KIND_END
 
 
-@pytest.mark.parametrize("head", [
-    protocol.encode_control(protocol.stream_header(6)),  # another request's stream
-    protocol.encode_frame(protocol.KIND_DATA, b"x"),  # no header at all
-    protocol.encode_control({"type": "stream", "id": 7, "extra": 1}),
-    b"XX" + b"\0" * 5,  # not a frame
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "head",
+    [
+        protocol.encode_control(protocol.stream_header(6)),  # another request's stream
+        protocol.encode_frame(protocol.KIND_DATA, b"x"),  # no header at all
+        protocol.encode_control({"type": "stream", "id": 7, "extra": 1}),
+        b"XX" + b"\0" * 5,  # not a frame
+    ],
+)
 def test_agent_refuses_a_bulk_stream_out_of_step(head: bytes) -> None:
     agent = _agent_with_bulk(head)
     with pytest.raises(errors.ConnectionLost):
@@ -329,8 +346,11 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     token = bulk_sink.new_token()
-    ctl = _SshLike(protocol.encode_control(protocol.response_message(
-        1, {"socket": "/run/migrate/bulk-x/s", "token": token})))  # fmt: skip
+    ctl = _SshLike(
+        protocol.encode_control(
+            protocol.response_message(1, {"socket": "/run/migrate/bulk-x/s", "token": token})
+        )
+    )
     conn = Connection(ctl)
     # An "ssh" that says what OpenSSH says when the key is refused, and exits 255.
     fake = tmp_path / "ssh"
@@ -340,8 +360,9 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     seen: list[Path] = []
     real_mkstemp = tempfile.mkstemp
-    monkeypatch.setattr(tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw),
-                                                           seen.append(Path(r[1])))[0])  # fmt: skip
+    monkeypatch.setattr(
+        tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw), seen.append(Path(r[1])))[0]
+    )
     ch = openssh.attach_bulk(conn, "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "Permission denied" in ch.note, ch
     assert conn.bulk is None
@@ -365,13 +386,16 @@ def test_stale_known_hosts_of_dead_sources_are_swept(
     assert not stale.exists() and mine.exists() and alive.exists() and other.exists()
 
 
-@pytest.mark.parametrize("answer", [
-    {"socket": "/run/migrate/bulk-x/s", "token": "short"},
-    {"socket": "/run/migrate/bulk-x/s", "token": "A" * 64},
-    {"socket": "relative/s", "token": "a" * 64},
-    {"socket": 5, "token": "a" * 64},
-    {},
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"socket": "/run/migrate/bulk-x/s", "token": "short"},
+        {"socket": "/run/migrate/bulk-x/s", "token": "A" * 64},
+        {"socket": "relative/s", "token": "a" * 64},
+        {"socket": 5, "token": "a" * 64},
+        {},
+    ],
+)
 def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, object]) -> None:
     def conn() -> Connection:
         return Connection(_SshLike(protocol.encode_control(protocol.response_message(1, answer))))

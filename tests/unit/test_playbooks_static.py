@@ -14,14 +14,20 @@ import pytest
 from migrate.lab_config import LabConfig, ansible_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
-PLAYBOOKS = sorted(p for p in (ROOT / "playbooks").glob("*.yml") if not p.name.startswith("inventory"))
+PLAYBOOKS = sorted(
+    p for p in (ROOT / "playbooks").glob("*.yml") if not p.name.startswith("inventory")
+)
 BIN = Path(sys.executable).parent
 
 
 def _env() -> dict[str, str]:
     # ansible-lint looks for ansible-playbook on PATH; keep the venv first and colours off.
-    return {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "NO_COLOR": "1",
-            "ANSIBLE_NOCOLOR": "1"}  # fmt: skip
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "NO_COLOR": "1",
+        "ANSIBLE_NOCOLOR": "1",
+    }
 
 
 def test_there_are_playbooks() -> None:
@@ -32,39 +38,67 @@ def test_there_are_playbooks() -> None:
 def test_syntax_check(playbook: Path, tmp_path: Path) -> None:
     p = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "--syntax-check", str(playbook)],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_ansible_lint(tmp_path: Path) -> None:
     p = subprocess.run(
-        [str(BIN / "ansible-lint"), "--offline", "--nocolor", "--profile", "production",
-         *map(str, PLAYBOOKS), str(ROOT / "playbooks" / "roles" / "migrate")],
-        capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300,
-    )  # fmt: skip
+        [
+            str(BIN / "ansible-lint"),
+            "--offline",
+            "--nocolor",
+            "--profile",
+            "production",
+            *map(str, PLAYBOOKS),
+            str(ROOT / "playbooks" / "roles" / "migrate"),
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
 
 
 def test_example_inventory_parses(tmp_path: Path) -> None:
     p = subprocess.run(
-        [str(BIN / "ansible-inventory"), "-i", str(ROOT / "playbooks" / "inventory.example.yml"),
-         "--list"],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        [
+            str(BIN / "ansible-inventory"),
+            "-i",
+            str(ROOT / "playbooks" / "inventory.example.yml"),
+            "--list",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert json.loads(p.stdout)["migrate_hosts"]["hosts"] == ["node1", "node2", "standby1"]
 
 
 def test_lab_inventory_parses(tmp_path: Path) -> None:
-    cfg = LabConfig(name="minv", subnet="10.213.99.0/24", state_dir=tmp_path / "s",
-                    run_dir=tmp_path / "r")  # fmt: skip
+    cfg = LabConfig(
+        name="minv", subnet="10.213.99.0/24", state_dir=tmp_path / "s", run_dir=tmp_path / "r"
+    )
     inv = tmp_path / "inventory.yml"
     inv.write_text(ansible_inventory(cfg))
     p = subprocess.run(
         [str(BIN / "ansible-inventory"), "-i", str(inv), "--list"],
-        capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     data = json.loads(p.stdout)
     assert data["migrate_hosts"]["hosts"] == ["a", "b"]

@@ -89,32 +89,43 @@ class _NoEngine:
 
 
 def _migration(strategy: str) -> Migration:
-    return Migration(RunOptions(container="c", destination="d", strategy=strategy),
-                     engine=_NoEngine(), connect=lambda: None)  # type: ignore[arg-type]
+    return Migration(
+        RunOptions(container="c", destination="d", strategy=strategy),
+        engine=_NoEngine(),
+        connect=lambda: None,
+    )  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("strategy", "source_why", "answer", "expect"), [
-    ("lazy", None, {"lazy": {"ok": True, "why": ""}}, "lazy"),
-    ("auto", None, {"lazy": {"ok": True, "why": ""}}, "lazy"),
-    ("auto", None, {"lazy": {"ok": False, "why": "runc.conf sets work-dir"}}, "cold"),
-    ("auto", "no uffd here", {}, "cold"),
-    ("auto", None, {"ok": True}, "cold"),  # an agent that did not answer the question
-    ("cold", "not asked", {}, "cold"),
-])  # fmt: skip
-def test_choose_strategy(strategy: str, source_why: str | None, answer: dict[str, Any],
-                         expect: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("strategy", "source_why", "answer", "expect"),
+    [
+        ("lazy", None, {"lazy": {"ok": True, "why": ""}}, "lazy"),
+        ("auto", None, {"lazy": {"ok": True, "why": ""}}, "lazy"),
+        ("auto", None, {"lazy": {"ok": False, "why": "runc.conf sets work-dir"}}, "cold"),
+        ("auto", "no uffd here", {}, "cold"),
+        ("auto", None, {"ok": True}, "cold"),  # an agent that did not answer the question
+        ("cold", "not asked", {}, "cold"),
+    ],
+)
+def test_choose_strategy(
+    strategy: str, source_why: str | None, answer: dict[str, Any], expect: str
+) -> None:
     m = _migration(strategy)
     m._choose_strategy(source_why, answer)
     assert m.strategy == expect
     assert bool(m.strategy_note) == (strategy == "auto" and expect == "cold")
 
 
-@pytest.mark.parametrize(("source_why", "answer", "word"), [
-    (None, {"lazy": {"ok": False, "why": "runc.conf sets work-dir itself"}}, "work-dir"),
-    ("`criu check --feature uffd-noncoop` fails on the source", {}, "uffd-noncoop"),
-])  # fmt: skip
-def test_lazy_refused_with_the_reason_and_a_fix(source_why: str | None, answer: dict[str, Any],
-                                                word: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("source_why", "answer", "word"),
+    [
+        (None, {"lazy": {"ok": False, "why": "runc.conf sets work-dir itself"}}, "work-dir"),
+        ("`criu check --feature uffd-noncoop` fails on the source", {}, "uffd-noncoop"),
+    ],
+)
+def test_lazy_refused_with_the_reason_and_a_fix(
+    source_why: str | None, answer: dict[str, Any], word: str
+) -> None:
     m = _migration("lazy")
     with pytest.raises(Unsupported) as ei:
         m._choose_strategy(source_why, answer)

@@ -45,8 +45,9 @@ def pre_copy(src: Path, dst: Path, started_ns: int) -> precopy.PreCopy:
     return pc
 
 
-def delta(src: Path, dst: Path, pc: precopy.PreCopy) -> tuple[layers.CaptureStats,
-                                                                layers.ApplyStats]:
+def delta(
+    src: Path, dst: Path, pc: precopy.PreCopy
+) -> tuple[layers.CaptureStats, layers.ApplyStats]:
     cap = capture(src, keep=pc.unchanged)
     data = b"".join(cap)
     return cap.stats, apply(_reader(data), dst, policy=ROOTFS_DELTA_POLICY)
@@ -175,11 +176,13 @@ def test_files_open_for_writing_at_the_start_are_never_kept(tmp_path: Path) -> N
     assert rel + b"/log" in busy
     assert rel + b"/mapped" in busy
     assert rel + b"/idle" not in busy
-    pc = precopy.PreCopy(started_ns=FAR_FUTURE_NS,
-                         busy=frozenset(p[len(rel) + 1:] for p in busy))  # fmt: skip
+    pc = precopy.PreCopy(started_ns=FAR_FUTURE_NS, busy=frozenset(p[len(rel) + 1 :] for p in busy))
     (tmp_path / "dst").mkdir()
-    apply(_reader(b"".join(capture(src, live=True, record=pc.record))), tmp_path / "dst",
-          policy=ROOTFS_POLICY)  # fmt: skip
+    apply(
+        _reader(b"".join(capture(src, live=True, record=pc.record))),
+        tmp_path / "dst",
+        policy=ROOTFS_POLICY,
+    )
     cstats, _ = delta(src, tmp_path / "dst", pc)
     assert cstats.kept == 1  # idle only
 
@@ -232,8 +235,9 @@ def test_keep_members_only_in_a_delta(tmp_path: Path) -> None:
 
 
 def test_busy_paths_under_a_volume_are_relative_to_it() -> None:
-    pc = precopy.PreCopy(started_ns=1, busy=frozenset({b"var/lib/db/wal", b"var/lib/dbx/f",
-                                                       b"etc/x"}))  # fmt: skip
+    pc = precopy.PreCopy(
+        started_ns=1, busy=frozenset({b"var/lib/db/wal", b"var/lib/dbx/f", b"etc/x"})
+    )
     sub = pc.under("/var/lib/db")
     assert sub.busy == frozenset({b"wal"}) and sub.started_ns == 1
     assert pc.under("/").busy == pc.busy

@@ -27,16 +27,35 @@ class _Engine:
 
 def _spec() -> ContainerSpec:
     return ContainerSpec(
-        id="c1", name="db", image_ref="img", image_id="sha256:x", hostname="h", env=(), cmd=(),
-        entrypoint=(), working_dir="", user="", labels={}, restart_policy="no",
-        network_mode="bridge", ports=(), memory=0, nano_cpus=0, mounts=(), tty=False,
-    )  # fmt: skip
+        id="c1",
+        name="db",
+        image_ref="img",
+        image_id="sha256:x",
+        hostname="h",
+        env=(),
+        cmd=(),
+        entrypoint=(),
+        working_dir="",
+        user="",
+        labels={},
+        restart_policy="no",
+        network_mode="bridge",
+        ports=(),
+        memory=0,
+        nano_cpus=0,
+        mounts=(),
+        tty=False,
+    )
 
 
 def test_refuses_other_users_without_the_capability(monkeypatch: Any) -> None:
     monkeypatch.setattr(criu, "has_cap_sys_resource", lambda: False)
-    engine = _Engine([ProcessInfo(10, ME, MY_G, "sh -c init"),
-                      ProcessInfo(11, (999,) * 4, (999,) * 4, "postgres -D /data")])  # fmt: skip
+    engine = _Engine(
+        [
+            ProcessInfo(10, ME, MY_G, "sh -c init"),
+            ProcessInfo(11, (999,) * 4, (999,) * 4, "postgres -D /data"),
+        ]
+    )
     with pytest.raises(Unsupported) as e:
         migration.check_process_owners(engine, _spec())  # type: ignore[arg-type]
     assert "pid 11 uid 999 (postgres -D /data)" in e.value.message

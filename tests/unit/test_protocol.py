@@ -61,7 +61,9 @@ def test_bad_magic_is_refused() -> None:
 
 
 def test_oversized_length_is_refused_before_reading_the_body() -> None:
-    header = protocol.HEADER.pack(protocol.MAGIC, protocol.KIND_CONTROL, protocol.MAX_CONTROL_BYTES + 1)
+    header = protocol.HEADER.pack(
+        protocol.MAGIC, protocol.KIND_CONTROL, protocol.MAX_CONTROL_BYTES + 1
+    )
     with pytest.raises(errors.ProtocolError, match="exceeds"):
         protocol.read_frame(Pipe(header))
 
@@ -104,8 +106,14 @@ def test_validate_request_accepts_allowed_call() -> None:
         ({"id": 1, "method": "commit", "args": {"migration_id": 3}}, "must be str"),
         ({"id": 1, "method": "commit", "args": {"migration_id": "a", "x": 1}}, "unexpected"),
         ({"id": 1, "method": "commit", "args": ["a"]}, "object"),
-        ({"id": 1, "method": "hello", "args": {"protocol": True, "min_protocol": 1,
-                                                "software": "x", "faults": []}}, "must be int"),
+        (
+            {
+                "id": 1,
+                "method": "hello",
+                "args": {"protocol": True, "min_protocol": 1, "software": "x", "faults": []},
+            },
+            "must be int",
+        ),
     ],
 )
 def test_validate_request_refuses(msg: dict, match: str) -> None:
@@ -228,9 +236,9 @@ def test_progress_is_reported_from_the_sending_thread() -> None:
     seen: list[tuple[int, int, str]] = []
     payload = [os.urandom(1 << 20) for _ in range(5)]
     stats = Connection(Pipe()).send_stream(
-        iter(payload), on_progress=lambda raw, wire: seen.append(
-            (raw, wire, threading.current_thread().name))
-    )  # fmt: skip
+        iter(payload),
+        on_progress=lambda raw, wire: seen.append((raw, wire, threading.current_thread().name)),
+    )
     assert seen[-1][:2] == (stats["raw"], stats["wire"]) == (5 << 20, stats["wire"])
     assert {name for _, _, name in seen} == {threading.current_thread().name}
     assert [r for r, _, _ in seen] == sorted(r for r, _, _ in seen)
@@ -319,14 +327,15 @@ def _wait_no_stage_threads(timeout: float = 10.0) -> None:
     assert not _stage_threads(), f"stage threads left running: {_stage_threads()}"
 
 
-
 def _words(mib: int, seed: int = 7) -> list[bytes]:
     """Compressible text (~0.3 at zstd level 1) in 256 KiB pieces, the same every run."""
     import random
 
     rnd = random.Random(seed)
-    vocab = [bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9)))
-             for _ in range(4000)]  # fmt: skip
+    vocab = [
+        bytes(rnd.choice(b"abcdefghijklmnopqrstuvwxyz") for _ in range(rnd.randint(2, 9)))
+        for _ in range(4000)
+    ]
     out, size = [], 0
     while size < mib << 20:
         piece = b" ".join(rnd.choice(vocab) for _ in range(40_000))[: 256 << 10]

@@ -29,8 +29,11 @@ def test_admin_options_are_kept_during_the_restore_and_put_back(conf: Path) -> N
     assert original == "file-locks\ntcp-established\n"
     assert conf.read_text().startswith(d._CONF_MARKER)
     assert _options(conf) == [
-        "file-locks", "tcp-established", "lazy-pages", "work-dir /run/migrate/lazy-x",
-    ]  # fmt: skip
+        "file-locks",
+        "tcp-established",
+        "lazy-pages",
+        "work-dir /run/migrate/lazy-x",
+    ]
     d._restore_conf(original)
     assert conf.read_text() == "file-locks\ntcp-established\n"
     assert not d._conf_saved().exists()

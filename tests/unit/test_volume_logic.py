@@ -11,8 +11,9 @@ from migrate.engines.docker import _pin_anonymous_volumes
 
 
 def _spec(*mounts: MountSpec) -> ContainerSpec:
-    return ContainerSpec.from_wire({"id": "x", "name": "n", "image_id": "i",
-                                    "mounts": [m.__dict__ for m in mounts]})  # fmt: skip
+    return ContainerSpec.from_wire(
+        {"id": "x", "name": "n", "image_id": "i", "mounts": [m.__dict__ for m in mounts]}
+    )
 
 
 def test_volume_round_trips_over_the_wire() -> None:
@@ -21,10 +22,18 @@ def test_volume_round_trips_over_the_wire() -> None:
     assert back == VolumeInfo("data", "local", {"o": "size=1m"}, {"team": "a"}, "")
 
 
-@pytest.mark.parametrize("bad", [
-    {"name": "../etc"}, {"name": ""}, {"name": 3}, {"name": "a", "labels": {"k": 1}},
-    {"name": "a", "options": ["x"]}, {"name": "a", "driver": None}, "data",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"name": "../etc"},
+        {"name": ""},
+        {"name": 3},
+        {"name": "a", "labels": {"k": 1}},
+        {"name": "a", "options": ["x"]},
+        {"name": "a", "driver": None},
+        "data",
+    ],
+)
 def test_bad_volume_descriptions_are_refused(bad: Any) -> None:
     with pytest.raises(ValueError):
         VolumeInfo.from_wire(bad)
@@ -61,7 +70,11 @@ def test_network_round_trips_and_bad_ones_are_refused() -> None:
 
     n = NetworkInfo("net", "bridge", {"IPAM": {"Config": [{"Subnet": "10.9.0.0/24"}]}})
     assert NetworkInfo.from_wire(n.to_wire()) == n
-    for bad in ({"name": "", "driver": "bridge"}, {"name": "n", "driver": 1},
-                {"name": "n", "driver": "bridge", "raw": []}, None):  # fmt: skip
+    for bad in (
+        {"name": "", "driver": "bridge"},
+        {"name": "n", "driver": 1},
+        {"name": "n", "driver": "bridge", "raw": []},
+        None,
+    ):
         with pytest.raises(ValueError):
             NetworkInfo.from_wire(bad)
