@@ -48,10 +48,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.engines.docker import _containerd_restore_copies
-from migrate.lab import Lab, LabHost, migrate_executable
-from migrate.lab_config import LabConfig
-from migrate.lab_images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
+from migrate.engines.docker.engine import _containerd_restore_copies
+from migrate.lab.config import LabConfig
+from migrate.lab.hosts import Lab, LabHost, migrate_executable
+from migrate.lab.images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -287,7 +287,7 @@ def start_workload(a: LabHost, name: str, case: Case) -> Path:
         time.sleep(0.2)
     if SETTLE:
         # --settle: the layer as if written long ago (written back), not seconds before.
-        from migrate.precopy import flush
+        from migrate.fs.precopy import flush
 
         flush(upper, 120)
     return upper
@@ -709,7 +709,7 @@ def run_case(lab: Lab, case: Case, legs: Sequence[str]) -> None:
     if "raw" in legs:
         nbytes = 0
         if case.migrate is not None:
-            nbytes = int(case.migrate.report["bytes"]["raw"])
+            nbytes = int(case.migrate.core.report["bytes"]["raw"])
         elif case.manual is not None:
             nbytes = case.manual.bytes["raw"]
         if nbytes:
@@ -863,14 +863,14 @@ def goals(cases: list[Case]) -> list[str]:
     pairs = [(e, g) for g in big_rw for e in empty if e.mem_mb == g.mem_mb]
     for e, g in pairs:
         assert e.migrate is not None and g.migrate is not None
-        extra = g.migrate.report["downtime_s"] / e.migrate.report["downtime_s"] - 1
+        extra = g.migrate.core.report["downtime_s"] / e.migrate.core.report["downtime_s"] - 1
         out.append(
             f"- Issue 8 goal 3, {g.mem_mb} MiB with a {g.rw_mb} MiB unchanged RW layer "
             f"vs an empty one: {verdict(extra, GOAL_RW_1G_EXTRA)} extra downtime."
         )
         if e.noprecopy is not None and g.noprecopy is not None:
             before = g.noprecopy.report["downtime_s"] / e.noprecopy.report["downtime_s"] - 1
-            gb = g.migrate.report["bytes"]
+            gb = g.migrate.core.report["bytes"]
             out.append(
                 f"  - the same without the pre-copy (`--no-precopy`, this run): "
                 f"{before:.2f} extra downtime; with it, "
@@ -883,10 +883,10 @@ def goals(cases: list[Case]) -> list[str]:
     for c in cases:
         if c.migrate is None or c.diskstaging is None:
             continue
-        ph_m, ph_d = c.migrate.report["phases"], c.diskstaging.report["phases"]
+        ph_m, ph_d = c.migrate.core.report["phases"], c.diskstaging.report["phases"]
         out.append(
-            f"- Staging, {c.label}: downtime {c.migrate.report['downtime_s']:.2f} s with the "
-            f"images staged as {c.migrate.report.get('staging')} vs "
+            f"- Staging, {c.label}: downtime {c.migrate.core.report['downtime_s']:.2f} s with the "
+            f"images staged as {c.migrate.core.report.get('staging')} vs "
             f"{c.diskstaging.report['downtime_s']:.2f} s on disk (`--staging disk`); "
             f"checkpoint {ph_m.get('checkpoint', 0):.2f} vs {ph_d.get('checkpoint', 0):.2f} s, "
             f"transfer {ph_m.get('transfer', 0):.2f} vs {ph_d.get('transfer', 0):.2f} s, "
@@ -946,7 +946,7 @@ def markdown(cases: list[Case], meta: dict[str, Any]) -> str:
     ]
     for c in cases:
         d = derived(c)
-        rb = c.migrate.report["bytes"] if c.migrate else {}
+        rb = c.migrate.core.report["bytes"] if c.migrate else {}
         ver = [
             f"{leg} {fmt(r.verified)}"
             for leg, r in (("manual", c.manual), ("migrate", c.migrate), ("lazy", c.lazy))
@@ -1179,7 +1179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     global SETTLE, AGENT_ENV
     SETTLE = args.settle
     if args.keep_criu_logs:
-        from migrate.criu import ENV_KEEP_LOGS
+        from migrate.checkpoint.criu import ENV_KEEP_LOGS
 
         os.environ[ENV_KEEP_LOGS] = str(args.keep_criu_logs.resolve())  # the source inherits it
         AGENT_ENV = f"env {ENV_KEEP_LOGS}={shlex.quote(os.environ[ENV_KEEP_LOGS])} "

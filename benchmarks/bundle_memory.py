@@ -20,9 +20,9 @@ import time
 import uuid
 from pathlib import Path
 
-from migrate.lab import Lab, migrate_executable
-from migrate.lab_config import LabConfig
-from migrate.lab_images import build_image
+from migrate.lab.config import LabConfig
+from migrate.lab.hosts import Lab, migrate_executable
+from migrate.lab.images import build_image
 
 RESULTS = Path(__file__).parent / "results" / "bundle-memory.md"
 

@@ -31,9 +31,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import bench_run as br  # noqa: E402
 
-from migrate.engines.docker import DockerEngine  # noqa: E402
-from migrate.lab import Lab  # noqa: E402
-from migrate.lab_config import LabConfig  # noqa: E402
+from migrate.engines.docker.engine import DockerEngine  # noqa: E402
+from migrate.lab.config import LabConfig  # noqa: E402
+from migrate.lab.hosts import Lab  # noqa: E402
 
 DISK = Path("/var/lib/migrate/probe-dump")
 MEMORY = Path("/dev/shm/migrate-probe-dump")

@@ -1,4 +1,4 @@
-"""Micro-benchmark of migrate.layers: capture and apply a ~1 GiB tree of mixed files.
+"""Micro-benchmark of migrate.fs.layers: capture and apply a ~1 GiB tree of mixed files.
 
     .venv/bin/python benchmarks/layers_bench.py [--size-mb 1024] [--dir /var/tmp] [--out FILE]
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from migrate import layers
+from migrate.fs import layers
 
 MiB = 1 << 20
 

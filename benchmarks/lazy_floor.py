@@ -51,11 +51,11 @@ from bench_run import (
     verify_on_b,
 )
 
-from migrate import criu, lazy_pages
+from migrate.checkpoint import criu, lazy_pages
 from migrate.engines.base import LazyRestore
-from migrate.engines.docker import DockerEngine
-from migrate.lab import Lab
-from migrate.lab_config import LabConfig
+from migrate.engines.docker.engine import DockerEngine
+from migrate.lab.config import LabConfig
+from migrate.lab.hosts import Lab
 
 _TS = re.compile(r"^\((\d+)\.(\d+)\)")
 
@@ -512,7 +512,7 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
     """Docker's own start path on b, through the API: a plain start (no checkpoint) of the
     workload image, and the start from a plain checkpoint of a small (4 MiB) workload, its
     dump with CRIU's network lock (the default) and without (migrate's dumps)."""
-    import migrate.engines.docker as engine_mod
+    import migrate.engines.docker.engine as engine_mod
 
     b = lab.host("b")
     out: dict[str, list[float]] = {
@@ -592,7 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         help="extra CRIU options for the dump (CRIU_CONFIG_FILE), e.g. 'network-lock skip'",
     )
     args = ap.parse_args(argv)
-    import migrate.engines.docker as engine_mod
+    import migrate.engines.docker.engine as engine_mod
 
     real_dump_env = engine_mod.dump_env
     if args.summarize or args.from_kept:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from bench_run import IMAGE, Case, build_workload_image, docker, request_sum, start_workload
 
-from migrate.engines.docker import _containerd_restore_copies, _LogHolder
-from migrate.lab import Lab, LabHost
-from migrate.lab_config import LabConfig
+from migrate.engines.docker.engine import _containerd_restore_copies, _LogHolder
+from migrate.lab.config import LabConfig
+from migrate.lab.hosts import Lab, LabHost
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EVERY_S = 0.02

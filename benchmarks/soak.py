@@ -25,10 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from migrate.journal import DEFAULT_DIR, unsettled
-from migrate.lab import Lab, migrate_executable
-from migrate.lab_config import LabConfig
-from migrate.lab_images import BUSYBOX_TAG, ensure_busybox_image
+from migrate.core.journal import DEFAULT_DIR, unsettled
+from migrate.lab.config import LabConfig
+from migrate.lab.hosts import Lab, migrate_executable
+from migrate.lab.images import BUSYBOX_TAG, ensure_busybox_image
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"

@@ -111,9 +111,9 @@ def cpu_s() -> float:
 
 
 def sink(target: Path) -> int:
-    from migrate import layers
-    from migrate.protocol import Connection, StreamReader, decode_control, response_message
+    from migrate.fs import layers
     from migrate.transport.stdio import StdioChannel
+    from migrate.wire.protocol import Connection, StreamReader, decode_control, response_message
 
     clock = StageClock()
     ch = TimedChannel(StdioChannel.claim_stdio(), clock)
@@ -122,9 +122,9 @@ def sink(target: Path) -> int:
     stream_conn = conn
     listener = None
     if req["method"] == "bulk_open":  # --mode bulk: as the agent's h_bulk_open does
-        from migrate.agent import LAZY_WORK_ROOT
-        from migrate.protocol import KIND_CONTROL, stream_header
+        from migrate.agent.server import LAZY_WORK_ROOT
         from migrate.transport.bulk_sink import BulkListener
+        from migrate.wire.protocol import KIND_CONTROL, stream_header
 
         LAZY_WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
         listener = BulkListener(LAZY_WORK_ROOT)
@@ -192,10 +192,11 @@ def source(
 ) -> int:
     import dataclasses
 
-    from migrate import layers, protocol
-    from migrate.protocol import Connection
+    from migrate.fs import layers
     from migrate.transport.openssh import BulkLink
     from migrate.transport.ssh import SshOptions, connect, parse_destination
+    from migrate.wire import protocol
+    from migrate.wire.protocol import Connection
 
     if os.environ.get("STREAM_BENCH_SWITCH"):
         sw = float(os.environ["STREAM_BENCH_SWITCH"])
@@ -335,8 +336,8 @@ def drive(args: Any) -> int:
     if not {m.split("@")[0] for m in modes} <= {"paramiko", "bulk"}:
         raise SystemExit(f"--modes: unknown mode in {args.modes!r}")
 
-    from migrate.lab import Lab
-    from migrate.lab_config import LabConfig
+    from migrate.lab.config import LabConfig
+    from migrate.lab.hosts import Lab
 
     lab = Lab(LabConfig(name=args.lab, subnet=args.subnet))
     lab.up()

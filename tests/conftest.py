@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from migrate.lab import Lab, LabConfig, docker_client, migrate_executable
-from migrate.lab_images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
+from migrate.lab.hosts import Lab, LabConfig, docker_client, migrate_executable
+from migrate.lab.images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
 
 TESTS_DIR = Path(__file__).resolve().parent
 KINDS = ("unit", "integration", "e2e")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from migrate.postcopy import PageServer
+    from migrate.checkpoint.postcopy import PageServer
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ class Channel(Protocol):
     """A bidirectional byte pipe to a running agent.
 
     ``recv`` returns at most ``n`` bytes, ``b""`` at end of stream, and raises
-    :class:`migrate.errors.Timeout` when nothing arrived within the timeout set by
+    :class:`migrate.core.errors.Timeout` when nothing arrived within the timeout set by
     ``settimeout`` (``None`` waits forever: never used by the tool itself).
-    ``sendall`` writes everything or raises :class:`migrate.errors.ConnectionLost`.
+    ``sendall`` writes everything or raises :class:`migrate.core.errors.ConnectionLost`.
     """
 
     def recv(self, n: int) -> bytes: ...

@@ -27,7 +27,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from migrate.errors import ConnectionLost, Timeout
+from migrate.core.errors import ConnectionLost, Timeout
 
 log = logging.getLogger(__name__)
 

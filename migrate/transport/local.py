@@ -16,7 +16,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Self
 
-from migrate.errors import AgentUnavailable, ConnectionLost, Timeout
+from migrate.core.errors import AgentUnavailable, ConnectionLost, Timeout
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
 from migrate.transport.tunnel import DirectTunnel
 

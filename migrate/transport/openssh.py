@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from migrate.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
-from migrate.protocol import Connection
+from migrate.core.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
 from migrate.transport.bulk_sink import ACK, parse_token_line, set_pipe_size, token_line
 from migrate.transport.tail import StderrTail
+from migrate.wire.protocol import Connection
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Self
 
 import paramiko
 
-from migrate.errors import (
+from migrate.core.errors import (
     AgentUnavailable,
     AuthFailed,
     BadDestination,

@@ -6,7 +6,7 @@ import os
 import select
 import sys
 
-from migrate.errors import ConnectionLost, Timeout
+from migrate.core.errors import ConnectionLost, Timeout
 
 
 class StdioChannel:

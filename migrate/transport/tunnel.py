@@ -16,8 +16,8 @@ from typing import Any
 
 import paramiko
 
-from migrate.errors import ConnectionLost
-from migrate.postcopy import abort
+from migrate.checkpoint.postcopy import abort
+from migrate.core.errors import ConnectionLost
 
 log = logging.getLogger(__name__)
 

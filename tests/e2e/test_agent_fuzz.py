@@ -17,9 +17,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrate.errors import MigrateError
-from migrate.protocol import KIND_CONTROL, KIND_DATA, KIND_END, MAGIC, METHODS
+from migrate.core.errors import MigrateError
 from migrate.transport.local import LocalChannel
+from migrate.wire.protocol import KIND_CONTROL, KIND_DATA, KIND_END, MAGIC, METHODS
 
 HEADER = struct.Struct("!2sBI")
 

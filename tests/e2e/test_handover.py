@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from migrate import criu
-from migrate.lab import migrate_executable
-from migrate.staging import MEMORY_ROOT
+from migrate.checkpoint import criu
+from migrate.checkpoint.staging import MEMORY_ROOT
+from migrate.lab.hosts import migrate_executable
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
@@ -342,7 +342,7 @@ def test_agent_killed_from_outside(
 def restart_dockerd_b(lab: Any) -> None:
     """Stop B's dockerd (SIGTERM by its pidfile; its containers die with it: no live-restore)
     and bring it back with `lab up`, as an operator's `systemctl restart docker` would."""
-    from migrate.lab_sys import stop_pid
+    from migrate.lab.system import stop_pid
 
     pidfile = lab.config.paths("b").docker_pidfile
     stop_pid(int(pidfile.read_text().strip()), "dockerd b")
@@ -438,7 +438,7 @@ def test_destination_dockerd_restarted(
 def live_restore_lab(lab: Any) -> Iterator[Any]:
     """The test lab with both dockerds run with --live-restore (replaced now, and again,
     without it, afterwards: the other dockerd cells are measured without)."""
-    from migrate.lab import Lab
+    from migrate.lab.hosts import Lab
 
     live = Lab(dataclasses.replace(lab.config, live_restore=True))
     live.up()
@@ -979,7 +979,7 @@ def test_agent_killed_during_a_lazy_local_restore(
     heap in the counter's shell make the restore lazy): once the daemon runs, or once runc's
     host-wide CRIU configuration names it (while Docker starts the task). Rolled back; no
     daemon, work directory, lazy runc configuration or copy left on B."""
-    from migrate.engines.docker import RUNC_CRIU_CONF
+    from migrate.engines.docker.engine import RUNC_CRIU_CONF
 
     def conf_names(work: Path) -> bool:
         try:

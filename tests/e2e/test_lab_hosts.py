@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.errors import LabError
-from migrate.lab import NETNS_DIR, Lab, LabConfig, migrate_executable, pid_alive
+from migrate.core.errors import LabError
+from migrate.lab.hosts import NETNS_DIR, Lab, LabConfig, migrate_executable, pid_alive
 
 RunFn = Callable[..., "subprocess.CompletedProcess[str]"]
 CYCLE_LAB = os.environ.get("MIGRATE_TEST_LAB2", "mtest2")

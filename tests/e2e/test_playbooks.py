@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from migrate.lab import Lab
-from migrate.lab_config import ansible_inventory
+from migrate.lab.config import ansible_inventory
+from migrate.lab.hosts import Lab
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from migrate.lab import migrate_executable
+from migrate.lab.hosts import migrate_executable
 
 COUNTER = (
     "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "
@@ -46,7 +46,7 @@ def _count(client: Any, name: str) -> int:
 
 @pytest.fixture
 def counter_image(lab: Any, test_image: str) -> str:
-    from migrate.lab_images import build_image
+    from migrate.lab.images import build_image
 
     tag = "migrate-test/counter:1"
     build_image(
@@ -188,7 +188,7 @@ def test_tcp_server_answers_on_b(
 def test_demo_runs_twice(lab: Any) -> None:
     import subprocess
 
-    from migrate.lab_config import migrate_executable
+    from migrate.lab.config import migrate_executable
 
     for _ in range(2):
         p = subprocess.run(
@@ -211,7 +211,7 @@ def test_image_sent_only_when_missing(
     docker_b: Any,
     test_image: str,
 ) -> None:
-    from migrate.lab_images import build_image, remove_image
+    from migrate.lab.images import build_image, remove_image
 
     tag = "migrate-test/only-on-a:1"
     build_image(lab.host("a").docker_host, tag, base=test_image, files={"/marker": b"x" * 4096})

@@ -1,6 +1,6 @@
 """Real applications move with `migrate run` (issue 7, acceptance 1). Their images are built
 here from Debian's packages (unpacked .debs plus this host's libraries, no registry:
-migrate.lab_images.build_debian_app_image): Redis keeps every acknowledged key and accepts
+migrate.lab.images.build_debian_app_image): Redis keeps every acknowledged key and accepts
 writes, nginx (master and workers, `user root;`) serves through its published port on B, and
 PostgreSQL (non-root processes: CRIU's prlimit needs CAP_SYS_RESOURCE, absent in this sandbox)
 is refused by the precheck naming the reason, its data untouched. A running `docker exec`
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from migrate.criu import has_cap_sys_resource
-from migrate.lab_images import build_debian_app_image
+from migrate.checkpoint.criu import has_cap_sys_resource
+from migrate.lab.images import build_debian_app_image
 
 NGINX_CONF = b"""user root;
 worker_processes 2;

@@ -23,7 +23,7 @@ import docker.errors
 import docker.types
 import pytest
 
-from migrate.lab import LOCAL_DIR, Lab
+from migrate.lab.hosts import LOCAL_DIR, Lab
 
 WRITER = "i=0; while true; do i=$((i+1)); echo $i > /shared/count; sleep 0.1; done"
 # Appends one numbered line per tick: after the move B's file must go on from where A's stopped.
@@ -179,7 +179,7 @@ def test_copy_moves_the_directory_and_the_writer_goes_on_there(
 
     p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "copy", "--json")
     assert p.returncode == 0, p.stderr
-    # Copied while the container ran, then the delta in the freeze (migrate/precopy.py).
+    # Copied while the container ran, then the delta in the freeze (migrate/fs/precopy.py).
     assert json.loads(p.stdout)["bytes"]["volumes_precopy"] > 16384
 
     c = docker_b.containers.get(container_name)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrate.staging import MEMORY_ROOT
+from migrate.checkpoint.staging import MEMORY_ROOT
 
 TMP = Path("/tmp")
 

@@ -1,4 +1,4 @@
-"""Pre-copy of the read-write layer (migrate/precopy.py): the layer is streamed while the
+"""Pre-copy of the read-write layer (migrate/fs/precopy.py): the layer is streamed while the
 container runs and only what changed goes in the freeze. A workload that rewrites files (same
 size), creates, deletes, renames and hard-links without pause right up to the freeze must
 arrive exactly as it was frozen, in the layer and in a volume; a rollback after a pre-copy
@@ -24,8 +24,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from migrate.lab import migrate_executable
-from migrate.layers import OVERLAY_HOST_XATTRS
+from migrate.fs.layers import OVERLAY_HOST_XATTRS
+from migrate.lab.hosts import migrate_executable
 
 SETUP = " && ".join(
     [

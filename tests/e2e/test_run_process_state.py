@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from conftest import remove_containers
 
-from migrate.lab_images import build_image
+from migrate.lab.images import build_image
 
 PROG = Path(__file__).resolve().parent / "progs" / "pstate.c"
 TAG = "migrate-test/pstate:1"

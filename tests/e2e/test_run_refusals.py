@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from migrate.lab import docker_client
-from migrate.lab_config import DOCKERD
-from migrate.lab_sys import read_pid, stop_pid
+from migrate.lab.config import DOCKERD
+from migrate.lab.hosts import docker_client
+from migrate.lab.system import read_pid, stop_pid
 
 UNSHARE = "/usr/bin/unshare"
 

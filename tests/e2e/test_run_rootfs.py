@@ -39,7 +39,7 @@ CHECK = [
 
 @pytest.fixture
 def rootfs_image(lab: Any, test_image: str) -> str:
-    from migrate.lab_images import build_image
+    from migrate.lab.images import build_image
 
     tag = "migrate-test/rootfs:1"
     build_image(

@@ -1,4 +1,4 @@
-"""Checkpoint images staged in memory (tmpfs) or on disk (migrate/staging.py), on real lab
+"""Checkpoint images staged in memory (tmpfs) or on disk (migrate/checkpoint/staging.py), on real lab
 hosts over SSH: the container's memory arrives either way, nothing is left in the staging
 areas, and a memory staging area that fills up during the dump falls back to disk."""
 
@@ -13,8 +13,8 @@ from typing import Any
 
 from test_run_fast_restore import _memory_sum, start_holder
 
-from migrate.lab import migrate_executable
-from migrate.staging import MEMORY_ROOT
+from migrate.checkpoint.staging import MEMORY_ROOT
+from migrate.lab.hosts import migrate_executable
 
 
 def _gone(run: Any, path: Path) -> bool:

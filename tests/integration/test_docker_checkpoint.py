@@ -21,7 +21,7 @@ from typing import Any
 
 from docker.errors import NotFound
 
-from migrate.lab import DOCKER_CLI, Lab, LabHost
+from migrate.lab.hosts import DOCKER_CLI, Lab, LabHost
 
 # The file is replaced atomically, so a dump between two writes never sees it half-written.
 COUNTER = (

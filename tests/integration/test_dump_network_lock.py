@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from migrate.engines.docker import DUMP_CONF, DockerEngine
-from migrate.errors import CheckpointFailed
-from migrate.lab import Lab
+from migrate.core.errors import CheckpointFailed
+from migrate.engines.docker.engine import DUMP_CONF, DockerEngine
+from migrate.lab.hosts import Lab
 
 # CRIU's NETWORK_LOCK_SKIP as inventory.img stores it (a uint32: iptables 0, nftables 1, skip 2;
 # criu/include/cr_options.h).

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.agent import bind_plan
-from migrate.errors import ProtocolError, Unsupported, VolumeConflict
+from migrate.agent.server import bind_plan
+from migrate.core.errors import ProtocolError, Unsupported, VolumeConflict
 
 
 def test_same_path_needs_the_path(tmp_path: Path) -> None:

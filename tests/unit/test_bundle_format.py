@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from migrate import bundle
-from migrate.errors import BundleInvalid
+from migrate.core.errors import BundleInvalid
+from migrate.fs import bundle
 
 
 def _files(tmp: Path) -> list[tuple[str, Path]]:

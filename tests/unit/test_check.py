@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from migrate import check, criu
-from migrate.check import CheckReport, CheckResult, run_checks
+from migrate.checkpoint import criu
+from migrate.core.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable
 from migrate.engines.base import EngineInfo
-from migrate.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable
+from migrate.source import check
+from migrate.source.check import CheckReport, CheckResult, run_checks
 
 pytestmark = pytest.mark.unit
 

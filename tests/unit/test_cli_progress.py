@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from migrate.cli import _RichProgress, transfer_line
+from migrate.cli.render import RichProgress, transfer_line
 
 
 def test_transfer_line_shows_bytes_wire_and_rate() -> None:
@@ -18,13 +18,13 @@ def test_transfer_line_shows_bytes_wire_and_rate() -> None:
 
 def test_progress_prints_phases_on_a_terminal_only() -> None:
     buf = io.StringIO()
-    p = _RichProgress(Console(file=buf, force_terminal=True, width=100), enabled=True)
+    p = RichProgress(Console(file=buf, force_terminal=True, width=100), enabled=True)
     p.phase("checkpoint", "checkpointing")
     p.transfer("checkpoint", 10, 5, 20)
     p.phase_done("checkpoint", 0.25)
     assert "checkpoint" in buf.getvalue() and "0.250 s" in buf.getvalue()
     quiet = io.StringIO()
-    q = _RichProgress(Console(file=quiet, force_terminal=False), enabled=False)
+    q = RichProgress(Console(file=quiet, force_terminal=False), enabled=False)
     q.phase("checkpoint", "checkpointing")
     q.transfer("checkpoint", 10, 5, 20)
     q.phase_done("checkpoint", 0.25)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate import criu
-from migrate.errors import CriuUnavailable
+from migrate.checkpoint import criu
+from migrate.core.errors import CriuUnavailable
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""The drill's verdict and its reports (pure logic: migrate/drill.py)."""
+"""The drill's verdict and its reports (pure logic: migrate/source/drill.py)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from migrate.drill import DrillReport, Verification, _verdict
-from migrate.errors import ProtocolError
-from migrate.protocol import validate_request
+from migrate.core.errors import ProtocolError
+from migrate.source.drill import DrillReport, Verification, _verdict
+from migrate.wire.protocol import validate_request
 
 
 def _report(**kw: object) -> DrillReport:

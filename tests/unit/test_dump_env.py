@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.engines import docker as d
+from migrate.engines.docker import engine as d
 
 
 @pytest.fixture

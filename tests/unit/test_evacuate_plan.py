@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from migrate.errors import UsageError
-from migrate.evacuate import Ledger, parse_labels, parse_targets
+from migrate.core.errors import UsageError
+from migrate.source.evacuate import Ledger, parse_labels, parse_targets
 
 
 def test_parse_targets() -> None:

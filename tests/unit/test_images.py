@@ -7,7 +7,7 @@ import io
 import os
 import tarfile
 
-from migrate.images import filter_save_stream
+from migrate.engines.docker.images import filter_save_stream
 
 
 def _save_tar(layers: dict[str, bytes]) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate import criu
+from migrate.checkpoint import criu
 
 
 def _work(tmp_path: Path) -> Path:

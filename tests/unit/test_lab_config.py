@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from migrate import lab_config
-from migrate.errors import UsageError
-from migrate.lab import Lab
-from migrate.lab_config import (
+from migrate.core.errors import UsageError
+from migrate.core.mountinfo import parse_mountinfo, parse_mountinfo_entries
+from migrate.lab.config import (
     DEFAULT_NAME,
     DEFAULT_SUBNET,
     LabConfig,
@@ -26,7 +25,9 @@ from migrate.lab_config import (
     validate_name,
     validate_subnet,
 )
-from migrate.lab_sys import is_under, parse_mountinfo, parse_mountinfo_entries
+from migrate.lab.hosts import Lab
+from migrate.lab import config as lab_config
+from migrate.lab.system import is_under
 
 
 def test_defaults() -> None:
@@ -246,7 +247,7 @@ def test_is_under() -> None:
 
 
 def test_busybox_rootfs_is_deterministic() -> None:
-    from migrate.lab_images import BUSYBOX, busybox_rootfs_tar
+    from migrate.lab.images import BUSYBOX, busybox_rootfs_tar
 
     if not BUSYBOX.exists():
         pytest.skip("busybox-static is not installed (make setup)")

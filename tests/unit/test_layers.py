@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from migrate import layers
-from migrate.errors import BundleInvalid, MigrateError
-from migrate.layers import (
+from migrate.core.errors import BundleInvalid, MigrateError
+from migrate.fs import layers
+from migrate.fs.layers import (
     CHECKPOINT_POLICY,
     ROOTFS_POLICY,
     VOLUME_POLICY,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from migrate.core.errors import Busy
+from migrate.core.journal import Journal, unsettled
+from migrate.core.lock import ContainerLock
 from migrate.engines.base import ContainerSpec, MountSpec, PortBinding
-from migrate.errors import Busy
-from migrate.journal import Journal, unsettled
-from migrate.lock import ContainerLock
 
 CID = "ab" * 32
 
@@ -34,7 +34,7 @@ def test_second_lock_of_a_container_is_refused_naming_the_holder(tmp_path: Path)
 
 def test_lock_dies_with_its_process(tmp_path: Path) -> None:
     code = (
-        "import os, sys; from pathlib import Path; from migrate.lock import ContainerLock; "
+        "import os, sys; from pathlib import Path; from migrate.core.lock import ContainerLock; "
         f"ContainerLock({CID!r}, 'x', Path({str(tmp_path)!r})).acquire(); "
         "os.kill(os.getpid(), 9)"
     )

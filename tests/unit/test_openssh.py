@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 from test_protocol import Pipe
 
-from migrate import errors, protocol
-from migrate.agent import Agent
-from migrate.protocol import Connection, StreamReader
+from migrate.agent.server import Agent
+from migrate.core import errors
 from migrate.transport import bulk_sink, openssh
 from migrate.transport.openssh import BulkTarget, ssh_argv
+from migrate.wire import protocol
+from migrate.wire.protocol import Connection, StreamReader
 
 TARGET = BulkTarget(
     host="10.0.0.2",
@@ -305,7 +306,7 @@ def test_listener_refuses_a_wrong_token(tmp_path: Path) -> None:
 
 
 def test_check_row_for_the_bulk_connection() -> None:
-    from migrate.check import bulk_result
+    from migrate.source.check import bulk_result
 
     up = bulk_result("", True)
     assert up is not None and up.ok and up.status == "ok"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.lab_config import LabConfig, ansible_inventory
+from migrate.lab.config import LabConfig, ansible_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = sorted(

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from migrate.errors import Unsupported
-from migrate.migration import Migration, RunOptions
-from migrate.postcopy import PageRelay, page_stats
+from migrate.checkpoint.postcopy import PageRelay, page_stats
+from migrate.core.errors import Unsupported
+from migrate.source.migration import Migration, RunOptions
 
 LOG = """\
 (00.000100) 1-5: Found 100 pages to be handled by UFFD

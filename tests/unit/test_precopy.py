@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from test_layers import build_everything, needs_root, snapshot
 
-from migrate import layers, precopy
-from migrate.errors import BundleInvalid, TransferFailed
-from migrate.layers import ROOTFS_DELTA_POLICY, ROOTFS_POLICY, apply, capture
+from migrate.core.errors import BundleInvalid, TransferFailed
+from migrate.fs import layers, precopy
+from migrate.fs.layers import ROOTFS_DELTA_POLICY, ROOTFS_POLICY, apply, capture
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
-from migrate import criu, migration
+from migrate.checkpoint import criu
+from migrate.core.errors import Unsupported
 from migrate.engines.base import ContainerSpec, ProcessInfo
-from migrate.errors import Unsupported
+from migrate.source import migration
 
 ME = (os.getuid(),) * 4
 MY_G = (os.getgid(),) * 4

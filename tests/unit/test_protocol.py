@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from migrate import errors, protocol
-from migrate.protocol import Connection, StreamReader
+from migrate.core import errors
+from migrate.wire import protocol
+from migrate.wire.protocol import Connection, StreamReader
 
 
 class Pipe:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.engines import docker as d
+from migrate.engines.docker import engine as d
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_lock_wait_is_bounded_and_names_the_holder(
     import fcntl
     import os
 
-    from migrate.errors import EngineError
+    from migrate.core.errors import EngineError
 
     monkeypatch.setattr(d, "CONF_LOCK_WAIT_S", 0.3)
     held = os.open(d._CONF_LOCK, os.O_RDWR | os.O_CREAT, 0o600)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from sshd_helper import SSH_KEYGEN, Sshd, free_port, keygen, running_sshd, sshd_available
 
-from migrate import errors
+from migrate.core import errors
 from migrate.transport import local as local_mod
 from migrate.transport.local import LocalChannel
 from migrate.transport.ssh import (

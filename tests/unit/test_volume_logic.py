@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from migrate.engines.base import ContainerSpec, MountSpec, VolumeInfo
-from migrate.engines.docker import _pin_anonymous_volumes
+from migrate.engines.docker.engine import _pin_anonymous_volumes
 
 
 def _spec(*mounts: MountSpec) -> ContainerSpec:
