@@ -61,8 +61,6 @@ from migrate.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
-# How long a restored container must stay running before the agent reports `restored`.
-RESTORE_SETTLE_S = 0.2
 RESTORE_WAIT_S = 30.0
 # A json-file log history larger than this is refused rather than filling the disk.
 MAX_LOG_BYTES = 1 << 30
@@ -70,7 +68,6 @@ MAX_LOG_BYTES = 1 << 30
 RESTORE_FILL_TIMEOUT_S = 600.0
 # Below this much lazy memory Docker's own restore path is as fast as the daemon's start.
 LAZY_RESTORE_MIN_BYTES = lazy_pages.MIN_LAZY_BYTES
-ENV_LAZY_RESTORE = lazy_pages.ENV_SWITCH
 # Short: the daemon's unix socket lives here and socket paths are limited to 108 bytes.
 LAZY_WORK_ROOT = lazy_pages.WORK_ROOT
 # Checkpoint images staged in memory (staging.py); journalled like --staging-dir.

@@ -110,9 +110,6 @@ class PageServer:
         except subprocess.TimeoutExpired:
             return None
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
     def kill(self) -> None:
         if self.proc.poll() is None:
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 # Exit codes (DESIGN.md, "Command line").
-EXIT_OK = 0
 EXIT_FAILED = 1  # migration failed and was rolled back: the source runs
 EXIT_USAGE = 2  # bad usage or input
 EXIT_REFUSED = 3  # precheck refused: nothing was touched
@@ -64,10 +63,6 @@ def from_wire(data: dict[str, Any]) -> MigrateError:
     if cls is RemoteError:
         err.details.setdefault("remote_code", code)
     return err
-
-
-def registered_codes() -> dict[str, type[MigrateError]]:
-    return dict(_REGISTRY)
 
 
 # --- usage / input (exit 2) -------------------------------------------------------------

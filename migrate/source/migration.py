@@ -63,7 +63,6 @@ IMAGE_TIMEOUT_S = 1800.0
 # page server may take to exit after the last one.
 POSTCOPY_TIMEOUT_S = 1800.0
 PAGE_SERVER_EXIT_S = 60.0
-STRATEGIES = ("cold", "lazy", "auto")
 # How long a rollback keeps trying to reach the agent to delete what it made.
 ABORT_RETRY_S = 45.0
 # How long a rollback waits for an interrupted CRIU dump to end before resuming the source.

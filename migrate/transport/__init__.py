@@ -39,12 +39,3 @@ class Tunnel(Protocol):
     def remote_port(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-class Tunnels(Protocol):
-    """A channel that can carry TCP connections as well (post-copy's page-server link)."""
-
-    def reverse_tunnel(self, local_port: int) -> Tunnel:
-        """Listen on the agent host's loopback; connect each connection to our
-        127.0.0.1:``local_port``. No port is opened beyond loopback on either side."""
-        ...

@@ -12,6 +12,7 @@ import pytest
 
 from migrate.core.errors import UsageError
 from migrate.core.mountinfo import parse_mountinfo, parse_mountinfo_entries
+from migrate.lab import config as lab_config
 from migrate.lab.config import (
     DEFAULT_NAME,
     DEFAULT_SUBNET,
@@ -26,7 +27,6 @@ from migrate.lab.config import (
     validate_subnet,
 )
 from migrate.lab.hosts import Lab
-from migrate.lab import config as lab_config
 from migrate.lab.system import is_under
 
 

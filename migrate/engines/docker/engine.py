@@ -420,9 +420,6 @@ class DockerEngine:
         # SIGKILL works on a paused container and the tasks die as they thaw: they never run.
         self._call("kill", self.api.kill, ref)
 
-    def stop(self, ref: str) -> None:
-        self._call("stop", self.api.stop, ref)
-
     def remove(self, ref: str, *, force: bool = True) -> None:
         try:
             self.api.remove_container(ref, force=force, v=False)
@@ -693,10 +690,6 @@ class DockerEngine:
                     raise EngineError(f"docker load: {msg['error']}")
         except docker.errors.APIError as e:
             raise EngineError(f"docker load: {e.explanation or e}") from None
-
-    def tag(self, image_id: str, ref: str) -> None:
-        repo, _, tag = ref.rpartition(":") if ":" in ref.split("/")[-1] else (ref, "", "latest")
-        self.api.tag(image_id, repo, tag or "latest")
 
     # --- checkpoint / restore -------------------------------------------------------------
 
