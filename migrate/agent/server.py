@@ -367,7 +367,7 @@ class Agent:
         volumes: list[Any] | None = None,
         binds: list[Any] | None = None,
         lazy: bool = False,
-    ) -> dict:
+    ) -> dict[str, Any]:
         info = self.engine.info()
         if not info.experimental:
             raise EngineUnavailable(
@@ -423,7 +423,7 @@ class Agent:
                 "non-cooperative userfaultfd in its kernel)"
             )
         if blocker := self.engine.lazy_restore_blocker():
-            return blocker
+            return str(blocker)
         return ""
 
     def _volume_plan(self, want: VolumeInfo) -> bool:

@@ -46,7 +46,7 @@ class Inspection:
 
 
 def _load(d: Path, name: str) -> list[dict[str, Any]]:
-    import pycriu  # type: ignore[import-untyped]
+    import pycriu
 
     try:
         with open(d / name, "rb") as f:

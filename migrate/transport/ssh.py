@@ -275,7 +275,7 @@ def _keyscan_hint(dest: Destination, file: Path) -> str:
     )
 
 
-class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]  # paramiko is untyped
     """Refuse unknown host keys, or accept and record them (``accept_new_host_key``)."""
 
     def __init__(self, dest: Destination, known: _KnownHosts, accept_new: bool) -> None:

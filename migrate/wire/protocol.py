@@ -690,7 +690,7 @@ class _Decompressor(_Stage):
                 if not self.put(out):
                     return
         finally:
-            zr.close()
+            zr.close()  # type: ignore[no-untyped-call]  # zstandard ships no annotation for it
         # The sender ends each stream with END right after the compressed data: anything
         # in between is not ours to ignore.
         while not self._src.ended and not self._stop.is_set():

@@ -123,7 +123,7 @@ class DockerEngine:
 
     def _inspect(self, ref: str) -> dict[str, Any]:
         try:
-            return self.api.inspect_container(ref)
+            return dict(self.api.inspect_container(ref))
         except docker.errors.NotFound:
             raise ContainerNotFound(
                 f"no container {ref!r} on this host",
@@ -527,7 +527,8 @@ class DockerEngine:
             return None
         if c.get("LogPath"):
             return Path(str(c["LogPath"]))
-        return self.data_root / "containers" / c["Id"] / f"{c['Id']}-json.log"
+        cid = str(c["Id"])
+        return self.data_root / "containers" / cid / f"{cid}-json.log"
 
     # --- volumes --------------------------------------------------------------------------
 
@@ -1099,7 +1100,7 @@ def lock_backoff(attempt: int) -> float:
     """Seconds to wait before retrying the runc.conf lock. Every checkpoint and restore on the
     host takes it, the lazy restore inside the downtime: short waits first (a dump holds it
     shared for ~0.1-0.3 s), then at most 50 ms between attempts."""
-    return min(0.05, 0.002 * 2 ** min(attempt, 5))
+    return min(0.05, 0.002 * 2.0 ** min(attempt, 5))
 
 
 def _flock_holders(path: Path) -> list[int]:
