@@ -146,9 +146,12 @@ def run(
     it. Until the destination reports it running, any failure rolls back and the source resumes.
 
     Exit codes: 0 migrated; 1 failed and rolled back; 2 bad usage; 3 refused by a precheck
-    (nothing touched); 4 outcome in doubt (see `migrate recover`).
+    (nothing touched); 4 outcome in doubt (see `migrate recover`); 130 (SIGINT) or 143
+    (SIGTERM): migrated, the interrupt came after the point of no return. Ctrl-C or SIGTERM
+    before that point rolls back (exit 1).
     """
     from migrate.engines.docker.engine import DockerEngine
+    from migrate.source.interrupt import InterruptLatch, exit_status, handling, signal_name
     from migrate.source.migration import Migration, RunOptions, faults_from_env
 
     if strategy not in ("cold", "lazy", "auto"):
@@ -186,6 +189,7 @@ def run(
         )
         engine = DockerEngine()
         progress = RichProgress(err, enabled=err.is_terminal and not as_json)
+        interrupts = InterruptLatch()
         m = Migration(
             RunOptions(
                 container=container,
@@ -204,19 +208,34 @@ def run(
             engine,
             factory,
             progress,
+            interrupts,
         )
-        rep = m.run()
+        with handling(interrupts):
+            rep = m.run()
     except MigrateError as e:
         if as_json:
             out.print_json(data={"status": "failed", "error": e.to_wire()})
         fail(e)
         return
+    late = exit_status(interrupts)
     if as_json:
-        out.print_json(data=rep.to_json())
+        data = rep.to_json()
+        if interrupts.signum is not None:
+            data["interrupted_after_commit"] = signal_name(interrupts.signum)
+        out.print_json(data=data)
     elif dry_run:
         out.print(f"[green]ready[/]: {container} can migrate to {to} (nothing was touched)")
     else:
         print_report(rep)
+    if late is not None and interrupts.signum is not None:
+        err.print(
+            f"[bold yellow]warning[/]: {signal_name(interrupts.signum)} came after the point of "
+            f"no return (the destination had committed): {escape(container)} was migrated, "
+            "not rolled back",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(late)
 
 
 @app.command()

@@ -49,6 +49,7 @@ from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.engines.docker.images import filter_save_stream
 from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
+from migrate.source.interrupt import InterruptLatch
 from migrate.transport import Channel, Tunnel
 from migrate.transport.openssh import StreamChannel, attach_bulk
 from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
@@ -103,6 +104,8 @@ class Migration:
     engine: Engine
     connect: Callable[[], Channel]
     progress: Progress = field(default_factory=NullProgress)
+    # Ctrl-C and SIGTERM, routed here by the caller (migrate.source.interrupt.handling).
+    interrupts: InterruptLatch = field(default_factory=InterruptLatch)
 
     def __post_init__(self) -> None:
         self.id = uuid.uuid4().hex
@@ -154,8 +157,10 @@ class Migration:
 
     def run(self) -> Report:
         t0 = time.monotonic()
+        self.interrupts.arm()
         try:
             spec = self._precheck()
+            self.interrupts.check()
             if self.opts.dry_run:
                 return self._report("dry_run", t0, "untouched")
             # From here on the migration is journalled until it is settled (`migrate recover`
@@ -169,8 +174,11 @@ class Migration:
                 keep_source=self.opts.keep_source,
             )
             self._transfer_image(spec)
+            self.interrupts.check()
             self._prepare(spec)
+            self.interrupts.check()
             self._precopy(spec)
+            self.interrupts.check()
             self._freeze_and_move(spec)
             self._commit(spec)
             if self.page_server is not None:
@@ -187,8 +195,9 @@ class Migration:
         except MigrateError as e:
             raise self._rollback(e) from None
         except KeyboardInterrupt:
-            raise self._rollback(MigrateError("interrupted")) from None
+            raise self._rollback(self.interrupts.error()) from None
         finally:
+            self.interrupts.disarm()  # cleaning up: an interrupt now is recorded, not raised
             if self.page_server is not None:
                 self.page_server.kill()
             if self.tunnel is not None:
@@ -641,6 +650,7 @@ class Migration:
                 self.page_server = self.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
             else:
                 img_dir, work_dir = self._checkpoint(spec, img_dir, work_dir)
+        self.interrupts.check()
         with self.timer.phase("rootfs", "read-write layer"):
             pc = self.precopied
             # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
@@ -722,6 +732,7 @@ class Migration:
             tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
             self.tunnel = tunnel
         self._fault("source:before_restore")
+        self.interrupts.check()
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
             extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
@@ -816,6 +827,8 @@ class Migration:
         assert self.conn is not None
         self._fault("source:before_commit")
         with self.timer.phase("commit", "hand-over"):
+            # The last place an interrupt rolls back; after it, the migration completes.
+            self.interrupts.pass_point_of_no_return()
             self.journal.append("committing")
             self.commit_sent = True
             try:
@@ -854,6 +867,7 @@ class Migration:
     # --- rollback -------------------------------------------------------------------------
 
     def _rollback(self, cause: MigrateError) -> MigrateError:
+        self.interrupts.disarm()  # a rollback cut in half would leave the source paused
         if self.commit_sent:
             return cause
         problems: list[str] = []
