@@ -15,6 +15,7 @@ ask again at every transition, and it decides *whether* to raise at all:
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from types import FrameType
 from typing import Any
 
 from migrate.core.errors import MigrateError
+
+log = logging.getLogger(__name__)
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -109,10 +112,12 @@ def exit_status(latch: InterruptLatch) -> int | None:
 def handling(latch: InterruptLatch) -> Iterator[InterruptLatch]:
     """Route SIGINT and SIGTERM to ``latch`` while the block runs, then restore the handlers.
 
-    A signal ignored when we start stays ignored: whoever started us chose that (a script's
-    ``migrate run ... &`` ignores SIGINT so that the terminal's Ctrl-C reaches the script,
-    not its background jobs). Outside the main thread nothing is installed (Python delivers
-    signals to the main thread only)."""
+    Also when they were ignored as we started: a non-interactive shell starts its background
+    jobs (``migrate run ... &`` in a script, a test runner started that way) with SIGINT
+    ignored, and Python then leaves Ctrl-C ignored, so a migration went on to the end after
+    a SIGINT and exited 0 as if none had come. Rolling back is always safe before the point
+    of no return, and after it the interrupt is only reported. Outside the main thread nothing
+    is installed (Python delivers signals to the main thread only)."""
     if threading.current_thread() is not threading.main_thread():
         yield latch
         return
@@ -120,7 +125,7 @@ def handling(latch: InterruptLatch) -> Iterator[InterruptLatch]:
     for signum in HANDLED:
         old = signal.getsignal(signum)
         if old == signal.SIG_IGN:
-            continue
+            log.info("%s was ignored as migrate started: handled during the migration", signum.name)
         previous[signum] = old
         signal.signal(signum, latch.handler)
     try:

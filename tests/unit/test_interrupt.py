@@ -110,16 +110,18 @@ def test_handling_routes_both_signals_and_restores_the_handlers() -> None:
     assert latch.count == 2
 
 
-def test_an_ignored_signal_stays_ignored() -> None:
-    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def test_an_inherited_ignore_is_overridden_then_restored() -> None:
+    """A script's `migrate run ... &` starts with SIGINT ignored: the run still handles it."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         latch = InterruptLatch()
         with interrupt.handling(latch):
-            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
             assert signal.getsignal(signal.SIGINT) == latch.handler
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            _deliver(signal.SIGINT)
+            assert latch.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
     finally:
-        signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old)
 
 
 # --- the state machine's decision -----------------------------------------------------------
