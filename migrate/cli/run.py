@@ -217,21 +217,25 @@ def run(
             out.print_json(data={"status": "failed", "error": e.to_wire()})
         fail(e)
         return
+    # An interrupt that did not stop the run (it came too late) is reported, never dropped.
     late = exit_status(interrupts)
+    sig = signal_name(interrupts.signum) if interrupts.signum is not None else ""
+    migrated = rep.status == "migrated"
     if as_json:
         data = rep.to_json()
-        if interrupts.signum is not None:
-            data["interrupted_after_commit"] = signal_name(interrupts.signum)
+        if late is not None and migrated:
+            data["interrupted_after_commit"] = sig
         out.print_json(data=data)
     elif dry_run:
         out.print(f"[green]ready[/]: {container} can migrate to {to} (nothing was touched)")
     else:
         print_report(rep)
-    if late is not None and interrupts.signum is not None:
+    if late is not None:
         err.print(
-            f"[bold yellow]warning[/]: {signal_name(interrupts.signum)} came after the point of "
-            f"no return (the destination had committed): {escape(container)} was migrated, "
-            "not rolled back",
+            f"[bold yellow]warning[/]: {sig} came after the point of no return (the destination "
+            f"had committed): {escape(container)} was migrated, not rolled back"
+            if migrated
+            else f"[bold yellow]warning[/]: {sig} came as the dry run ended",
             highlight=False,
             soft_wrap=True,
         )
