@@ -51,7 +51,8 @@ def _lab(
 ) -> Any:
     from dataclasses import replace
 
-    from migrate.lab.hosts import Lab, resolve_config
+    from migrate.lab.config import resolve_config
+    from migrate.lab.hosts import Lab
 
     return Lab(replace(resolve_config(name, subnet, state_dir, run_dir), live_restore=live_restore))
 
@@ -127,7 +128,7 @@ def lab_env(
     run_dir: Path | None = _LAB_RUN,
 ) -> None:
     """Print shell exports for the lab: eval "$(migrate lab env)"."""
-    from migrate.lab.hosts import shell_exports
+    from migrate.lab.config import shell_exports
 
     try:
         env = _lab(name, None, state_dir, run_dir).env()
