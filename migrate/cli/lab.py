@@ -18,7 +18,7 @@ lab_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
-app.add_typer(lab_app, name="lab")
+app.add_typer(lab_app, name="lab", rich_help_panel="Sandbox")
 
 _LAB_NAME = typer.Option("mlab", "--name", help="Lab name; namespaces are NAME-a and NAME-b.")
 _LAB_SUBNET = typer.Option(
@@ -155,7 +155,7 @@ def lab_inventory(
     sys.stdout.write(ansible_inventory(cfg))
 
 
-@app.command()
+@app.command(rich_help_panel="Sandbox")
 def demo(name: str = _LAB_NAME) -> None:
     """Bring up the sandbox lab and live-migrate a counting container from host a to host b.
 

@@ -26,7 +26,7 @@ from migrate.core.errors import MigrateError, UsageError
 from migrate.core.report import human_bytes
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def check(
     to: str | None = typer.Option(
         None,
@@ -87,7 +87,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
     to: str = typer.Option(
@@ -219,7 +219,7 @@ def run(
         print_report(rep)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def recover(
     container: str | None = typer.Argument(
         None,
@@ -279,7 +279,7 @@ def recover(
         )
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
@@ -393,7 +393,7 @@ def evacuate(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command(hidden=False)
+@app.command(hidden=False, rich_help_panel="Internals")
 def agent(
     docker_host: str | None = typer.Option(
         None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
