@@ -49,7 +49,7 @@ def _main(
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Internals")
 def version() -> None:
     """Print the version."""
     out.print(__version__)

@@ -27,7 +27,7 @@ from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="Bundles and drills")
 def export_cmd(
     container: str = typer.Argument(..., help="Running container to export."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle file to write (.tar.zst)."),
@@ -67,7 +67,7 @@ def export_cmd(
     )
 
 
-@app.command("import")
+@app.command("import", rich_help_panel="Bundles and drills")
 def import_cmd(
     file: Path = typer.Argument(..., help="Bundle written by `migrate export`."),
     name: str | None = typer.Option(None, "--name", help="Name of the new container."),
@@ -108,7 +108,7 @@ def import_cmd(
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
 
 
-@app.command("inspect")
+@app.command("inspect", rich_help_panel="Bundles and drills")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A bundle file, or a directory of CRIU images."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -140,7 +140,7 @@ def inspect_cmd(
             out.print(f"  {item}", highlight=False)
 
 
-@app.command("drill")
+@app.command("drill", rich_help_panel="Bundles and drills")
 def drill_cmd(
     container: str = typer.Argument(..., help="Running container to drill (it keeps running)."),
     to: str = typer.Option(

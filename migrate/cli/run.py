@@ -30,7 +30,7 @@ from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def check(
     to: str | None = typer.Option(
         None,
@@ -91,7 +91,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
     to: str = typer.Option(
@@ -194,7 +194,7 @@ def run(
         print_report(rep)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def recover(
     container: str | None = typer.Argument(
         None,
@@ -254,7 +254,7 @@ def recover(
         )
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
@@ -367,7 +367,7 @@ def evacuate(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command(hidden=False)
+@app.command(hidden=False, rich_help_panel="Internals")
 def agent(
     docker_host: str | None = typer.Option(
         None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."

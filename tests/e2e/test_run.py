@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 COUNTER = (
     "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "
