@@ -193,8 +193,9 @@ def source(
     import dataclasses
 
     from migrate.fs import layers
+    from migrate.transport.destination import SshOptions, parse_destination
     from migrate.transport.openssh import BulkLink
-    from migrate.transport.ssh import SshOptions, connect, parse_destination
+    from migrate.transport.ssh import connect
     from migrate.wire import protocol
     from migrate.wire.protocol import Connection
 

@@ -16,14 +16,10 @@ from sshd_helper import SSH_KEYGEN, Sshd, free_port, keygen, running_sshd, sshd_
 
 from migrate.core import errors
 from migrate.transport import local as local_mod
+from migrate.transport.destination import Destination, SshOptions, parse_destination
 from migrate.transport.local import LocalChannel
-from migrate.transport.ssh import (
-    Destination,
-    SshChannel,
-    SshOptions,
-    connect,
-    parse_destination,
-)
+from migrate.transport.ssh import connect
+from migrate.transport.ssh_session import SshChannel
 from migrate.transport.tail import StderrTail
 
 # Echo stdin to stdout; on EOF say goodbye on stderr and exit 7 (so tests can see both).
