@@ -306,7 +306,7 @@ class Migration:
         if not pipe.ok:
             return f"{pipe.problem} (fix: {pipe.fix})"
         assert self.conn is not None
-        if not hasattr(self.conn.ch, "reverse_tunnel"):
+        if self.conn.ch.tunnels() is None:
             return "this transport cannot carry the page-server link"
         return ""
 
@@ -719,12 +719,16 @@ class Migration:
             self.staged_in["destination"] = str(res.get("staging") or "disk")
         tunnel = None
         if self.page_server is not None:
-            tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
+            open_tunnel = self.conn.ch.tunnels()
+            assert open_tunnel is not None  # lazy needs it: _source_postcopy_blocker
+            tunnel = open_tunnel(self.page_server.port)
             self.tunnel = tunnel
         self._fault("source:before_restore")
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
-            extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            extra: dict[str, Any] = (
+                {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            )
             res = self.conn.call(
                 "restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S, **extra
             )
@@ -751,9 +755,8 @@ class Migration:
         here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
         assert self.conn is not None and self.page_server is not None
         self.journal.append("postcopy")
-        hold = getattr(self.tunnel, "hold", None)
-        if "source:wait:postcopy" in self.opts.faults and hold is not None:
-            hold()  # the test breaks the link while post-copy is surely unfinished
+        if "source:wait:postcopy" in self.opts.faults and self.tunnel is not None:
+            self.tunnel.hold()  # the test breaks the link while post-copy is surely unfinished
         self._fault("source:postcopy")
         ps = self.page_server
         with self.timer.phase("postcopy", "moving the rest of the memory"):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from migrate.core.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
+from migrate.transport import BulkTarget
 from migrate.transport.bulk_sink import ACK, parse_token_line, set_pipe_size, token_line
 from migrate.transport.tail import StderrTail
 from migrate.wire.protocol import Connection
@@ -56,19 +57,6 @@ CIPHERS = (
 HOST_KEY_ALIAS = "migrate-bulk-peer"
 CLOSE_TIMEOUT_S = 5.0
 WRITE_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class BulkTarget:
-    """Where and as whom the control connection logged in, and the key it verified."""
-
-    host: str
-    port: int
-    user: str
-    identity: Path | None  # None: OpenSSH's defaults (ssh-agent, ~/.ssh/id_*)
-    host_key_type: str  # e.g. ssh-ed25519, as paramiko names it
-    host_key_b64: str
-    agent_command: str  # the remote command that started the agent (env prefix included)
 
 
 def host_key_algorithms(key_type: str) -> str:
@@ -375,7 +363,7 @@ def attach_bulk(
     ``openssh``: BulkUnavailable instead of falling back; ``paramiko``: never tried."""
     if mode not in BULK_MODES:
         raise ValueError(f"unknown bulk mode {mode!r}")
-    target_of = getattr(conn.ch, "bulk_target", None)
+    target_of = conn.ch.bulk()
     if target_of is None:
         if mode == "openssh":
             raise BulkUnavailable(

@@ -18,8 +18,8 @@ from typing import NamedTuple, Self
 import paramiko
 
 from migrate.core.errors import AgentUnavailable, ConnectionLost, Timeout
+from migrate.transport import BulkTarget, BulkTargetFactory, TunnelFactory
 from migrate.transport.destination import Destination, SshOptions
-from migrate.transport.openssh import BulkTarget
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
 from migrate.transport.tunnel import SshReverseTunnel
 
@@ -357,6 +357,12 @@ class SshChannel:
     @property
     def peer(self) -> str:
         return self._peer
+
+    def tunnels(self) -> TunnelFactory:
+        return self.reverse_tunnel
+
+    def bulk(self) -> BulkTargetFactory:
+        return self.bulk_target
 
     # --- extras -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,8 @@ from test_protocol import Pipe
 
 from migrate.agent.server import Agent
 from migrate.core import errors
-from migrate.transport import bulk_sink, openssh
-from migrate.transport.openssh import BulkTarget, ssh_argv
+from migrate.transport import BulkTarget, bulk_sink, openssh
+from migrate.transport.openssh import ssh_argv
 from migrate.wire import protocol
 from migrate.wire.protocol import Connection, StreamReader
 
@@ -321,8 +321,8 @@ def test_check_row_for_the_bulk_connection() -> None:
 class _SshLike(Pipe):
     peer = "ssh://root@b:22"
 
-    def bulk_target(self) -> BulkTarget:
-        return TARGET
+    def bulk(self) -> Callable[[], BulkTarget]:
+        return lambda: TARGET
 
 
 def test_attach_bulk_modes_without_trying_ssh() -> None:

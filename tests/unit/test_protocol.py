@@ -46,6 +46,12 @@ class Pipe:
     def peer(self) -> str:
         return "test"
 
+    def tunnels(self) -> None:
+        return None
+
+    def bulk(self) -> None:
+        return None
+
 
 def test_control_frame_round_trip() -> None:
     msg = {"type": "request", "id": 1, "method": "bye", "args": {}}

@@ -20,6 +20,7 @@ from migrate.transport.destination import Destination, SshOptions, parse_destina
 from migrate.transport.local import LocalChannel
 from migrate.transport.ssh import connect
 from migrate.transport.ssh_session import SshChannel
+from migrate.transport.stdio import StdioChannel
 from migrate.transport.tail import StderrTail
 
 # Echo stdin to stdout; on EOF say goodbye on stderr and exit 7 (so tests can see both).
@@ -212,6 +213,27 @@ def test_local_close_kills_an_agent_that_ignores_eof(monkeypatch: pytest.MonkeyP
         ch.recv(1)
 
 
+def test_local_capabilities_tunnel_to_our_own_loopback_and_no_bulk() -> None:
+    with LocalChannel.start([sys.executable, "-c", ECHO]) as ch:
+        assert ch.bulk() is None
+        open_tunnel = ch.tunnels()
+        assert open_tunnel is not None
+        tunnel = open_tunnel(4321)
+        assert tunnel.remote_port == 4321  # same host: the port itself
+        tunnel.hold()  # nothing passes through it: a no-op
+        tunnel.close()
+
+
+def test_the_agents_ends_offer_no_capabilities() -> None:
+    r, w = os.pipe()
+    try:
+        ch = StdioChannel(r, w)
+        assert (ch.tunnels(), ch.bulk()) == (None, None)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # --- SSH against a real sshd on loopback ------------------------------------------------
 
 
@@ -345,6 +367,20 @@ def test_ssh_cat_roundtrip_50mb(sshd: Sshd) -> None:
     finally:
         ch.close()
     assert not ch._session or not ch._session.is_active()  # the session went with it
+
+
+def test_ssh_capabilities_tunnels_and_the_bulk_target(sshd: Sshd) -> None:
+    with connect(parse_destination(sshd.url), _opts(sshd)).start_agent("cat") as ch:
+        assert ch.tunnels() is not None
+        target_of = ch.bulk()
+        assert target_of is not None
+        target = target_of()
+        dest = parse_destination(sshd.url)
+        assert (target.host, target.port, target.user) == (dest.host, dest.port, dest.user)
+        assert target.identity == sshd.client_key and target.agent_command == "cat"
+        assert sshd.host_key_line().split()[1:] == [target.host_key_type, target.host_key_b64]
+    with pytest.raises(errors.ConnectionLost):
+        target_of()  # the connection is gone: no target to follow
 
 
 def test_ssh_command_not_found(sshd: Sshd) -> None:
