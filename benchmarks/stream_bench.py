@@ -212,7 +212,7 @@ def source(
     conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
     conn.adaptive = adaptive  # the sink reads multi-frame streams (StreamReader, as the agent)
     link = None
-    if mode == "bulk":  # as migrate/transport/openssh.py's attach_bulk, opened before timing
+    if mode == "bulk":  # as migrate/wire/bulk.py's attach_bulk, opened before timing
         res = conn.call("bulk_open")
         target = dataclasses.replace(sch.bulk_target(), agent_command=agent_command)
         link = BulkLink.start(target, res["socket"], res["token"])

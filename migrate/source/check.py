@@ -205,7 +205,7 @@ def check_destination(conn: Any) -> CheckReport:
             cpu = None  # this host's own check reports its CRIU problem
         else:
             cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
-    from migrate.transport.openssh import attach_bulk
+    from migrate.wire.bulk import attach_bulk
 
     rows = destination_results(hello, cpu, local.version)
     # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?

@@ -39,7 +39,7 @@ from migrate.core.report import NullProgress, Progress, Timer
 from migrate.engines.base import ContainerSpec, Engine
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
-from migrate.transport.openssh import StreamChannel, attach_bulk
+from migrate.wire.bulk import StreamChannel, attach_bulk
 from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 
 CALL_TIMEOUT_S = 60.0

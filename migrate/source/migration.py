@@ -50,7 +50,7 @@ from migrate.engines.docker.images import filter_save_stream
 from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
-from migrate.transport.openssh import StreamChannel, attach_bulk
+from migrate.wire.bulk import StreamChannel, attach_bulk
 from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
 
 log = logging.getLogger(__name__)

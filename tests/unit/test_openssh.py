@@ -19,6 +19,7 @@ from migrate.core import errors
 from migrate.transport import BulkTarget, bulk_sink, openssh
 from migrate.transport.openssh import ssh_argv
 from migrate.wire import protocol
+from migrate.wire.bulk import attach_bulk
 from migrate.wire.protocol import Connection, StreamReader
 
 TARGET = BulkTarget(
@@ -327,20 +328,20 @@ class _SshLike(Pipe):
 
 def test_attach_bulk_modes_without_trying_ssh() -> None:
     local = Connection(Pipe())
-    assert openssh.attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
+    assert attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
     with pytest.raises(errors.BulkUnavailable) as e:
-        openssh.attach_bulk(local, "openssh", frozenset({"bulk_open"}))
+        attach_bulk(local, "openssh", frozenset({"bulk_open"}))
     assert e.value.exit_code == errors.EXIT_REFUSED
     ssh = Connection(_SshLike())
-    ch = openssh.attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
+    ch = attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
     assert (ch.name, ssh.bulk) == ("paramiko", None)
     # An older agent without bulk_open: auto falls back and says why, openssh refuses.
-    ch = openssh.attach_bulk(ssh, "auto", frozenset())
+    ch = attach_bulk(ssh, "auto", frozenset())
     assert ch.name == "paramiko" and "no bulk connection" in ch.note and ssh.bulk is None
     with pytest.raises(errors.BulkUnavailable, match="no bulk connection"):
-        openssh.attach_bulk(ssh, "openssh", frozenset())
+        attach_bulk(ssh, "openssh", frozenset())
     with pytest.raises(ValueError):
-        openssh.attach_bulk(ssh, "carrier-pigeon", frozenset())
+        attach_bulk(ssh, "carrier-pigeon", frozenset())
 
 
 def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
@@ -364,7 +365,7 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     monkeypatch.setattr(
         tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw), seen.append(Path(r[1])))[0]
     )
-    ch = openssh.attach_bulk(conn, "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(conn, "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "Permission denied" in ch.note, ch
     assert conn.bulk is None
     assert len(seen) == 1 and seen[0].parent == tmp_path  # it was written, then removed
@@ -401,7 +402,7 @@ def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, ob
     def conn() -> Connection:
         return Connection(_SshLike(protocol.encode_control(protocol.response_message(1, answer))))
 
-    ch = openssh.attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "malformed" in ch.note
     with pytest.raises(errors.BulkUnavailable, match="malformed"):
-        openssh.attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))
+        attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))
