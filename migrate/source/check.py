@@ -187,7 +187,7 @@ def check_destination(conn: Any) -> CheckReport:
     """The destination's readiness, asked of its agent over ``conn`` (a protocol Connection):
     its handshake (CRIU, Docker, disk) and whether a checkpoint taken here restores on its CPU.
     """
-    from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+    from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
     hello = conn.call(
         "hello",

@@ -40,7 +40,8 @@ from migrate.engines.base import ContainerSpec, Engine
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
 from migrate.wire.bulk import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 CALL_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 1800.0  # the agent verifies, loads the image and restores: GBs take minutes

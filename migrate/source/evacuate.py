@@ -23,7 +23,8 @@ from migrate.core.report import Report
 from migrate.engines.base import Engine
 from migrate.source.migration import Migration, RunOptions
 from migrate.transport import Channel
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 

@@ -51,7 +51,8 @@ from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
 from migrate.wire.bulk import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class RunOptions:
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
     # adaptive: the level drops to almost none while the CPUs, not the link, are the limit
-    # (protocol.py, FAST_LEVEL); fixed: always compression_level.
+    # (wire/stream.py, FAST_LEVEL); fixed: always compression_level.
     compression: str = "adaptive"
     # Stream the read-write layer while the container runs; only what changed goes in the
     # freeze (migrate/fs/precopy.py). Off: the whole layer is captured frozen.

@@ -24,7 +24,8 @@ from migrate.core.journal import DEFAULT_DIR, Pending, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.engines.base import Engine
 from migrate.transport import Channel
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 

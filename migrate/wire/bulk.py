@@ -15,7 +15,7 @@ from migrate.core.errors import BulkUnavailable, ConnectionLost, MigrateError, T
 from migrate.transport import BulkTarget
 from migrate.transport.bulk_sink import parse_token_line
 from migrate.transport.openssh import BulkLink
-from migrate.wire.protocol import Connection
+from migrate.wire.connection import Connection
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,10 @@ from migrate.agent.server import Agent
 from migrate.core import errors
 from migrate.transport import BulkTarget, bulk_sink, openssh
 from migrate.transport.openssh import ssh_argv
-from migrate.wire import protocol
+from migrate.wire import framing, messages
 from migrate.wire.bulk import attach_bulk
-from migrate.wire.protocol import Connection, StreamReader
+from migrate.wire.connection import Connection
+from migrate.wire.stream import StreamReader
 
 TARGET = BulkTarget(
     host="10.0.0.2",
@@ -142,16 +143,16 @@ class FakeBulk(Pipe):
         self.closed = True
 
 
-def _frames(data: bytes) -> list[protocol.Frame]:
+def _frames(data: bytes) -> list[framing.Frame]:
     ch = Pipe(data)
     out = []
     while ch.buf:
-        out.append(protocol.read_frame(ch))
+        out.append(framing.read_frame(ch))
     return out
 
 
 def _answer(rid: int) -> bytes:
-    return protocol.encode_control(protocol.response_message(rid, {"ok": True}))
+    return framing.encode_control(messages.response_message(rid, {"ok": True}))
 
 
 def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
@@ -162,12 +163,12 @@ def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
     res = conn.call("put_log", stream=iter([b"hello " * 1000]), migration_id="m")
     assert res["ok"] is True
     req = _frames(bytes(ctl.sent))
-    assert len(req) == 1 and protocol.decode_control(req[0].body)["via"] == "bulk"
+    assert len(req) == 1 and framing.decode_control(req[0].body)["via"] == "bulk"
     frames = _frames(bytes(bulk.sent))
-    assert frames[0].kind == protocol.KIND_CONTROL
-    assert protocol.decode_control(frames[0].body) == {"type": "stream", "id": 1}
-    assert frames[-1].kind == protocol.KIND_END
-    assert all(f.kind == protocol.KIND_DATA for f in frames[1:-1])
+    assert frames[0].kind == framing.KIND_CONTROL
+    assert framing.decode_control(frames[0].body) == {"type": "stream", "id": 1}
+    assert frames[-1].kind == framing.KIND_END
+    assert all(f.kind == framing.KIND_DATA for f in frames[1:-1])
     # Read back by the agent's reader from the bulk bytes (after the header).
     reader = StreamReader(Connection(Pipe(bytes(bulk.sent)[len(frames[0].body) + 7 :])))
     assert reader.read() == b"hello " * 1000
@@ -195,7 +196,7 @@ def test_a_source_read_error_mid_stream_kills_the_bulk_connection() -> None:
     with pytest.raises(errors.DiskFull):
         conn.call("put_log", stream=chunks(), migration_id="m")
     assert bulk.killed and conn.bulk is None
-    assert _frames(bytes(bulk.sent))[-1].kind != protocol.KIND_END
+    assert _frames(bytes(bulk.sent))[-1].kind != framing.KIND_END
 
 
 def test_a_dead_bulk_connection_fails_the_stream_before_the_request() -> None:
@@ -214,7 +215,7 @@ def test_calls_without_a_stream_stay_on_the_control_channel() -> None:
     conn = Connection(ctl)
     conn.bulk = FakeBulk()
     conn.call("status", migration_id="m")
-    assert "via" not in protocol.decode_control(_frames(bytes(ctl.sent))[0].body)
+    assert "via" not in framing.decode_control(_frames(bytes(ctl.sent))[0].body)
     assert not conn.bulk.sent  # type: ignore[union-attr]
 
 
@@ -228,21 +229,21 @@ def _agent_with_bulk(bulk_bytes: bytes) -> Agent:
 
 
 def test_agent_takes_the_stream_whose_header_names_the_request() -> None:
-    data = protocol.encode_control(protocol.stream_header(7)) + protocol.encode_frame(
-        protocol.KIND_END, b""
+    data = framing.encode_control(messages.stream_header(7)) + framing.encode_frame(
+        framing.KIND_END, b""
     )
     agent = _agent_with_bulk(data)
     conn = agent._stream_conn(7, "bulk")
     assert conn is agent._bulk
-    assert conn.recv_frame().kind == protocol.KIND_END
+    assert conn.recv_frame().kind == framing.KIND_END
 
 
 @pytest.mark.parametrize(
     "head",
     [
-        protocol.encode_control(protocol.stream_header(6)),  # another request's stream
-        protocol.encode_frame(protocol.KIND_DATA, b"x"),  # no header at all
-        protocol.encode_control({"type": "stream", "id": 7, "extra": 1}),
+        framing.encode_control(messages.stream_header(6)),  # another request's stream
+        framing.encode_frame(framing.KIND_DATA, b"x"),  # no header at all
+        framing.encode_control({"type": "stream", "id": 7, "extra": 1}),
         b"XX" + b"\0" * 5,  # not a frame
     ],
 )
@@ -349,8 +350,8 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
 ) -> None:
     token = bulk_sink.new_token()
     ctl = _SshLike(
-        protocol.encode_control(
-            protocol.response_message(1, {"socket": "/run/migrate/bulk-x/s", "token": token})
+        framing.encode_control(
+            messages.response_message(1, {"socket": "/run/migrate/bulk-x/s", "token": token})
         )
     )
     conn = Connection(ctl)
@@ -400,7 +401,7 @@ def test_stale_known_hosts_of_dead_sources_are_swept(
 )
 def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, object]) -> None:
     def conn() -> Connection:
-        return Connection(_SshLike(protocol.encode_control(protocol.response_message(1, answer))))
+        return Connection(_SshLike(framing.encode_control(messages.response_message(1, answer))))
 
     ch = attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "malformed" in ch.note
