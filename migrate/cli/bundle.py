@@ -19,8 +19,8 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    Bulk,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress
 from migrate.core.errors import MigrateError
@@ -173,7 +173,7 @@ def drill_cmd(
     accept_new_host_key: bool = SSH_ACCEPT_NEW,
     agent_command: str = AGENT_COMMAND,
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
 ) -> None:
     """Disaster-recovery drill: prove the container restores on a standby host.
@@ -195,7 +195,6 @@ def drill_cmd(
         return
     if verify_cmd is not None and not argv:
         fail(UsageError("--verify-cmd is empty", hint="give a command, e.g. --verify-cmd 'true'"))
-    check_bulk(bulk)
     md_path = None
     if report is not None:
         if report.suffix == ".md":
@@ -227,7 +226,7 @@ def drill_cmd(
         settle_s=settle,
         verify_timeout_s=verify_timeout,
         keep=keep,
-        bulk=bulk,
+        bulk=bulk.value,
     )
     rep = Drill(opts, engine, factory, progress).run()
     doc = rep.to_json()

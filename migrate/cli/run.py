@@ -18,11 +18,15 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    BindMounts,
+    Bulk,
+    Compression,
+    Staging,
+    Strategy,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress, print_checks, print_report
-from migrate.core.errors import MigrateError, UsageError
+from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
@@ -103,8 +107,8 @@ def run(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
-    strategy: str = typer.Option(
-        "cold",
+    strategy: Strategy = typer.Option(
+        Strategy.cold,
         "--strategy",
         help="cold (default: stop-and-copy, can always roll back) | lazy (post-copy: the "
         "container resumes on the destination before its memory has moved; shorter downtime, "
@@ -112,28 +116,28 @@ def run(
         "can do it, else cold; choosing it accepts lazy's risk).",
     ),
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bind_mounts: str = typer.Option(
-        "refuse",
+    bind_mounts: BindMounts = typer.Option(
+        BindMounts.refuse,
         "--bind-mounts",
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     precopy: bool = typer.Option(
         True,
         "--precopy/--no-precopy",
         help="Copy the read-write layer while the container still runs and send only what "
         "changed during the pause (default), or copy all of it during the pause.",
     ),
-    staging: str = typer.Option(
-        "auto",
+    staging: Staging = typer.Option(
+        Staging.auto,
         "--staging",
         help="Where the checkpoint images wait on both hosts: auto (default: in memory, i.e. "
         "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
         "(refuse when they do not fit) | disk.",
     ),
-    compression: str = typer.Option(
-        "adaptive",
+    compression: Compression = typer.Option(
+        Compression.adaptive,
         "--compression",
         help="adaptive (default: zstd level 1 while the link is the limit, almost none while "
         "the CPUs are) | fixed (always level 1).",
@@ -151,35 +155,6 @@ def run(
     from migrate.engines.docker.engine import DockerEngine
     from migrate.source.migration import Migration, RunOptions, faults_from_env
 
-    if strategy not in ("cold", "lazy", "auto"):
-        fail(
-            UsageError(
-                f"--strategy {strategy!r} is not one of cold, lazy, auto",
-                hint="see `migrate run --help`",
-            )
-        )
-    check_bulk(bulk)
-    if bind_mounts not in ("refuse", "same-path", "copy"):
-        fail(
-            UsageError(
-                f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
-                hint="see docs/mounts-and-networks.md",
-            )
-        )
-    if staging not in ("auto", "memory", "disk"):
-        fail(
-            UsageError(
-                f"--staging {staging!r} is not one of auto, memory, disk",
-                hint="see `migrate run --help`",
-            )
-        )
-    if compression not in ("adaptive", "fixed"):
-        fail(
-            UsageError(
-                f"--compression {compression!r} is not one of adaptive, fixed",
-                hint="see `migrate run --help`",
-            )
-        )
     try:
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -193,12 +168,12 @@ def run(
                 name=name,
                 keep_source=keep_source,
                 dry_run=dry_run,
-                strategy=strategy,
-                bind_mounts=bind_mounts,
+                strategy=strategy.value,
+                bind_mounts=bind_mounts.value,
                 precopy=precopy,
-                staging=staging,
-                compression=compression,
-                bulk=bulk,
+                staging=staging.value,
+                compression=compression.value,
+                bulk=bulk.value,
                 faults=faults_from_env(),
             ),
             engine,
@@ -298,7 +273,7 @@ def evacuate(
     keep_source: bool = typer.Option(
         False, "--keep-source", help="Keep each source container (stopped) instead of removing it."
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
 ) -> None:
     """Drain this host: live-migrate every running container (or those with --label) to the
@@ -336,7 +311,6 @@ def evacuate(
             soft_wrap=True,
         )
 
-    check_bulk(bulk)
     try:
         targets = parse_targets(to)
         labels = parse_labels(label)
@@ -349,7 +323,7 @@ def evacuate(
             labels=labels,
             parallel=parallel,
             keep_source=keep_source,
-            bulk=bulk,
+            bulk=bulk.value,
             on_done=done,
         )
     except MigrateError as e:
