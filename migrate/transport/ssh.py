@@ -18,6 +18,7 @@ import paramiko
 from migrate.core.errors import AuthFailed, HostKeyMismatch, HostUnreachable, MigrateError
 from migrate.transport.destination import Destination, SshOptions
 from migrate.transport.known_hosts import (
+    KnownHosts,
     RefuseUnknownHost,
     key_fingerprint,
     key_label,
@@ -97,21 +98,7 @@ def connect(dest: Destination, opts: SshOptions | None = None) -> SshSession:
         client.get_host_keys().add(name, ktype, key)
     client.set_missing_host_key_policy(RefuseUnknownHost(dest, known, opts.accept_new_host_key))
 
-    if opts.identity is not None:
-        identity = Path(opts.identity).expanduser()
-        if not identity.is_file():
-            raise AuthFailed(
-                f"identity file {identity} does not exist",
-                hint="pass --identity with the path of a private key",
-            )
-        auth: dict[str, Any] = {
-            "pkey": _load_identity(identity),
-            "allow_agent": False,
-            "look_for_keys": False,
-        }
-    else:
-        auth = {"allow_agent": True, "look_for_keys": True}
-
+    auth = _auth_args(opts)
     sock = _open_socket(dest, opts)
     log.debug("connecting to %s", dest)
     try:
@@ -130,51 +117,12 @@ def connect(dest: Destination, opts: SshOptions | None = None) -> SshSession:
     except MigrateError:
         _close_quietly(client, sock)
         raise
-    except paramiko.BadHostKeyException as e:
-        _close_quietly(client, sock)
-        raise HostKeyMismatch(
-            f"the SSH host key of {dest.known_hosts_name} has CHANGED: the server sent "
-            f"{key_label(e.key)}, {known.file} has {key_label(e.expected_key)}",
-            hint=(
-                "someone may be intercepting the connection: do not proceed until the host's "
-                "owner confirms the new key; if the host was reinstalled, remove the old entry "
-                f"with `ssh-keygen -R {shlex.quote(dest.known_hosts_name)} -f "
-                f"{shlex.quote(str(known.file))}` and add the verified new key"
-            ),
-            details={
-                "fingerprint": key_fingerprint(e.key),
-                "expected_fingerprint": key_fingerprint(e.expected_key),
-                "host": dest.known_hosts_name,
-                "known_hosts": str(known.file),
-            },
-        ) from None
-    except paramiko.AuthenticationException as e:
-        _close_quietly(client, sock)
-        raise AuthFailed(
-            f"SSH authentication as {dest.user} on {dest.host} failed: {e}",
-            hint=_auth_hint(dest, opts),
-        ) from None
-    except paramiko.SSHException as e:
+    except (paramiko.SSHException, OSError, EOFError) as e:
         # After the key exchange and the host key check, only authentication remains.
         t = client.get_transport()
         authenticating = t is not None and t.host_key is not None
         _close_quietly(client, sock)
-        if authenticating:
-            raise AuthFailed(
-                f"SSH authentication as {dest.user} on {dest.host} failed: {e}",
-                hint=_auth_hint(dest, opts),
-            ) from None
-        raise HostUnreachable(
-            f"SSH handshake with {dest.host} port {dest.port} failed: {e}",
-            hint=f"check that port {dest.port} on {dest.host} is an SSH server and that it "
-            "allows modern algorithms (ed25519/ecdsa host keys, AES ciphers)",
-        ) from None
-    except (OSError, EOFError) as e:
-        _close_quietly(client, sock)
-        raise HostUnreachable(
-            f"the SSH connection to {dest.host} port {dest.port} failed: {e}",
-            hint=f"check that {dest.host} is up and sshd answers on port {dest.port}",
-        ) from None
+        raise _connect_failure(e, dest, opts, known, authenticating) from None
 
     transport = client.get_transport()
     assert transport is not None
@@ -195,6 +143,65 @@ def connect(dest: Destination, opts: SshOptions | None = None) -> SshSession:
         key_label(transport.get_remote_server_key()),
     )
     return SshSession(client, dest, opts)
+
+
+def _auth_args(opts: SshOptions) -> dict[str, Any]:
+    """paramiko's authentication arguments: the --identity key alone, or ssh-agent and the
+    default keys as OpenSSH would try them."""
+    if opts.identity is not None:
+        identity = Path(opts.identity).expanduser()
+        if not identity.is_file():
+            raise AuthFailed(
+                f"identity file {identity} does not exist",
+                hint="pass --identity with the path of a private key",
+            )
+        return {
+            "pkey": _load_identity(identity),
+            "allow_agent": False,
+            "look_for_keys": False,
+        }
+    return {"allow_agent": True, "look_for_keys": True}
+
+
+def _connect_failure(
+    e: Exception, dest: Destination, opts: SshOptions, known: KnownHosts, authenticating: bool
+) -> MigrateError:
+    """What a failed handshake means for the operator; ``authenticating``: the key exchange
+    and the host key check had passed."""
+    if isinstance(e, paramiko.BadHostKeyException):
+        return HostKeyMismatch(
+            f"the SSH host key of {dest.known_hosts_name} has CHANGED: the server sent "
+            f"{key_label(e.key)}, {known.file} has {key_label(e.expected_key)}",
+            hint=(
+                "someone may be intercepting the connection: do not proceed until the host's "
+                "owner confirms the new key; if the host was reinstalled, remove the old entry "
+                f"with `ssh-keygen -R {shlex.quote(dest.known_hosts_name)} -f "
+                f"{shlex.quote(str(known.file))}` and add the verified new key"
+            ),
+            details={
+                "fingerprint": key_fingerprint(e.key),
+                "expected_fingerprint": key_fingerprint(e.expected_key),
+                "host": dest.known_hosts_name,
+                "known_hosts": str(known.file),
+            },
+        )
+    if isinstance(e, paramiko.AuthenticationException) or (
+        isinstance(e, paramiko.SSHException) and authenticating
+    ):
+        return AuthFailed(
+            f"SSH authentication as {dest.user} on {dest.host} failed: {e}",
+            hint=_auth_hint(dest, opts),
+        )
+    if isinstance(e, paramiko.SSHException):
+        return HostUnreachable(
+            f"SSH handshake with {dest.host} port {dest.port} failed: {e}",
+            hint=f"check that port {dest.port} on {dest.host} is an SSH server and that it "
+            "allows modern algorithms (ed25519/ecdsa host keys, AES ciphers)",
+        )
+    return HostUnreachable(
+        f"the SSH connection to {dest.host} port {dest.port} failed: {e}",
+        hint=f"check that {dest.host} is up and sshd answers on port {dest.port}",
+    )
 
 
 def _load_identity(path: Path) -> paramiko.PKey:

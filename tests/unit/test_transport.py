@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 from sshd_helper import SSH_KEYGEN, Sshd, free_port, keygen, running_sshd, sshd_available
 
@@ -456,3 +457,25 @@ def test_ssh_small_reads_of_a_large_burst(sshd: Sshd) -> None:
             assert len(chunk) <= 1000
             got += chunk
         assert bytes(got) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "authenticating", "expected"),
+    [
+        (paramiko.AuthenticationException("no"), False, errors.AuthFailed),
+        (paramiko.SSHException("no more methods"), True, errors.AuthFailed),
+        (paramiko.SSHException("Error reading SSH protocol banner"), False, errors.HostUnreachable),
+        (EOFError(), False, errors.HostUnreachable),
+        (ConnectionResetError(104, "reset"), True, errors.HostUnreachable),
+    ],
+)
+def test_connect_failures_say_which_step_failed(
+    exc: Exception, authenticating: bool, expected: type[errors.MigrateError]
+) -> None:
+    from migrate.transport.known_hosts import KnownHosts
+    from migrate.transport.ssh import _connect_failure
+
+    known = KnownHosts(paramiko.HostKeys(), frozenset(), Path("/kh"), True)
+    err = _connect_failure(exc, parse_destination("ssh://h"), SshOptions(), known, authenticating)
+    assert type(err) is expected
+    assert str(exc) in err.message
