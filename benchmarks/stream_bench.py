@@ -117,7 +117,10 @@ def cpu_s() -> float:
 def sink(target: Path) -> int:
     from migrate.fs import layers
     from migrate.transport.stdio import StdioChannel
-    from migrate.wire.protocol import Connection, StreamReader, decode_control, response_message
+    from migrate.wire.connection import Connection
+    from migrate.wire.framing import decode_control
+    from migrate.wire.messages import response_message
+    from migrate.wire.stream import StreamReader
 
     clock = StageClock()
     ch = TimedChannel(StdioChannel.claim_stdio(), clock)
@@ -128,7 +131,8 @@ def sink(target: Path) -> int:
     if req["method"] == "bulk_open":  # --mode bulk: as the agent's h_bulk_open does
         from migrate.agent.server import LAZY_WORK_ROOT
         from migrate.transport.bulk_sink import BulkListener
-        from migrate.wire.protocol import KIND_CONTROL, stream_header
+        from migrate.wire.framing import KIND_CONTROL
+        from migrate.wire.messages import stream_header
 
         LAZY_WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
         listener = BulkListener(LAZY_WORK_ROOT)
@@ -197,14 +201,15 @@ def source(
     import dataclasses
 
     from migrate.fs import layers
+    from migrate.transport.destination import SshOptions, parse_destination
     from migrate.transport.openssh import BulkLink
-    from migrate.transport.ssh import SshOptions, connect, parse_destination
-    from migrate.wire import protocol
-    from migrate.wire.protocol import Connection
+    from migrate.transport.ssh import connect
+    from migrate.wire import stream as wire_stream
+    from migrate.wire.connection import Connection
 
     if os.environ.get("STREAM_BENCH_SWITCH"):
         sw = float(os.environ["STREAM_BENCH_SWITCH"])
-        protocol.SWITCH_INTERVAL_S = sw if sw > 0 else None
+        wire_stream.SWITCH_INTERVAL_S = sw if sw > 0 else None
     clock = StageClock()
     session = connect(
         parse_destination(dest), SshOptions(identity=Path(key), known_hosts=Path(known))
@@ -215,7 +220,7 @@ def source(
     conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
     conn.adaptive = adaptive  # the sink reads multi-frame streams (StreamReader, as the agent)
     link = None
-    if mode == "bulk":  # as migrate/transport/openssh.py's attach_bulk, opened before timing
+    if mode == "bulk":  # as migrate/wire/bulk.py's attach_bulk, opened before timing
         res = conn.call("bulk_open")
         target = dataclasses.replace(sch.bulk_target(), agent_command=agent_command)
         link = BulkLink.start(target, res["socket"], res["token"])

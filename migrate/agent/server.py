@@ -45,19 +45,18 @@ from migrate.core.lock import PidLock
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.fs import layers, precopy
 from migrate.transport.bulk_sink import BulkListener
-from migrate.wire.protocol import (
-    KIND_CONTROL,
+from migrate.wire.connection import Connection
+from migrate.wire.framing import KIND_CONTROL, decode_control
+from migrate.wire.messages import (
     METHODS,
     MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
-    Connection,
-    StreamReader,
-    decode_control,
     error_message,
     response_message,
     stream_header,
     validate_request,
 )
+from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,8 @@ def channel_factory(
         if dest_docker_host:
             argv += ["--docker-host", dest_docker_host]
         return lambda: LocalChannel.start(argv)
-    from migrate.transport.ssh import SshOptions, connect, parse_destination
+    from migrate.transport.destination import SshOptions, parse_destination
+    from migrate.transport.ssh import connect
 
     dest = parse_destination(to)
     opts = SshOptions(

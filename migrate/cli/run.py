@@ -54,7 +54,7 @@ def check(
     """
     from migrate.core.errors import EXIT_REFUSED
     from migrate.source.check import check_destination, run_checks
-    from migrate.wire.protocol import Connection
+    from migrate.wire.connection import Connection
 
     dest = None
     try:

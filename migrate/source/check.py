@@ -187,7 +187,7 @@ def check_destination(conn: Any) -> CheckReport:
     """The destination's readiness, asked of its agent over ``conn`` (a protocol Connection):
     its handshake (CRIU, Docker, disk) and whether a checkpoint taken here restores on its CPU.
     """
-    from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+    from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
     hello = conn.call(
         "hello",
@@ -205,7 +205,7 @@ def check_destination(conn: Any) -> CheckReport:
             cpu = None  # this host's own check reports its CRIU problem
         else:
             cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
-    from migrate.transport.openssh import attach_bulk
+    from migrate.wire.bulk import attach_bulk
 
     rows = destination_results(hello, cpu, local.version)
     # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?

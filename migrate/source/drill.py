@@ -39,8 +39,8 @@ from migrate.core.report import NullProgress, Progress, Timer
 from migrate.engines.base import ContainerSpec, Engine
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
-from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import Connection
+from migrate.wire.bulk import StreamChannel, attach_bulk
+from migrate.wire.connection import Connection
 from migrate.wire.session import open_session
 
 CALL_TIMEOUT_S = 60.0

@@ -23,7 +23,7 @@ from migrate.core.report import Report
 from migrate.engines.base import Engine
 from migrate.source.migration import Migration, RunOptions
 from migrate.transport import Channel
-from migrate.wire.protocol import Connection
+from migrate.wire.connection import Connection
 from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)

@@ -49,8 +49,8 @@ from migrate.engines.docker.images import filter_save_stream
 from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
-from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import Connection
+from migrate.wire.bulk import StreamChannel, attach_bulk
+from migrate.wire.connection import Connection
 from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class RunOptions:
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
     # adaptive: the level drops to almost none while the CPUs, not the link, are the limit
-    # (protocol.py, FAST_LEVEL); fixed: always compression_level.
+    # (wire/stream.py, FAST_LEVEL); fixed: always compression_level.
     compression: str = "adaptive"
     # Stream the read-write layer while the container runs; only what changed goes in the
     # freeze (migrate/fs/precopy.py). Off: the whole layer is captured frozen.
@@ -300,7 +300,7 @@ class Migration:
         if not pipe.ok:
             return f"{pipe.problem} (fix: {pipe.fix})"
         assert self.conn is not None
-        if not hasattr(self.conn.ch, "reverse_tunnel"):
+        if self.conn.ch.tunnels() is None:
             return "this transport cannot carry the page-server link"
         return ""
 
@@ -713,12 +713,16 @@ class Migration:
             self.staged_in["destination"] = str(res.get("staging") or "disk")
         tunnel = None
         if self.page_server is not None:
-            tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
+            open_tunnel = self.conn.ch.tunnels()
+            assert open_tunnel is not None  # lazy needs it: _source_postcopy_blocker
+            tunnel = open_tunnel(self.page_server.port)
             self.tunnel = tunnel
         self._fault("source:before_restore")
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
-            extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            extra: dict[str, Any] = (
+                {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            )
             res = self.conn.call(
                 "restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S, **extra
             )
@@ -745,9 +749,8 @@ class Migration:
         here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
         assert self.conn is not None and self.page_server is not None
         self.journal.append("postcopy")
-        hold = getattr(self.tunnel, "hold", None)
-        if "source:wait:postcopy" in self.opts.faults and hold is not None:
-            hold()  # the test breaks the link while post-copy is surely unfinished
+        if "source:wait:postcopy" in self.opts.faults and self.tunnel is not None:
+            self.tunnel.hold()  # the test breaks the link while post-copy is surely unfinished
         self._fault("source:postcopy")
         ps = self.page_server
         with self.timer.phase("postcopy", "moving the rest of the memory"):

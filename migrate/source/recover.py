@@ -23,7 +23,7 @@ from migrate.core.journal import DEFAULT_DIR, Pending, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.engines.base import Engine
 from migrate.transport import Channel
-from migrate.wire.protocol import Connection
+from migrate.wire.connection import Connection
 from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,8 @@ import pydantic
 
 from migrate import __version__
 from migrate.core.errors import ProtocolError
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
 
 class _Strict(pydantic.BaseModel):

@@ -9,7 +9,8 @@ import pytest
 
 from migrate import __version__
 from migrate.core.errors import ProtocolError
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 from migrate.wire.session import AgentHello, open_session, parse_hello
 
 pytestmark = pytest.mark.unit
