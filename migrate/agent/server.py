@@ -1104,9 +1104,9 @@ class Agent:
         self, *, stream: StreamReader, drill_id: str, name: str, size: int
     ) -> dict[str, Any]:
         """Receive a bundle (``size`` bytes) and import it under ``name``, isolated."""
+        from migrate.agent.importer import import_bundle
         from migrate.core.errors import BundleInvalid, DiskFull
         from migrate.fs import bundle
-        from migrate.source.portable import import_bundle
 
         if not drill_id.isalnum() or len(drill_id) > 64 or drill_id in self._drills:
             raise ProtocolError(f"bad or reused drill id {drill_id!r}")
