@@ -148,8 +148,9 @@ def run(
     Exit codes: 0 migrated; 1 failed and rolled back; 2 bad usage; 3 refused by a precheck
     (nothing touched); 4 outcome in doubt (see `migrate recover`).
     """
+    from migrate.core.faults import Faults
     from migrate.engines.docker.engine import DockerEngine
-    from migrate.source.migration import Migration, RunOptions, faults_from_env
+    from migrate.source.migration import Migration, RunOptions
 
     if strategy not in ("cold", "lazy", "auto"):
         fail(
@@ -199,7 +200,7 @@ def run(
                 staging=staging,
                 compression=compression,
                 bulk=bulk,
-                faults=faults_from_env(),
+                faults=Faults.from_env(),
             ),
             engine,
             factory,

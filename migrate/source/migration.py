@@ -42,6 +42,7 @@ from migrate.core.errors import (
     Timeout,
     Unsupported,
 )
+from migrate.core.faults import NO_FAULTS, Faults
 from migrate.core.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
@@ -89,7 +90,7 @@ class RunOptions:
     precopy: bool = True
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.core.lock.DEFAULT_LOCK_DIR
-    faults: frozenset[str] = frozenset()
+    faults: Faults = NO_FAULTS  # test seam (core/faults.py): none outside the test suite
     # Where checkpoint images are staged on both ends: auto | memory | disk (staging.py).
     staging: str = "auto"
     memory_root: Path = staging_mod.MEMORY_ROOT
@@ -262,7 +263,7 @@ class Migration:
                 protocol=PROTOCOL_VERSION,
                 min_protocol=MIN_PROTOCOL_VERSION,
                 software=__version__,
-                faults=sorted(f for f in self.opts.faults if f.startswith("agent:")),
+                faults=self.opts.faults.for_side("agent"),
             )
             log.debug("agent: %s", hello)
             methods = hello.get("methods")
@@ -273,7 +274,7 @@ class Migration:
             self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
             # Before anything is frozen: its handshake must not land in the downtime.
             self.stream_channel = attach_bulk(
-                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults
+                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults.points
             )
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
@@ -752,7 +753,7 @@ class Migration:
         assert self.conn is not None and self.page_server is not None
         self.journal.append("postcopy")
         hold = getattr(self.tunnel, "hold", None)
-        if "source:wait:postcopy" in self.opts.faults and hold is not None:
+        if self.opts.faults.on("source:wait:postcopy") and hold is not None:
             hold()  # the test breaks the link while post-copy is surely unfinished
         self._fault("source:postcopy")
         ps = self.page_server
@@ -930,29 +931,15 @@ class Migration:
     # --- helpers --------------------------------------------------------------------------
 
     def _fault(self, point: str) -> None:
-        """Test-only hooks (MIGRATE_FAULTS): ``source:POINT`` raises there; ``source:wait:POINT``
-        writes this pid to $MIGRATE_FAULT_MARK and waits until that file is removed (a test
-        kills this process, or cuts the link, meanwhile)."""
+        """The test seam at ``source:POINT`` (core/faults.py): a wait point writes
+        ``PID STEP MIGRATION_ID`` to the mark file first."""
         name = point.removeprefix("source:")
-        if f"source:wait:{name}" in self.opts.faults:
-            mark = Path(os.environ.get("MIGRATE_FAULT_MARK", "/tmp/migrate-fault-mark"))
-            mark.write_text(f"{os.getpid()} {name} {self.id}\n")
-            log.warning("fault injected: waiting at %s until %s is removed", name, mark)
-            while mark.exists():
-                time.sleep(0.05)
-        if point in self.opts.faults:
-            from migrate.core.errors import InjectedFault
-
-            raise InjectedFault(f"fault injected at {point}")
+        self.opts.faults.reach(point, f"{os.getpid()} {name} {self.id}\n")
 
     def _faulty(self, chunks: Iterator[bytes], point: str) -> Iterator[bytes]:
-        """Pass a stream through, calling the fault hook ``point`` after its first chunk."""
-        first = True
-        for c in chunks:
-            yield c
-            if first:
-                first = False
-                self._fault(point)
+        """Pass a stream through, reaching the fault point ``point`` after its first chunk."""
+        name = point.removeprefix("source:")
+        return self.opts.faults.wrap(chunks, point, f"{os.getpid()} {name} {self.id}\n")
 
     def _count(self, what: str, stream_stats: dict[str, Any]) -> None:
         self.bytes[what] += int(stream_stats.get("raw", 0))
@@ -1033,12 +1020,6 @@ def _dir_size(path: Path) -> int:
         except OSError:
             pass
     return total
-
-
-def faults_from_env() -> frozenset[str]:
-    """MIGRATE_FAULTS=point[,point...]: test-only fault injection (see docs/testing.md)."""
-    raw = os.environ.get("MIGRATE_FAULTS", "")
-    return frozenset(p.strip() for p in raw.split(",") if p.strip())
 
 
 def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) -> None:
