@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any
 
 from migrate.engines.docker.engine import _containerd_restore_copies
-from migrate.lab.config import LabConfig
-from migrate.lab.hosts import Lab, LabHost, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.hosts import Lab, LabHost
 from migrate.lab.images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
 
 HERE = Path(__file__).resolve().parent

@@ -14,7 +14,11 @@ blocking in the channel's ``sendall``; on the sink, waiting in ``recv``, decompr
 parsing + writing. Plus each process's CPU seconds.
 
     .venv/bin/python benchmarks/stream_bench.py [--mib 1024] [--text 50] [--runs 3]
-        [--lab mwb --subnet 10.213.31.0/24] [--out benchmarks/results/stream-bench.md]
+        [--lab mwb --subnet 10.213.31.0/24] [--json FILE]
+
+Prints each run on stderr and, with --json, appends the summary as one JSON line to FILE; the
+studies made from those lines are benchmarks/results/stream.md, stream-bulk.md and
+stream-adaptive.md (each lists its JSON lines at the end).
 """
 
 from __future__ import annotations

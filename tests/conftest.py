@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from migrate.lab.hosts import Lab, LabConfig, docker_client, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.dockerd import docker_client
+from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
 
 TESTS_DIR = Path(__file__).resolve().parent

@@ -19,15 +19,15 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    Bulk,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress
 from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="Bundles and drills")
 def export_cmd(
     container: str = typer.Argument(..., help="Running container to export."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle file to write (.tar.zst)."),
@@ -67,7 +67,7 @@ def export_cmd(
     )
 
 
-@app.command("import")
+@app.command("import", rich_help_panel="Bundles and drills")
 def import_cmd(
     file: Path = typer.Argument(..., help="Bundle written by `migrate export`."),
     name: str | None = typer.Option(None, "--name", help="Name of the new container."),
@@ -108,7 +108,7 @@ def import_cmd(
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
 
 
-@app.command("inspect")
+@app.command("inspect", rich_help_panel="Bundles and drills")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A bundle file, or a directory of CRIU images."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -140,7 +140,7 @@ def inspect_cmd(
             out.print(f"  {item}", highlight=False)
 
 
-@app.command("drill")
+@app.command("drill", rich_help_panel="Bundles and drills")
 def drill_cmd(
     container: str = typer.Argument(..., help="Running container to drill (it keeps running)."),
     to: str = typer.Option(
@@ -173,7 +173,7 @@ def drill_cmd(
     accept_new_host_key: bool = SSH_ACCEPT_NEW,
     agent_command: str = AGENT_COMMAND,
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
 ) -> None:
     """Disaster-recovery drill: prove the container restores on a standby host.
@@ -195,7 +195,6 @@ def drill_cmd(
         return
     if verify_cmd is not None and not argv:
         fail(UsageError("--verify-cmd is empty", hint="give a command, e.g. --verify-cmd 'true'"))
-    check_bulk(bulk)
     md_path = None
     if report is not None:
         if report.suffix == ".md":
@@ -227,7 +226,7 @@ def drill_cmd(
         settle_s=settle,
         verify_timeout_s=verify_timeout,
         keep=keep,
-        bulk=bulk,
+        bulk=bulk.value,
     )
     rep = Drill(opts, engine, factory, progress).run()
     doc = rep.to_json()

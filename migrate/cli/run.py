@@ -18,15 +18,19 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    BindMounts,
+    Bulk,
+    Compression,
+    Staging,
+    Strategy,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress, print_checks, print_report
-from migrate.core.errors import MigrateError, UsageError
+from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def check(
     to: str | None = typer.Option(
         None,
@@ -87,7 +91,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
     to: str = typer.Option(
@@ -103,8 +107,8 @@ def run(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
-    strategy: str = typer.Option(
-        "cold",
+    strategy: Strategy = typer.Option(
+        Strategy.cold,
         "--strategy",
         help="cold (default: stop-and-copy, can always roll back) | lazy (post-copy: the "
         "container resumes on the destination before its memory has moved; shorter downtime, "
@@ -112,28 +116,28 @@ def run(
         "can do it, else cold; choosing it accepts lazy's risk).",
     ),
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bind_mounts: str = typer.Option(
-        "refuse",
+    bind_mounts: BindMounts = typer.Option(
+        BindMounts.refuse,
         "--bind-mounts",
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     precopy: bool = typer.Option(
         True,
         "--precopy/--no-precopy",
         help="Copy the read-write layer while the container still runs and send only what "
         "changed during the pause (default), or copy all of it during the pause.",
     ),
-    staging: str = typer.Option(
-        "auto",
+    staging: Staging = typer.Option(
+        Staging.auto,
         "--staging",
         help="Where the checkpoint images wait on both hosts: auto (default: in memory, i.e. "
         "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
         "(refuse when they do not fit) | disk.",
     ),
-    compression: str = typer.Option(
-        "adaptive",
+    compression: Compression = typer.Option(
+        Compression.adaptive,
         "--compression",
         help="adaptive (default: zstd level 1 while the link is the limit, almost none while "
         "the CPUs are) | fixed (always level 1).",
@@ -152,35 +156,6 @@ def run(
     from migrate.engines.docker.engine import DockerEngine
     from migrate.source.migration import Migration, RunOptions
 
-    if strategy not in ("cold", "lazy", "auto"):
-        fail(
-            UsageError(
-                f"--strategy {strategy!r} is not one of cold, lazy, auto",
-                hint="see `migrate run --help`",
-            )
-        )
-    check_bulk(bulk)
-    if bind_mounts not in ("refuse", "same-path", "copy"):
-        fail(
-            UsageError(
-                f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
-                hint="see docs/mounts-and-networks.md",
-            )
-        )
-    if staging not in ("auto", "memory", "disk"):
-        fail(
-            UsageError(
-                f"--staging {staging!r} is not one of auto, memory, disk",
-                hint="see `migrate run --help`",
-            )
-        )
-    if compression not in ("adaptive", "fixed"):
-        fail(
-            UsageError(
-                f"--compression {compression!r} is not one of adaptive, fixed",
-                hint="see `migrate run --help`",
-            )
-        )
     try:
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
@@ -194,12 +169,12 @@ def run(
                 name=name,
                 keep_source=keep_source,
                 dry_run=dry_run,
-                strategy=strategy,
-                bind_mounts=bind_mounts,
+                strategy=strategy.value,
+                bind_mounts=bind_mounts.value,
                 precopy=precopy,
-                staging=staging,
-                compression=compression,
-                bulk=bulk,
+                staging=staging.value,
+                compression=compression.value,
+                bulk=bulk.value,
                 faults=Faults.from_env(),
             ),
             engine,
@@ -220,7 +195,7 @@ def run(
         print_report(rep)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def recover(
     container: str | None = typer.Argument(
         None,
@@ -280,7 +255,7 @@ def recover(
         )
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
@@ -299,7 +274,7 @@ def evacuate(
     keep_source: bool = typer.Option(
         False, "--keep-source", help="Keep each source container (stopped) instead of removing it."
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
 ) -> None:
     """Drain this host: live-migrate every running container (or those with --label) to the
@@ -337,7 +312,6 @@ def evacuate(
             soft_wrap=True,
         )
 
-    check_bulk(bulk)
     try:
         targets = parse_targets(to)
         labels = parse_labels(label)
@@ -350,7 +324,7 @@ def evacuate(
             labels=labels,
             parallel=parallel,
             keep_source=keep_source,
-            bulk=bulk,
+            bulk=bulk.value,
             on_done=done,
         )
     except MigrateError as e:
@@ -392,32 +366,3 @@ def evacuate(
         raise typer.Exit(EXIT_IN_DOUBT)
     if res.status != "drained":
         raise typer.Exit(EXIT_FAILED)
-
-
-@app.command(hidden=False)
-def agent(
-    docker_host: str | None = typer.Option(
-        None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
-    ),
-    staging_dir: Path | None = typer.Option(
-        None,
-        "--staging-dir",
-        help="Where received checkpoint images are staged (default: inside the new "
-        "container's directory on Docker's data root). Another file system costs a copy.",
-    ),
-    sink: str | None = typer.Option(
-        None,
-        "--sink",
-        hidden=True,
-        help="Internal: hand this process's stdin (the source's OpenSSH bulk connection) to "
-        "the running agent listening on this socket.",
-    ),
-) -> None:
-    """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
-    if sink is not None:
-        from migrate.transport.bulk_sink import run_sink
-
-        raise typer.Exit(run_sink(sink))
-    from migrate.agent.server import run_agent
-
-    raise typer.Exit(run_agent(docker_host, staging_dir))

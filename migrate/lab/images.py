@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.errors import LabError
-from migrate.lab.hosts import docker_client
+from migrate.lab.dockerd import docker_client
 
 log = logging.getLogger(__name__)
 

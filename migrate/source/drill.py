@@ -40,7 +40,8 @@ from migrate.engines.base import ContainerSpec, Engine
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
 from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.protocol import Connection
+from migrate.wire.session import open_session
 
 CALL_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 1800.0  # the agent verifies, loads the image and restores: GBs take minutes
@@ -273,19 +274,11 @@ class Drill:
                 )
             self.drill_name = f"{spec.name}-drill-{self.id[:8]}"
             self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
-            hello = self.conn.call(
-                "hello",
-                protocol=PROTOCOL_VERSION,
-                min_protocol=MIN_PROTOCOL_VERSION,
-                software=__version__,
-                faults=[],
-            )
-            methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
-            self.conn.note_agent(hello)
-            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, methods)
-            if "drill_restore" not in (hello.get("methods") or []):
+            hello = open_session(self.conn)
+            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, frozenset(hello.methods))
+            if not hello.serves("drill_restore"):
                 raise Incompatible(
-                    f"the destination's migrate ({hello.get('software')}) cannot run drills",
+                    f"the destination's migrate ({hello.software}) cannot run drills",
                     hint="install the same migrate version on both hosts",
                 )
             drill_spec = replace(spec, name=self.drill_name)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__
 from migrate.checkpoint import criu, postcopy
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import (
@@ -52,7 +51,8 @@ from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
 from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.protocol import Connection
+from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -258,20 +258,14 @@ class Migration:
             lazy_why = None if self.opts.strategy != "cold" else "not asked"
             if lazy_why is None:
                 lazy_why = self._source_postcopy_blocker(caps) or None
-            hello = self.conn.call(
-                "hello",
-                protocol=PROTOCOL_VERSION,
-                min_protocol=MIN_PROTOCOL_VERSION,
-                software=__version__,
+            hello = open_session(
+                self.conn,
                 faults=self.opts.faults.for_side("agent"),
+                adaptive=self.opts.compression == "adaptive",
             )
             log.debug("agent: %s", hello)
-            methods = hello.get("methods")
-            if isinstance(methods, list):
-                self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
-            self.conn.note_agent(hello, adaptive=self.opts.compression == "adaptive")
-            modes = hello.get("staging")
-            self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
+            self.agent_methods = frozenset(hello.methods)
+            self.agent_memory_staging = "memory" in hello.staging
             # Before anything is frozen: its handshake must not land in the downtime.
             self.stream_channel = attach_bulk(
                 self.conn, self.opts.bulk, self.agent_methods, self.opts.faults.points
@@ -1026,13 +1020,7 @@ def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) ->
     """Ask a fresh agent to roll back ``migration_id`` from its journal."""
     conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
     try:
-        conn.call(
-            "hello",
-            protocol=PROTOCOL_VERSION,
-            min_protocol=MIN_PROTOCOL_VERSION,
-            software=__version__,
-            faults=[],
-        )
+        open_session(conn)
         conn.call("abort", migration_id=migration_id, timeout=60)
         conn.call("bye")
     finally:

@@ -25,7 +25,7 @@ import pytest
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import AGENT_FAULTS_ON
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 COUNTER = (
     "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "

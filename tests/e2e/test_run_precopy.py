@@ -25,7 +25,7 @@ import docker.errors
 import pytest
 
 from migrate.fs.layers import OVERLAY_HOST_XATTRS
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 SETUP = " && ".join(
     [
