@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from migrate.agent.importer import import_bundle
-from migrate.agent.state import DrillState, Session
+from migrate.agent.state import DrillState, Part
 from migrate.core.errors import BundleInvalid, DiskFull, MigrateError, ProtocolError
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.lock import PidLock
-from migrate.engines.base import Engine
 from migrate.fs import bundle
 from migrate.wire.protocol import StreamReader
 
@@ -34,12 +33,8 @@ DRILL_DISK_RESERVE = 256 << 20
 
 
 @dataclass
-class Drills:
-    s: Session
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
+class Drills(Part):
+    """The drill handlers (drill_restore, drill_verify, drill_remove) and their cleanup."""
 
     def _drill(self, drill_id: str) -> DrillState:
         d = self.s.drills.get(drill_id)

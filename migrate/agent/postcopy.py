@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, PostcopyRun, Session
+from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, Part, PostcopyRun
 from migrate.checkpoint import criu, lazy_pages, postcopy
 from migrate.core.errors import MigrateError, PostcopyFailed, ProtocolError, Unsupported
-from migrate.engines.base import Engine, LazyRestore
+from migrate.engines.base import LazyRestore
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,8 @@ POSTCOPY_TIMEOUT_S = 1800.0
 
 
 @dataclass
-class Postcopies:
-    s: Session
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
+class Postcopies(Part):
+    """Post-copy restores of this session and the threads that follow them."""
 
     def restore(self, m: MigrationState, port: int, t0: float) -> dict[str, Any]:
         """Start the container while its memory is still on the source: a lazy-pages daemon

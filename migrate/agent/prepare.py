@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.agent.binds import bind_plan, parse_binds
-from migrate.agent.state import MigrationState, Session
+from migrate.agent.state import MigrationState, Part
 from migrate.checkpoint import criu
 from migrate.core.errors import (
     CriuUnavailable,
@@ -22,19 +22,15 @@ from migrate.core.errors import (
     Unsupported,
     VolumeConflict,
 )
-from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
+from migrate.engines.base import ContainerSpec, NetworkInfo, VolumeInfo
 from migrate.wire.protocol import StreamReader
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Preparer:
-    s: Session
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
+class Preparer(Part):
+    """The handlers before any stream: precheck, image status and load, prepare."""
 
     def h_precheck(
         self,

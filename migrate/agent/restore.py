@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from migrate.agent.postcopy import Postcopies
-from migrate.agent.state import LAZY_WORK_ROOT, Session
+from migrate.agent.state import LAZY_WORK_ROOT, Part
 from migrate.checkpoint import criu, lazy_pages
 from migrate.core.errors import DiskFull, ProtocolError, RestoreFailed
-from migrate.engines.base import Engine, LazyRestore
+from migrate.engines.base import LazyRestore
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +26,8 @@ RESTORE_FILL_TIMEOUT_S = 600.0
 
 
 @dataclass
-class Restorer:
-    s: Session
+class Restorer(Part):
     postcopies: Postcopies
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
 
     def h_restore(
         self, *, migration_id: str, page_server_port: int | None = None

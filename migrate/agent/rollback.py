@@ -10,20 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from migrate.agent.binds import empty_dir
-from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, Session
+from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, Part
 from migrate.core.errors import MigrateError, ProtocolError
-from migrate.engines.base import Engine
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class Rollback:
-    s: Session
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
+class Rollback(Part):
+    """Rollback of this session's migrations, and of a dead agent's from its journal."""
 
     def rollback(self, m: MigrationState, why: str, *, force: bool = False) -> None:
         if m.state == "committed" or (m.state == "aborted" and not force):

@@ -158,3 +158,14 @@ class Session:
         safe = "".join(c for c in name if c.isalnum() or c in "-_.")[:64] or "x"
         mark = Path(f"/tmp/migrate-agent-wait-{safe}")
         self.faults.wait(point, f"{os.getpid()} {step}\n", mark)
+
+
+@dataclass
+class Part:
+    """One concern of the agent (prepare, streams, restore, ...) working on the session."""
+
+    s: Session
+
+    @property
+    def engine(self) -> Engine:
+        return self.s.engine

@@ -11,11 +11,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from migrate.agent.state import MigrationState, Session
+from migrate.agent.state import MigrationState, Part
 from migrate.checkpoint import lazy_pages
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import DiskFull, MigrateError, ProtocolError, VolumeConflict
-from migrate.engines.base import Engine
 from migrate.fs import layers, precopy
 from migrate.wire.protocol import StreamReader
 
@@ -52,12 +51,8 @@ _LABELS = {"volume": "volume", "bind": "bind mount"}
 
 
 @dataclass
-class Streams:
-    s: Session
-
-    @property
-    def engine(self) -> Engine:
-        return self.s.engine
+class Streams(Part):
+    """The stream handlers that fill a prepared container."""
 
     def tree_handlers(self) -> dict[str, Callable[..., dict[str, Any]]]:
         """The nine put_*/precopy_* methods, each this one implementation for its entry."""
