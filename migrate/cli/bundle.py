@@ -77,8 +77,8 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Verify a bundle completely, then recreate the container and restore it from it."""
+    from migrate.agent.importer import import_bundle
     from migrate.engines.docker.engine import DockerEngine
-    from migrate.source.portable import import_bundle
 
     try:
         res = import_bundle(DockerEngine(), file, name=name, start=not no_start)

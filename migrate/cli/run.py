@@ -152,8 +152,9 @@ def run(
     Exit codes: 0 migrated; 1 failed and rolled back; 2 bad usage; 3 refused by a precheck
     (nothing touched); 4 outcome in doubt (see `migrate recover`).
     """
+    from migrate.core.faults import Faults
     from migrate.engines.docker.engine import DockerEngine
-    from migrate.source.migration import Migration, RunOptions, faults_from_env
+    from migrate.source.migration import Migration, RunOptions
 
     try:
         factory = channel_factory(
@@ -174,7 +175,7 @@ def run(
                 staging=staging.value,
                 compression=compression.value,
                 bulk=bulk.value,
-                faults=faults_from_env(),
+                faults=Faults.from_env(),
             ),
             engine,
             factory,

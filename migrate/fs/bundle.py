@@ -43,6 +43,13 @@ CHECKSUM_NAME = "manifest.sha256"
 MANIFEST_NAME = "manifest.json"
 # A manifest lists a few thousand members at most; anything bigger is hostile.
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+# The members a container bundle holds besides the manifest (written by source/portable.py,
+# read by agent/importer.py: both ends of the format, so it is defined here).
+IMAGE_MEMBER = "image/docker-save.tar"
+ROOTFS_MEMBER = "rootfs-diff.tar"
+LOG_MEMBER = "container.log"
+VOLUME_PREFIX = "volumes/"
+CHECKPOINT_PREFIX = "checkpoint/"
 _CHUNK = 1024 * 1024
 _BLOCK = 512
 _NAME_MAX = 100  # ustar name field; we never use the prefix field

@@ -301,14 +301,14 @@ class Drill:
             return spec
 
     def _drill(self, spec: ContainerSpec) -> DrillReport:
-        from migrate.source.portable import (
+        from migrate.fs.bundle import (
             CHECKPOINT_PREFIX,
             IMAGE_MEMBER,
             LOG_MEMBER,
             ROOTFS_MEMBER,
             VOLUME_PREFIX,
-            export,
         )
+        from migrate.source.portable import export
 
         assert self.conn is not None
         self.staging.mkdir(parents=True)

@@ -41,6 +41,7 @@ from migrate.core.errors import (
     Timeout,
     Unsupported,
 )
+from migrate.core.faults import NO_FAULTS, Faults
 from migrate.core.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
@@ -89,7 +90,7 @@ class RunOptions:
     precopy: bool = True
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.core.lock.DEFAULT_LOCK_DIR
-    faults: frozenset[str] = frozenset()
+    faults: Faults = NO_FAULTS  # test seam (core/faults.py): none outside the test suite
     # Where checkpoint images are staged on both ends: auto | memory | disk (staging.py).
     staging: str = "auto"
     memory_root: Path = staging_mod.MEMORY_ROOT
@@ -259,7 +260,7 @@ class Migration:
                 lazy_why = self._source_postcopy_blocker(caps) or None
             hello = open_session(
                 self.conn,
-                faults=(f for f in self.opts.faults if f.startswith("agent:")),
+                faults=self.opts.faults.for_side("agent"),
                 adaptive=self.opts.compression == "adaptive",
             )
             log.debug("agent: %s", hello)
@@ -267,7 +268,7 @@ class Migration:
             self.agent_memory_staging = "memory" in hello.staging
             # Before anything is frozen: its handshake must not land in the downtime.
             self.stream_channel = attach_bulk(
-                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults
+                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults.points
             )
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
@@ -749,7 +750,7 @@ class Migration:
         here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
         assert self.conn is not None and self.page_server is not None
         self.journal.append("postcopy")
-        if "source:wait:postcopy" in self.opts.faults and self.tunnel is not None:
+        if self.opts.faults.on("source:wait:postcopy") and self.tunnel is not None:
             self.tunnel.hold()  # the test breaks the link while post-copy is surely unfinished
         self._fault("source:postcopy")
         ps = self.page_server
@@ -927,29 +928,15 @@ class Migration:
     # --- helpers --------------------------------------------------------------------------
 
     def _fault(self, point: str) -> None:
-        """Test-only hooks (MIGRATE_FAULTS): ``source:POINT`` raises there; ``source:wait:POINT``
-        writes this pid to $MIGRATE_FAULT_MARK and waits until that file is removed (a test
-        kills this process, or cuts the link, meanwhile)."""
+        """The test seam at ``source:POINT`` (core/faults.py): a wait point writes
+        ``PID STEP MIGRATION_ID`` to the mark file first."""
         name = point.removeprefix("source:")
-        if f"source:wait:{name}" in self.opts.faults:
-            mark = Path(os.environ.get("MIGRATE_FAULT_MARK", "/tmp/migrate-fault-mark"))
-            mark.write_text(f"{os.getpid()} {name} {self.id}\n")
-            log.warning("fault injected: waiting at %s until %s is removed", name, mark)
-            while mark.exists():
-                time.sleep(0.05)
-        if point in self.opts.faults:
-            from migrate.core.errors import InjectedFault
-
-            raise InjectedFault(f"fault injected at {point}")
+        self.opts.faults.reach(point, f"{os.getpid()} {name} {self.id}\n")
 
     def _faulty(self, chunks: Iterator[bytes], point: str) -> Iterator[bytes]:
-        """Pass a stream through, calling the fault hook ``point`` after its first chunk."""
-        first = True
-        for c in chunks:
-            yield c
-            if first:
-                first = False
-                self._fault(point)
+        """Pass a stream through, reaching the fault point ``point`` after its first chunk."""
+        name = point.removeprefix("source:")
+        return self.opts.faults.wrap(chunks, point, f"{os.getpid()} {name} {self.id}\n")
 
     def _count(self, what: str, stream_stats: dict[str, Any]) -> None:
         self.bytes[what] += int(stream_stats.get("raw", 0))
@@ -1030,12 +1017,6 @@ def _dir_size(path: Path) -> int:
         except OSError:
             pass
     return total
-
-
-def faults_from_env() -> frozenset[str]:
-    """MIGRATE_FAULTS=point[,point...]: test-only fault injection (see docs/testing.md)."""
-    raw = os.environ.get("MIGRATE_FAULTS", "")
-    return frozenset(p.strip() for p in raw.split(",") if p.strip())
 
 
 def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) -> None:
