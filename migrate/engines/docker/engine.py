@@ -38,12 +38,23 @@ from migrate.engines.base import (
     EngineInfo,
     ExecResult,
     LazyRestore,
+    NetworkInfo,
     ProcessInfo,
+    VolumeInfo,
 )
 from migrate.engines.docker import containerd, procscan, runc, runc_conf
 from migrate.engines.docker.criu_log import LogHolder, criu_hint
 from migrate.engines.docker.objects import DockerObjects
-from migrate.engines.docker.spec import BUILTIN_NETWORKS, create_request, spec_from_inspect
+from migrate.engines.docker.spec import (
+    BUILTIN_NETWORKS,
+    anonymous_volume,
+    create_request,
+    network_movable,
+    shares_network_namespace,
+    spec_from_inspect,
+    user_networks,
+    volume_movable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +101,9 @@ class DockerEngine(DockerObjects):
             engine="docker",
             version=str(v.get("Version", "")),
             api_version=str(v.get("ApiVersion", "")),
-            experimental=bool(v.get("Experimental", i.get("ExperimentalBuild", False))),
+            checkpoint_enabled=bool(v.get("Experimental", i.get("ExperimentalBuild", False))),
             storage_driver=str(i.get("Driver", "")),
+            rootfs_supported=i.get("Driver") == "overlay2",
             data_root=str(i.get("DockerRootDir", "")),
             runtime=str(i.get("DefaultRuntime", "")),
             runc_version=runc,
@@ -106,6 +118,23 @@ class DockerEngine(DockerObjects):
     @property
     def data_root(self) -> Path:
         return Path(str(self._raw_info().get("DockerRootDir", "/var/lib/docker")))
+
+    # --- what moves with a container (spec.py) -------------------------------------------
+
+    def shares_network_namespace(self, spec: ContainerSpec) -> bool:
+        return shares_network_namespace(spec.network_mode)
+
+    def user_networks(self, spec: ContainerSpec) -> list[str]:
+        return user_networks(spec)
+
+    def network_movable(self, net: NetworkInfo) -> bool:
+        return network_movable(net)
+
+    def volume_movable(self, vol: VolumeInfo) -> bool:
+        return volume_movable(vol)
+
+    def anonymous_volume(self, name: str) -> bool:
+        return anonymous_volume(name)
 
     # --- containers -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import docker.errors
 
 from migrate.core.errors import EngineError
 from migrate.engines.base import ImageInfo, NetworkInfo, VolumeInfo
+from migrate.engines.docker.images import filter_save_stream
 
 
 class DockerObjects:
@@ -172,6 +173,12 @@ class DockerObjects:
         except docker.errors.APIError as e:
             raise EngineError(f"docker save {names}: {e.explanation or e}") from None
         yield from res.iter_content(chunk_size=1 << 20)
+
+    def save_missing_layers(
+        self, refs: Iterable[str], present: set[str], stats: dict[str, int] | None = None
+    ) -> Iterator[bytes]:
+        """`docker save` of ``refs`` with the layers in ``present`` emptied (images.py)."""
+        return filter_save_stream(self.save_image(refs), present, stats)
 
     def load_image(self, chunks: Iterable[bytes]) -> None:
         try:
