@@ -42,7 +42,7 @@ from migrate.core.errors import (
 )
 from migrate.core.journal import DEFAULT_DIR, Journal
 from migrate.core.lock import PidLock
-from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
+from migrate.engines.base import ContainerSpec, Engine, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.fs import layers, precopy
 from migrate.transport.bulk_sink import BulkListener
 from migrate.wire.connection import Connection
@@ -151,12 +151,12 @@ DRILL_DISK_RESERVE = 256 << 20
 @dataclass
 class Agent:
     conn: Connection
-    engine_factory: Callable[[], Any]
+    engine_factory: Callable[[], Engine]
     state_dir: Path | None = None
     # Where checkpoint images are staged (None: inside the new container's directory).
     staging_root: Path | None = None
     faults: set[str] = field(default_factory=set)
-    _engine: Any = None
+    _engine: Engine | None = None
     _migrations: dict[str, _Migration] = field(default_factory=dict)
     _drills: dict[str, _Drill] = field(default_factory=dict)
     _done: bool = False
@@ -166,7 +166,7 @@ class Agent:
     _bulk: Connection | None = None
 
     @property
-    def engine(self) -> Any:
+    def engine(self) -> Engine:
         if self._engine is None:
             self._engine = self.engine_factory()
         return self._engine
@@ -346,7 +346,8 @@ class Agent:
             caps["engine"] = {
                 "engine": info.engine,
                 "version": info.version,
-                "experimental": info.experimental,
+                # Wire key of Docker's name for it (the hello's shape is fixed: wire/session.py).
+                "experimental": info.checkpoint_enabled,
                 "storage_driver": info.storage_driver,
                 "mem_total": info.mem_total,
                 "live_restore": info.live_restore,
@@ -368,13 +369,13 @@ class Agent:
         lazy: bool = False,
     ) -> dict[str, Any]:
         info = self.engine.info()
-        if not info.experimental:
+        if not info.checkpoint_enabled:
             raise EngineUnavailable(
                 "the destination's Docker daemon is not running with experimental features",
                 hint='add "experimental": true to /etc/docker/daemon.json on the destination '
                 "(or start dockerd with --experimental) and restart it",
             )
-        if info.storage_driver != "overlay2":
+        if not info.rootfs_supported:
             raise Unsupported(
                 f"the destination uses the {info.storage_driver!r} storage driver",
                 hint="migrate supports overlay2 only",
@@ -1487,16 +1488,16 @@ def _v(v: Any) -> str:
     return ".".join(str(x) for x in v)
 
 
-def run_agent(docker_host: str | None = None, staging_dir: Path | None = None) -> int:
-    """Entry point of `migrate agent`: serve one source on stdin/stdout. ``staging_dir``:
-    where checkpoint images land before Docker gets them (default: the new container's own
-    directory, on the data root's file system)."""
-    from migrate.engines.docker.engine import DockerEngine
+def run_agent(engine_factory: Callable[[], Engine], staging_dir: Path | None = None) -> int:
+    """Entry point of `migrate agent`: serve one source on stdin/stdout. ``engine_factory``
+    opens this host's engine (engines/select.py) when a request first needs it.
+    ``staging_dir``: where checkpoint images land before Docker gets them (default: the new
+    container's own directory, on the data root's file system)."""
     from migrate.transport.stdio import StdioChannel
 
     ch = StdioChannel.claim_stdio()
     conn = Connection(ch, timeout=IDLE_TIMEOUT_S)
-    agent = Agent(conn, engine_factory=lambda: DockerEngine(docker_host), staging_root=staging_dir)
+    agent = Agent(conn, engine_factory=engine_factory, staging_root=staging_dir)
     return agent.serve()
 
 

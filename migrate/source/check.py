@@ -756,11 +756,10 @@ def _engine_info(
 
 
 def _rootfs_supported(engine: Mapping[str, Any]) -> bool:
-    """Whether the destination's engine can hand over a container's read-write layer. An
-    agent that predates the field sends only its driver: overlay2 was the one it took."""
-    said = engine.get("rootfs_supported")
-    if isinstance(said, bool):
-        return said
+    """Whether the destination's engine can hand over a container's read-write layer. The
+    hello names the storage driver only, and its shape is fixed (wire/session.py refuses
+    unknown fields, so a new one would break older sources): overlay2 is the one the agent
+    takes (DockerEngine.info derives the same)."""
     return engine.get("storage_driver") == "overlay2"
 
 
