@@ -72,7 +72,7 @@ def import_bundle(
         volumes = _bundle_volumes(manifest)
         for v in volumes:
             vname = (volume_names or {}).get(v["name"], v["name"])
-            if not _anonymous(vname) and engine.volume_exists(vname):
+            if not engine.anonymous_volume(vname) and engine.volume_exists(vname):
                 raise NameConflict(
                     f"a volume named {vname} already exists on this host; the bundle "
                     "carries its content and will not overwrite or merge into it",
@@ -204,11 +204,6 @@ def _place_log(engine: Engine, cid: str, log: Path) -> None:
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, target)
-
-
-def _anonymous(name: str) -> bool:
-    """Docker names anonymous volumes with 64 hex digits; the create makes a new one."""
-    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
 def _bundle_volumes(manifest: bundle.Manifest) -> list[dict[str, str]]:

@@ -43,13 +43,13 @@ class Preparer(Part):
         lazy: bool = False,
     ) -> dict[str, Any]:
         info = self.engine.info()
-        if not info.experimental:
+        if not info.checkpoint_enabled:
             raise EngineUnavailable(
                 "the destination's Docker daemon is not running with experimental features",
                 hint='add "experimental": true to /etc/docker/daemon.json on the destination '
                 "(or start dockerd with --experimental) and restart it",
             )
-        if info.storage_driver != "overlay2":
+        if not info.rootfs_supported:
             raise Unsupported(
                 f"the destination uses the {info.storage_driver!r} storage driver",
                 hint="migrate supports overlay2 only",

@@ -52,7 +52,7 @@ from migrate.wire.messages import (
 from migrate.wire.stream import StreamReader
 
 # Re-exported: tests and benchmarks name them here.
-__all__ = ["LAZY_WORK_ROOT", "Agent", "bind_plan", "make_engine", "run_agent"]
+__all__ = ["LAZY_WORK_ROOT", "Agent", "bind_plan", "run_agent"]
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ class Agent:
             caps["engine"] = {
                 "engine": info.engine,
                 "version": info.version,
-                "experimental": info.experimental,
+                # Wire key of Docker's name for it (the hello's shape is fixed: wire/session.py).
+                "experimental": info.checkpoint_enabled,
                 "storage_driver": info.storage_driver,
                 "mem_total": info.mem_total,
                 "live_restore": info.live_restore,
@@ -293,24 +294,18 @@ class Agent:
         return {}
 
 
-def make_engine(docker_host: str | None) -> Engine:
-    """The container engine this agent drives."""
-    from migrate.engines.docker.engine import DockerEngine
-
-    return DockerEngine(docker_host)
-
-
-def run_agent(docker_host: str | None = None, staging_dir: Path | None = None) -> int:
-    """Entry point of `migrate agent`: serve one source on stdin/stdout. ``staging_dir``:
-    where checkpoint images land before Docker gets them (default: the new container's own
-    directory, on the data root's file system)."""
+def run_agent(engine_factory: Callable[[], Engine], staging_dir: Path | None = None) -> int:
+    """Entry point of `migrate agent`: serve one source on stdin/stdout. ``engine_factory``
+    opens this host's engine (engines/select.py) when a request first needs it.
+    ``staging_dir``: where checkpoint images land before the engine gets them (default: the
+    new container's own directory, on the data root's file system)."""
     from migrate.transport.stdio import StdioChannel
 
     ch = StdioChannel.claim_stdio()
     conn = Connection(ch, timeout=IDLE_TIMEOUT_S)
     agent = Agent(
         conn,
-        engine_factory=lambda: make_engine(docker_host),
+        engine_factory=engine_factory,
         staging_root=staging_dir,
         wire_faults=agent_switch_on(),
     )

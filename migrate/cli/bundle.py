@@ -37,11 +37,11 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Checkpoint a running container into one verified, portable bundle file."""
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.portable import export
 
     try:
-        res = export(DockerEngine(), container, output, leave_running=leave_running)
+        res = export(open_engine(), container, output, leave_running=leave_running)
     except MigrateError as e:
         fail(e)
         return
@@ -78,10 +78,10 @@ def import_cmd(
 ) -> None:
     """Verify a bundle completely, then recreate the container and restore it from it."""
     from migrate.agent.importer import import_bundle
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
 
     try:
-        res = import_bundle(DockerEngine(), file, name=name, start=not no_start)
+        res = import_bundle(open_engine(), file, name=name, start=not no_start)
     except MigrateError as e:
         fail(e)
         return
@@ -185,7 +185,7 @@ def drill_cmd(
     failed (the report says why); 2 bad usage; 3 refused by a precheck (nothing was touched).
     """
     from migrate.core.errors import EXIT_FAILED, EXIT_REFUSED, UsageError
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.drill import Drill, DrillOptions
 
     try:
@@ -209,7 +209,7 @@ def drill_cmd(
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
     except MigrateError as e:
         if as_json:
             status = "refused" if e.exit_code == EXIT_REFUSED else "failed"

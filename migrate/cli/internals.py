@@ -35,8 +35,9 @@ def agent(
 
         raise typer.Exit(run_sink(sink))
     from migrate.agent.server import run_agent
+    from migrate.engines.select import open_engine
 
-    raise typer.Exit(run_agent(docker_host, staging_dir))
+    raise typer.Exit(run_agent(lambda: open_engine(docker_host), staging_dir))
 
 
 @app.command(rich_help_panel="Internals")

@@ -53,6 +53,7 @@ def check(
     2 bad usage.
     """
     from migrate.core.errors import EXIT_REFUSED
+    from migrate.engines.select import CHECK_TIMEOUT_S, open_engine
     from migrate.source.check import check_destination, run_checks
     from migrate.wire.connection import Connection
 
@@ -63,7 +64,7 @@ def check(
             factory = channel_factory(
                 to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
             )
-        report = run_checks()
+        report = run_checks(lambda: open_engine(timeout=CHECK_TIMEOUT_S).info())
         if factory is not None:
             conn = Connection(factory(), timeout=120.0)
             try:
@@ -153,14 +154,14 @@ def run(
     (nothing touched); 4 outcome in doubt (see `migrate recover`).
     """
     from migrate.core.faults import Faults
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.migration import Migration, RunOptions
 
     try:
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
         progress = RichProgress(err, enabled=err.is_terminal and not as_json)
         m = Migration(
             RunOptions(
@@ -220,7 +221,7 @@ def recover(
     3 a migration of that container is still running; 4 still in doubt (destination
     unreachable, or its agent still serves the migration): nothing was changed for it.
     """
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.recover import pending_for
     from migrate.source.recover import recover as do_recover
 
@@ -228,7 +229,7 @@ def recover(
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
         pending = pending_for(container, to, engine)
         settled = do_recover(pending, engine, factory)
     except MigrateError as e:
@@ -288,7 +289,7 @@ def evacuate(
     (`migrate recover`).
     """
     from migrate.core.errors import EXIT_FAILED, EXIT_IN_DOUBT
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.evacuate import Outcome, evacuate, parse_labels, parse_targets
 
     def channels(target: str) -> Callable[[], Any]:
@@ -320,7 +321,7 @@ def evacuate(
         res = evacuate(
             targets,
             channels,
-            DockerEngine,
+            open_engine,
             labels=labels,
             parallel=parallel,
             keep_source=keep_source,

@@ -46,7 +46,6 @@ from migrate.core.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
-from migrate.engines.docker.images import filter_save_stream
 from migrate.fs import layers, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
@@ -237,7 +236,7 @@ class Migration:
                 )
             check_process_owners(self.engine, spec)
             info = self.engine.info()
-            if not info.experimental:
+            if not info.checkpoint_enabled:
                 raise EngineUnavailable(
                     "the source's Docker daemon is not running with experimental features",
                     hint='add "experimental": true to /etc/docker/daemon.json and restart '
@@ -356,7 +355,7 @@ class Migration:
                     "destination (shared storage), or --bind-mounts copy to move its content "
                     "to the same path there",
                 )
-        if spec.network_mode.startswith("container:") or spec.network_mode == "host":
+        if self.engine.shares_network_namespace(spec):
             raise Unsupported(
                 f"{spec.name} uses network mode {spec.network_mode!r}",
                 hint="only bridge, user-defined and none networks can be migrated",
@@ -372,7 +371,7 @@ class Migration:
             v = self.engine.volume(m.name) if m.name else None
             if v is None:
                 raise Unsupported(f"{spec.name}: the volume at {m.destination} is gone")
-            if v.driver != "local" or "device" in v.options or "type" in v.options:
+            if not self.engine.volume_movable(v):
                 raise Unsupported(
                     f"{spec.name} uses volume {v.name} (driver {v.driver}, options "
                     f"{dict(v.options)}): its content is not in a directory of this host",
@@ -403,18 +402,12 @@ class Migration:
     def _networks(self, spec: ContainerSpec) -> list[NetworkInfo]:
         """The user-defined networks the container is on (its network mode's and any it was
         connected to later), each to be created on the destination if missing there."""
-        mode = spec.network_mode
-        if mode in ("host", "none") or mode.startswith("container:"):
-            return []
-        names = dict.fromkeys([mode, *spec.networks])
         out = []
-        for name in names:
-            if name in ("", "default", "bridge", "none", "host"):
-                continue
+        for name in self.engine.user_networks(spec):
             net = self.engine.network(name)
             if net is None:
                 raise Unsupported(f"{spec.name}'s network {name} is gone on the source")
-            if net.driver != "bridge":
+            if not self.engine.network_movable(net):
                 raise Unsupported(
                     f"{spec.name} is on network {name} with driver {net.driver}",
                     hint="only bridge networks (the default and user-defined ones) migrate; "
@@ -439,7 +432,7 @@ class Migration:
             refs = [spec.image_ref] if spec.image_ref in img.repo_tags else []
             refs = refs or list(img.repo_tags[:1]) or [img.id]
             stats: dict[str, int] = {}
-            stream = filter_save_stream(self.engine.save_image(refs), have, stats)
+            stream = self.engine.save_missing_layers(refs, have, stats)
             res = self.conn.call(
                 "load_image",
                 stream=stream,

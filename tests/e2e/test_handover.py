@@ -979,7 +979,7 @@ def test_agent_killed_during_a_lazy_local_restore(
     heap in the counter's shell make the restore lazy): once the daemon runs, or once runc's
     host-wide CRIU configuration names it (while Docker starts the task). Rolled back; no
     daemon, work directory, lazy runc configuration or copy left on B."""
-    from migrate.engines.docker.engine import RUNC_CRIU_CONF
+    from migrate.engines.docker.runc_conf import RUNC_CRIU_CONF
 
     def conf_names(work: Path) -> bool:
         try:
