@@ -43,7 +43,7 @@ from migrate.core.errors import (
 from migrate.core.journal import DEFAULT_DIR, Journal
 from migrate.core.lock import PidLock
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
-from migrate.fs import layers, precopy
+from migrate.fs import extract, precopy
 from migrate.transport.bulk_sink import BulkListener
 from migrate.wire.protocol import (
     KIND_CONTROL,
@@ -561,7 +561,7 @@ class Agent:
         m = self._mig(migration_id)
         if m.precopied:
             raise ProtocolError("the read-write layer was pre-copied: only a delta may follow")
-        stats = layers.apply(stream, self._upper(m), policy=layers.ROOTFS_POLICY)
+        stats = extract.apply(stream, self._upper(m), policy=extract.ROOTFS_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
 
     def h_precopy_rootfs(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
@@ -573,7 +573,7 @@ class Agent:
         if m.precopied or any(upper.iterdir()):
             raise ProtocolError("the new container's read-write layer is not empty")
         m.precopied = True
-        stats = layers.apply(stream, upper, policy=layers.ROOTFS_POLICY)
+        stats = extract.apply(stream, upper, policy=extract.ROOTFS_POLICY)
         # Written back now, while the source still runs, not during the pause.
         precopy.flush(upper)
         return {"files": stats.members, "bytes": stats.bytes}
@@ -584,7 +584,7 @@ class Agent:
         m = self._mig(migration_id)
         if not m.precopied:
             raise ProtocolError("put_rootfs_delta without a pre-copy")
-        stats = layers.apply(stream, self._upper(m), policy=layers.ROOTFS_DELTA_POLICY)
+        stats = extract.apply(stream, self._upper(m), policy=extract.ROOTFS_DELTA_POLICY)
         return {
             "files": stats.members,
             "bytes": stats.bytes,
@@ -608,7 +608,7 @@ class Agent:
     ) -> dict[str, Any]:
         m = self._mig(migration_id)
         target = self._volume_dir(m, volume, empty=True)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
 
     def h_precopy_volume(
@@ -621,7 +621,7 @@ class Agent:
             raise ProtocolError(f"volume {volume!r} was already pre-copied")
         target = self._volume_dir(m, volume, empty=True)
         m.volumes_precopied.append(volume)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_POLICY)
         precopy.flush(target)
         return {"files": stats.members, "bytes": stats.bytes}
 
@@ -632,7 +632,7 @@ class Agent:
         if volume not in m.volumes_precopied:
             raise ProtocolError(f"put_volume_delta without a pre-copy of {volume!r}")
         target = self._volume_dir(m, volume, empty=False)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_DELTA_POLICY)
         return {
             "files": stats.members,
             "bytes": stats.bytes,
@@ -653,7 +653,7 @@ class Agent:
     def h_put_bind(self, *, stream: StreamReader, migration_id: str, path: str) -> dict[str, Any]:
         m = self._mig(migration_id)
         target = self._bind_dir(m, path, empty=True)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_POLICY)
         return {"files": stats.members, "bytes": stats.bytes}
 
     def h_precopy_bind(
@@ -666,7 +666,7 @@ class Agent:
             raise ProtocolError(f"bind mount {path!r} was already pre-copied")
         target = self._bind_dir(m, path, empty=True)
         m.binds_precopied.append(path)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_POLICY)
         precopy.flush(target)
         return {"files": stats.members, "bytes": stats.bytes}
 
@@ -677,7 +677,7 @@ class Agent:
         if path not in m.binds_precopied:
             raise ProtocolError(f"put_bind_delta without a pre-copy of {path!r}")
         target = self._bind_dir(m, path, empty=False)
-        stats = layers.apply(stream, target, policy=layers.VOLUME_DELTA_POLICY)
+        stats = extract.apply(stream, target, policy=extract.VOLUME_DELTA_POLICY)
         return {
             "files": stats.members,
             "bytes": stats.bytes,
@@ -746,7 +746,7 @@ class Agent:
             stream.read(1 << 16)
             log.error("fault injected: agent exits in the middle of the checkpoint stream")
             os._exit(137)
-        stats = layers.extract(stream, target, policy=layers.CHECKPOINT_POLICY)
+        stats = extract.extract(stream, target, policy=extract.CHECKPOINT_POLICY)
         if "agent:restore_fail" in self.faults:
             # Corrupt a real image so that CRIU itself fails, with a real log to report.
             for img in sorted(target.glob("core-*.img")):

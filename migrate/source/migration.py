@@ -47,7 +47,7 @@ from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.engines.docker.images import filter_save_stream
-from migrate.fs import layers, precopy
+from migrate.fs import capture, precopy
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
 from migrate.transport.openssh import StreamChannel, attach_bulk
@@ -491,7 +491,7 @@ class Migration:
             pc = PreCopy.start(pids)
             volumes_pc = pc  # volumes get one pass, from the first one's start
             t_pass = time.monotonic()
-            cap = layers.capture(upper, live=True, record=pc.record)
+            cap = capture.capture(upper, live=True, record=pc.record)
             res = self.conn.call(
                 "precopy_rootfs",
                 stream=cap,
@@ -514,7 +514,9 @@ class Migration:
                 # or was too recently changed to vouch for goes now rather than in the freeze.
                 t_pass = time.monotonic()
                 pc = PreCopy.start(pids, previous=pc)
-                cap = layers.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
+                cap = capture.capture(
+                    upper, live=True, record=pc.record, keep=pc.keep_from_previous
+                )
                 res = self.conn.call(
                     "put_rootfs_delta",
                     stream=cap,
@@ -539,7 +541,7 @@ class Migration:
                     vpc = volumes_pc.under(where.get(v.name, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_volume",
-                        stream=layers.capture(Path(v.mountpoint), live=True, record=vpc.record),
+                        stream=capture.capture(Path(v.mountpoint), live=True, record=vpc.record),
                         migration_id=self.id,
                         volume=v.name,
                         timeout=RESTORE_TIMEOUT_S,
@@ -558,7 +560,7 @@ class Migration:
                     bpc = volumes_pc.under(where.get(path, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_bind",
-                        stream=layers.capture(Path(path), live=True, record=bpc.record),
+                        stream=capture.capture(Path(path), live=True, record=bpc.record),
                         migration_id=self.id,
                         path=path,
                         timeout=RESTORE_TIMEOUT_S,
@@ -645,7 +647,9 @@ class Migration:
             pc = self.precopied
             # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
             # what the frozen tree no longer has).
-            cap = layers.capture(upper) if pc is None else layers.capture(upper, keep=pc.unchanged)
+            cap = (
+                capture.capture(upper) if pc is None else capture.capture(upper, keep=pc.unchanged)
+            )
             res = self.conn.call(
                 "put_rootfs" if pc is None else "put_rootfs_delta",
                 stream=cap,
@@ -660,9 +664,9 @@ class Migration:
             with self.timer.phase("volumes", f"volume {v.name}"):
                 vpc = self.precopied_volumes.get(v.name)
                 vcap = (
-                    layers.capture(Path(v.mountpoint))
+                    capture.capture(Path(v.mountpoint))
                     if vpc is None
-                    else layers.capture(Path(v.mountpoint), keep=vpc.unchanged)
+                    else capture.capture(Path(v.mountpoint), keep=vpc.unchanged)
                 )
                 res = self.conn.call(
                     "put_volume" if vpc is None else "put_volume_delta",
@@ -681,9 +685,9 @@ class Migration:
                 with self.timer.phase("binds", f"bind mount {path}"):
                     bpc = self.precopied_binds.get(path)
                     bcap = (
-                        layers.capture(Path(path))
+                        capture.capture(Path(path))
                         if bpc is None
-                        else layers.capture(Path(path), keep=bpc.unchanged)
+                        else capture.capture(Path(path), keep=bpc.unchanged)
                     )
                     res = self.conn.call(
                         "put_bind" if bpc is None else "put_bind_delta",
@@ -707,7 +711,7 @@ class Migration:
             total = _dir_size(img_dir)
             res = self.conn.call(
                 "put_checkpoint",
-                stream=self._faulty(layers.capture(img_dir), "source:mid_stream"),
+                stream=self._faulty(capture.capture(img_dir), "source:mid_stream"),
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
                 **self._dest_staging_args(),

@@ -30,7 +30,7 @@ from migrate.core.errors import (
 )
 from migrate.core.journal import DEFAULT_DIR
 from migrate.engines.base import ContainerSpec, Engine, LazyRestore
-from migrate.fs import bundle, layers
+from migrate.fs import bundle, capture, extract
 from migrate.source.migration import check_process_owners
 
 IMAGE_MEMBER = "image/docker-save.tar"
@@ -115,7 +115,7 @@ def export(
         checkpoint_time = _now()
         engine.checkpoint(spec.id, staging / "checkpoint", staging / "work")
         with open(staging / ROOTFS_MEMBER, "wb") as f:
-            layers.capture_to(Path(engine.state(spec.id).upper_dir), f)
+            capture.capture_to(Path(engine.state(spec.id).upper_dir), f)
         if log_src is not None and log_at is not None:
             _copy_log(log_src, log_copy, log_at)
         volumes = _capture_volumes(spec, staging / "volumes")  # frozen: consistent with memory
@@ -213,7 +213,7 @@ def import_bundle(
         try:
             upper = Path(engine.state(cid).upper_dir)
             with open(staging / ROOTFS_MEMBER, "rb") as f:
-                layers.apply(f, upper, policy=layers.ROOTFS_POLICY)
+                extract.apply(f, upper, policy=extract.ROOTFS_POLICY)
             _place_log(engine, cid, staging / LOG_MEMBER)
             _fill_volumes(engine, cid, staging, volumes, filled)
             cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
@@ -356,7 +356,7 @@ def _anonymous(name: str) -> bool:
 
 
 def _capture_volumes(spec: ContainerSpec, into: Path) -> list[dict[str, str]]:
-    """Each volume mount's content as ``volumes/<name>.tar`` (layers.py format)."""
+    """Each volume mount's content as ``volumes/<name>.tar`` (migrate.fs.capture format)."""
     out = []
     for m in spec.mounts:
         if m.type != "volume" or not m.name:
@@ -365,7 +365,7 @@ def _capture_volumes(spec: ContainerSpec, into: Path) -> list[dict[str, str]]:
         bundle.check_name(member)
         into.mkdir(exist_ok=True)
         with open(into / f"{m.name}.tar", "wb") as f:
-            layers.capture_to(Path(m.source), f)
+            capture.capture_to(Path(m.source), f)
         out.append({"name": m.name, "destination": m.destination, "member": member})
     return out
 
@@ -427,4 +427,4 @@ def _fill_volumes(
             )
         filled.append(m.name)
         with open(staging / v["member"], "rb") as f:
-            layers.apply(f, target, policy=layers.VOLUME_POLICY)
+            extract.apply(f, target, policy=extract.VOLUME_POLICY)
