@@ -44,6 +44,7 @@ from migrate.core.journal import DEFAULT_DIR, Journal
 from migrate.core.lock import PidLock
 from migrate.engines.base import ContainerSpec, LazyRestore, NetworkInfo, VolumeInfo
 from migrate.fs import extract, precopy
+from migrate.fs.files import atomic_write
 from migrate.transport.bulk_sink import BulkListener
 from migrate.wire.protocol import (
     KIND_CONTROL,
@@ -1194,9 +1195,7 @@ class Agent:
         d.record, d.lock = self._drill_files(d.id)
         d.lock.acquire()
         body = {"name": d.name, "image_id": d.image_id, "had_image": had_image, "volumes": volumes}
-        tmp = d.record.with_suffix(".partial")
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, d.record)
+        atomic_write(d.record, json.dumps(body), durable=False)
 
     def _settled(self, d: _Drill) -> None:
         """Nothing of this drill is left to clean up (removed, kept, or never made)."""

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.errors import LabError
+from migrate.fs.files import atomic_write
 from migrate.lab.config import (
     DEFAULT_NAME,
     DEFAULT_RUN_ROOT,
@@ -76,7 +77,6 @@ from migrate.lab.system import (
     SSH_KEYGEN,
     UMOUNT,
     UNSHARE,
-    atomic_write,
     cmdline,
     ensure_netns,
     in_netns,

@@ -48,6 +48,7 @@ from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
 from migrate.engines.docker.images import filter_save_stream
 from migrate.fs import capture, precopy
+from migrate.fs.files import read_chunks
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
 from migrate.transport.openssh import StreamChannel, attach_bulk
@@ -702,7 +703,7 @@ class Migration:
             with self.timer.phase("logs", "log history"):
                 res = self.conn.call(
                     "put_log",
-                    stream=_file_chunks(log_path),
+                    stream=read_chunks(log_path),
                     migration_id=self.id,
                     timeout=RESTORE_TIMEOUT_S,
                 )
@@ -1020,12 +1021,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 def _dir_size(path: Path) -> int:

@@ -13,7 +13,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from migrate.core.errors import (
 from migrate.core.journal import DEFAULT_DIR
 from migrate.engines.base import ContainerSpec, Engine, LazyRestore
 from migrate.fs import bundle, capture, extract
+from migrate.fs.files import read_chunks
 from migrate.source.migration import check_process_owners
 
 IMAGE_MEMBER = "image/docker-save.tar"
@@ -203,7 +204,7 @@ def import_bundle(
                 )
         loaded = engine.image(image_id) is None
         if loaded:
-            engine.load_image(_chunks(staging / IMAGE_MEMBER))
+            engine.load_image(read_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
         cid = engine.create(
@@ -308,12 +309,6 @@ def _start_split(engine: Engine, cid: str, cp_name: str, full: Path, tag: str) -
     finally:
         daemon.kill()
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            yield b
 
 
 def _copy_log(src: Path, dst: Path, offset: int) -> int | None:
