@@ -431,19 +431,9 @@ class Capture(Iterator[bytes]):
             yield chunk
 
 
-def capture(
-    root: Path,
-    *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    drop_xattrs: frozenset[str] = OVERLAY_HOST_XATTRS,
-    live: bool = False,
-    record: RecordFn | None = None,
-    keep: KeepFn | None = None,
-) -> Capture:
-    """Stream a pax tar of ``root`` (any directory) as chunks; see :class:`Capture`."""
-    return Capture(
-        root, chunk_size=chunk_size, drop_xattrs=drop_xattrs, live=live, record=record, keep=keep
-    )
+# ``capture(root, ...)`` streams a pax tar of ``root`` (any directory) as chunks: the verb
+# callers write, with the class's own signature rather than a copy of it.
+capture = Capture
 
 
 def capture_to(

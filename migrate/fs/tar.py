@@ -13,6 +13,7 @@ that has already capped sizes (hostile archives).
 
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 import struct
@@ -26,22 +27,17 @@ ZERO_BLOCK: Final = bytes(BLOCK)
 MAX_SPARSE_SEGMENTS: Final = 1 << 16
 
 # name mode uid gid size mtime chksum type linkname magic version uname gname major minor
-# prefix; "s" fields are NUL-padded (and cut) to their width.
-_USTAR: Final = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s167s")
-# The same fields, for reading a block.
-NAME: Final = slice(0, 100)
-MODE: Final = slice(100, 108)
-UID: Final = slice(108, 116)
-GID: Final = slice(116, 124)
-SIZE: Final = slice(124, 136)
-MTIME: Final = slice(136, 148)
-CHKSUM: Final = slice(148, 156)
-TYPE: Final = slice(156, 157)
-LINKNAME: Final = slice(157, 257)
-MAGIC: Final = slice(257, 263)
-DEVMAJOR: Final = slice(329, 337)
-DEVMINOR: Final = slice(337, 345)
-PREFIX: Final = slice(345, 500)
+# prefix; "s" fields are NUL-padded (and cut) to their width, the type is one byte.
+_WIDTHS: Final = (100, 8, 8, 8, 12, 12, 8, 1, 100, 6, 2, 32, 32, 8, 8, 155)
+# 12 NUL bytes pad the block (``x``: no value to pass).
+_USTAR: Final = struct.Struct("".join("c" if w == 1 else f"{w}s" for w in _WIDTHS) + "12x")
+# The same fields, for reading a block: block[SIZE] is the size field.
+_FIELDS: Final = tuple(
+    slice(start, start + width)
+    for start, width in zip(itertools.accumulate(_WIDTHS, initial=0), _WIDTHS, strict=False)
+)
+NAME, MODE, UID, GID, SIZE, MTIME, CHKSUM, TYPE, LINKNAME, MAGIC = _FIELDS[:10]
+DEVMAJOR, DEVMINOR, PREFIX = _FIELDS[13:]
 USTAR_MAGIC: Final = b"ustar\x00"
 
 # Tar type flags (normalised: "\0" and "7" are read as regular files).
