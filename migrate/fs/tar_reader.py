@@ -259,17 +259,7 @@ class Parser:
                 raise self._invalid("a keep member must be an empty regular file", name)
         self._unread, self._pad = size, padding(size)
         if typeflag == REG and any(key.startswith(b"GNU.sparse.") for key in pax):
-            if pax.get(b"GNU.sparse.major") != b"1" or pax.get(b"GNU.sparse.minor") != b"0":
-                raise self._invalid("only GNU sparse format 1.0 is supported", name)
-            real_name = pax.get(b"GNU.sparse.name")
-            if not real_name:
-                raise self._invalid("sparse member without GNU.sparse.name", name)
-            name = real_name
-            try:
-                apparent = decimal(pax.get(b"GNU.sparse.realsize", b""), "sparse size")
-            except ValueError as e:
-                raise self._invalid(str(e), name) from None
-            sparse, map_bytes = self._sparse_map(name, size, apparent)
+            name, sparse, apparent, map_bytes = self._sparse(name, size, pax)
             size -= map_bytes
         return Member(
             name=name,
@@ -287,6 +277,24 @@ class Parser:
             apparent_size=apparent,
             keep=keep,
         )
+
+    def _sparse(
+        self, name: bytes, size: int, pax: dict[bytes, bytes]
+    ) -> tuple[bytes, tuple[tuple[int, int], ...], int, int]:
+        """A GNU sparse 1.0 member: its real name, data segments, apparent size and the
+        length of the map that starts its data."""
+        if pax.get(b"GNU.sparse.major") != b"1" or pax.get(b"GNU.sparse.minor") != b"0":
+            raise self._invalid("only GNU sparse format 1.0 is supported", name)
+        real_name = pax.get(b"GNU.sparse.name")
+        if not real_name:
+            raise self._invalid("sparse member without GNU.sparse.name", name)
+        name = real_name
+        try:
+            apparent = decimal(pax.get(b"GNU.sparse.realsize", b""), "sparse size")
+        except ValueError as e:
+            raise self._invalid(str(e), name) from None
+        sparse, map_bytes = self._sparse_map(name, size, apparent)
+        return name, sparse, apparent, map_bytes
 
     def _sparse_map(
         self, name: bytes, size: int, apparent: int
