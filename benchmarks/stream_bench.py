@@ -3,9 +3,9 @@
 
 Streams a directory shaped like a CRIU image dir (one big ``pages-1.img`` of memfill's
 workload bytes plus a few small files) from lab host a to lab host b with migrate's own data
-path, and nothing else: ``layers.capture`` -> ``Connection.send_stream`` (zstd) -> migrate's
+path, and nothing else: ``capture.capture`` -> ``Connection.send_stream`` (zstd) -> migrate's
 SSH channel (paramiko) -> sshd on b -> a sink process on b that reads the stream with
-``StreamReader`` and ``layers.extract`` into a directory, as the agent's ``put_checkpoint``
+``StreamReader`` and ``extract.extract`` into a directory, as the agent's ``put_checkpoint``
 does. In the same run, OpenSSH's ``ssh b 'cat >/dev/null'`` of the same number of bytes.
 
 Every stage is timed from inside (wall seconds spent in it, per thread) so that waiting can
@@ -115,7 +115,7 @@ def cpu_s() -> float:
 
 
 def sink(target: Path) -> int:
-    from migrate.fs import layers
+    from migrate.fs import extract
     from migrate.transport.stdio import StdioChannel
     from migrate.wire.connection import Connection
     from migrate.wire.framing import decode_control
@@ -149,7 +149,7 @@ def sink(target: Path) -> int:
     t0, c0 = time.perf_counter(), cpu_s()
     target.mkdir(parents=True)
     reader = StreamReader(stream_conn)
-    stats = layers.extract(TimedReader(reader, clock), target, policy=layers.CHECKPOINT_POLICY)  # type: ignore[arg-type]
+    stats = extract.extract(TimedReader(reader, clock), target, policy=extract.CHECKPOINT_POLICY)  # type: ignore[arg-type]
     reader.drain()
     wall = time.perf_counter() - t0
     result = {
@@ -200,7 +200,7 @@ def source(
 ) -> int:
     import dataclasses
 
-    from migrate.fs import layers
+    from migrate.fs import capture
     from migrate.transport.destination import SshOptions, parse_destination
     from migrate.transport.openssh import BulkLink
     from migrate.transport.ssh import connect
@@ -229,7 +229,7 @@ def source(
     t0, c0 = time.perf_counter(), cpu_s()
     res = conn.call(
         "put_checkpoint",
-        stream=timed_iter(layers.capture(src), clock, "capture"),
+        stream=timed_iter(capture.capture(src), clock, "capture"),
         migration_id="bench",
         timeout=600,
     )

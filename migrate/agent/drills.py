@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from migrate.core.errors import BundleInvalid, DiskFull, MigrateError, ProtocolE
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.lock import PidLock
 from migrate.fs import bundle
+from migrate.fs.files import atomic_write
 from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,7 @@ class Drills(Part):
         d.record, d.lock = self._drill_files(d.id)
         d.lock.acquire()
         body = {"name": d.name, "image_id": d.image_id, "had_image": had_image, "volumes": volumes}
-        tmp = d.record.with_suffix(".partial")
-        tmp.write_text(json.dumps(body))
-        os.replace(tmp, d.record)
+        atomic_write(d.record, json.dumps(body), durable=False)
 
     def _settled(self, d: DrillState) -> None:
         """Nothing of this drill is left to clean up (removed, kept, or never made)."""

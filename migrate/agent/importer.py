@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +18,9 @@ from migrate.checkpoint import criu, lazy_pages
 from migrate.core.errors import BundleInvalid, MigrateError, NameConflict, RestoreFailed
 from migrate.core.journal import DEFAULT_DIR
 from migrate.engines.base import ContainerSpec, Engine, LazyRestore
-from migrate.fs import bundle, layers
+from migrate.fs import bundle, extract
 from migrate.fs.bundle import IMAGE_MEMBER, LOG_MEMBER, ROOTFS_MEMBER, VOLUME_PREFIX
+from migrate.fs.files import read_chunks
 
 RESTORE_WAIT_S = 60.0
 
@@ -81,7 +82,7 @@ def import_bundle(
                 )
         loaded = engine.image(image_id) is None
         if loaded:
-            engine.load_image(_chunks(staging / IMAGE_MEMBER))
+            engine.load_image(read_chunks(staging / IMAGE_MEMBER))
         img = engine.image(spec.image_ref) if spec.image_ref else None
         image = spec.image_ref if img is not None and img.id == image_id else image_id
         cid = engine.create(
@@ -91,7 +92,7 @@ def import_bundle(
         try:
             upper = Path(engine.state(cid).upper_dir)
             with open(staging / ROOTFS_MEMBER, "rb") as f:
-                layers.apply(f, upper, policy=layers.ROOTFS_POLICY)
+                extract.apply(f, upper, policy=extract.ROOTFS_POLICY)
             _place_log(engine, cid, staging / LOG_MEMBER)
             _fill_volumes(engine, cid, staging, volumes, filled)
             cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
@@ -188,12 +189,6 @@ def _start_split(engine: Engine, cid: str, cp_name: str, full: Path, tag: str) -
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while b := f.read(1 << 20):
-            yield b
-
-
 def _place_log(engine: Engine, cid: str, log: Path) -> None:
     """Put the source's log where the new container's log driver will append to it, so
     `docker logs` shows the history too. Skipped if the driver keeps no such file."""
@@ -263,4 +258,4 @@ def _fill_volumes(
             )
         filled.append(m.name)
         with open(staging / v["member"], "rb") as f:
-            layers.apply(f, target, policy=layers.VOLUME_POLICY)
+            extract.apply(f, target, policy=extract.VOLUME_POLICY)

@@ -15,7 +15,7 @@ from migrate.agent.state import MigrationState, Part
 from migrate.checkpoint import lazy_pages
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import DiskFull, MigrateError, ProtocolError, VolumeConflict
-from migrate.fs import layers, precopy
+from migrate.fs import extract, precopy
 from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
@@ -40,12 +40,12 @@ TREE_METHODS: dict[str, tuple[str, str]] = {
     )
 }
 _POLICIES = {
-    ("rootfs", False): layers.ROOTFS_POLICY,
-    ("rootfs", True): layers.ROOTFS_DELTA_POLICY,
-    ("volume", False): layers.VOLUME_POLICY,
-    ("volume", True): layers.VOLUME_DELTA_POLICY,
-    ("bind", False): layers.VOLUME_POLICY,
-    ("bind", True): layers.VOLUME_DELTA_POLICY,
+    ("rootfs", False): extract.ROOTFS_POLICY,
+    ("rootfs", True): extract.ROOTFS_DELTA_POLICY,
+    ("volume", False): extract.VOLUME_POLICY,
+    ("volume", True): extract.VOLUME_DELTA_POLICY,
+    ("bind", False): extract.VOLUME_POLICY,
+    ("bind", True): extract.VOLUME_DELTA_POLICY,
 }
 _LABELS = {"volume": "volume", "bind": "bind mount"}
 
@@ -88,7 +88,7 @@ class Streams(Part):
                 raise ProtocolError("the read-write layer was pre-copied: only a delta may follow")
             target = self._target(m, tree, key, empty=True)
         delta = phase == "delta"
-        stats = layers.apply(stream, target, policy=_POLICIES[tree, delta])
+        stats = extract.apply(stream, target, policy=_POLICIES[tree, delta])
         if phase == "precopy":
             # Written back now, while the source still runs, not during the pause.
             precopy.flush(target)
@@ -211,7 +211,7 @@ class Streams(Part):
         if self.s.faults.on("agent:exit_mid_stream"):
             stream.read(1 << 16)
             self.s.faults.exit("agent:exit_mid_stream")
-        stats = layers.extract(stream, target, policy=layers.CHECKPOINT_POLICY)
+        stats = extract.extract(stream, target, policy=extract.CHECKPOINT_POLICY)
         if self.s.faults.on("agent:restore_fail"):
             # Corrupt a real image so that CRIU itself fails, with a real log to report.
             for img in sorted(target.glob("core-*.img")):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from migrate.cli.options import (
 from migrate.cli.render import RichProgress
 from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
+from migrate.fs.files import atomic_write
 
 
 @app.command("export", rich_help_panel="Bundles and drills")
@@ -232,8 +232,8 @@ def drill_cmd(
     doc = rep.to_json()
     if report is not None and md_path is not None:
         try:
-            _write_atomic(report, json.dumps(doc, indent=2) + "\n")
-            _write_atomic(md_path, rep.to_markdown())
+            atomic_write(report, json.dumps(doc, indent=2) + "\n", durable=False)
+            atomic_write(md_path, rep.to_markdown(), durable=False)
         except OSError as e:
             err.print(f"[bold red]error[/]: cannot write the report: {escape(str(e))}")
             raise typer.Exit(EXIT_FAILED) from None
@@ -257,9 +257,3 @@ def drill_cmd(
             f"[bold red]drill failed[/]: {escape(str(rep.reason))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(EXIT_FAILED)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.errors import LabError
+from migrate.fs.files import atomic_write
 from migrate.lab.config import DOCKERD, HOSTS, SSHD, LabConfig, check_host, lab_env
 from migrate.lab.dockerd import ensure_dockerd, stop_dockerd, stop_leftover_containerd, wait_dockerd
 from migrate.lab.namespaces import NSENTER, ensure_mntns
@@ -59,7 +60,6 @@ from migrate.lab.system import (
     SSH_KEYGEN,
     UMOUNT,
     UNSHARE,
-    atomic_write,
     is_under,
     mntns_at,
     mounts,

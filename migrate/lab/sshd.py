@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 from migrate.core.errors import LabError
+from migrate.fs.files import atomic_write
 from migrate.lab.config import HOSTS, SSH_PORT, LabConfig, sshd_argv, sshd_config_text
 from migrate.lab.namespaces import NSENTER, daemon_env, host_argv, in_host_ns
 from migrate.lab.system import (
     NETNS_DIR,
     POLL_S,
-    atomic_write,
     keygen,
     proc_is,
     read_pid,

@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from migrate.core.errors import (
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.report import NullProgress, Progress, Timer
 from migrate.engines.base import ContainerSpec, Engine
+from migrate.fs.files import read_chunks
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
 from migrate.wire.bulk import StreamChannel, attach_bulk
@@ -335,7 +336,7 @@ class Drill:
         with self.timer.phase("restore", "sending the bundle and restoring it on the destination"):
             res = self.conn.call(
                 "drill_restore",
-                stream=_chunks(path),
+                stream=read_chunks(path, _CHUNK),
                 drill_id=self.id,
                 name=self.drill_name,
                 size=exp.bundle_bytes,
@@ -420,9 +421,3 @@ def _verdict(v: Verification, timeout_s: float) -> str | None:
     if v.exit_code != 0:
         return f"the verify command exited with {v.exit_code}"
     return None
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while b := f.read(_CHUNK):
-            yield b

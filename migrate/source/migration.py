@@ -46,7 +46,8 @@ from migrate.core.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
-from migrate.fs import layers, precopy
+from migrate.fs import capture, precopy
+from migrate.fs.files import read_chunks
 from migrate.fs.precopy import PreCopy
 from migrate.transport import Channel, Tunnel
 from migrate.wire.bulk import StreamChannel, attach_bulk
@@ -479,7 +480,7 @@ class Migration:
             pc = PreCopy.start(pids)
             volumes_pc = pc  # volumes get one pass, from the first one's start
             t_pass = time.monotonic()
-            cap = layers.capture(upper, live=True, record=pc.record)
+            cap = capture.capture(upper, live=True, record=pc.record)
             res = self.conn.call(
                 "precopy_rootfs",
                 stream=cap,
@@ -502,7 +503,9 @@ class Migration:
                 # or was too recently changed to vouch for goes now rather than in the freeze.
                 t_pass = time.monotonic()
                 pc = PreCopy.start(pids, previous=pc)
-                cap = layers.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
+                cap = capture.capture(
+                    upper, live=True, record=pc.record, keep=pc.keep_from_previous
+                )
                 res = self.conn.call(
                     "put_rootfs_delta",
                     stream=cap,
@@ -527,7 +530,7 @@ class Migration:
                     vpc = volumes_pc.under(where.get(v.name, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_volume",
-                        stream=layers.capture(Path(v.mountpoint), live=True, record=vpc.record),
+                        stream=capture.capture(Path(v.mountpoint), live=True, record=vpc.record),
                         migration_id=self.id,
                         volume=v.name,
                         timeout=RESTORE_TIMEOUT_S,
@@ -546,7 +549,7 @@ class Migration:
                     bpc = volumes_pc.under(where.get(path, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_bind",
-                        stream=layers.capture(Path(path), live=True, record=bpc.record),
+                        stream=capture.capture(Path(path), live=True, record=bpc.record),
                         migration_id=self.id,
                         path=path,
                         timeout=RESTORE_TIMEOUT_S,
@@ -633,7 +636,9 @@ class Migration:
             pc = self.precopied
             # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
             # what the frozen tree no longer has).
-            cap = layers.capture(upper) if pc is None else layers.capture(upper, keep=pc.unchanged)
+            cap = (
+                capture.capture(upper) if pc is None else capture.capture(upper, keep=pc.unchanged)
+            )
             res = self.conn.call(
                 "put_rootfs" if pc is None else "put_rootfs_delta",
                 stream=cap,
@@ -648,9 +653,9 @@ class Migration:
             with self.timer.phase("volumes", f"volume {v.name}"):
                 vpc = self.precopied_volumes.get(v.name)
                 vcap = (
-                    layers.capture(Path(v.mountpoint))
+                    capture.capture(Path(v.mountpoint))
                     if vpc is None
-                    else layers.capture(Path(v.mountpoint), keep=vpc.unchanged)
+                    else capture.capture(Path(v.mountpoint), keep=vpc.unchanged)
                 )
                 res = self.conn.call(
                     "put_volume" if vpc is None else "put_volume_delta",
@@ -669,9 +674,9 @@ class Migration:
                 with self.timer.phase("binds", f"bind mount {path}"):
                     bpc = self.precopied_binds.get(path)
                     bcap = (
-                        layers.capture(Path(path))
+                        capture.capture(Path(path))
                         if bpc is None
-                        else layers.capture(Path(path), keep=bpc.unchanged)
+                        else capture.capture(Path(path), keep=bpc.unchanged)
                     )
                     res = self.conn.call(
                         "put_bind" if bpc is None else "put_bind_delta",
@@ -686,7 +691,7 @@ class Migration:
             with self.timer.phase("logs", "log history"):
                 res = self.conn.call(
                     "put_log",
-                    stream=_file_chunks(log_path),
+                    stream=read_chunks(log_path),
                     migration_id=self.id,
                     timeout=RESTORE_TIMEOUT_S,
                 )
@@ -695,7 +700,7 @@ class Migration:
             total = _dir_size(img_dir)
             res = self.conn.call(
                 "put_checkpoint",
-                stream=self._faulty(layers.capture(img_dir), "source:mid_stream"),
+                stream=self._faulty(capture.capture(img_dir), "source:mid_stream"),
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
                 **self._dest_staging_args(),
@@ -993,12 +998,6 @@ def _read_int(path: Path) -> int | None:
         return int(path.read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 def _dir_size(path: Path) -> int:

@@ -21,7 +21,7 @@ from migrate.checkpoint import criu
 from migrate.core.errors import ContainerNotRunning, MigrateError, Unsupported
 from migrate.core.journal import DEFAULT_DIR
 from migrate.engines.base import ContainerSpec, Engine
-from migrate.fs import bundle, layers
+from migrate.fs import bundle, capture
 from migrate.fs.bundle import (
     CHECKPOINT_PREFIX,
     IMAGE_MEMBER,
@@ -91,7 +91,7 @@ def export(
         checkpoint_time = _now()
         engine.checkpoint(spec.id, staging / "checkpoint", staging / "work")
         with open(staging / ROOTFS_MEMBER, "wb") as f:
-            layers.capture_to(Path(engine.state(spec.id).upper_dir), f)
+            capture.capture_to(Path(engine.state(spec.id).upper_dir), f)
         if log_src is not None and log_at is not None:
             _copy_log(log_src, log_copy, log_at)
         volumes = _capture_volumes(spec, staging / "volumes")  # frozen: consistent with memory
@@ -160,7 +160,7 @@ def _copy_log(src: Path, dst: Path, offset: int) -> int | None:
 
 
 def _capture_volumes(spec: ContainerSpec, into: Path) -> list[dict[str, str]]:
-    """Each volume mount's content as ``volumes/<name>.tar`` (layers.py format)."""
+    """Each volume mount's content as ``volumes/<name>.tar`` (fs/capture.py format)."""
     out = []
     for m in spec.mounts:
         if m.type != "volume" or not m.name:
@@ -169,6 +169,6 @@ def _capture_volumes(spec: ContainerSpec, into: Path) -> list[dict[str, str]]:
         bundle.check_name(member)
         into.mkdir(exist_ok=True)
         with open(into / f"{m.name}.tar", "wb") as f:
-            layers.capture_to(Path(m.source), f)
+            capture.capture_to(Path(m.source), f)
         out.append({"name": m.name, "destination": m.destination, "member": member})
     return out

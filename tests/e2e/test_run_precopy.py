@@ -24,7 +24,7 @@ from typing import Any
 import docker.errors
 import pytest
 
-from migrate.fs.layers import OVERLAY_HOST_XATTRS
+from migrate.fs.capture import OVERLAY_HOST_XATTRS
 from migrate.lab.config import migrate_executable
 
 SETUP = " && ".join(

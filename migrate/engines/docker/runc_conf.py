@@ -22,6 +22,7 @@ from pathlib import Path
 
 from migrate.core.errors import EngineError
 from migrate.engines.docker.procscan import flock_holders
+from migrate.fs.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -81,15 +82,6 @@ def _conf_options(text: str) -> set[str]:
     return names
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _write_lazy_conf(work_dir: Path) -> str | None:
     """Called with the lock held exclusively: make runc's CRIU restore lazily with its
     work directory in ``work_dir``. Returns the administrator's file content (None if there
@@ -100,9 +92,9 @@ def _write_lazy_conf(work_dir: Path) -> str | None:
         original = None
     RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
     if original is not None:
-        _atomic_write(_conf_saved(), original)  # durable before the file changes
+        atomic_write(_conf_saved(), original)  # durable before the file changes
     kept = "" if original is None else original.rstrip("\n") + "\n"
-    _atomic_write(
+    atomic_write(
         RUNC_CRIU_CONF,
         f"{_CONF_MARKER} {os.getpid()}: put back as soon as the restore has started\n"
         f"{kept}lazy-pages\nwork-dir {work_dir}\n",
