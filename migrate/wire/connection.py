@@ -140,12 +140,7 @@ class Connection:
             self.bulk = None
             bulk.kill()
             raise ConnectionLost("the bulk connection (ssh) ended before a stream")
-        req: dict[str, Any] = {
-            "type": "request",
-            "id": rid,
-            "method": method,
-            "args": dict(args),
-        }
+        req: dict[str, Any] = {"type": "request", "id": rid, "method": method, "args": dict(args)}
         if bulk is not None:
             req["via"] = "bulk"
         self.send_control(req)
