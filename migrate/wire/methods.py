@@ -4,7 +4,9 @@ A request's ``args`` are validated against its model before any handler runs: JS
 checked without coercion ("1" is not 1, true is not 1), list items included, unknown arguments
 refused, required ones present. The table of methods in docs/protocol.md is generated from
 these classes (scripts/protocol_doc.py; a unit test keeps it current): a model's docstring is
-what the agent does with it.
+what the agent does with it. Each request is parametrised by its answer's model
+(wire/results.py): the agent's handler returns it, the typed client (wire/client.py) returns
+it validated.
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ R = TypeVar("R", bound=Result)
 
 
 class Request(pydantic.BaseModel, Generic[R]):
-    """Arguments of one method, parametrised by its answer (``class Commit(Request[CommitResult])``).
-    ``method``: its name on the wire; ``stream``: DATA frames and an END frame follow the
+    """Arguments of one method, parametrised by its answer
+    (``class Commit(MigrationRequest[CommitResult])``). ``method``: its name on the wire; ``stream``: DATA frames and an END frame follow the
     request; ``stream_doc``: what that stream is; ``result``: the model of its answer, taken
     from the parameter (so it is declared once, and a typed client knows what it returns)."""
 
@@ -55,7 +57,8 @@ class Request(pydantic.BaseModel, Generic[R]):
     @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
-        # The nearest parametrised base names the answer (Restore -> MigrationRequest[RestoreResult]).
+        # The nearest parametrised base names the answer:
+        # Restore -> MigrationRequest[RestoreResult] -> RestoreResult.
         for base in cls.__mro__:
             args = base.__pydantic_generic_metadata__["args"] if issubclass(base, Request) else ()
             if args and isinstance(args[0], type) and issubclass(args[0], Result):
