@@ -9,7 +9,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from migrate.agent.importer import import_bundle
 from migrate.agent.state import DrillState, Part
@@ -18,6 +17,8 @@ from migrate.core.journal import DEFAULT_DIR
 from migrate.core.lock import PidLock
 from migrate.fs import bundle
 from migrate.fs.files import atomic_write
+from migrate.wire.methods import DrillRemove, DrillRestore, DrillVerify
+from migrate.wire.results import DrillRemoveResult, DrillRestoreResult, DrillVerifyResult
 from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,9 @@ class Drills(Part):
             raise ProtocolError(f"unknown drill {drill_id!r}")
         return d
 
-    def h_drill_restore(
-        self, *, stream: StreamReader, drill_id: str, name: str, size: int
-    ) -> dict[str, Any]:
+    def h_drill_restore(self, req: DrillRestore, stream: StreamReader) -> DrillRestoreResult:
         """Receive a bundle (``size`` bytes) and import it under ``name``, isolated."""
+        drill_id, name, size = req.drill_id, req.name, req.size
         if not drill_id.isalnum() or len(drill_id) > 64 or drill_id in self.s.drills:
             raise ProtocolError(f"bad or reused drill id {drill_id!r}")
         if size <= 0:
@@ -104,15 +104,15 @@ class Drills(Part):
                 raise
             d.container_id, d.image_loaded = res.container_id, res.image_loaded
             d.volumes = res.volumes
-            return {
-                "container_id": res.container_id,
-                "volumes": list(res.volumes),
-                "restore_s": res.restore_s,
-                "restore_mode": res.restore_mode,
-                "recovery_s": res.total_s,
-                "image_loaded": res.image_loaded,
-                "bundle_bytes": got,
-            }
+            return DrillRestoreResult(
+                container_id=res.container_id,
+                volumes=list(res.volumes),
+                restore_s=res.restore_s,
+                restore_mode=res.restore_mode,
+                recovery_s=res.total_s,
+                image_loaded=res.image_loaded,
+                bundle_bytes=got,
+            )
         except BaseException:
             self._settled(d)  # import_bundle removed what it made
             raise
@@ -176,45 +176,44 @@ class Drills(Part):
             finally:
                 lock.release()
 
-    def h_drill_verify(
-        self, *, drill_id: str, settle_s: float, argv: list[Any], timeout_s: float
-    ) -> dict[str, Any]:
+    def h_drill_verify(self, req: DrillVerify) -> DrillVerifyResult:
         """Still running after ``settle_s``? Then run ``argv`` inside (if any) for its exit."""
-        d = self._drill(drill_id)
-        if not all(isinstance(a, str) for a in argv):
-            raise ProtocolError("drill_verify: argv must be a list of strings")
+        d = self._drill(req.drill_id)
+        settle_s, timeout_s = req.settle_s, req.timeout_s
         if not 0 <= settle_s <= MAX_DRILL_WAIT_S or not 0 < timeout_s <= MAX_DRILL_WAIT_S:
             raise ProtocolError("drill_verify: settle or timeout out of range")
         time.sleep(settle_s)
         st = self.engine.state(d.container_id)
-        res: dict[str, Any] = {
-            "status": st.status,
-            "running": st.running and not st.paused,
-            "exit_code": None,
-            "timed_out": False,
-            "output": "",
-        }
-        if res["running"] and argv:
-            ex = self.engine.exec(d.container_id, [str(a) for a in argv], timeout_s)
-            res.update(exit_code=ex.exit_code, timed_out=ex.exit_code is None, output=ex.output)
-        return res
+        running = st.running and not st.paused
+        if running and req.argv:
+            ex = self.engine.exec(d.container_id, list(req.argv), timeout_s)
+            return DrillVerifyResult(
+                status=st.status,
+                running=running,
+                exit_code=ex.exit_code,
+                timed_out=ex.exit_code is None,
+                output=ex.output,
+            )
+        return DrillVerifyResult(
+            status=st.status, running=running, exit_code=None, timed_out=False, output=""
+        )
 
-    def h_drill_remove(self, *, drill_id: str, keep: bool) -> dict[str, Any]:
-        d = self._drill(drill_id)
-        if keep:
+    def h_drill_remove(self, req: DrillRemove) -> DrillRemoveResult:
+        d = self._drill(req.drill_id)
+        if req.keep:
             self._settled(d)
-            return {"kept": True, "container_removed": False, "image_removed": False}
+            return DrillRemoveResult(kept=True, container_removed=False, image_removed=False)
         self.engine.remove(d.container_id, force=True)
         for v in d.volumes:
             self.engine.remove_volume(v)
         image_removed = self._remove_image(d) if d.image_loaded else False
         self._settled(d)
-        return {
-            "kept": False,
-            "container_removed": True,
-            "volumes_removed": list(d.volumes),
-            "image_removed": image_removed,
-        }
+        return DrillRemoveResult(
+            kept=False,
+            container_removed=True,
+            volumes_removed=list(d.volumes),
+            image_removed=image_removed,
+        )
 
     def _remove_image(self, d: DrillState) -> bool:
         try:

@@ -11,12 +11,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, Part, PostcopyRun
 from migrate.checkpoint import criu, lazy_pages, postcopy
 from migrate.core.errors import MigrateError, PostcopyFailed, ProtocolError, Unsupported
 from migrate.engines.base import LazyRestore
+from migrate.wire.methods import PostcopyWait
+from migrate.wire.results import PostcopyResult, RestoreResult, RestoreSteps
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ POSTCOPY_TIMEOUT_S = 1800.0
 class Postcopies(Part):
     """Post-copy restores of this session and the threads that follow them."""
 
-    def restore(self, m: MigrationState, port: int, t0: float) -> dict[str, Any]:
+    def restore(self, m: MigrationState, port: int, t0: float) -> RestoreResult:
         """Start the container while its memory is still on the source: a lazy-pages daemon
         fetches it through the relay and the SSH tunnel (postcopy.py). Answers as soon as the
         container runs; a supervisor thread follows the rest (h_postcopy_wait)."""
@@ -83,19 +84,19 @@ class Postcopies(Part):
         m.state = "restored"
         m.journal.append("restored", restore_s=running_s, running_s=running_s, mode="postcopy")
         # Where the downtime's restore part goes (benchmarks/results/lazy.md).
-        steps = {
-            "images": t_copied - t0,
-            "daemon": t_daemon - t_copied,
-            "docker_start": t_started - t_daemon,
-            "until_running": t_running - t_started,
-        }
-        return {
-            "container_id": m.container_id,
-            "restore_s": running_s,
-            "running_s": running_s,
-            "restore_mode": "postcopy",
-            "restore_steps": steps,
-        }
+        steps = RestoreSteps(
+            images=t_copied - t0,
+            daemon=t_daemon - t_copied,
+            docker_start=t_started - t_daemon,
+            until_running=t_running - t_started,
+        )
+        return RestoreResult(
+            container_id=m.container_id,
+            restore_s=running_s,
+            running_s=running_s,
+            restore_mode="postcopy",
+            restore_steps=steps,
+        )
 
     def _supervise(self, m: MigrationState, pc: PostcopyRun) -> None:
         """Wait for the last page; on any failure stop the destination copy (its memory is
@@ -108,16 +109,20 @@ class Postcopies(Part):
             t_end = time.monotonic()
             if rc == 0 and not pc.relay.broken:
                 stats = postcopy.page_stats(pc.daemon.log_path)
-                pc.result = {"postcopy_s": t_end - pc.t_running, "bytes": pc.relay.bytes_down}
-                if stats is not None:
-                    pc.result.update(
+                took = t_end - pc.t_running
+                if stats is None:
+                    pc.result = PostcopyResult(postcopy_s=took, bytes=pc.relay.bytes_down)
+                else:
+                    pc.result = PostcopyResult(
+                        postcopy_s=took,
+                        bytes=pc.relay.bytes_down,
                         pages_total=stats.total,
                         pages_copied=stats.copied,
                         pages_on_demand=stats.faults,
                         pages_background=stats.background,
                     )
                 if m.journal is not None:
-                    m.journal.append("postcopy_done", **pc.result)
+                    m.journal.append("postcopy_done", **pc.result.to_wire())
                 return
             why = pc.relay.broken or (
                 f"the lazy-pages daemon did not finish in {POSTCOPY_TIMEOUT_S:.0f} s"
@@ -156,7 +161,8 @@ class Postcopies(Part):
         except MigrateError as e:
             log.error("could not stop %s: %s", m.name, e.message)
 
-    def h_postcopy_wait(self, *, migration_id: str, timeout_s: float) -> dict[str, Any]:
+    def h_postcopy_wait(self, req: PostcopyWait) -> PostcopyResult:
+        migration_id, timeout_s = req.migration_id, req.timeout_s
         m = self.s.mig(migration_id)
         pc = m.postcopy
         if pc is None:
@@ -167,9 +173,9 @@ class Postcopies(Part):
             pc.done.wait(30)
         if pc.error is not None:
             raise pc.error
-        if not pc.result:
+        if pc.result is None:
             raise PostcopyFailed("post-copy did not finish", hint="see the agent's log")
-        return dict(pc.result)
+        return pc.result
 
     def stop_all(self) -> None:
         """The agent is leaving while a post-copy still runs (the source went away): stop the

@@ -23,6 +23,15 @@ from migrate.core.errors import (
     VolumeConflict,
 )
 from migrate.engines.base import ContainerSpec, NetworkInfo, VolumeInfo
+from migrate.wire.methods import CpuinfoCheck, ImageStatus, LoadImage, Precheck, Prepare
+from migrate.wire.results import (
+    CpuinfoResult,
+    ImageStatusResult,
+    LazyVerdict,
+    LoadImageResult,
+    PrecheckResult,
+    PrepareResult,
+)
 from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
@@ -32,16 +41,7 @@ log = logging.getLogger(__name__)
 class Preparer(Part):
     """The handlers before any stream: precheck, image status and load, prepare."""
 
-    def h_precheck(
-        self,
-        *,
-        spec: dict[str, Any],
-        name: str,
-        criu_version: list[Any],
-        volumes: list[Any] | None = None,
-        binds: list[Any] | None = None,
-        lazy: bool = False,
-    ) -> dict[str, Any]:
+    def h_precheck(self, req: Precheck) -> PrecheckResult:
         info = self.engine.info()
         if not info.checkpoint_enabled:
             raise EngineUnavailable(
@@ -61,7 +61,7 @@ class Preparer(Part):
                 "CRIU is not installed on the destination",
                 hint="run `make setup` (or install CRIU >= 4.2) on the destination",
             )
-        src = tuple(int(x) for x in criu_version if isinstance(x, int))
+        src = tuple(req.criu_version)
         if src and tuple(caps.version) < src:
             raise CriuUnavailable(
                 f"the destination's CRIU {_version(caps.version)} is older than the source's {_version(src)}",
@@ -72,20 +72,20 @@ class Preparer(Part):
                 f"`criu check` fails on the destination: {caps.check_output[-300:]}",
                 hint="run `migrate check` on the destination and apply its fixes",
             )
-        if not self.s.faults.on("agent:skip_name_check") and self.engine.exists(name):
+        if not self.s.faults.on("agent:skip_name_check") and self.engine.exists(req.name):
             raise NameConflict(
-                f"a container named {name!r} already exists on the destination",
+                f"a container named {req.name!r} already exists on the destination",
                 hint="remove it there, or pick another name with --name",
             )
-        parse_spec(spec)  # validates the shape
-        for v in parse_volumes(volumes):
+        parse_spec(req.spec)  # validates the shape
+        for v in parse_volumes(req.volumes):
             self.volume_plan(v)
-        for path, mode in parse_binds(binds):
+        for path, mode in parse_binds(req.binds):
             bind_plan(path, mode)
-        if not lazy:
-            return {"ok": True}
+        if not req.lazy:
+            return PrecheckResult(ok=True)
         why = self.postcopy_blocker(caps)
-        return {"ok": True, "lazy": {"ok": not why, "why": why}}
+        return PrecheckResult(ok=True, lazy=LazyVerdict(ok=not why, why=why))
 
     def postcopy_blocker(self, caps: criu.CriuCapabilities | None = None) -> str:
         """Why a post-copy restore cannot be done here ("" when it can)."""
@@ -123,26 +123,25 @@ class Preparer(Part):
             )
         return False
 
-    def h_cpuinfo_check(self, *, image_b64: str) -> dict[str, Any]:
+    def h_cpuinfo_check(self, req: CpuinfoCheck) -> CpuinfoResult:
         """Would a checkpoint taken on the source (its ``cpuinfo.img``) restore on this CPU?"""
         try:
-            image = base64.b64decode(image_b64, validate=True)
+            image = base64.b64decode(req.image_b64, validate=True)
         except ValueError as e:
             raise ProtocolError(f"cpuinfo_check: image is not base64: {e}") from e
         res = criu.cpuinfo_compatible(image)
-        return {"ok": res.ok, "output": res.output}
+        return CpuinfoResult(ok=res.ok, output=res.output)
 
-    def h_image_status(self, *, image_id: str, diff_ids: list[Any]) -> dict[str, Any]:
-        img = self.engine.image(image_id)
+    def h_image_status(self, req: ImageStatus) -> ImageStatusResult:
+        img = self.engine.image(req.image_id)
         if img is not None:
-            return {"image_present": True, "layers_present": list(img.diff_ids)}
+            return ImageStatusResult(image_present=True, layers_present=list(img.diff_ids))
         have = self.engine.layers_present()
-        return {
-            "image_present": False,
-            "layers_present": [d for d in diff_ids if isinstance(d, str) and d in have],
-        }
+        return ImageStatusResult(
+            image_present=False, layers_present=[d for d in req.diff_ids if d in have]
+        )
 
-    def h_load_image(self, *, stream: StreamReader, image_id: str) -> dict[str, Any]:
+    def h_load_image(self, req: LoadImage, stream: StreamReader) -> LoadImageResult:
         def chunks() -> Iterator[bytes]:
             while True:
                 b = stream.read(1 << 20)
@@ -151,25 +150,17 @@ class Preparer(Part):
                 yield b
 
         self.engine.load_image(chunks())
-        if self.engine.image(image_id) is None:
-            raise MigrateError(f"image {image_id[:19]} is still missing after docker load")
-        return {"loaded": True}
+        if self.engine.image(req.image_id) is None:
+            raise MigrateError(f"image {req.image_id[:19]} is still missing after docker load")
+        return LoadImageResult(loaded=True)
 
-    def h_prepare(
-        self,
-        *,
-        migration_id: str,
-        spec: dict[str, Any],
-        name: str,
-        volumes: list[Any] | None = None,
-        binds: list[Any] | None = None,
-        networks: list[Any] | None = None,
-    ) -> dict[str, Any]:
-        s = parse_spec(spec)
-        vols = parse_volumes(volumes)
-        bind_list = parse_binds(binds)
+    def h_prepare(self, req: Prepare) -> PrepareResult:
+        migration_id, name = req.migration_id, req.name
+        s = parse_spec(req.spec)
+        vols = parse_volumes(req.volumes)
+        bind_list = parse_binds(req.binds)
         try:
-            nets = [NetworkInfo.from_wire(n) for n in networks or []]
+            nets = [NetworkInfo.from_wire(n) for n in req.networks or []]
         except ValueError as e:
             raise ProtocolError(str(e)) from None
         if migration_id in self.s.migrations:
@@ -217,7 +208,7 @@ class Preparer(Part):
         m.container_id = self.engine.create(s, name, image=image, keep_volume_names=True)
         m.state = "prepared"
         m.journal.append("created", container_id=m.container_id)
-        return {"container_id": m.container_id}
+        return PrepareResult(container_id=m.container_id)
 
 
 def parse_spec(data: dict[str, Any]) -> ContainerSpec:

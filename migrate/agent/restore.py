@@ -11,13 +11,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from migrate.agent.postcopy import Postcopies
 from migrate.agent.state import LAZY_WORK_ROOT, Part
 from migrate.checkpoint import criu, lazy_pages
 from migrate.core.errors import DiskFull, ProtocolError, RestoreFailed
 from migrate.engines.base import LazyRestore
+from migrate.wire.methods import Commit, Restore
+from migrate.wire.results import CommitResult, RestoreResult
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,14 @@ RESTORE_FILL_TIMEOUT_S = 600.0
 class Restorer(Part):
     postcopies: Postcopies
 
-    def h_restore(
-        self, *, migration_id: str, page_server_port: int | None = None
-    ) -> dict[str, Any]:
+    def h_restore(self, req: Restore) -> RestoreResult:
+        migration_id = req.migration_id
         m = self.s.mig(migration_id)
         assert m.journal is not None
         t0 = time.monotonic()
         m.journal.append("restoring")
-        if page_server_port is not None:
-            return self.postcopies.restore(m, page_server_port, t0)
+        if req.page_server_port is not None:
+            return self.postcopies.restore(m, req.page_server_port, t0)
         full = self.s.staging(m)
         target = self.engine.checkpoint_dir(m.container_id, m.checkpoint)
         split = self._split_for_lazy_restore(full, target)
@@ -72,16 +72,21 @@ class Restorer(Part):
         m.state = "restored"
         mode = "lazy_local" if split is not None else "plain"
         m.journal.append("restored", restore_s=restore_s, running_s=running_s, mode=mode)
-        res: dict[str, Any] = {
-            "container_id": m.container_id,
-            "restore_s": restore_s,
-            "running_s": running_s,
-            "restore_mode": mode,
-        }
         if split is not None:
-            res["memory_fill_s"] = fill_s
-            res["lazy_bytes"] = split.lazy_bytes
-        return res
+            return RestoreResult(
+                container_id=m.container_id,
+                restore_s=restore_s,
+                running_s=running_s,
+                restore_mode=mode,
+                memory_fill_s=fill_s,
+                lazy_bytes=split.lazy_bytes,
+            )
+        return RestoreResult(
+            container_id=m.container_id,
+            restore_s=restore_s,
+            running_s=running_s,
+            restore_mode=mode,
+        )
 
     def _split_for_lazy_restore(self, full: Path, target: Path) -> lazy_pages.SplitStats | None:
         """Give Docker the checkpoint without its lazy memory when that is worth it and
@@ -92,8 +97,8 @@ class Restorer(Part):
             _move_tree(full, target)
         return split
 
-    def h_commit(self, *, migration_id: str) -> dict[str, Any]:
-        m = self.s.mig(migration_id)
+    def h_commit(self, req: Commit) -> CommitResult:
+        m = self.s.mig(req.migration_id)
         if m.state != "restored":
             raise ProtocolError(f"commit in state {m.state}")
         assert m.journal is not None
@@ -117,7 +122,7 @@ class Restorer(Part):
             shutil.rmtree(self.engine.checkpoint_dir(m.container_id, m.checkpoint))
         except OSError as e:
             log.warning("could not remove the checkpoint images: %s", e)
-        return {"committed": True}
+        return CommitResult(committed=True)
 
 
 def _move_tree(src: Path, dst: Path) -> None:

@@ -7,11 +7,12 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from migrate.agent.binds import empty_dir
 from migrate.agent.state import LAZY_WORK_ROOT, MigrationState, Part
 from migrate.core.errors import MigrateError, ProtocolError
+from migrate.wire.methods import Abort, Status
+from migrate.wire.results import AbortResult, StatusResult
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,17 @@ class Rollback(Part):
             if m.lock is not None:
                 m.lock.release()
 
-    def h_abort(self, *, migration_id: str) -> dict[str, Any]:
+    def h_abort(self, req: Abort) -> AbortResult:
+        migration_id = req.migration_id
         m = self.s.migrations.get(migration_id)
         if m is not None:
             if m.state == "committed":
                 raise ProtocolError("abort of a committed migration")
             self.rollback(m, "aborted by the source")
-            return {"aborted": True}
+            return AbortResult(aborted=True)
         m = self.from_journal(migration_id)  # takes its lock: Busy if another agent has it
         if m is None:
-            return {"aborted": True, "known": False}
+            return AbortResult(aborted=True, known=False)
         try:
             if m.state == "committed":
                 raise ProtocolError("abort of a committed migration")
@@ -92,7 +94,7 @@ class Rollback(Part):
         finally:
             if m.lock is not None:
                 m.lock.release()
-        return {"aborted": True, "known": True}
+        return AbortResult(aborted=True, known=True)
 
     def from_journal(self, migration_id: str) -> MigrationState | None:
         """Rebuild what an earlier agent (killed, say) had made, from its journal."""
@@ -126,7 +128,8 @@ class Rollback(Part):
                 m.state = r.event
         return m
 
-    def h_status(self, *, migration_id: str) -> dict[str, Any]:
+    def h_status(self, req: Status) -> StatusResult:
+        migration_id = req.migration_id
         j = self.s.journal(migration_id)
         live = False
         if j.records() and migration_id not in self.s.migrations:
@@ -136,4 +139,4 @@ class Rollback(Part):
                 lock.release()
             except MigrateError:
                 live = True  # another agent still serves it
-        return {"last": j.last(), "live": live}
+        return StatusResult(last=j.last(), live=live)

@@ -20,6 +20,7 @@ from typing import Any
 from migrate import __version__
 from migrate.agent.binds import bind_plan
 from migrate.agent.drills import Drills
+from migrate.agent.handlers import Handler, handler_table, plain, streamed
 from migrate.agent.postcopy import Postcopies
 from migrate.agent.prepare import Preparer
 from migrate.agent.restore import Restorer
@@ -49,6 +50,27 @@ from migrate.wire.messages import (
     stream_header,
     validate_request,
 )
+from migrate.wire.methods import (
+    Abort,
+    BulkOpen,
+    Bye,
+    Commit,
+    CpuinfoCheck,
+    DrillRemove,
+    DrillRestore,
+    DrillVerify,
+    Hello,
+    ImageStatus,
+    LoadImage,
+    PostcopyWait,
+    Precheck,
+    Prepare,
+    PutCheckpoint,
+    PutLog,
+    Restore,
+    Status,
+)
+from migrate.wire.results import AgentHello, BulkOpenResult, Empty, EngineSummary, WireError
 from migrate.wire.stream import StreamReader
 
 # Re-exported: tests and benchmarks name them here.
@@ -80,7 +102,7 @@ class Agent:
     # handed over its stdin, the Connection that reads streams sent `via: bulk` from it.
     _bulk_listener: BulkListener | None = None
     _bulk: Connection | None = None
-    _handlers: dict[str, Callable[..., dict[str, Any]]] = field(default_factory=dict)
+    _handlers: dict[str, Handler] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.s = Session(self.engine_factory, self.state_dir, self.staging_root)
@@ -90,24 +112,29 @@ class Agent:
         self.restorer = Restorer(self.s, self.postcopies)
         self.rollback = Rollback(self.s)
         self.drills = Drills(self.s)
-        parts = (
-            self,
-            self.preparer,
-            self.streams,
-            self.restorer,
-            self.postcopies,
-            self.rollback,
-            self.drills,
+        self._handlers = handler_table(
+            [
+                plain(Hello, self.h_hello),
+                plain(Precheck, self.preparer.h_precheck),
+                plain(CpuinfoCheck, self.preparer.h_cpuinfo_check),
+                plain(ImageStatus, self.preparer.h_image_status),
+                streamed(LoadImage, self.preparer.h_load_image),
+                plain(Prepare, self.preparer.h_prepare),
+                *self.streams.tree_handlers(),
+                streamed(PutLog, self.streams.h_put_log),
+                streamed(PutCheckpoint, self.streams.h_put_checkpoint),
+                plain(Restore, self.restorer.h_restore),
+                plain(PostcopyWait, self.postcopies.h_postcopy_wait),
+                plain(Commit, self.restorer.h_commit),
+                plain(Abort, self.rollback.h_abort),
+                plain(Status, self.rollback.h_status),
+                streamed(DrillRestore, self.drills.h_drill_restore),
+                plain(DrillVerify, self.drills.h_drill_verify),
+                plain(DrillRemove, self.drills.h_drill_remove),
+                plain(BulkOpen, self.h_bulk_open),
+                plain(Bye, self.h_bye),
+            ]
         )
-        handlers = self.streams.tree_handlers()
-        for name in METHODS:
-            for part in parts:
-                if name not in handlers and hasattr(part, f"h_{name}"):
-                    handlers[name] = getattr(part, f"h_{name}")
-        missing = set(METHODS) - set(handlers)
-        if missing:  # a method in the allow-list nobody serves: a bug, caught at start
-            raise RuntimeError(f"no handler for {sorted(missing)}")
-        self._handlers = handlers
 
     @property
     def engine(self) -> Engine:
@@ -169,15 +196,15 @@ class Agent:
             rid = msg.get("id") if isinstance(msg.get("id"), int) else None
             if msg.get("type") != "request":
                 raise ProtocolError(f"unexpected message type {msg.get('type')!r}")
-            rid, method, args = validate_request(msg)
+            rid, method, req = validate_request(msg)
             handler = self._handlers[method.name]
             if method.stream:
                 reader = StreamReader(self._stream_conn(rid, msg.get("via")))
-                result = handler(stream=reader, **args)
+                result = handler(req, reader)
                 reader.drain()
             else:
-                result = handler(**args)
-            self.conn.send_control(response_message(rid, result or {}))
+                result = handler(req)
+            self.conn.send_control(response_message(rid, result.to_wire()))
         except ConnectionLost:
             raise
         except MigrateError as e:
@@ -228,7 +255,7 @@ class Agent:
 
     # --- the session's own handlers --------------------------------------------------------
 
-    def h_bulk_open(self) -> dict[str, Any]:
+    def h_bulk_open(self, req: BulkOpen) -> BulkOpenResult:
         """A one-shot socket for the sink of the source's OpenSSH bulk connection, and the
         token that sink must present (transport/bulk_sink.py)."""
         if self._bulk_listener is not None:
@@ -244,54 +271,58 @@ class Agent:
             raise Unsupported(
                 f"cannot open the bulk socket in {root}: {e}", hint="use --bulk paramiko"
             ) from None
-        return {"socket": str(self._bulk_listener.path), "token": self._bulk_listener.token}
+        return BulkOpenResult(socket=str(self._bulk_listener.path), token=self._bulk_listener.token)
 
-    def h_hello(
-        self, *, protocol: int, min_protocol: int, software: str, faults: list[Any]
-    ) -> dict[str, Any]:
+    def h_hello(self, req: Hello) -> AgentHello:
         # The newer side decides: we accept any peer whose range overlaps ours.
-        if min_protocol > PROTOCOL_VERSION or protocol < MIN_PROTOCOL_VERSION:
+        if req.min_protocol > PROTOCOL_VERSION or req.protocol < MIN_PROTOCOL_VERSION:
             raise Incompatible(
-                f"protocol mismatch: source speaks {min_protocol}..{protocol}, "
+                f"protocol mismatch: source speaks {req.min_protocol}..{req.protocol}, "
                 f"agent {MIN_PROTOCOL_VERSION}..{PROTOCOL_VERSION}",
                 hint="install the same migrate version on both hosts",
             )
-        self.s.faults = from_wire(faults, allowed=self.wire_faults)
-        caps: dict[str, Any] = {
-            "software": __version__,
-            "protocol": min(protocol, PROTOCOL_VERSION),
-            "hostname": socket.gethostname(),
-            "kernel": platform.release(),
-            # What this agent can do: a source checks before it asks (drills, say).
-            "methods": sorted(METHODS),
-            # Where checkpoint images can be staged (staging.py): the source asks for memory.
-            "staging": ["disk", "memory"],
-            # Streams may be several zstd frames (adaptive compression, protocol.py).
-            "stream_frames": "multi",
-        }
+        self.s.faults = from_wire(req.faults, allowed=self.wire_faults)
         crit = criu.capabilities(criu.find_criu())
-        caps["criu_version"] = list(crit.version) if crit.version else None
-        caps["criu_ok"] = bool(crit.check_ok)
+        return AgentHello(
+            software=__version__,
+            protocol=min(req.protocol, PROTOCOL_VERSION),
+            hostname=socket.gethostname(),
+            kernel=platform.release(),
+            # What this agent can do: a source checks before it asks (drills, say).
+            methods=sorted(METHODS),
+            # Where checkpoint images can be staged (staging.py): the source asks for memory.
+            staging=["disk", "memory"],
+            # Streams may be several zstd frames (adaptive compression, protocol.py).
+            stream_frames="multi",
+            criu_version=list(crit.version) if crit.version else None,
+            criu_ok=bool(crit.check_ok),
+            **self._engine_caps(),
+        )
+
+    def _engine_caps(self) -> dict[str, Any]:
+        """The hello's engine part: what it is and the room it has, or why it cannot say.
+        Only the keys that apply are set (the answer leaves the others out)."""
+        caps: dict[str, Any] = {}
         try:
             info = self.engine.info()
-            caps["engine"] = {
-                "engine": info.engine,
-                "version": info.version,
-                # Wire key of Docker's name for it (the hello's shape is fixed: wire/session.py).
-                "experimental": info.checkpoint_enabled,
-                "storage_driver": info.storage_driver,
-                "mem_total": info.mem_total,
-                "live_restore": info.live_restore,
-            }
+            caps["engine"] = EngineSummary(
+                engine=info.engine,
+                version=info.version,
+                # Wire key of Docker's name for it (the hello's shape is fixed: results.py).
+                experimental=info.checkpoint_enabled,
+                storage_driver=info.storage_driver,
+                mem_total=info.mem_total,
+                live_restore=info.live_restore,
+            )
             caps["free_disk"] = shutil.disk_usage(info.data_root).free
             caps["mem_available"] = staging_mod.mem_available()
         except MigrateError as e:
-            caps["engine_error"] = e.to_wire()
+            caps["engine_error"] = WireError.model_validate(e.to_wire())
         return caps
 
-    def h_bye(self) -> dict[str, Any]:
+    def h_bye(self, req: Bye) -> Empty:
         self._done = True
-        return {}
+        return Empty()
 
 
 def run_agent(engine_factory: Callable[[], Engine], staging_dir: Path | None = None) -> int:

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from migrate.checkpoint import lazy_pages, postcopy
 from migrate.core.errors import MigrateError, ProtocolError, RestoreFailed
@@ -21,6 +20,7 @@ from migrate.core.faults import NO_FAULTS, Faults
 from migrate.core.journal import DEFAULT_DIR, Journal
 from migrate.core.lock import PidLock
 from migrate.engines.base import Engine
+from migrate.wire.results import PostcopyResult
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class PostcopyRun:
     full: Path  # the images the daemon reads (removed when it is done)
     t_running: float
     done: threading.Event = field(default_factory=threading.Event)
-    result: dict[str, Any] = field(default_factory=dict)
+    result: PostcopyResult | None = None  # set when the last page is in
     error: MigrateError | None = None
     stopped: bool = False  # the destination copy was killed (its memory is incomplete)
     lock: threading.Lock = field(default_factory=threading.Lock)

@@ -5,17 +5,26 @@ log history and the checkpoint images."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from migrate.agent.handlers import Handler, streamed
 from migrate.agent.state import MigrationState, Part
 from migrate.checkpoint import lazy_pages
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import DiskFull, MigrateError, ProtocolError, VolumeConflict
 from migrate.fs import extract, precopy
+from migrate.wire.messages import METHODS
+from migrate.wire.methods import (
+    BindRequest,
+    MigrationRequest,
+    PutCheckpoint,
+    PutLog,
+    VolumeRequest,
+)
+from migrate.wire.results import CheckpointResult, DeltaResult, LogResult, TreeResult
 from migrate.wire.stream import StreamReader
 
 log = logging.getLogger(__name__)
@@ -54,28 +63,22 @@ _LABELS = {"volume": "volume", "bind": "bind mount"}
 class Streams(Part):
     """The stream handlers that fill a prepared container."""
 
-    def tree_handlers(self) -> dict[str, Callable[..., dict[str, Any]]]:
+    def tree_handlers(self) -> list[Handler]:
         """The nine put_*/precopy_* methods, each this one implementation for its entry."""
-        return {
-            name: partial(self._tree, tree, phase) for name, (tree, phase) in TREE_METHODS.items()
-        }
+        return [
+            streamed(METHODS[name].model, partial(self._tree, tree, phase))
+            for name, (tree, phase) in TREE_METHODS.items()
+        ]
 
     def _tree(
-        self,
-        tree: str,
-        phase: str,
-        *,
-        stream: StreamReader,
-        migration_id: str,
-        volume: str = "",
-        path: str = "",
-    ) -> dict[str, Any]:
+        self, tree: str, phase: str, req: MigrationRequest[Any], stream: StreamReader
+    ) -> TreeResult:
         """A stream into one tree. A pre-copy goes into an empty tree and is flushed while the
         source still runs; a delta needs that pre-copy (unchanged files only named, checked to
         be here; names it does not mention removed). A rollback removes or empties the tree
         as it does for the whole content."""
-        m = self.s.mig(migration_id)
-        key = volume or path
+        m = self.s.mig(req.migration_id)
+        key = _tree_key(req)
         if phase == "precopy":
             target = self._precopy_target(m, tree, key)
         elif phase == "delta":
@@ -92,10 +95,11 @@ class Streams(Part):
         if phase == "precopy":
             # Written back now, while the source still runs, not during the pause.
             precopy.flush(target)
-        res: dict[str, Any] = {"files": stats.members, "bytes": stats.bytes}
         if delta:
-            res.update(kept=stats.kept, removed=stats.removed)
-        return res
+            return DeltaResult(
+                files=stats.members, bytes=stats.bytes, kept=stats.kept, removed=stats.removed
+            )
+        return TreeResult(files=stats.members, bytes=stats.bytes)
 
     def _precopied(self, m: MigrationState, tree: str, key: str) -> bool:
         if tree == "rootfs":
@@ -151,16 +155,16 @@ class Streams(Part):
             raise VolumeConflict(f"{path} got content since the precheck: not merged")
         return target
 
-    def h_put_log(self, *, stream: StreamReader, migration_id: str) -> dict[str, Any]:
+    def h_put_log(self, req: PutLog, stream: StreamReader) -> LogResult:
         """The source's log history, where the new container's log driver appends to it (so
         `docker logs` shows what was logged before the move, then after)."""
-        m = self.s.mig(migration_id)
+        m = self.s.mig(req.migration_id)
         target = self.engine.log_file(m.container_id)
         size = 0
         if target is None or (target.exists() and target.stat().st_size > 0):
             while stream.read(1 << 20):  # no such file to extend: drain, keep nothing
                 pass
-            return {"bytes": 0}
+            return LogResult(bytes=0)
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(target, "wb") as f:
             while chunk := stream.read(1 << 20):
@@ -168,21 +172,15 @@ class Streams(Part):
                 if size > MAX_LOG_BYTES:
                     raise ProtocolError(f"log history larger than {MAX_LOG_BYTES} bytes")
                 f.write(chunk)
-        return {"bytes": size}
+        return LogResult(bytes=size)
 
-    def h_put_checkpoint(
-        self,
-        *,
-        stream: StreamReader,
-        migration_id: str,
-        memory_bytes: int | None = None,
-        require_memory: bool = False,
-    ) -> dict[str, Any]:
-        m = self.s.mig(migration_id)
+    def h_put_checkpoint(self, req: PutCheckpoint, stream: StreamReader) -> CheckpointResult:
+        m = self.s.mig(req.migration_id)
+        memory_bytes = req.memory_bytes
         # The complete images go to a staging directory; h_restore decides what Docker gets.
         # In memory when the source asks and they fit twice (staging.py: the restored copy
         # fills while the images are still there), unless the operator chose a directory.
-        where = "disk"
+        where: Literal["memory", "disk"] = "disk"
         if memory_bytes is not None and self.s.staging_root is None:
             root = MEMORY_STAGING_ROOT
             choice = staging_mod.choose("auto", max(memory_bytes, 0), root, copies=2)
@@ -196,7 +194,7 @@ class Streams(Part):
                 staging_mod.ensure_root(root)
                 m.staging = root / f"migrate-{m.id}"
                 where = "memory"
-            elif require_memory:
+            elif req.require_memory:
                 raise DiskFull(
                     f"cannot stage the checkpoint in memory on the destination: {choice.reason}",
                     hint="use --staging auto (falls back to disk) or free memory on the "
@@ -216,4 +214,13 @@ class Streams(Part):
             # Corrupt a real image so that CRIU itself fails, with a real log to report.
             for img in sorted(target.glob("core-*.img")):
                 img.write_bytes(b"\x00" * 16)
-        return {"files": stats.members, "bytes": stats.bytes, "staging": where}
+        return CheckpointResult(files=stats.members, bytes=stats.bytes, staging=where)
+
+
+def _tree_key(req: MigrationRequest[Any]) -> str:
+    """Which volume or bind directory a tree stream fills ("" for the read-write layer)."""
+    if isinstance(req, VolumeRequest):
+        return req.volume
+    if isinstance(req, BindRequest):
+        return req.path
+    return ""

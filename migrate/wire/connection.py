@@ -107,7 +107,27 @@ class Connection:
         on_progress: Any = None,
         **args: Any,
     ) -> dict[str, Any]:
-        """Call a method on the agent; raise the agent's error as the same class."""
+        """Call a method on the agent; raise the agent's error as the same class. The
+        stream's byte counts, if any, come under the result's ``_stream`` key (the typed
+        client, wire/client.py, returns them beside the result instead)."""
+        result, stats = self.exchange(
+            method, args, stream=stream, timeout=timeout, on_progress=on_progress
+        )
+        if stats is not None:
+            result.setdefault("_stream", stats)
+        return result
+
+    def exchange(
+        self,
+        method: str,
+        args: Mapping[str, Any],
+        *,
+        stream: Iterator[bytes] | None = None,
+        timeout: float | None = None,
+        on_progress: Any = None,
+    ) -> tuple[dict[str, Any], dict[str, int] | None]:
+        """Send one request (and its stream) and wait for its answer: (the result object, the
+        stream's byte counts or None). The agent's error is raised as the same class."""
         m = METHODS[method]
         if m.stream != (stream is not None):
             raise ValueError(f"{method}: stream {'required' if m.stream else 'not allowed'}")
@@ -120,7 +140,7 @@ class Connection:
             self.bulk = None
             bulk.kill()
             raise ConnectionLost("the bulk connection (ssh) ended before a stream")
-        req: dict[str, Any] = {"type": "request", "id": rid, "method": method, "args": args}
+        req: dict[str, Any] = {"type": "request", "id": rid, "method": method, "args": dict(args)}
         if bulk is not None:
             req["via"] = "bulk"
         self.send_control(req)
@@ -157,9 +177,7 @@ class Connection:
         result = msg.get("result")
         if not isinstance(result, dict):
             raise ProtocolError(f"{method}: result is not an object")
-        if stats is not None:
-            result.setdefault("_stream", stats)
-        return result
+        return result, stats
 
     def send_stream(
         self, chunks: Iterator[bytes], *, on_progress: Any = None, to: BulkSender | None = None

@@ -32,12 +32,12 @@ class Method:
     """One allow-listed method, as the dispatch and the docs see it (from its model)."""
 
     name: str
-    model: type[Request]
+    model: type[Request[Any]]
     params: Mapping[str, Param] = field(default_factory=dict)
     stream: bool = False  # the request is followed by DATA frames and an END frame
 
 
-def _method(model: type[Request]) -> Method:
+def _method(model: type[Request[Any]]) -> Method:
     params = {
         name: Param(_type_name(f.annotation), f.is_required())
         for name, f in model.model_fields.items()
@@ -64,9 +64,10 @@ _KINDS = {
 }
 
 
-def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, dict[str, Any]]:
+def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, Request[Any]]:
     """Check a request against the allow-list and its method's model; return (id, method,
-    the keyword arguments that were given)."""
+    the validated request). An optional argument the source did not send is left unset
+    (``model_fields_set``) and reads as its model's default."""
     rid = msg.get("id")
     if not isinstance(rid, int) or isinstance(rid, bool):
         raise ProtocolError("request without an integer id")
@@ -81,7 +82,7 @@ def validate_request(msg: Mapping[str, Any]) -> tuple[int, Method, dict[str, Any
         req = method.model.model_validate(args)
     except pydantic.ValidationError as e:
         raise ProtocolError(f"{method.name}: {_describe(e)}") from None
-    return rid, method, req.model_dump(exclude_unset=True)
+    return rid, method, req
 
 
 def _describe(e: pydantic.ValidationError) -> str:

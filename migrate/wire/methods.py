@@ -4,27 +4,69 @@ A request's ``args`` are validated against its model before any handler runs: JS
 checked without coercion ("1" is not 1, true is not 1), list items included, unknown arguments
 refused, required ones present. The table of methods in docs/protocol.md is generated from
 these classes (scripts/protocol_doc.py; a unit test keeps it current): a model's docstring is
-what the agent does with it.
+what the agent does with it. Each request is parametrised by its answer's model
+(wire/results.py): the agent's handler returns it, the typed client (wire/client.py) returns
+it validated.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pydantic
 
+from migrate.wire.results import (
+    AbortResult,
+    AgentHello,
+    BulkOpenResult,
+    CheckpointResult,
+    CommitResult,
+    CpuinfoResult,
+    DeltaResult,
+    DrillRemoveResult,
+    DrillRestoreResult,
+    DrillVerifyResult,
+    Empty,
+    ImageStatusResult,
+    LoadImageResult,
+    LogResult,
+    PostcopyResult,
+    PrecheckResult,
+    PrepareResult,
+    RestoreResult,
+    Result,
+    StatusResult,
+    TreeResult,
+)
 
-class Request(pydantic.BaseModel):
-    """Arguments of one method. ``method``: its name on the wire; ``stream``: DATA frames and
-    an END frame follow the request; ``stream_doc``: what that stream is."""
+R = TypeVar("R", bound=Result)
+
+
+class Request(pydantic.BaseModel, Generic[R]):
+    """Arguments of one method, parametrised by its answer
+    (``class Commit(MigrationRequest[CommitResult])``). ``method``: its name on the wire; ``stream``: DATA frames and an END frame follow the
+    request; ``stream_doc``: what that stream is; ``result``: the model of its answer, taken
+    from the parameter (so it is declared once, and a typed client knows what it returns)."""
 
     model_config = pydantic.ConfigDict(strict=True, extra="forbid", frozen=True)
     method: ClassVar[str]
     stream: ClassVar[bool] = False
     stream_doc: ClassVar[str] = "yes"
+    result: ClassVar[type[Result]]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        # The nearest parametrised base names the answer:
+        # Restore -> MigrationRequest[RestoreResult] -> RestoreResult.
+        for base in cls.__mro__:
+            args = base.__pydantic_generic_metadata__["args"] if issubclass(base, Request) else ()
+            if args and isinstance(args[0], type) and issubclass(args[0], Result):
+                cls.result = args[0]
+                return
 
 
-class Hello(Request):
+class Hello(Request[AgentHello]):
     """Version negotiation (the ranges must overlap; the newer side decides) and capabilities:
     CRIU version and self-check, engine, kernel, free disk, `methods` (the allow-list, so a
     source can tell what an older agent lacks), `staging` modes, `stream_frames`. `faults`
@@ -37,7 +79,7 @@ class Hello(Request):
     faults: list[str]
 
 
-class Precheck(Request):
+class Precheck(Request[PrecheckResult]):
     """Daemon experimental, a storage driver it can restore into, CRIU present, not older than
     the source's, passes `criu check`; the name is free; each volume is missing here or empty
     with the same driver and options (`precheck.volume_conflict` otherwise); each bind mount
@@ -53,7 +95,7 @@ class Precheck(Request):
     lazy: bool = False
 
 
-class CpuinfoCheck(Request):
+class CpuinfoCheck(Request[CpuinfoResult]):
     """The source's `criu cpuinfo dump` image (base64): would a checkpoint taken there restore
     on this CPU (`criu cpuinfo check`)? `{ok, output}`; `run` refuses with exit 3 when not,
     `check --to` reports it."""
@@ -62,7 +104,7 @@ class CpuinfoCheck(Request):
     image_b64: str
 
 
-class ImageStatus(Request):
+class ImageStatus(Request[ImageStatusResult]):
     """Is the image here; which of its layers (diff ids) are."""
 
     method = "image_status"
@@ -70,7 +112,7 @@ class ImageStatus(Request):
     diff_ids: list[str]
 
 
-class LoadImage(Request):
+class LoadImage(Request[LoadImageResult]):
     """Load an image archive (the engine's save format) whose present layers were emptied."""
 
     method = "load_image"
@@ -78,7 +120,7 @@ class LoadImage(Request):
     image_id: str
 
 
-class Prepare(Request):
+class Prepare(Request[PrepareResult]):
     """Create the volumes that are missing (same name, driver options, labels; journalled),
     the user-defined networks, and the container (not started); journal it."""
 
@@ -91,18 +133,20 @@ class Prepare(Request):
     networks: list[dict[str, Any]] | None = None
 
 
-class _Migration(Request):
+class MigrationRequest(Request[R], Generic[R]):
+    """A request about one migration this agent prepared (or, for abort and status, knew)."""
+
     migration_id: str
 
 
-class PutRootfs(_Migration):
+class PutRootfs(MigrationRequest[TreeResult]):
     """Extract the read-write layer into the new container's upper dir (safe extraction)."""
 
     method = "put_rootfs"
     stream = True
 
 
-class PrecopyRootfs(_Migration):
+class PrecopyRootfs(MigrationRequest[TreeResult]):
     """The read-write layer read while the source still runs, into the (empty) new upper dir;
     only a delta may follow."""
 
@@ -110,7 +154,7 @@ class PrecopyRootfs(_Migration):
     stream = True
 
 
-class PutRootfsDelta(_Migration):
+class PutRootfsDelta(MigrationRequest[DeltaResult]):
     """The frozen layer over the pre-copy: `MIGRATE.keep` members name files already here
     (checked: a regular file of that size), anything else replaces what is in the way, names
     not mentioned are removed; `{files, bytes, kept, removed}`."""
@@ -119,25 +163,27 @@ class PutRootfsDelta(_Migration):
     stream = True
 
 
-class _Volume(_Migration):
+class VolumeRequest(MigrationRequest[R], Generic[R]):
+    """A stream into one volume of the migration."""
+
     volume: str
 
 
-class PrecopyVolume(_Volume):
+class PrecopyVolume(VolumeRequest[TreeResult]):
     """The pre-copy of a volume prepared for this migration (extraction policy `volume`)."""
 
     method = "precopy_volume"
     stream = True
 
 
-class PutVolumeDelta(_Volume):
+class PutVolumeDelta(VolumeRequest[DeltaResult]):
     """The frozen delta over a volume's pre-copy (extraction policy `volume delta`)."""
 
     method = "put_volume_delta"
     stream = True
 
 
-class PutVolume(_Volume):
+class PutVolume(VolumeRequest[TreeResult]):
     """Extract one volume's content into that (new or empty) volume; only volumes named in
     `prepare`."""
 
@@ -145,32 +191,34 @@ class PutVolume(_Volume):
     stream = True
 
 
-class _Bind(_Migration):
+class BindRequest(MigrationRequest[R], Generic[R]):
+    """A stream into one `--bind-mounts copy` directory of the migration."""
+
     path: str
 
 
-class PrecopyBind(_Bind):
+class PrecopyBind(BindRequest[TreeResult]):
     """The pre-copy of a `--bind-mounts copy` directory (extraction policy `volume`)."""
 
     method = "precopy_bind"
     stream = True
 
 
-class PutBindDelta(_Bind):
+class PutBindDelta(BindRequest[DeltaResult]):
     """The frozen delta over a bind directory's pre-copy (policy `volume delta`)."""
 
     method = "put_bind_delta"
     stream = True
 
 
-class PutBind(_Bind):
+class PutBind(BindRequest[TreeResult]):
     """A `--bind-mounts copy` directory's content, captured frozen, to the same path here."""
 
     method = "put_bind"
     stream = True
 
 
-class PutLog(_Migration):
+class PutLog(MigrationRequest[LogResult]):
     """The json-file log history, written where the new container's log driver appends
     (capped at 1 GiB)."""
 
@@ -178,7 +226,7 @@ class PutLog(_Migration):
     stream = True
 
 
-class PutCheckpoint(_Migration):
+class PutCheckpoint(MigrationRequest[CheckpointResult]):
     """Extract the CRIU images into a staging directory (restore decides what the engine
     gets); with `memory_bytes` (sent only to agents whose `hello` lists `"memory"` under
     `staging`) in memory (`/dev/shm/migrate/agent/`) when that much fits twice, else on disk;
@@ -190,7 +238,7 @@ class PutCheckpoint(_Migration):
     require_memory: bool = False
 
 
-class Restore(_Migration):
+class Restore(MigrationRequest[RestoreResult]):
     """Start from the checkpoint; wait until running; journal `restored`. With
     `page_server_port` (`--strategy lazy`): the memory is not in the images; a lazy-pages
     daemon fetches it through a relay from that loopback port (sshd's forward to the source's
@@ -200,7 +248,7 @@ class Restore(_Migration):
     page_server_port: int | None = None
 
 
-class PostcopyWait(_Migration):
+class PostcopyWait(MigrationRequest[PostcopyResult]):
     """Wait until every page has moved: `{postcopy_s, bytes, pages_total, pages_copied,
     pages_on_demand, pages_background}`; `postcopy.interrupted` if the daemon or its link
     failed (the container was stopped first) or it did not finish in time."""
@@ -209,14 +257,14 @@ class PostcopyWait(_Migration):
     timeout_s: float
 
 
-class Commit(_Migration):
+class Commit(MigrationRequest[CommitResult]):
     """Refuse unless `restored` and the container still runs; journal `committed` (the point
     of no return), drop the checkpoint images."""
 
     method = "commit"
 
 
-class Abort(_Migration):
+class Abort(MigrationRequest[AbortResult]):
     """Delete what this migration created (also from the journal of an earlier, dead agent,
     whose migration lock it then takes: `lock.busy` while that agent lives);
     `{aborted, known}`."""
@@ -224,13 +272,13 @@ class Abort(_Migration):
     method = "abort"
 
 
-class Status(_Migration):
+class Status(MigrationRequest[StatusResult]):
     """`{last, live}`: the last journal record, and whether another agent still serves it."""
 
     method = "status"
 
 
-class DrillRestore(Request):
+class DrillRestore(Request[DrillRestoreResult]):
     """`migrate drill`: check free disk, receive the bundle, verify and import it as `name`,
     isolated (network none, no ports, restart no, label `org.migrate.source.drill`); answers
     `restore_s`, `recovery_s`, `image_loaded`."""
@@ -243,7 +291,7 @@ class DrillRestore(Request):
     size: int
 
 
-class DrillVerify(Request):
+class DrillVerify(Request[DrillVerifyResult]):
     """Wait `settle_s`, report whether the copy runs, then run `argv` in it (no shell) and
     report `exit_code`, `timed_out`, output tail."""
 
@@ -254,7 +302,7 @@ class DrillVerify(Request):
     timeout_s: float
 
 
-class DrillRemove(Request):
+class DrillRemove(Request[DrillRemoveResult]):
     """Remove the copy, its volumes and an image loaded only for it, or keep it; copies neither
     removed nor kept are removed when the session ends, and those of a killed agent by the
     next `drill_restore` (record and lock under `drills/`)."""
@@ -264,20 +312,20 @@ class DrillRemove(Request):
     keep: bool
 
 
-class BulkOpen(Request):
+class BulkOpen(Request[BulkOpenResult]):
     """Open the one-shot socket of the OpenSSH bulk connection: `{socket, token}`; once per
     session."""
 
     method = "bulk_open"
 
 
-class Bye(Request):
+class Bye(Request[Empty]):
     """End the session."""
 
     method = "bye"
 
 
-REQUESTS: tuple[type[Request], ...] = (
+REQUESTS: tuple[type[Request[Any]], ...] = (
     Hello,
     Precheck,
     CpuinfoCheck,

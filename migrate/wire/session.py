@@ -19,56 +19,10 @@ from migrate import __version__
 from migrate.core.errors import ProtocolError
 from migrate.wire.connection import Connection
 from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from migrate.wire.results import AgentHello, EngineSummary, WireError, invalid_fields
 
-
-class _Strict(pydantic.BaseModel):
-    """Frozen and validated strictly: no coercion ("1" is not 1), unknown fields refused."""
-
-    model_config = pydantic.ConfigDict(strict=True, extra="forbid", frozen=True)
-
-
-class EngineSummary(_Strict):
-    """The destination's container engine, as its agent reports it."""
-
-    engine: str
-    version: str
-    experimental: bool
-    storage_driver: str
-    mem_total: int
-    live_restore: bool | None = None
-
-
-class WireError(_Strict):
-    """An error as it crosses the wire (core.errors: to_wire / from_wire)."""
-
-    code: str
-    message: str
-    hint: str = ""
-    details: dict[str, Any] = pydantic.Field(default_factory=dict)
-
-
-class AgentHello(_Strict):
-    """What an agent says about itself in answer to ``hello`` (docs/protocol.md)."""
-
-    software: str
-    protocol: int
-    hostname: str
-    kernel: str
-    # The methods it serves: a source checks before it asks (drills, post-copy, bulk).
-    methods: list[str]
-    criu_ok: bool
-    criu_version: list[int] | None = None
-    # Where checkpoint images can be staged on that host.
-    staging: list[str] = pydantic.Field(default_factory=list)
-    # "multi": streams may be several zstd frames (adaptive compression).
-    stream_frames: str = ""
-    engine: EngineSummary | None = None
-    engine_error: WireError | None = None
-    free_disk: int | None = None
-    mem_available: int | None = None
-
-    def serves(self, method: str) -> bool:
-        return method in self.methods
+# The hello's models live with the other answers (wire/results.py); named here too.
+__all__ = ["AgentHello", "EngineSummary", "WireError", "open_session", "parse_hello"]
 
 
 def parse_hello(answer: dict[str, Any]) -> AgentHello:
@@ -76,12 +30,8 @@ def parse_hello(answer: dict[str, Any]) -> AgentHello:
     try:
         return AgentHello.model_validate(answer)
     except pydantic.ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or 'answer'}: {err['msg']}"
-            for err in e.errors()[:5]
-        )
         raise ProtocolError(
-            f"the agent's hello answer is malformed ({problems})",
+            f"the agent's hello answer is malformed ({invalid_fields(e)})",
             hint="install the same migrate version on both hosts",
         ) from None
 

@@ -24,6 +24,7 @@ from migrate.core.faults import (
 )
 from migrate.wire.connection import Connection
 from migrate.wire.messages import METHODS
+from migrate.wire.methods import Hello
 
 
 def test_parse_and_env() -> None:
@@ -100,11 +101,13 @@ def _hello(agent: Agent, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         server.criu, "capabilities", lambda _b: CriuCapabilities(None, None, False, "")
     )
     return agent.h_hello(
-        protocol=server.PROTOCOL_VERSION,
-        min_protocol=server.MIN_PROTOCOL_VERSION,
-        software="test",
-        faults=["agent:skip_name_check", "agent:exit_before_commit"],
-    )
+        Hello(
+            protocol=server.PROTOCOL_VERSION,
+            min_protocol=server.MIN_PROTOCOL_VERSION,
+            software="test",
+            faults=["agent:skip_name_check", "agent:exit_before_commit"],
+        )
+    ).to_wire()
 
 
 @pytest.mark.parametrize("switch", [False, True])

@@ -95,10 +95,14 @@ def test_control_body_must_be_a_typed_object(body: bytes) -> None:
 
 
 def test_validate_request_accepts_allowed_call() -> None:
-    rid, m, args = messages.validate_request(
+    rid, m, req = messages.validate_request(
         {"type": "request", "id": 7, "method": "commit", "args": {"migration_id": "abc"}}
     )
-    assert (rid, m.name, args) == (7, "commit", {"migration_id": "abc"})
+    assert (rid, m.name, req.model_dump(exclude_unset=True)) == (
+        7,
+        "commit",
+        {"migration_id": "abc"},
+    )
 
 
 @pytest.mark.parametrize(
