@@ -35,8 +35,8 @@ test-unit: setup
 	$(PYTEST) -m unit $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check migrate tests benchmarks
-	$(VENV)/bin/ruff format --check migrate tests benchmarks
+	$(VENV)/bin/ruff check migrate tests benchmarks scripts
+	$(VENV)/bin/ruff format --check migrate tests benchmarks scripts
 	$(VENV)/bin/mypy migrate
 	$(VENV)/bin/lint-imports
 

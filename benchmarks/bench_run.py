@@ -48,9 +48,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate.engines.docker.engine import _containerd_restore_copies
-from migrate.lab.config import LabConfig
-from migrate.lab.hosts import Lab, LabHost, migrate_executable
+from migrate.engines.docker import containerd
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.hosts import Lab, LabHost
 from migrate.lab.images import BUSYBOX_TAG, build_image, ensure_busybox_image, remove_image
 
 HERE = Path(__file__).resolve().parent
@@ -575,7 +575,7 @@ def run_manual(lab: Lab, a: LabHost, b: LabHost, case: Case) -> ManualResult:
             # containerd never deletes the copy of the images it unpacked for CRIU (the agent
             # cleans up after itself; an operator's `docker start --checkpoint` leaks it)
             cp_b = root_b / "containers" / state["id_b"] / "checkpoints" / cp
-            for leftover in _containerd_restore_copies(lab.config.paths("b").exec_root, cp_b):
+            for leftover in containerd.restore_copies(lab.config.paths("b").exec_root, cp_b):
                 shutil.rmtree(leftover, ignore_errors=True)
         clear_b(b, name, case.layers)
 

@@ -20,8 +20,8 @@ import time
 import uuid
 from pathlib import Path
 
-from migrate.lab.config import LabConfig
-from migrate.lab.hosts import Lab, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.hosts import Lab
 from migrate.lab.images import build_image
 
 RESULTS = Path(__file__).parent / "results" / "bundle-memory.md"

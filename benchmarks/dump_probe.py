@@ -3,7 +3,7 @@
 Two questions from issue 8 (results in benchmarks/results/staging.md):
 
 - ``--compare staging``: the same 256 MiB container dumped (runc checkpoint --leave-running,
-  migrate's own path: engines/docker.py) into the disk staging area vs into tmpfs.
+  migrate's own path: engines/docker/runc.py) into the disk staging area vs into tmpfs.
 - ``--compare rw``: a 256 MiB container with an empty read-write layer vs one that wrote 1 GiB
   of files into it (written back, its page cache charged to the container's memory cgroup),
   both dumped to the same place: does the layer make the dump slower?

@@ -1,4 +1,4 @@
-"""Micro-benchmark of migrate.fs.layers: capture and apply a ~1 GiB tree of mixed files.
+"""Micro-benchmark of migrate.fs.capture and migrate.fs.extract: capture and apply a ~1 GiB tree of mixed files.
 
     .venv/bin/python benchmarks/layers_bench.py [--size-mb 1024] [--dir /var/tmp] [--out FILE]
 
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from migrate.fs import layers
+from migrate.fs import capture, extract
 
 MiB = 1 << 20
 
@@ -88,19 +88,19 @@ def main() -> None:
         def mbps(seconds: float) -> str:
             return f"{disk_bytes / MiB / seconds:,.0f} MB/s, {files / seconds:,.0f} files/s"
 
-        cap = layers.capture(src)
+        cap = capture.capture(src)
         t, _ = timed(lambda: sum(len(c) for c in cap))
         stream_bytes = cap.stats.stream_bytes
         rows.append(("capture -> discard", t, mbps(t)))
 
         tar_path = work / "layer.tar"
         with open(tar_path, "wb") as out:
-            layers.capture_to(src, out)
+            capture.capture_to(src, out)
         os.sync()  # the tar's own writeback must not be billed to apply
         dst = work / "dst-file"
         dst.mkdir()
         with open(tar_path, "rb", buffering=0) as f:
-            t, _ = timed(lambda: layers.apply(f, dst, policy=layers.ROOTFS_POLICY))
+            t, _ = timed(lambda: extract.apply(f, dst, policy=extract.ROOTFS_POLICY))
         t_sync, _ = timed(os.sync)
         rows.append(("tar file -> apply", t, mbps(t)))
         rows.append(("  (+ sync afterwards)", t + t_sync, mbps(t + t_sync)))
@@ -113,7 +113,7 @@ def main() -> None:
             dst = Path(tempfile.mkdtemp(prefix="layers-bench-", dir=shm))
             try:
                 with open(tar_path, "rb", buffering=0) as f:
-                    t, _ = timed(lambda: layers.apply(f, dst, policy=layers.ROOTFS_POLICY))
+                    t, _ = timed(lambda: extract.apply(f, dst, policy=extract.ROOTFS_POLICY))
                 rows.append(("tar file -> apply into tmpfs", t, mbps(t)))
             finally:
                 shutil.rmtree(dst, ignore_errors=True)
@@ -130,13 +130,13 @@ def main() -> None:
 
         def produce() -> None:
             with open(w, "wb", buffering=0) as out:
-                out.writelines(layers.capture(src))
+                out.writelines(capture.capture(src))
 
         def pipeline() -> None:
             thread = threading.Thread(target=produce)
             thread.start()
             with open(r, "rb", buffering=0) as inp:
-                layers.apply(inp, dst, policy=layers.ROOTFS_POLICY)
+                extract.apply(inp, dst, policy=extract.ROOTFS_POLICY)
             thread.join()
 
         t, _ = timed(pipeline)

@@ -512,7 +512,7 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
     """Docker's own start path on b, through the API: a plain start (no checkpoint) of the
     workload image, and the start from a plain checkpoint of a small (4 MiB) workload, its
     dump with CRIU's network lock (the default) and without (migrate's dumps)."""
-    import migrate.engines.docker.engine as engine_mod
+    import migrate.engines.docker.runc_conf as conf_mod
 
     b = lab.host("b")
     out: dict[str, list[float]] = {
@@ -526,9 +526,9 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
         docker(b, "create", "--name", name, IMAGE, "4", "0", "50")
         out["plain"].append(_api_start(eb, name, None))
         docker(b, "rm", "-f", name, check=False)
-    real_dump_env = engine_mod.dump_env
+    real_dump_env = conf_mod.dump_env
     for key in ("checkpoint_small_lock", "checkpoint_small_nolock") * reps:
-        engine_mod.dump_env = real_dump_env if key.endswith("nolock") else (lambda w: None)
+        conf_mod.dump_env = real_dump_env if key.endswith("nolock") else (lambda w: None)
         name = f"lzf-small-{uuid.uuid4().hex[:6]}"
         upper = start_workload(b, name, Case(4, 0, layers=layers))
         before = request_sum(b, name, upper, 0)
@@ -544,13 +544,13 @@ def floor(lab: Lab, layers: tuple[str, ...], reps: int) -> dict[str, Any]:
             shutil.copytree(tmp / "img", eb.checkpoint_dir(name, "small"))
             # Shared, as migrate's own plain restores: another migration on this machine may
             # hold its lazy settings in the host's runc.conf for a moment.
-            with engine_mod.criu_config_lock(exclusive=False):
+            with conf_mod.criu_config_lock(exclusive=False):
                 out[key].append(_api_start(eb, name, "small"))
             seq, digest = request_sum(b, name, upper_dir(b, name), before[0])
             if digest != before[1]:
                 raise RuntimeError("small restore: memory hash mismatch")
         finally:
-            engine_mod.dump_env = real_dump_env
+            conf_mod.dump_env = real_dump_env
             shutil.rmtree(tmp, ignore_errors=True)
             docker(b, "rm", "-f", name, check=False)
     return {**out, **{f"median_{k}": statistics.median(v) for k, v in out.items()}}
@@ -592,9 +592,9 @@ def main(argv: list[str] | None = None) -> int:
         help="extra CRIU options for the dump (CRIU_CONFIG_FILE), e.g. 'network-lock skip'",
     )
     args = ap.parse_args(argv)
-    import migrate.engines.docker.engine as engine_mod
+    import migrate.engines.docker.runc_conf as conf_mod
 
-    real_dump_env = engine_mod.dump_env
+    real_dump_env = conf_mod.dump_env
     if args.summarize or args.from_kept:
         if args.from_kept:
             runs = from_kept(Lab(LabConfig(name=args.lab, subnet=args.subnet)), *args.from_kept)
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         conf = args.criu_conf.replace(";", "\n") + "\n" if args.criu_conf else ""
         for mem in [int(x) for x in args.mem.split(",")]:
             for _, variant in [(i, v) for i in range(args.reps) for v in args.variants.split(",")]:
-                engine_mod.dump_env = real_dump_env if variant == "skip" else (lambda w: None)
+                conf_mod.dump_env = real_dump_env if variant == "skip" else (lambda w: None)
                 r = run_once(lab, layers, mem, args.keep, conf)
                 r["variant"] = variant
                 print(

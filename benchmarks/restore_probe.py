@@ -25,7 +25,8 @@ from pathlib import Path
 
 from bench_run import IMAGE, Case, build_workload_image, docker, request_sum, start_workload
 
-from migrate.engines.docker.engine import _containerd_restore_copies, _LogHolder
+from migrate.engines.docker import containerd
+from migrate.engines.docker.criu_log import LogHolder
 from migrate.lab.config import LabConfig
 from migrate.lab.hosts import Lab, LabHost
 
@@ -192,7 +193,7 @@ def main() -> None:
                 img.rename(elsewhere / img.name)
                 img.symlink_to(elsewhere / img.name)
         task = lab.config.paths("b").exec_root / "containerd" / "daemon"
-        holder = _LogHolder(
+        holder = LogHolder(
             task / "io.containerd.runtime.v2.task" / "moby" / cid / "work" / "restore.log"
         )
         holder.start()
@@ -209,7 +210,7 @@ def main() -> None:
         images = tree_bytes(cp_dir)
     finally:
         if "cp_dir" in locals():
-            for d in _containerd_restore_copies(lab.config.paths("b").exec_root, cp_dir):
+            for d in containerd.restore_copies(lab.config.paths("b").exec_root, cp_dir):
                 shutil.rmtree(d, ignore_errors=True)
         docker(b, "rm", "-f", name, check=False)
         docker(b, "rmi", IMAGE, check=False)

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.journal import DEFAULT_DIR, unsettled
-from migrate.lab.config import LabConfig
-from migrate.lab.hosts import Lab, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, ensure_busybox_image
 
 HERE = Path(__file__).resolve().parent

@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 # are not importable before it.
 from sshd_helper import running_sshd, sshd_available  # noqa: E402
 
-from migrate.transport.ssh import SshOptions, connect, parse_destination  # noqa: E402
+from migrate.transport.destination import SshOptions, parse_destination  # noqa: E402
+from migrate.transport.ssh import connect  # noqa: E402
 
 CHUNK = 1 << 20
 NOTES_MARKER = "<!-- notes: kept by ssh_bench.py -->"

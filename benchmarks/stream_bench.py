@@ -3,9 +3,9 @@
 
 Streams a directory shaped like a CRIU image dir (one big ``pages-1.img`` of memfill's
 workload bytes plus a few small files) from lab host a to lab host b with migrate's own data
-path, and nothing else: ``layers.capture`` -> ``Connection.send_stream`` (zstd) -> migrate's
+path, and nothing else: ``capture.capture`` -> ``Connection.send_stream`` (zstd) -> migrate's
 SSH channel (paramiko) -> sshd on b -> a sink process on b that reads the stream with
-``StreamReader`` and ``layers.extract`` into a directory, as the agent's ``put_checkpoint``
+``StreamReader`` and ``extract.extract`` into a directory, as the agent's ``put_checkpoint``
 does. In the same run, OpenSSH's ``ssh b 'cat >/dev/null'`` of the same number of bytes.
 
 Every stage is timed from inside (wall seconds spent in it, per thread) so that waiting can
@@ -14,7 +14,11 @@ blocking in the channel's ``sendall``; on the sink, waiting in ``recv``, decompr
 parsing + writing. Plus each process's CPU seconds.
 
     .venv/bin/python benchmarks/stream_bench.py [--mib 1024] [--text 50] [--runs 3]
-        [--lab mwb --subnet 10.213.31.0/24] [--out benchmarks/results/stream-bench.md]
+        [--lab mwb --subnet 10.213.31.0/24] [--json FILE]
+
+Prints each run on stderr and, with --json, appends the summary as one JSON line to FILE; the
+studies made from those lines are benchmarks/results/stream.md, stream-bulk.md and
+stream-adaptive.md (each lists its JSON lines at the end).
 """
 
 from __future__ import annotations
@@ -111,9 +115,12 @@ def cpu_s() -> float:
 
 
 def sink(target: Path) -> int:
-    from migrate.fs import layers
+    from migrate.fs import extract
     from migrate.transport.stdio import StdioChannel
-    from migrate.wire.protocol import Connection, StreamReader, decode_control, response_message
+    from migrate.wire.connection import Connection
+    from migrate.wire.framing import decode_control
+    from migrate.wire.messages import response_message
+    from migrate.wire.stream import StreamReader
 
     clock = StageClock()
     ch = TimedChannel(StdioChannel.claim_stdio(), clock)
@@ -124,7 +131,8 @@ def sink(target: Path) -> int:
     if req["method"] == "bulk_open":  # --mode bulk: as the agent's h_bulk_open does
         from migrate.agent.server import LAZY_WORK_ROOT
         from migrate.transport.bulk_sink import BulkListener
-        from migrate.wire.protocol import KIND_CONTROL, stream_header
+        from migrate.wire.framing import KIND_CONTROL
+        from migrate.wire.messages import stream_header
 
         LAZY_WORK_ROOT.mkdir(mode=0o700, parents=True, exist_ok=True)
         listener = BulkListener(LAZY_WORK_ROOT)
@@ -141,7 +149,7 @@ def sink(target: Path) -> int:
     t0, c0 = time.perf_counter(), cpu_s()
     target.mkdir(parents=True)
     reader = StreamReader(stream_conn)
-    stats = layers.extract(TimedReader(reader, clock), target, policy=layers.CHECKPOINT_POLICY)  # type: ignore[arg-type]
+    stats = extract.extract(TimedReader(reader, clock), target, policy=extract.CHECKPOINT_POLICY)  # type: ignore[arg-type]
     reader.drain()
     wall = time.perf_counter() - t0
     result = {
@@ -192,15 +200,16 @@ def source(
 ) -> int:
     import dataclasses
 
-    from migrate.fs import layers
+    from migrate.fs import capture
+    from migrate.transport.destination import SshOptions, parse_destination
     from migrate.transport.openssh import BulkLink
-    from migrate.transport.ssh import SshOptions, connect, parse_destination
-    from migrate.wire import protocol
-    from migrate.wire.protocol import Connection
+    from migrate.transport.ssh import connect
+    from migrate.wire import stream as wire_stream
+    from migrate.wire.connection import Connection
 
     if os.environ.get("STREAM_BENCH_SWITCH"):
         sw = float(os.environ["STREAM_BENCH_SWITCH"])
-        protocol.SWITCH_INTERVAL_S = sw if sw > 0 else None
+        wire_stream.SWITCH_INTERVAL_S = sw if sw > 0 else None
     clock = StageClock()
     session = connect(
         parse_destination(dest), SshOptions(identity=Path(key), known_hosts=Path(known))
@@ -211,7 +220,7 @@ def source(
     conn = Connection(ch, timeout=120, level=level, threads=threads)  # type: ignore[arg-type]
     conn.adaptive = adaptive  # the sink reads multi-frame streams (StreamReader, as the agent)
     link = None
-    if mode == "bulk":  # as migrate/transport/openssh.py's attach_bulk, opened before timing
+    if mode == "bulk":  # as migrate/wire/bulk.py's attach_bulk, opened before timing
         res = conn.call("bulk_open")
         target = dataclasses.replace(sch.bulk_target(), agent_command=agent_command)
         link = BulkLink.start(target, res["socket"], res["token"])
@@ -220,7 +229,7 @@ def source(
     t0, c0 = time.perf_counter(), cpu_s()
     res = conn.call(
         "put_checkpoint",
-        stream=timed_iter(layers.capture(src), clock, "capture"),
+        stream=timed_iter(capture.capture(src), clock, "capture"),
         migration_id="bench",
         timeout=600,
     )

@@ -22,7 +22,9 @@ from typing import Any
 
 import pytest
 
-from migrate.lab.hosts import Lab, LabConfig, docker_client, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.dockerd import docker_client
+from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -30,6 +32,9 @@ KINDS = ("unit", "integration", "e2e")
 TEST_LAB_NAME = os.environ.get("MIGRATE_TEST_LAB", "mtest")
 TEST_LAB_SUBNET = os.environ.get("MIGRATE_TEST_LAB_SUBNET", "10.213.8.0/24")
 MIGRATE_TIMEOUT_S = 300.0
+# Prefixed to the agent command of the tests: the agent obeys the fault points a test sends
+# (MIGRATE_FAULTS=agent:...) only with this in its own environment (migrate/core/faults.py).
+AGENT_FAULTS_ON = "env MIGRATE_AGENT_FAULTS=1"
 
 RunFn = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -145,7 +150,7 @@ def migrate_args(lab_env: dict[str, str]) -> list[str]:
         "--known-hosts",
         lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
         "--agent-command",
-        lab_env["MIGRATE_AGENT_COMMAND"],
+        f"{AGENT_FAULTS_ON} {lab_env['MIGRATE_AGENT_COMMAND']}",
     ]
 
 

@@ -27,13 +27,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.criu import log_tail
 from migrate.core.errors import DiskFull, RestoreFailed
-from migrate.engines.base import Engine
 
 log = logging.getLogger(__name__)
+
+
+class LazyRestoreHost(Protocol):
+    """What a split restore needs of the container engine (engines/base.py's Engine is one;
+    this package sits below the engines and names only this)."""
+
+    def lazy_restore_blocker(self) -> str:
+        """Why the engine cannot restore lazily here ("" when it can)."""
+        ...
+
 
 # pagemap entry flags (criu/include/pagemap.h)
 PE_PARENT = 1 << 0
@@ -125,7 +135,7 @@ def _die_with(parent: int) -> Callable[[], None]:
     return child
 
 
-def blocker(engine: Engine) -> str:
+def blocker(engine: LazyRestoreHost) -> str:
     """Why a split restore cannot be done on this host ("" when it can)."""
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return f"{ENV_SWITCH}=0"
@@ -134,7 +144,9 @@ def blocker(engine: Engine) -> str:
     return engine.lazy_restore_blocker() or ""
 
 
-def split_for_restore(engine: Engine, full: Path, target: Path) -> tuple[SplitStats | None, str]:
+def split_for_restore(
+    engine: LazyRestoreHost, full: Path, target: Path
+) -> tuple[SplitStats | None, str]:
     """Write Docker's copy of the images in ``full`` to ``target`` without the lazy memory,
     when that is possible and worth it; else nothing is written and the reason is returned
     (the caller restores the plain way). A full disk is an error, not a reason."""
@@ -164,7 +176,7 @@ class LazyPagesDaemon:
     """``criu lazy-pages`` serving pages from local images, started and reaped by us.
 
     The restoring CRIU finds it through ``lazy-pages.socket`` in the shared work directory
-    (runc's CRIU configuration names that directory: see engines/docker.py)."""
+    (runc's CRIU configuration names that directory: see engines/docker/runc_conf.py)."""
 
     def __init__(
         self,

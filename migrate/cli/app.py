@@ -9,7 +9,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from migrate import __version__
 from migrate.core.errors import MigrateError
 
 app = typer.Typer(
@@ -47,9 +46,3 @@ def _main(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-
-
-@app.command()
-def version() -> None:
-    """Print the version."""
-    out.print(__version__)

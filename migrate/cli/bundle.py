@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
 from pathlib import Path
 
@@ -19,15 +18,16 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    Bulk,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress
 from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
+from migrate.fs.files import atomic_write
 
 
-@app.command("export")
+@app.command("export", rich_help_panel="Bundles and drills")
 def export_cmd(
     container: str = typer.Argument(..., help="Running container to export."),
     output: Path = typer.Option(..., "-o", "--output", help="Bundle file to write (.tar.zst)."),
@@ -37,11 +37,11 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Checkpoint a running container into one verified, portable bundle file."""
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.portable import export
 
     try:
-        res = export(DockerEngine(), container, output, leave_running=leave_running)
+        res = export(open_engine(), container, output, leave_running=leave_running)
     except MigrateError as e:
         fail(e)
         return
@@ -67,7 +67,7 @@ def export_cmd(
     )
 
 
-@app.command("import")
+@app.command("import", rich_help_panel="Bundles and drills")
 def import_cmd(
     file: Path = typer.Argument(..., help="Bundle written by `migrate export`."),
     name: str | None = typer.Option(None, "--name", help="Name of the new container."),
@@ -77,11 +77,11 @@ def import_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print a machine-readable result."),
 ) -> None:
     """Verify a bundle completely, then recreate the container and restore it from it."""
-    from migrate.engines.docker.engine import DockerEngine
-    from migrate.source.portable import import_bundle
+    from migrate.agent.importer import import_bundle
+    from migrate.engines.select import open_engine
 
     try:
-        res = import_bundle(DockerEngine(), file, name=name, start=not no_start)
+        res = import_bundle(open_engine(), file, name=name, start=not no_start)
     except MigrateError as e:
         fail(e)
         return
@@ -108,7 +108,7 @@ def import_cmd(
     out.print(f"[green]imported[/] {res.name} ({res.container_id[:12]}): {state}", highlight=False)
 
 
-@app.command("inspect")
+@app.command("inspect", rich_help_panel="Bundles and drills")
 def inspect_cmd(
     path: Path = typer.Argument(..., help="A bundle file, or a directory of CRIU images."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON."),
@@ -140,7 +140,7 @@ def inspect_cmd(
             out.print(f"  {item}", highlight=False)
 
 
-@app.command("drill")
+@app.command("drill", rich_help_panel="Bundles and drills")
 def drill_cmd(
     container: str = typer.Argument(..., help="Running container to drill (it keeps running)."),
     to: str = typer.Option(
@@ -173,7 +173,7 @@ def drill_cmd(
     accept_new_host_key: bool = SSH_ACCEPT_NEW,
     agent_command: str = AGENT_COMMAND,
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
 ) -> None:
     """Disaster-recovery drill: prove the container restores on a standby host.
@@ -185,7 +185,7 @@ def drill_cmd(
     failed (the report says why); 2 bad usage; 3 refused by a precheck (nothing was touched).
     """
     from migrate.core.errors import EXIT_FAILED, EXIT_REFUSED, UsageError
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.drill import Drill, DrillOptions
 
     try:
@@ -195,7 +195,6 @@ def drill_cmd(
         return
     if verify_cmd is not None and not argv:
         fail(UsageError("--verify-cmd is empty", hint="give a command, e.g. --verify-cmd 'true'"))
-    check_bulk(bulk)
     md_path = None
     if report is not None:
         if report.suffix == ".md":
@@ -210,7 +209,7 @@ def drill_cmd(
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
     except MigrateError as e:
         if as_json:
             status = "refused" if e.exit_code == EXIT_REFUSED else "failed"
@@ -227,14 +226,14 @@ def drill_cmd(
         settle_s=settle,
         verify_timeout_s=verify_timeout,
         keep=keep,
-        bulk=bulk,
+        bulk=bulk.value,
     )
     rep = Drill(opts, engine, factory, progress).run()
     doc = rep.to_json()
     if report is not None and md_path is not None:
         try:
-            _write_atomic(report, json.dumps(doc, indent=2) + "\n")
-            _write_atomic(md_path, rep.to_markdown())
+            atomic_write(report, json.dumps(doc, indent=2) + "\n", durable=False)
+            atomic_write(md_path, rep.to_markdown(), durable=False)
         except OSError as e:
             err.print(f"[bold red]error[/]: cannot write the report: {escape(str(e))}")
             raise typer.Exit(EXIT_FAILED) from None
@@ -258,9 +257,3 @@ def drill_cmd(
             f"[bold red]drill failed[/]: {escape(str(rep.reason))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(EXIT_FAILED)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -18,7 +18,7 @@ lab_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
-app.add_typer(lab_app, name="lab")
+app.add_typer(lab_app, name="lab", rich_help_panel="Sandbox")
 
 _LAB_NAME = typer.Option("mlab", "--name", help="Lab name; namespaces are NAME-a and NAME-b.")
 _LAB_SUBNET = typer.Option(
@@ -51,7 +51,8 @@ def _lab(
 ) -> Any:
     from dataclasses import replace
 
-    from migrate.lab.hosts import Lab, resolve_config
+    from migrate.lab.config import resolve_config
+    from migrate.lab.hosts import Lab
 
     return Lab(replace(resolve_config(name, subnet, state_dir, run_dir), live_restore=live_restore))
 
@@ -127,7 +128,7 @@ def lab_env(
     run_dir: Path | None = _LAB_RUN,
 ) -> None:
     """Print shell exports for the lab: eval "$(migrate lab env)"."""
-    from migrate.lab.hosts import shell_exports
+    from migrate.lab.config import shell_exports
 
     try:
         env = _lab(name, None, state_dir, run_dir).env()
@@ -154,7 +155,7 @@ def lab_inventory(
     sys.stdout.write(ansible_inventory(cfg))
 
 
-@app.command()
+@app.command(rich_help_panel="Sandbox")
 def demo(name: str = _LAB_NAME) -> None:
     """Bring up the sandbox lab and live-migrate a counting container from host a to host b.
 

@@ -5,13 +5,11 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import typer
-
-from migrate.cli.app import fail
-from migrate.core.errors import UsageError
 
 SSH_IDENTITY = typer.Option(None, "--identity", "-i", help="SSH private key.")
 SSH_KNOWN_HOSTS = typer.Option(
@@ -47,7 +45,8 @@ def channel_factory(
         if dest_docker_host:
             argv += ["--docker-host", dest_docker_host]
         return lambda: LocalChannel.start(argv)
-    from migrate.transport.ssh import SshOptions, connect, parse_destination
+    from migrate.transport.destination import SshOptions, parse_destination
+    from migrate.transport.ssh import connect
 
     dest = parse_destination(to)
     opts = SshOptions(
@@ -61,21 +60,44 @@ def channel_factory(
 
 
 DEFAULT_AGENT = "migrate agent"
+
+
+# Choice options: typer checks the value and lists the choices in --help and in its usage
+# error (exit 2, like every usage error here).
+class Bulk(StrEnum):
+    auto = "auto"
+    openssh = "openssh"
+    paramiko = "paramiko"
+
+
+class Strategy(StrEnum):
+    cold = "cold"
+    lazy = "lazy"
+    auto = "auto"
+
+
+class BindMounts(StrEnum):
+    refuse = "refuse"
+    same_path = "same-path"
+    copy = "copy"
+
+
+class Staging(StrEnum):
+    auto = "auto"
+    memory = "memory"
+    disk = "disk"
+
+
+class Compression(StrEnum):
+    adaptive = "adaptive"
+    fixed = "fixed"
+
+
 BULK = typer.Option(
-    "auto",
+    Bulk.auto,
     "--bulk",
     help="How streams travel over SSH: auto (default: a second connection through the "
     "system's OpenSSH client, several times faster than paramiko; paramiko when that does "
     "not come up) | openssh (required: fail if it does not come up) | paramiko (on the "
     "control connection).",
 )
-
-
-def check_bulk(bulk: str) -> None:
-    if bulk not in ("auto", "openssh", "paramiko"):
-        fail(
-            UsageError(
-                f"--bulk {bulk!r} is not one of auto, openssh, paramiko",
-                hint="auto (default), openssh (required) or paramiko (never)",
-            )
-        )

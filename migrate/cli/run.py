@@ -18,15 +18,19 @@ from migrate.cli.options import (
     SSH_ACCEPT_NEW,
     SSH_IDENTITY,
     SSH_KNOWN_HOSTS,
+    BindMounts,
+    Bulk,
+    Compression,
+    Staging,
+    Strategy,
     channel_factory,
-    check_bulk,
 )
 from migrate.cli.render import RichProgress, print_checks, print_report
-from migrate.core.errors import MigrateError, UsageError
+from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def check(
     to: str | None = typer.Option(
         None,
@@ -49,8 +53,9 @@ def check(
     2 bad usage.
     """
     from migrate.core.errors import EXIT_REFUSED
+    from migrate.engines.select import CHECK_TIMEOUT_S, open_engine
     from migrate.source.check import check_destination, run_checks
-    from migrate.wire.protocol import Connection
+    from migrate.wire.connection import Connection
 
     dest = None
     try:
@@ -59,7 +64,7 @@ def check(
             factory = channel_factory(
                 to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
             )
-        report = run_checks()
+        report = run_checks(lambda: open_engine(timeout=CHECK_TIMEOUT_S).info())
         if factory is not None:
             conn = Connection(factory(), timeout=120.0)
             try:
@@ -87,7 +92,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
     to: str = typer.Option(
@@ -103,8 +108,8 @@ def run(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Run the prechecks only."),
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON report on stdout."),
-    strategy: str = typer.Option(
-        "cold",
+    strategy: Strategy = typer.Option(
+        Strategy.cold,
         "--strategy",
         help="cold (default: stop-and-copy, can always roll back) | lazy (post-copy: the "
         "container resumes on the destination before its memory has moved; shorter downtime, "
@@ -112,28 +117,28 @@ def run(
         "can do it, else cold; choosing it accepts lazy's risk).",
     ),
     dest_docker_host: str | None = DEST_DOCKER_HOST,
-    bind_mounts: str = typer.Option(
-        "refuse",
+    bind_mounts: BindMounts = typer.Option(
+        BindMounts.refuse,
         "--bind-mounts",
         help="refuse (default) | same-path (the path exists on the destination already, e.g. "
         "shared storage) | copy (move the content to the same path on the destination).",
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     precopy: bool = typer.Option(
         True,
         "--precopy/--no-precopy",
         help="Copy the read-write layer while the container still runs and send only what "
         "changed during the pause (default), or copy all of it during the pause.",
     ),
-    staging: str = typer.Option(
-        "auto",
+    staging: Staging = typer.Option(
+        Staging.auto,
         "--staging",
         help="Where the checkpoint images wait on both hosts: auto (default: in memory, i.e. "
         "tmpfs under /dev/shm, when they fit with room to spare, else on disk) | memory "
         "(refuse when they do not fit) | disk.",
     ),
-    compression: str = typer.Option(
-        "adaptive",
+    compression: Compression = typer.Option(
+        Compression.adaptive,
         "--compression",
         help="adaptive (default: zstd level 1 while the link is the limit, almost none while "
         "the CPUs are) | fixed (always level 1).",
@@ -150,44 +155,16 @@ def run(
     (SIGTERM): migrated, the interrupt came after the point of no return. Ctrl-C or SIGTERM
     before that point rolls back (exit 1).
     """
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.core.faults import Faults
+    from migrate.engines.select import open_engine
     from migrate.source.interrupt import InterruptLatch, exit_status, handling, signal_name
-    from migrate.source.migration import Migration, RunOptions, faults_from_env
+    from migrate.source.migration import Migration, RunOptions
 
-    if strategy not in ("cold", "lazy", "auto"):
-        fail(
-            UsageError(
-                f"--strategy {strategy!r} is not one of cold, lazy, auto",
-                hint="see `migrate run --help`",
-            )
-        )
-    check_bulk(bulk)
-    if bind_mounts not in ("refuse", "same-path", "copy"):
-        fail(
-            UsageError(
-                f"--bind-mounts {bind_mounts!r} is not one of refuse, same-path, copy",
-                hint="see docs/mounts-and-networks.md",
-            )
-        )
-    if staging not in ("auto", "memory", "disk"):
-        fail(
-            UsageError(
-                f"--staging {staging!r} is not one of auto, memory, disk",
-                hint="see `migrate run --help`",
-            )
-        )
-    if compression not in ("adaptive", "fixed"):
-        fail(
-            UsageError(
-                f"--compression {compression!r} is not one of adaptive, fixed",
-                hint="see `migrate run --help`",
-            )
-        )
     try:
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
         progress = RichProgress(err, enabled=err.is_terminal and not as_json)
         interrupts = InterruptLatch()
         m = Migration(
@@ -197,13 +174,13 @@ def run(
                 name=name,
                 keep_source=keep_source,
                 dry_run=dry_run,
-                strategy=strategy,
-                bind_mounts=bind_mounts,
+                strategy=strategy.value,
+                bind_mounts=bind_mounts.value,
                 precopy=precopy,
-                staging=staging,
-                compression=compression,
-                bulk=bulk,
-                faults=faults_from_env(),
+                staging=staging.value,
+                compression=compression.value,
+                bulk=bulk.value,
+                faults=Faults.from_env(),
             ),
             engine,
             factory,
@@ -242,7 +219,7 @@ def run(
         raise typer.Exit(late)
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def recover(
     container: str | None = typer.Argument(
         None,
@@ -267,7 +244,7 @@ def recover(
     3 a migration of that container is still running; 4 still in doubt (destination
     unreachable, or its agent still serves the migration): nothing was changed for it.
     """
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.recover import pending_for
     from migrate.source.recover import recover as do_recover
 
@@ -275,7 +252,7 @@ def recover(
         factory = channel_factory(
             to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
         )
-        engine = DockerEngine()
+        engine = open_engine()
         pending = pending_for(container, to, engine)
         settled = do_recover(pending, engine, factory)
     except MigrateError as e:
@@ -302,7 +279,7 @@ def recover(
         )
 
 
-@app.command()
+@app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(
         ..., "--to", help="Target hosts, comma-separated: ssh://[USER@]HOST[:PORT] or HOST."
@@ -321,7 +298,7 @@ def evacuate(
     keep_source: bool = typer.Option(
         False, "--keep-source", help="Keep each source container (stopped) instead of removing it."
     ),
-    bulk: str = BULK,
+    bulk: Bulk = BULK,
     as_json: bool = typer.Option(False, "--json", help="Print only the JSON result on stdout."),
 ) -> None:
     """Drain this host: live-migrate every running container (or those with --label) to the
@@ -335,7 +312,7 @@ def evacuate(
     (`migrate recover`).
     """
     from migrate.core.errors import EXIT_FAILED, EXIT_IN_DOUBT
-    from migrate.engines.docker.engine import DockerEngine
+    from migrate.engines.select import open_engine
     from migrate.source.evacuate import Outcome, evacuate, parse_labels, parse_targets
 
     def channels(target: str) -> Callable[[], Any]:
@@ -359,7 +336,6 @@ def evacuate(
             soft_wrap=True,
         )
 
-    check_bulk(bulk)
     try:
         targets = parse_targets(to)
         labels = parse_labels(label)
@@ -368,11 +344,11 @@ def evacuate(
         res = evacuate(
             targets,
             channels,
-            DockerEngine,
+            open_engine,
             labels=labels,
             parallel=parallel,
             keep_source=keep_source,
-            bulk=bulk,
+            bulk=bulk.value,
             on_done=done,
         )
     except MigrateError as e:
@@ -414,32 +390,3 @@ def evacuate(
         raise typer.Exit(EXIT_IN_DOUBT)
     if res.status != "drained":
         raise typer.Exit(EXIT_FAILED)
-
-
-@app.command(hidden=False)
-def agent(
-    docker_host: str | None = typer.Option(
-        None, "--docker-host", help="Docker daemon to use (default: DOCKER_HOST / the socket)."
-    ),
-    staging_dir: Path | None = typer.Option(
-        None,
-        "--staging-dir",
-        help="Where received checkpoint images are staged (default: inside the new "
-        "container's directory on Docker's data root). Another file system costs a copy.",
-    ),
-    sink: str | None = typer.Option(
-        None,
-        "--sink",
-        hidden=True,
-        help="Internal: hand this process's stdin (the source's OpenSSH bulk connection) to "
-        "the running agent listening on this socket.",
-    ),
-) -> None:
-    """The destination agent: speaks the protocol on stdin/stdout (started by `migrate run`)."""
-    if sink is not None:
-        from migrate.transport.bulk_sink import run_sink
-
-        raise typer.Exit(run_sink(sink))
-    from migrate.agent.server import run_agent
-
-    raise typer.Exit(run_agent(docker_host, staging_dir))

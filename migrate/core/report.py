@@ -65,7 +65,7 @@ class Bytes:
     rootfs_kept: int = 0
     volumes_precopy: int = 0  # the same for volumes (``volumes``: sent during the freeze)
     volumes_kept: int = 0
-    # Raw bytes sent almost uncompressed by adaptive compression (protocol.py, FAST_LEVEL):
+    # Raw bytes sent almost uncompressed by adaptive compression (wire/stream.py, FAST_LEVEL):
     # where the CPUs, not the link, were the limit.
     fast: int = 0
 

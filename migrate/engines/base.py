@@ -21,8 +21,12 @@ class EngineInfo:
     engine: str  # "docker"
     version: str  # server version
     api_version: str
-    experimental: bool
+    # The engine's checkpoint/restore is switched on (Docker: the daemon's experimental mode).
+    checkpoint_enabled: bool
     storage_driver: str
+    # The engine can hand over the container's read-write layer from this storage driver
+    # (Docker: overlay2, whose upperdir is a plain directory).
+    rootfs_supported: bool
     data_root: str
     runtime: str  # default runtime name
     runc_version: str  # "" when unknown
@@ -269,6 +273,29 @@ class Engine(Protocol):
 
     def info(self) -> EngineInfo: ...
 
+    # --- the engine's rules on what moves with a container (pure: no daemon is asked) ------
+
+    def shares_network_namespace(self, spec: ContainerSpec) -> bool:
+        """The container runs in another's network namespace (the host's, a container's)."""
+        ...
+
+    def user_networks(self, spec: ContainerSpec) -> list[str]:
+        """The networks the container is on that the destination may lack (the engine's
+        built-in ones excluded), each to be created there if missing."""
+        ...
+
+    def network_movable(self, net: NetworkInfo) -> bool:
+        """The destination can recreate ``net`` as it is (it spans no other host)."""
+        ...
+
+    def volume_movable(self, vol: VolumeInfo) -> bool:
+        """The volume's content is a plain directory of this host (its mountpoint)."""
+        ...
+
+    def anonymous_volume(self, name: str) -> bool:
+        """A volume the engine named itself: a create makes a new one of its own."""
+        ...
+
     def spec(self, ref: str) -> ContainerSpec: ...
 
     def state(self, ref: str) -> ContainerState: ...
@@ -280,6 +307,14 @@ class Engine(Protocol):
     def layers_present(self) -> set[str]: ...
 
     def save_image(self, refs: Iterable[str]) -> Iterator[bytes]: ...
+
+    def save_missing_layers(
+        self, refs: Iterable[str], present: set[str], stats: dict[str, int] | None = None
+    ) -> Iterator[bytes]:
+        """``save_image`` for a destination that has the layers (diff ids) in ``present``:
+        the stream ``load_image`` there takes, without their content. ``stats`` counts
+        ``layers_sent`` and ``layers_skipped``."""
+        ...
 
     def load_image(self, chunks: Iterable[bytes]) -> None: ...
 

@@ -10,11 +10,12 @@ Layout of the (decompressed) tar, in this order (docs/bundle.md):
 members
     regular files only, in manifest order (``checkpoint/...``, ``rootfs-diff.tar``, ...).
 
-The tar is plain ustar written and parsed here rather than with :mod:`tarfile`, because the
-reader must refuse anything unexpected (links, devices, pax headers that make it allocate what
-a hostile header claims) and the writer must never hold a member in memory. The members'
-*contents* (the rootfs diff, the image layers) are checked by their own extractors
-(:mod:`migrate.fs.layers`); this module guarantees they are exactly the bytes that were exported.
+The tar is plain ustar in migrate's own codec (:mod:`migrate.fs.tar`) rather than
+:mod:`tarfile`, because the reader must refuse anything unexpected (links, devices, pax headers
+that make it allocate what a hostile header claims) and the writer must never hold a member in
+memory. The members' *contents* (the rootfs diff, the image layers) are checked by their own
+extractors (:mod:`migrate.fs.extract`); this module guarantees they are exactly the bytes that
+were exported.
 
 Reading happens in two passes: :func:`verify` reads the whole bundle and checks everything
 while writing nothing; :func:`extract` runs it, then writes into a fresh directory, hashing
@@ -37,14 +38,23 @@ from typing import IO, Any
 import zstandard
 
 from migrate.core.errors import BundleInvalid
+from migrate.fs import tar
+from migrate.fs.files import atomic_file, read_chunks
 
 SCHEMA_VERSION = 1
 CHECKSUM_NAME = "manifest.sha256"
 MANIFEST_NAME = "manifest.json"
 # A manifest lists a few thousand members at most; anything bigger is hostile.
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+# The members a container bundle holds besides the manifest (written by source/portable.py,
+# read by agent/importer.py: both ends of the format, so it is defined here).
+IMAGE_MEMBER = "image/docker-save.tar"
+ROOTFS_MEMBER = "rootfs-diff.tar"
+LOG_MEMBER = "container.log"
+VOLUME_PREFIX = "volumes/"
+CHECKPOINT_PREFIX = "checkpoint/"
 _CHUNK = 1024 * 1024
-_BLOCK = 512
+_BLOCK = tar.BLOCK
 _NAME_MAX = 100  # ustar name field; we never use the prefix field
 
 
@@ -103,27 +113,15 @@ def check_name(name: str) -> None:
 def _hash_file(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
+    for chunk in read_chunks(path, _CHUNK):
+        h.update(chunk)
+        size += len(chunk)
     return size, h.hexdigest()
 
 
 def _header(name: str, size: int) -> bytes:
-    raw = name.encode()
-    hdr = bytearray(_BLOCK)
-    hdr[0 : len(raw)] = raw
-    hdr[100:108] = b"0000644\0"
-    hdr[108:116] = b"0000000\0"
-    hdr[116:124] = b"0000000\0"
-    hdr[124:136] = b"%011o\0" % size
-    hdr[136:148] = b"00000000000\0"
-    hdr[148:156] = b" " * 8
-    hdr[156:157] = b"0"
-    hdr[257:265] = b"ustar\x0000"
-    hdr[148:156] = b"%06o\0 " % sum(hdr)
-    return bytes(hdr)
+    # Mode 0644, owner 0:0, mtime 0 and empty device fields: the bytes every bundle has had.
+    return tar.ustar(name.encode(), tar.REG, size=size, devmajor=None, devminor=None)
 
 
 def _pad(size: int) -> bytes:
@@ -158,11 +156,10 @@ def write(out: IO[bytes], files: Sequence[tuple[str, Path]], meta: Mapping[str, 
             z.write(_header(member.name, member.size))
             h = hashlib.sha256()
             done = 0
-            with open(path, "rb") as f:
-                while done < member.size and (chunk := f.read(min(_CHUNK, member.size - done))):
-                    h.update(chunk)
-                    z.write(chunk)
-                    done += len(chunk)
+            for chunk in read_chunks(path, _CHUNK, limit=member.size):
+                h.update(chunk)
+                z.write(chunk)
+                done += len(chunk)
             if done != member.size or h.hexdigest() != member.sha256:
                 raise BundleInvalid(
                     f"bundle member {member.name!r} changed while it was being written",
@@ -175,17 +172,8 @@ def write(out: IO[bytes], files: Sequence[tuple[str, Path]], meta: Mapping[str, 
 
 def write_file(path: Path, files: Sequence[tuple[str, Path]], meta: Mapping[str, Any]) -> Manifest:
     """Write a bundle to ``path`` atomically (a temporary name, renamed when complete)."""
-    tmp = path.with_name(f".{path.name}.partial")
-    try:
-        with open(tmp, "wb") as f:
-            manifest = write(f, files, meta)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return manifest
+    with atomic_file(path) as f:
+        return write(f, files, meta)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -240,10 +228,10 @@ class _Stream:
 
 
 def _octal(field: bytes, what: str, member: str | None) -> int:
-    text = field.rstrip(b"\0 ").lstrip(b" ")
-    if not text or any(c not in b"01234567" for c in text):
-        raise _invalid(f"bad {what} in tar header", member)
-    return int(text, 8)
+    try:
+        return tar.strict_octal(field)
+    except ValueError:
+        raise _invalid(f"bad {what} in tar header", member) from None
 
 
 def _next_header(s: _Stream, expect: str | None = None) -> tuple[str, int] | None:
@@ -256,31 +244,31 @@ def _next_header(s: _Stream, expect: str | None = None) -> tuple[str, int] | Non
         if s.exact(_BLOCK, expect) != b"\0" * _BLOCK:
             raise _invalid("damaged end-of-archive marker")
         return None
-    raw_name = hdr[0:100].split(b"\0", 1)[0]
+    raw_name = hdr[tar.NAME].split(b"\0", 1)[0]
     try:
         name = raw_name.decode()
     except UnicodeDecodeError:
         raise _invalid(f"member name {raw_name!r} is not UTF-8") from None
-    check = _octal(hdr[148:156], "checksum", name)
-    if check != sum(hdr[:148]) + 8 * 32 + sum(hdr[156:]):
+    check = _octal(hdr[tar.CHKSUM], "checksum", name)
+    if check != tar.checksum(hdr):
         raise _invalid("tar header checksum mismatch", name)
-    kind = hdr[156:157]
-    if kind not in (b"0", b"\0"):
+    kind = hdr[tar.TYPE]
+    if kind not in (tar.REG, b"\0"):
         what = {
-            b"1": "a hard link",
-            b"2": "a symlink",
-            b"3": "a character device",
-            b"4": "a block device",
-            b"5": "a directory",
-            b"6": "a fifo",
-            b"x": "a pax header",
-            b"g": "a pax header",
-            b"L": "a GNU long name",
+            tar.LNK: "a hard link",
+            tar.SYM: "a symlink",
+            tar.CHR: "a character device",
+            tar.BLK: "a block device",
+            tar.DIR: "a directory",
+            tar.FIFO: "a fifo",
+            tar.PAX: "a pax header",
+            tar.PAX_GLOBAL: "a pax header",
+            tar.GNU_LONGNAME: "a GNU long name",
         }
         raise _invalid(f"is {what.get(kind, f'of type {kind!r}')}; only plain files allowed", name)
-    if hdr[345:500].strip(b"\0"):
+    if hdr[tar.PREFIX].strip(b"\0"):
         raise _invalid("uses the ustar prefix field (not written by migrate)", name)
-    return name, _octal(hdr[124:136], "size", name)
+    return name, _octal(hdr[tar.SIZE], "size", name)
 
 
 def _read_manifest(s: _Stream) -> Manifest:

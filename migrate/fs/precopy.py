@@ -1,6 +1,6 @@
 """Pre-copy of a read-write layer: what the frozen delta may leave out.
 
-While the container still runs, its upper dir is streamed whole (``layers.Capture`` with
+While the container still runs, its upper dir is streamed whole (``capture.Capture`` with
 ``live=True``) into the new container's upper dir on the destination, and every regular file
 sent whole is recorded with the fstat taken *before* its data was read. After the pause the
 frozen tree is captured again as a delta: a regular file is sent as a "keep" header (no data)
@@ -22,7 +22,7 @@ only when this module can prove its content is what the pre-copy read:
   ctime after our fstat.
 
 Anything else is sent again; names the delta does not mention are removed on the destination
-(``layers.ROOTFS_DELTA_POLICY``), so the result is the tree a full copy of the frozen layer
+(``extract.ROOTFS_DELTA_POLICY``), so the result is the tree a full copy of the frozen layer
 would give. Not covered: processes outside the container writing into its upper dir on the
 host (they are not frozen either, so no copy of a changing tree is exact).
 """
@@ -91,14 +91,14 @@ class PreCopy:
         )
 
     def record(self, rel: bytes, st: os.stat_result) -> None:
-        """layers.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
+        """capture.RecordFn: ``rel`` was sent whole; ``st`` is its fstat from before the read."""
         if stat.S_ISREG(st.st_mode):
             self.files[rel] = file_key(st)
             if st.st_ctime_ns >= self.started_ns - RACY_MARGIN_NS:
                 self.racy_bytes += st.st_size
 
     def keep_from_previous(self, rel: bytes, st: os.stat_result) -> bool:
-        """layers.KeepFn for a second pass (live lstat: only an optimisation, the frozen
+        """capture.KeepFn for a second pass (live lstat: only an optimisation, the frozen
         delta decides again with the previous pass's record)."""
         if self.previous is not None and self.previous.unchanged(rel, st):
             self.kept.add(rel)
@@ -106,7 +106,7 @@ class PreCopy:
         return False
 
     def unchanged(self, rel: bytes, st: os.stat_result) -> bool:
-        """layers.KeepFn, asked with the frozen lstat: may ``rel`` be left out of the delta?"""
+        """capture.KeepFn, asked with the frozen lstat: may ``rel`` be left out of the delta?"""
         key = self.files.get(rel)
         if key is None:
             # Not read by this pass: the destination holds what the previous pass sent, if

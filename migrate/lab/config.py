@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import migrate
 from migrate.core.errors import UsageError
 from migrate.lab.system import NETNS_DIR
 
@@ -365,7 +366,8 @@ def ansible_inventory(cfg: LabConfig) -> str:
     ``DOCKER_HOST`` each lab sshd sets) is what a real fleet's inventory says too."""
     exe = migrate_executable()
     venv = exe.parent.parent
-    project = Path(__file__).resolve().parents[1]
+    # The checkout holding the migrate package (scripts/setup.sh, pyproject.toml beside it).
+    project = Path(migrate.__file__).resolve().parent.parent
     ssh_args = (
         f"-o UserKnownHostsFile={cfg.known_hosts} -o StrictHostKeyChecking=yes "
         "-o IdentitiesOnly=yes -o ControlMaster=no"

@@ -9,7 +9,8 @@ from typing import Any
 
 from migrate.core.errors import LabError, MigrateError
 from migrate.lab.config import migrate_executable
-from migrate.lab.hosts import Lab, docker_client
+from migrate.lab.dockerd import docker_client
+from migrate.lab.hosts import Lab
 from migrate.lab.images import ensure_busybox_image
 
 DEMO_NAME = "migrate-demo"

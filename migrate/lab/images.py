@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.errors import LabError
-from migrate.lab.hosts import docker_client
+from migrate.fs.files import atomic_write
+from migrate.lab.dockerd import docker_client
 
 log = logging.getLogger(__name__)
 
@@ -360,9 +361,7 @@ def build_debian_app_image(
     cached = DEB_CACHE / "rootfs" / f"{key[:24]}.tar"
     if not cached.exists():
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_bytes(debian_rootfs_tar(packages, binaries, files))
-        tmp.rename(cached)
+        atomic_write(cached, debian_rootfs_tar(packages, binaries, files), durable=False)
     return build_image(
         docker_host,
         tag,

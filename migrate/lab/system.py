@@ -40,12 +40,6 @@ LOG_TAIL_CHARS = 2000
 # --- files --------------------------------------------------------------------------------
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def keygen(path: Path, comment: str) -> None:
     for stale in (path, path.with_suffix(".pub")):
         with contextlib.suppress(FileNotFoundError):

@@ -4,8 +4,9 @@ Each check yields a :class:`CheckResult` carrying the problem and the fix. ``req
 decide readiness; the others report what degrades (no post-copy, no iterative pre-copy, which
 containers cannot be dumped here) without refusing anything.
 
-The engine is reached through a callable returning :class:`EngineInfo` (or raising), so the
-checks never see Docker's JSON and tests can pass any answer.
+The engine is reached through a callable returning :class:`EngineInfo` (or raising), given by
+the caller (engines/select.py opens the engine), so the checks never see Docker's JSON and
+tests can pass any answer.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ MIN_FREE_BYTES = 1 << 30
 MIN_PIPE_MAX_SIZE = 4 << 20
 CAP_SYS_RESOURCE = 24  # bit number in /proc/<pid>/status CapEff (linux/capability.h)
 
-DOCKER_TIMEOUT_S = 15.0
 TOOL_TIMEOUT_S = 10.0
 # Where `make setup` puts things and where tools hide from a minimal PATH (cron, sudo, ssh).
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
@@ -113,18 +113,18 @@ class CheckReport:
 
 
 def run_checks(
-    engine_info_provider: EngineInfoProvider | None = None,
+    engine_info_provider: EngineInfoProvider,
     *,
     criu_binary: str | None = None,
     staging_dir: Path | None = None,
     min_free_bytes: int = MIN_FREE_BYTES,
 ) -> CheckReport:
-    """Check this host. ``engine_info_provider`` defaults to the Docker daemon of DOCKER_HOST;
+    """Check this host. ``engine_info_provider``: this host's engine (its info, or raising);
     ``criu_binary`` to :func:`migrate.checkpoint.criu.find_criu`; ``staging_dir`` to the state
     directory's staging area (where checkpoints are written before they travel)."""
     binary = criu_binary or criu.find_criu()
     caps = criu.capabilities(binary)
-    info, engine_error = _engine_info(engine_info_provider or _docker_info)
+    info, engine_error = _engine_info(engine_info_provider)
     staging = staging_dir or DEFAULT_DIR / "staging"
 
     results: list[CheckResult] = []
@@ -187,7 +187,7 @@ def check_destination(conn: Any) -> CheckReport:
     """The destination's readiness, asked of its agent over ``conn`` (a protocol Connection):
     its handshake (CRIU, Docker, disk) and whether a checkpoint taken here restores on its CPU.
     """
-    from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+    from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
 
     hello = conn.call(
         "hello",
@@ -205,7 +205,7 @@ def check_destination(conn: Any) -> CheckReport:
             cpu = None  # this host's own check reports its CRIU problem
         else:
             cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
-    from migrate.transport.openssh import attach_bulk
+    from migrate.wire.bulk import attach_bulk
 
     rows = destination_results(hello, cpu, local.version)
     # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?
@@ -294,8 +294,10 @@ def destination_results(
             engine=str(engine.get("engine") or "docker"),
             version=str(engine.get("version") or ""),
             api_version="",
-            experimental=bool(engine.get("experimental")),
+            # The hello's key predates the neutral name: Docker's experimental mode.
+            checkpoint_enabled=bool(engine.get("experimental")),
             storage_driver=str(engine.get("storage_driver") or ""),
+            rootfs_supported=_rootfs_supported(engine),
             data_root="",
             runtime="",
             runc_version="",
@@ -550,7 +552,7 @@ def check_engine(info: EngineInfo | None, error: MigrateError | None) -> list[Ch
             else f"{info.engine} {info.version} (API {info.api_version})",
         )
     ]
-    if info.experimental:
+    if info.checkpoint_enabled:
         rows.append(CheckResult("docker_experimental", True, "on"))
     else:
         rows.append(
@@ -563,8 +565,8 @@ def check_engine(info: EngineInfo | None, error: MigrateError | None) -> list[Ch
                 "(or start it with --experimental)",
             )
         )
-    if info.storage_driver == "overlay2":
-        rows.append(CheckResult("storage_driver", True, "overlay2"))
+    if info.rootfs_supported:
+        rows.append(CheckResult("storage_driver", True, info.storage_driver))
     else:
         rows.append(
             CheckResult(
@@ -753,11 +755,12 @@ def _engine_info(
         return None, EngineUnavailable(f"cannot query the Docker daemon: {e}")
 
 
-def _docker_info() -> EngineInfo:
-    """EngineInfo of the daemon at DOCKER_HOST, with a timeout short enough for a check."""
-    from migrate.engines.docker.engine import DockerEngine
-
-    return DockerEngine(timeout=int(DOCKER_TIMEOUT_S)).info()
+def _rootfs_supported(engine: Mapping[str, Any]) -> bool:
+    """Whether the destination's engine can hand over a container's read-write layer. The
+    hello names the storage driver only, and its shape is fixed (wire/session.py refuses
+    unknown fields, so a new one would break older sources): overlay2 is the one the agent
+    takes (DockerEngine.info derives the same)."""
+    return engine.get("storage_driver") == "overlay2"
 
 
 def _find_tool(name: str) -> str | None:

@@ -18,7 +18,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,10 +37,12 @@ from migrate.core.errors import (
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.report import NullProgress, Progress, Timer
 from migrate.engines.base import ContainerSpec, Engine
+from migrate.fs.files import read_chunks
 from migrate.source.migration import check_process_owners
 from migrate.transport import Channel
-from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.bulk import StreamChannel, attach_bulk
+from migrate.wire.connection import Connection
+from migrate.wire.session import open_session
 
 CALL_TIMEOUT_S = 60.0
 RESTORE_TIMEOUT_S = 1800.0  # the agent verifies, loads the image and restores: GBs take minutes
@@ -273,19 +275,11 @@ class Drill:
                 )
             self.drill_name = f"{spec.name}-drill-{self.id[:8]}"
             self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
-            hello = self.conn.call(
-                "hello",
-                protocol=PROTOCOL_VERSION,
-                min_protocol=MIN_PROTOCOL_VERSION,
-                software=__version__,
-                faults=[],
-            )
-            methods = frozenset(m for m in hello.get("methods") or [] if isinstance(m, str))
-            self.conn.note_agent(hello)
-            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, methods)
-            if "drill_restore" not in (hello.get("methods") or []):
+            hello = open_session(self.conn)
+            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, frozenset(hello.methods))
+            if not hello.serves("drill_restore"):
                 raise Incompatible(
-                    f"the destination's migrate ({hello.get('software')}) cannot run drills",
+                    f"the destination's migrate ({hello.software}) cannot run drills",
                     hint="install the same migrate version on both hosts",
                 )
             drill_spec = replace(spec, name=self.drill_name)
@@ -308,14 +302,14 @@ class Drill:
             return spec
 
     def _drill(self, spec: ContainerSpec) -> DrillReport:
-        from migrate.source.portable import (
+        from migrate.fs.bundle import (
             CHECKPOINT_PREFIX,
             IMAGE_MEMBER,
             LOG_MEMBER,
             ROOTFS_MEMBER,
             VOLUME_PREFIX,
-            export,
         )
+        from migrate.source.portable import export
 
         assert self.conn is not None
         self.staging.mkdir(parents=True)
@@ -342,7 +336,7 @@ class Drill:
         with self.timer.phase("restore", "sending the bundle and restoring it on the destination"):
             res = self.conn.call(
                 "drill_restore",
-                stream=_chunks(path),
+                stream=read_chunks(path, _CHUNK),
                 drill_id=self.id,
                 name=self.drill_name,
                 size=exp.bundle_bytes,
@@ -427,9 +421,3 @@ def _verdict(v: Verification, timeout_s: float) -> str | None:
     if v.exit_code != 0:
         return f"the verify command exited with {v.exit_code}"
     return None
-
-
-def _chunks(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while b := f.read(_CHUNK):
-            yield b

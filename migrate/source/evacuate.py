@@ -23,7 +23,8 @@ from migrate.core.report import Report
 from migrate.engines.base import Engine
 from migrate.source.migration import Migration, RunOptions
 from migrate.transport import Channel
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -145,22 +146,16 @@ def probe_targets(
         try:
             conn = Connection(channels(t)(), timeout=HELLO_TIMEOUT_S)
             try:
-                hello = conn.call(
-                    "hello",
-                    protocol=PROTOCOL_VERSION,
-                    min_protocol=MIN_PROTOCOL_VERSION,
-                    software="",
-                    faults=[],
-                )
+                hello = open_session(conn)
                 conn.call("bye")
             finally:
                 conn.close()
         except MigrateError as e:
             said[t] = {"reachable": False, "error": e.to_wire()}
             continue
-        mem = int(hello.get("mem_available") or 0)
+        mem = hello.mem_available or 0
         available[t] = mem
-        said[t] = {"reachable": True, "host": hello.get("hostname"), "mem_available": mem}
+        said[t] = {"reachable": True, "host": hello.hostname, "mem_available": mem}
     return available, said
 
 

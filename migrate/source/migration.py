@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__
 from migrate.checkpoint import criu, postcopy
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import (
@@ -42,17 +41,19 @@ from migrate.core.errors import (
     Timeout,
     Unsupported,
 )
+from migrate.core.faults import NO_FAULTS, Faults
 from migrate.core.journal import DEFAULT_DIR, Journal, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.core.report import Bytes, NullProgress, Progress, Report, Timer
 from migrate.engines.base import ContainerSpec, Engine, NetworkInfo, VolumeInfo
-from migrate.engines.docker.images import filter_save_stream
-from migrate.fs import layers, precopy
+from migrate.fs import capture, precopy
+from migrate.fs.files import read_chunks
 from migrate.fs.precopy import PreCopy
 from migrate.source.interrupt import InterruptLatch
 from migrate.transport import Channel, Tunnel
-from migrate.transport.openssh import StreamChannel, attach_bulk
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.bulk import StreamChannel, attach_bulk
+from migrate.wire.connection import Connection
+from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +84,14 @@ class RunOptions:
     bind_mounts: str = "refuse"  # refuse | same-path | copy (docs/mounts-and-networks.md)
     compression_level: int = 1
     # adaptive: the level drops to almost none while the CPUs, not the link, are the limit
-    # (protocol.py, FAST_LEVEL); fixed: always compression_level.
+    # (wire/stream.py, FAST_LEVEL); fixed: always compression_level.
     compression: str = "adaptive"
     # Stream the read-write layer while the container runs; only what changed goes in the
     # freeze (migrate/fs/precopy.py). Off: the whole layer is captured frozen.
     precopy: bool = True
     state_dir: Path = DEFAULT_DIR
     lock_dir: Path | None = None  # None: migrate.core.lock.DEFAULT_LOCK_DIR
-    faults: frozenset[str] = frozenset()
+    faults: Faults = NO_FAULTS  # test seam (core/faults.py): none outside the test suite
     # Where checkpoint images are staged on both ends: auto | memory | disk (staging.py).
     staging: str = "auto"
     memory_root: Path = staging_mod.MEMORY_ROOT
@@ -245,7 +246,7 @@ class Migration:
                 )
             check_process_owners(self.engine, spec)
             info = self.engine.info()
-            if not info.experimental:
+            if not info.checkpoint_enabled:
                 raise EngineUnavailable(
                     "the source's Docker daemon is not running with experimental features",
                     hint='add "experimental": true to /etc/docker/daemon.json and restart '
@@ -266,23 +267,17 @@ class Migration:
             lazy_why = None if self.opts.strategy != "cold" else "not asked"
             if lazy_why is None:
                 lazy_why = self._source_postcopy_blocker(caps) or None
-            hello = self.conn.call(
-                "hello",
-                protocol=PROTOCOL_VERSION,
-                min_protocol=MIN_PROTOCOL_VERSION,
-                software=__version__,
-                faults=sorted(f for f in self.opts.faults if f.startswith("agent:")),
+            hello = open_session(
+                self.conn,
+                faults=self.opts.faults.for_side("agent"),
+                adaptive=self.opts.compression == "adaptive",
             )
             log.debug("agent: %s", hello)
-            methods = hello.get("methods")
-            if isinstance(methods, list):
-                self.agent_methods = frozenset(m for m in methods if isinstance(m, str))
-            self.conn.note_agent(hello, adaptive=self.opts.compression == "adaptive")
-            modes = hello.get("staging")
-            self.agent_memory_staging = isinstance(modes, list) and "memory" in modes
+            self.agent_methods = frozenset(hello.methods)
+            self.agent_memory_staging = "memory" in hello.staging
             # Before anything is frozen: its handshake must not land in the downtime.
             self.stream_channel = attach_bulk(
-                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults
+                self.conn, self.opts.bulk, self.agent_methods, self.opts.faults.points
             )
             if lazy_why is None and "postcopy_wait" not in self.agent_methods:
                 lazy_why = "the destination's migrate is too old for post-copy"
@@ -315,7 +310,7 @@ class Migration:
         if not pipe.ok:
             return f"{pipe.problem} (fix: {pipe.fix})"
         assert self.conn is not None
-        if not hasattr(self.conn.ch, "reverse_tunnel"):
+        if self.conn.ch.tunnels() is None:
             return "this transport cannot carry the page-server link"
         return ""
 
@@ -370,7 +365,7 @@ class Migration:
                     "destination (shared storage), or --bind-mounts copy to move its content "
                     "to the same path there",
                 )
-        if spec.network_mode.startswith("container:") or spec.network_mode == "host":
+        if self.engine.shares_network_namespace(spec):
             raise Unsupported(
                 f"{spec.name} uses network mode {spec.network_mode!r}",
                 hint="only bridge, user-defined and none networks can be migrated",
@@ -386,7 +381,7 @@ class Migration:
             v = self.engine.volume(m.name) if m.name else None
             if v is None:
                 raise Unsupported(f"{spec.name}: the volume at {m.destination} is gone")
-            if v.driver != "local" or "device" in v.options or "type" in v.options:
+            if not self.engine.volume_movable(v):
                 raise Unsupported(
                     f"{spec.name} uses volume {v.name} (driver {v.driver}, options "
                     f"{dict(v.options)}): its content is not in a directory of this host",
@@ -417,18 +412,12 @@ class Migration:
     def _networks(self, spec: ContainerSpec) -> list[NetworkInfo]:
         """The user-defined networks the container is on (its network mode's and any it was
         connected to later), each to be created on the destination if missing there."""
-        mode = spec.network_mode
-        if mode in ("host", "none") or mode.startswith("container:"):
-            return []
-        names = dict.fromkeys([mode, *spec.networks])
         out = []
-        for name in names:
-            if name in ("", "default", "bridge", "none", "host"):
-                continue
+        for name in self.engine.user_networks(spec):
             net = self.engine.network(name)
             if net is None:
                 raise Unsupported(f"{spec.name}'s network {name} is gone on the source")
-            if net.driver != "bridge":
+            if not self.engine.network_movable(net):
                 raise Unsupported(
                     f"{spec.name} is on network {name} with driver {net.driver}",
                     hint="only bridge networks (the default and user-defined ones) migrate; "
@@ -453,7 +442,7 @@ class Migration:
             refs = [spec.image_ref] if spec.image_ref in img.repo_tags else []
             refs = refs or list(img.repo_tags[:1]) or [img.id]
             stats: dict[str, int] = {}
-            stream = filter_save_stream(self.engine.save_image(refs), have, stats)
+            stream = self.engine.save_missing_layers(refs, have, stats)
             res = self.conn.call(
                 "load_image",
                 stream=stream,
@@ -500,7 +489,7 @@ class Migration:
             pc = PreCopy.start(pids)
             volumes_pc = pc  # volumes get one pass, from the first one's start
             t_pass = time.monotonic()
-            cap = layers.capture(upper, live=True, record=pc.record)
+            cap = capture.capture(upper, live=True, record=pc.record)
             res = self.conn.call(
                 "precopy_rootfs",
                 stream=cap,
@@ -523,7 +512,9 @@ class Migration:
                 # or was too recently changed to vouch for goes now rather than in the freeze.
                 t_pass = time.monotonic()
                 pc = PreCopy.start(pids, previous=pc)
-                cap = layers.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
+                cap = capture.capture(
+                    upper, live=True, record=pc.record, keep=pc.keep_from_previous
+                )
                 res = self.conn.call(
                     "put_rootfs_delta",
                     stream=cap,
@@ -548,7 +539,7 @@ class Migration:
                     vpc = volumes_pc.under(where.get(v.name, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_volume",
-                        stream=layers.capture(Path(v.mountpoint), live=True, record=vpc.record),
+                        stream=capture.capture(Path(v.mountpoint), live=True, record=vpc.record),
                         migration_id=self.id,
                         volume=v.name,
                         timeout=RESTORE_TIMEOUT_S,
@@ -567,7 +558,7 @@ class Migration:
                     bpc = volumes_pc.under(where.get(path, "/nonexistent"))
                     res = self.conn.call(
                         "precopy_bind",
-                        stream=layers.capture(Path(path), live=True, record=bpc.record),
+                        stream=capture.capture(Path(path), live=True, record=bpc.record),
                         migration_id=self.id,
                         path=path,
                         timeout=RESTORE_TIMEOUT_S,
@@ -655,7 +646,9 @@ class Migration:
             pc = self.precopied
             # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
             # what the frozen tree no longer has).
-            cap = layers.capture(upper) if pc is None else layers.capture(upper, keep=pc.unchanged)
+            cap = (
+                capture.capture(upper) if pc is None else capture.capture(upper, keep=pc.unchanged)
+            )
             res = self.conn.call(
                 "put_rootfs" if pc is None else "put_rootfs_delta",
                 stream=cap,
@@ -670,9 +663,9 @@ class Migration:
             with self.timer.phase("volumes", f"volume {v.name}"):
                 vpc = self.precopied_volumes.get(v.name)
                 vcap = (
-                    layers.capture(Path(v.mountpoint))
+                    capture.capture(Path(v.mountpoint))
                     if vpc is None
-                    else layers.capture(Path(v.mountpoint), keep=vpc.unchanged)
+                    else capture.capture(Path(v.mountpoint), keep=vpc.unchanged)
                 )
                 res = self.conn.call(
                     "put_volume" if vpc is None else "put_volume_delta",
@@ -691,9 +684,9 @@ class Migration:
                 with self.timer.phase("binds", f"bind mount {path}"):
                     bpc = self.precopied_binds.get(path)
                     bcap = (
-                        layers.capture(Path(path))
+                        capture.capture(Path(path))
                         if bpc is None
-                        else layers.capture(Path(path), keep=bpc.unchanged)
+                        else capture.capture(Path(path), keep=bpc.unchanged)
                     )
                     res = self.conn.call(
                         "put_bind" if bpc is None else "put_bind_delta",
@@ -708,7 +701,7 @@ class Migration:
             with self.timer.phase("logs", "log history"):
                 res = self.conn.call(
                     "put_log",
-                    stream=_file_chunks(log_path),
+                    stream=read_chunks(log_path),
                     migration_id=self.id,
                     timeout=RESTORE_TIMEOUT_S,
                 )
@@ -717,7 +710,7 @@ class Migration:
             total = _dir_size(img_dir)
             res = self.conn.call(
                 "put_checkpoint",
-                stream=self._faulty(layers.capture(img_dir), "source:mid_stream"),
+                stream=self._faulty(capture.capture(img_dir), "source:mid_stream"),
                 migration_id=self.id,
                 timeout=RESTORE_TIMEOUT_S,
                 **self._dest_staging_args(),
@@ -729,13 +722,17 @@ class Migration:
             self.staged_in["destination"] = str(res.get("staging") or "disk")
         tunnel = None
         if self.page_server is not None:
-            tunnel = self.conn.ch.reverse_tunnel(self.page_server.port)  # type: ignore[attr-defined]
+            open_tunnel = self.conn.ch.tunnels()
+            assert open_tunnel is not None  # lazy needs it: _source_postcopy_blocker
+            tunnel = open_tunnel(self.page_server.port)
             self.tunnel = tunnel
         self._fault("source:before_restore")
         self.interrupts.check()
         with self.timer.phase("restore", "restoring on the destination"):
             t_call = time.monotonic()
-            extra = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            extra: dict[str, Any] = (
+                {} if tunnel is None else {"page_server_port": tunnel.remote_port}
+            )
             res = self.conn.call(
                 "restore", migration_id=self.id, timeout=RESTORE_TIMEOUT_S, **extra
             )
@@ -762,9 +759,8 @@ class Migration:
         here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
         assert self.conn is not None and self.page_server is not None
         self.journal.append("postcopy")
-        hold = getattr(self.tunnel, "hold", None)
-        if "source:wait:postcopy" in self.opts.faults and hold is not None:
-            hold()  # the test breaks the link while post-copy is surely unfinished
+        if self.opts.faults.on("source:wait:postcopy") and self.tunnel is not None:
+            self.tunnel.hold()  # the test breaks the link while post-copy is surely unfinished
         self._fault("source:postcopy")
         ps = self.page_server
         with self.timer.phase("postcopy", "moving the rest of the memory"):
@@ -944,29 +940,15 @@ class Migration:
     # --- helpers --------------------------------------------------------------------------
 
     def _fault(self, point: str) -> None:
-        """Test-only hooks (MIGRATE_FAULTS): ``source:POINT`` raises there; ``source:wait:POINT``
-        writes this pid to $MIGRATE_FAULT_MARK and waits until that file is removed (a test
-        kills this process, or cuts the link, meanwhile)."""
+        """The test seam at ``source:POINT`` (core/faults.py): a wait point writes
+        ``PID STEP MIGRATION_ID`` to the mark file first."""
         name = point.removeprefix("source:")
-        if f"source:wait:{name}" in self.opts.faults:
-            mark = Path(os.environ.get("MIGRATE_FAULT_MARK", "/tmp/migrate-fault-mark"))
-            mark.write_text(f"{os.getpid()} {name} {self.id}\n")
-            log.warning("fault injected: waiting at %s until %s is removed", name, mark)
-            while mark.exists():
-                time.sleep(0.05)
-        if point in self.opts.faults:
-            from migrate.core.errors import InjectedFault
-
-            raise InjectedFault(f"fault injected at {point}")
+        self.opts.faults.reach(point, f"{os.getpid()} {name} {self.id}\n")
 
     def _faulty(self, chunks: Iterator[bytes], point: str) -> Iterator[bytes]:
-        """Pass a stream through, calling the fault hook ``point`` after its first chunk."""
-        first = True
-        for c in chunks:
-            yield c
-            if first:
-                first = False
-                self._fault(point)
+        """Pass a stream through, reaching the fault point ``point`` after its first chunk."""
+        name = point.removeprefix("source:")
+        return self.opts.faults.wrap(chunks, point, f"{os.getpid()} {name} {self.id}\n")
 
     def _count(self, what: str, stream_stats: dict[str, Any]) -> None:
         self.bytes[what] += int(stream_stats.get("raw", 0))
@@ -1032,12 +1014,6 @@ def _read_int(path: Path) -> int | None:
         return None
 
 
-def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
-
-
 def _dir_size(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
@@ -1049,23 +1025,11 @@ def _dir_size(path: Path) -> int:
     return total
 
 
-def faults_from_env() -> frozenset[str]:
-    """MIGRATE_FAULTS=point[,point...]: test-only fault injection (see docs/testing.md)."""
-    raw = os.environ.get("MIGRATE_FAULTS", "")
-    return frozenset(p.strip() for p in raw.split(",") if p.strip())
-
-
 def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) -> None:
     """Ask a fresh agent to roll back ``migration_id`` from its journal."""
     conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
     try:
-        conn.call(
-            "hello",
-            protocol=PROTOCOL_VERSION,
-            min_protocol=MIN_PROTOCOL_VERSION,
-            software=__version__,
-            faults=[],
-        )
+        open_session(conn)
         conn.call("abort", migration_id=migration_id, timeout=60)
         conn.call("bye")
     finally:

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migrate import __version__
 from migrate.checkpoint import criu
 from migrate.checkpoint import staging as staging_mod
 from migrate.core.errors import Busy, ContainerNotFound, InDoubt, MigrateError
@@ -24,7 +23,8 @@ from migrate.core.journal import DEFAULT_DIR, Pending, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.engines.base import Engine
 from migrate.transport import Channel
-from migrate.wire.protocol import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Connection
+from migrate.wire.connection import Connection
+from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +121,7 @@ def _settle(
             raise InDoubt(f"{label}: cannot reach the destination's agent: {e.message}") from None
         actions: list[str] = []
         try:
-            conn.call(
-                "hello",
-                protocol=PROTOCOL_VERSION,
-                min_protocol=MIN_PROTOCOL_VERSION,
-                software=__version__,
-                faults=[],
-            )
+            open_session(conn)
             st = conn.call("status", migration_id=p.migration_id)
             last = str(st.get("last") or "")
             if st.get("live"):

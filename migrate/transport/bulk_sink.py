@@ -125,6 +125,13 @@ class BulkEnd:
     def peer(self) -> str:
         return "the source's bulk connection"
 
+    # Receive only, on the agent's side: it opens nothing towards the source.
+    def tunnels(self) -> None:
+        return None
+
+    def bulk(self) -> None:
+        return None
+
 
 class BulkListener:
     """One-shot: accepts the sink of this agent's source on a private unix socket."""

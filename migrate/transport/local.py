@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Self
 
 from migrate.core.errors import AgentUnavailable, ConnectionLost, Timeout
+from migrate.transport import TunnelFactory
 from migrate.transport.tail import DEFAULT_TAIL_BYTES, StderrTail
 from migrate.transport.tunnel import DirectTunnel
 
@@ -182,6 +183,12 @@ class LocalChannel:
     @property
     def peer(self) -> str:
         return "local"
+
+    def tunnels(self) -> TunnelFactory:
+        return self.reverse_tunnel
+
+    def bulk(self) -> None:
+        return None  # no SSH connection to follow: streams go on the pipes
 
     # --- extras -------------------------------------------------------------------------
 

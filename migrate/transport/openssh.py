@@ -5,7 +5,8 @@ paramiko does every 32 KiB packet's work in Python under the GIL, which caps a s
 (checkpoint, read-write layer, volumes, logs) go through an ``ssh`` child process instead:
 we write frames to its stdin (a pipe write releases the GIL; OpenSSH encrypts in C) and the
 agent reads them from sshd's pipe (migrate/transport/bulk_sink.py). Requests, answers and
-errors stay on the paramiko control channel.
+errors stay on the paramiko control channel. Whether a session uses it, and attaching it to the
+session's Connection, is migrate/wire/bulk.py's job.
 
 Security: the child trusts exactly the host key paramiko verified for the control connection
 (written to a private known_hosts file, StrictHostKeyChecking=yes, no other known_hosts, no
@@ -26,17 +27,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from migrate.core.errors import BulkUnavailable, ConnectionLost, MigrateError, Timeout
-from migrate.transport.bulk_sink import ACK, parse_token_line, set_pipe_size, token_line
+from migrate.core.errors import BulkUnavailable, ConnectionLost, Timeout
+from migrate.transport import BulkTarget
+from migrate.transport.bulk_sink import ACK, set_pipe_size, token_line
 from migrate.transport.tail import StderrTail
-from migrate.wire.protocol import Connection
 
 log = logging.getLogger(__name__)
 
-BULK_MODES = ("auto", "openssh", "paramiko")
 # How long the bulk connection may take to come up (handshake + auth + starting the sink);
 # measured 0.2-0.6 s on the lab. Past this `auto` falls back to paramiko.
 READY_TIMEOUT_S = 10.0
@@ -56,19 +55,6 @@ CIPHERS = (
 HOST_KEY_ALIAS = "migrate-bulk-peer"
 CLOSE_TIMEOUT_S = 5.0
 WRITE_CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class BulkTarget:
-    """Where and as whom the control connection logged in, and the key it verified."""
-
-    host: str
-    port: int
-    user: str
-    identity: Path | None  # None: OpenSSH's defaults (ssh-agent, ~/.ssh/id_*)
-    host_key_type: str  # e.g. ssh-ed25519, as paramiko names it
-    host_key_b64: str
-    agent_command: str  # the remote command that started the agent (env prefix included)
 
 
 def host_key_algorithms(key_type: str) -> str:
@@ -129,16 +115,6 @@ def ssh_argv(ssh: str, target: BulkTarget, known_hosts: Path, socket_path: str) 
         sink_command(target.agent_command, socket_path),
     ]
     return argv
-
-
-def unavailable_hint(mode: str) -> str:
-    return (
-        "check that `ssh` (OpenSSH) is installed on this host and that the same key logs in "
-        "with it non-interactively (`ssh -o BatchMode=yes -i KEY USER@HOST true`); or pass "
-        "--bulk paramiko to stream over the control connection (slower)"
-        if mode == "openssh"
-        else ""
-    )
 
 
 KH_SUFFIX = ".known_hosts"
@@ -345,77 +321,3 @@ class BulkLink:
             if not chunk:
                 break
             self._tail.feed(chunk)
-
-
-# --- choosing the stream channel for a session ----------------------------------------------
-
-# Test hook (MIGRATE_FAULTS): the bulk connection gets an identity that does not exist, so
-# OpenSSH has no key to offer and its authentication fails.
-FAULT_NO_KEY = "source:bulk_no_key"
-_MISSING_KEY = Path("/nonexistent/migrate-bulk-test-key")
-
-
-@dataclass(frozen=True)
-class StreamChannel:
-    """Which channel this session's streams use, and why (for the report)."""
-
-    name: str  # openssh | paramiko | local
-    note: str = ""
-    pid: int | None = None  # the ssh child's, for openssh
-
-
-def attach_bulk(
-    conn: Connection,
-    mode: str,
-    agent_methods: frozenset[str],
-    faults: frozenset[str] = frozenset(),
-) -> StreamChannel:
-    """Open the bulk connection for ``conn`` per ``--bulk`` (right after the hello, long
-    before any freeze). ``auto``: OpenSSH when it comes up, else paramiko with the reason;
-    ``openssh``: BulkUnavailable instead of falling back; ``paramiko``: never tried."""
-    if mode not in BULK_MODES:
-        raise ValueError(f"unknown bulk mode {mode!r}")
-    target_of = getattr(conn.ch, "bulk_target", None)
-    if target_of is None:
-        if mode == "openssh":
-            raise BulkUnavailable(
-                f"--bulk openssh needs an ssh:// destination (this one is {conn.ch.peer})",
-                hint="use --bulk auto or paramiko with local://",
-            )
-        return StreamChannel("local")
-    if mode == "paramiko":
-        return StreamChannel("paramiko", "--bulk paramiko")
-    try:
-        if "bulk_open" not in agent_methods:
-            raise BulkUnavailable(
-                "the destination's migrate has no bulk connection (older)",
-                hint="install the same migrate version on both hosts",
-            )
-        target = target_of()
-        if FAULT_NO_KEY in faults:
-            target = BulkTarget(**{**target.__dict__, "identity": _MISSING_KEY})
-        res = conn.call("bulk_open")
-        sock, token = res.get("socket"), res.get("token")
-        if (
-            not isinstance(sock, str)
-            or not sock.startswith("/")
-            or "\0" in sock
-            or not isinstance(token, str)
-            or parse_token_line(token.encode() + b"\n") is None
-        ):
-            raise BulkUnavailable("the agent's answer to bulk_open is malformed")
-        try:
-            link = BulkLink.start(target, sock, token)
-        except OSError as e:
-            raise BulkUnavailable(f"cannot start ssh: {e.strerror or e}") from None
-    except (ConnectionLost, Timeout):
-        raise  # the control connection itself: the caller's error path
-    except MigrateError as e:
-        if mode == "openssh":
-            raise BulkUnavailable(
-                e.message, hint=e.hint or unavailable_hint(mode), details=e.details
-            ) from None
-        log.info("--bulk auto: streaming over paramiko (%s)", e.message)
-        return StreamChannel("paramiko", f"OpenSSH bulk connection unavailable: {e.message}")
-    conn.bulk = link
-    return StreamChannel("openssh", pid=link.pid)

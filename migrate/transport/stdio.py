@@ -65,3 +65,10 @@ class StdioChannel:
     @property
     def peer(self) -> str:
         return "source"
+
+    # The agent's end opens nothing towards the source.
+    def tunnels(self) -> None:
+        return None
+
+    def bulk(self) -> None:
+        return None

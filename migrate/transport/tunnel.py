@@ -121,6 +121,9 @@ class DirectTunnel:
     def remote_port(self) -> int:
         return self._port
 
+    def hold(self) -> None:
+        pass  # nothing passes through us to hold back
+
     def close(self) -> None:
         pass
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from migrate.core.errors import MigrateError
 from migrate.transport.local import LocalChannel
-from migrate.wire.protocol import KIND_CONTROL, KIND_DATA, KIND_END, MAGIC, METHODS
+from migrate.wire.framing import KIND_CONTROL, KIND_DATA, KIND_END, MAGIC
+from migrate.wire.messages import METHODS
 
 HEADER = struct.Struct("!2sBI")
 

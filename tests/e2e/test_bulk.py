@@ -24,7 +24,7 @@ from test_handover import (
     wait_mark,
 )
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 BULK_ROOT = Path("/run/migrate")  # where agents put their one-shot bulk sockets
 

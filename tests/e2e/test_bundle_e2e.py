@@ -15,7 +15,7 @@ from conftest import remove_containers
 from test_run import COUNTER, _count, _start_counter, counter_image  # noqa: F401 - fixture
 from test_run_fast_restore import _memory_sum, start_holder
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 
 @pytest.fixture

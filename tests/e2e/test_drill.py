@@ -16,7 +16,7 @@ from typing import Any
 from test_run import COUNTER, _count, transport_args  # noqa: F401 - fixture
 from test_run_leftovers import _copies_with
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 STAGING = Path("/var/lib/migrate/staging")
 DRILL_LABEL = "org.migrate.source.drill"

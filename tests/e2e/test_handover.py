@@ -25,7 +25,7 @@ import pytest
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
@@ -1045,7 +1045,7 @@ def test_agent_killed_during_a_lazy_local_restore(
     heap in the counter's shell make the restore lazy): once the daemon runs, or once runc's
     host-wide CRIU configuration names it (while Docker starts the task). Rolled back; no
     daemon, work directory, lazy runc configuration or copy left on B."""
-    from migrate.engines.docker.engine import RUNC_CRIU_CONF
+    from migrate.engines.docker.runc_conf import RUNC_CRIU_CONF
 
     def conf_names(work: Path) -> bool:
         try:

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from migrate.core.errors import LabError
-from migrate.lab.hosts import NETNS_DIR, Lab, LabConfig, migrate_executable, pid_alive
+from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.hosts import Lab
+from migrate.lab.system import NETNS_DIR, pid_alive
 
 RunFn = Callable[..., "subprocess.CompletedProcess[str]"]
 CYCLE_LAB = os.environ.get("MIGRATE_TEST_LAB2", "mtest2")

@@ -27,7 +27,7 @@ from test_handover import (
     wait_mark,
 )
 
-from migrate.lab.hosts import LINK_IFACE
+from migrate.lab.network import LINK_IFACE
 
 # Longer than the source's dead-peer timeout (15 s), or TCP would just resume the stream.
 LINK_DOWN_S = 22.0

@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 import pytest
+from conftest import AGENT_FAULTS_ON
 
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 COUNTER = (
     "echo new > /created; echo changed >> /etc/motd; rm /etc/deleteme; "
@@ -33,7 +34,8 @@ def transport_args(
         "--to",
         "local://",
         "--agent-command",
-        f"nsenter --net=/run/netns/{netns} --mount={mntns} {migrate_executable()} agent",
+        f"{AGENT_FAULTS_ON} nsenter --net=/run/netns/{netns} --mount={mntns} "
+        f"{migrate_executable()} agent",
         "--dest-docker-host",
         lab.host("b").docker_host,
     ]

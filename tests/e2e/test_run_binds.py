@@ -23,7 +23,8 @@ import docker.errors
 import docker.types
 import pytest
 
-from migrate.lab.hosts import LOCAL_DIR, Lab
+from migrate.lab.config import LOCAL_DIR
+from migrate.lab.hosts import Lab
 
 WRITER = "i=0; while true; do i=$((i+1)); echo $i > /shared/count; sleep 0.1; done"
 # Appends one numbered line per tick: after the move B's file must go on from where A's stopped.

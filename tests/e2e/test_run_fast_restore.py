@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migrate.engines.docker.engine import RUNC_CRIU_CONF
+from migrate.engines.docker.runc_conf import RUNC_CRIU_CONF
 
 # 48 MiB of random text held by one awk process, in 8 KiB strings (above the agent's 16 MiB
 # threshold for the split restore). On request (a line written to the FIFO /tmp/ask) awk

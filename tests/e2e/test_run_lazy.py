@@ -19,7 +19,7 @@ from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.engines.docker.engine import RUNC_CRIU_CONF, criu_config_lock
+from migrate.engines.docker.runc_conf import RUNC_CRIU_CONF, criu_config_lock
 
 STAGING = Path("/var/lib/migrate/staging")
 

@@ -13,10 +13,12 @@ import docker.types
 import pytest
 
 # Writes a counter into the named volume and one into the anonymous volume (the shell's
-# memory holds the same value), and logs a line per tick.
+# memory holds the same value), and logs a line per tick. Each file is replaced by a rename:
+# a reader never sees one truncated (CI read an empty /anon/count under load).
 WRITER = (
     "echo before-move-marker; i=0; while true; do i=$((i+1)); "
-    "echo $i > /data/count.new; mv /data/count.new /data/count; echo $i > /anon/count; "
+    "echo $i > /data/count.new; mv /data/count.new /data/count; "
+    "echo $i > /anon/count.new; mv /anon/count.new /anon/count; "
     "echo tick $i; sleep 0.1; done"
 )
 SETUP = (

@@ -24,8 +24,8 @@ from typing import Any
 import docker.errors
 import pytest
 
-from migrate.fs.layers import OVERLAY_HOST_XATTRS
-from migrate.lab.hosts import migrate_executable
+from migrate.fs.capture import OVERLAY_HOST_XATTRS
+from migrate.lab.config import migrate_executable
 
 SETUP = " && ".join(
     [

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from migrate.lab.config import DOCKERD
-from migrate.lab.hosts import docker_client
+from migrate.lab.dockerd import docker_client
 from migrate.lab.system import read_pid, stop_pid
 
 UNSHARE = "/usr/bin/unshare"

@@ -14,7 +14,7 @@ from typing import Any
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.lab.hosts import migrate_executable
+from migrate.lab.config import migrate_executable
 
 
 def _gone(run: Any, path: Path) -> bool:

@@ -21,7 +21,8 @@ from typing import Any
 
 from docker.errors import NotFound
 
-from migrate.lab.hosts import DOCKER_CLI, Lab, LabHost
+from migrate.lab.dockerd import DOCKER_CLI
+from migrate.lab.hosts import Lab, LabHost
 
 # The file is replaced atomically, so a dump between two writes never sees it half-written.
 COUNTER = (

@@ -1,4 +1,4 @@
-"""migrate's own dumps skip CRIU's network lock (engines/docker.py, dump_env), on a real
+"""migrate's own dumps skip CRIU's network lock (engines/docker/runc_conf.py, dump_env), on a real
 runc + CRIU dump of a container on lab host A, and the restore follows: CRIU records the
 method in the images, so Docker's restore (which migrate cannot give options) lifts no lock.
 A container with an established TCP connection is still refused by the dump (the lock would
@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from migrate.core.errors import CheckpointFailed
-from migrate.engines.docker.engine import DUMP_CONF, DockerEngine
+from migrate.engines.docker.engine import DockerEngine
+from migrate.engines.docker.runc_conf import DUMP_CONF
 from migrate.lab.hosts import Lab
 
 # CRIU's NETWORK_LOCK_SKIP as inventory.img stores it (a uint32: iptables 0, nftables 1, skip 2;

@@ -42,7 +42,7 @@ def engine_info(**over: Any) -> EngineInfo:
         "engine": "docker",
         "version": "20.10.24",
         "api_version": "1.41",
-        "experimental": True,
+        "checkpoint_enabled": True,
         "storage_driver": "overlay2",
         "data_root": "/var/lib/docker",
         "runtime": "runc",
@@ -54,6 +54,8 @@ def engine_info(**over: Any) -> EngineInfo:
         "host_name": "a",
     }
     base.update(over)
+    # As the Docker engine derives it: the read-write layer is taken from overlay2 only.
+    base.setdefault("rootfs_supported", base["storage_driver"] == "overlay2")
     return EngineInfo(**base)
 
 
@@ -121,7 +123,7 @@ def test_features_are_warnings() -> None:
 def test_engine_rows() -> None:
     r = rows(check.check_engine(engine_info(), None))
     assert all(x.ok for x in r.values())
-    r = rows(check.check_engine(engine_info(experimental=False), None))
+    r = rows(check.check_engine(engine_info(checkpoint_enabled=False), None))
     assert not r["docker_experimental"].ok and r["docker_experimental"].required
     assert '"experimental": true' in r["docker_experimental"].fix
     assert "--experimental" in r["docker_experimental"].fix

@@ -8,7 +8,7 @@ import pytest
 
 from migrate.core.errors import ProtocolError
 from migrate.source.drill import DrillReport, Verification, _verdict
-from migrate.wire.protocol import validate_request
+from migrate.wire.messages import validate_request
 
 
 def _report(**kw: object) -> DrillReport:

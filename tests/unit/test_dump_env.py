@@ -1,4 +1,4 @@
-"""The CRIU options migrate gives its own dumps (engines/docker.py, dump_env): the network lock
+"""The CRIU options migrate gives its own dumps (engines/docker/runc_conf.py, dump_env): the network lock
 is skipped only where nothing the lock protects can be dumped."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate.engines.docker import engine as d
+from migrate.engines.docker import runc_conf as d
 
 
 @pytest.fixture

@@ -21,15 +21,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrate.core.errors import BundleInvalid, MigrateError
-from migrate.fs import layers
-from migrate.fs.layers import (
+from migrate.fs.capture import OVERLAY_HOST_XATTRS, capture, capture_to
+from migrate.fs.extract import (
     CHECKPOINT_POLICY,
     ROOTFS_POLICY,
     VOLUME_POLICY,
     ExtractPolicy,
     apply,
-    capture,
-    capture_to,
     extract,
 )
 
@@ -71,7 +69,7 @@ def tar_of(root: Path, **kw: object) -> bytes:
     return b"".join(capture(root, **kw))  # type: ignore[arg-type]
 
 
-def snapshot(root: Path, drop: frozenset[str] = layers.OVERLAY_HOST_XATTRS) -> dict[bytes, tuple]:
+def snapshot(root: Path, drop: frozenset[str] = OVERLAY_HOST_XATTRS) -> dict[bytes, tuple]:
     """Everything apply promises to restore, per relative path (root included)."""
     base = os.fsencode(root)
     out: dict[bytes, tuple] = {}

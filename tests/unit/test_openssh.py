@@ -8,7 +8,7 @@ import socket
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +16,12 @@ from test_protocol import Pipe
 
 from migrate.agent.server import Agent
 from migrate.core import errors
-from migrate.transport import bulk_sink, openssh
-from migrate.transport.openssh import BulkTarget, ssh_argv
-from migrate.wire import protocol
-from migrate.wire.protocol import Connection, StreamReader
+from migrate.transport import BulkTarget, bulk_sink, openssh
+from migrate.transport.openssh import ssh_argv
+from migrate.wire import framing, messages
+from migrate.wire.bulk import attach_bulk
+from migrate.wire.connection import Connection
+from migrate.wire.stream import StreamReader
 
 TARGET = BulkTarget(
     host="10.0.0.2",
@@ -141,16 +143,16 @@ class FakeBulk(Pipe):
         self.closed = True
 
 
-def _frames(data: bytes) -> list[protocol.Frame]:
+def _frames(data: bytes) -> list[framing.Frame]:
     ch = Pipe(data)
     out = []
     while ch.buf:
-        out.append(protocol.read_frame(ch))
+        out.append(framing.read_frame(ch))
     return out
 
 
 def _answer(rid: int) -> bytes:
-    return protocol.encode_control(protocol.response_message(rid, {"ok": True}))
+    return framing.encode_control(messages.response_message(rid, {"ok": True}))
 
 
 def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
@@ -161,12 +163,12 @@ def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
     res = conn.call("put_log", stream=iter([b"hello " * 1000]), migration_id="m")
     assert res["ok"] is True
     req = _frames(bytes(ctl.sent))
-    assert len(req) == 1 and protocol.decode_control(req[0].body)["via"] == "bulk"
+    assert len(req) == 1 and framing.decode_control(req[0].body)["via"] == "bulk"
     frames = _frames(bytes(bulk.sent))
-    assert frames[0].kind == protocol.KIND_CONTROL
-    assert protocol.decode_control(frames[0].body) == {"type": "stream", "id": 1}
-    assert frames[-1].kind == protocol.KIND_END
-    assert all(f.kind == protocol.KIND_DATA for f in frames[1:-1])
+    assert frames[0].kind == framing.KIND_CONTROL
+    assert framing.decode_control(frames[0].body) == {"type": "stream", "id": 1}
+    assert frames[-1].kind == framing.KIND_END
+    assert all(f.kind == framing.KIND_DATA for f in frames[1:-1])
     # Read back by the agent's reader from the bulk bytes (after the header).
     reader = StreamReader(Connection(Pipe(bytes(bulk.sent)[len(frames[0].body) + 7 :])))
     assert reader.read() == b"hello " * 1000
@@ -194,7 +196,7 @@ def test_a_source_read_error_mid_stream_kills_the_bulk_connection() -> None:
     with pytest.raises(errors.DiskFull):
         conn.call("put_log", stream=chunks(), migration_id="m")
     assert bulk.killed and conn.bulk is None
-    assert _frames(bytes(bulk.sent))[-1].kind != protocol.KIND_END
+    assert _frames(bytes(bulk.sent))[-1].kind != framing.KIND_END
 
 
 def test_a_dead_bulk_connection_fails_the_stream_before_the_request() -> None:
@@ -213,7 +215,7 @@ def test_calls_without_a_stream_stay_on_the_control_channel() -> None:
     conn = Connection(ctl)
     conn.bulk = FakeBulk()
     conn.call("status", migration_id="m")
-    assert "via" not in protocol.decode_control(_frames(bytes(ctl.sent))[0].body)
+    assert "via" not in framing.decode_control(_frames(bytes(ctl.sent))[0].body)
     assert not conn.bulk.sent  # type: ignore[union-attr]
 
 
@@ -227,21 +229,21 @@ def _agent_with_bulk(bulk_bytes: bytes) -> Agent:
 
 
 def test_agent_takes_the_stream_whose_header_names_the_request() -> None:
-    data = protocol.encode_control(protocol.stream_header(7)) + protocol.encode_frame(
-        protocol.KIND_END, b""
+    data = framing.encode_control(messages.stream_header(7)) + framing.encode_frame(
+        framing.KIND_END, b""
     )
     agent = _agent_with_bulk(data)
     conn = agent._stream_conn(7, "bulk")
     assert conn is agent._bulk
-    assert conn.recv_frame().kind == protocol.KIND_END
+    assert conn.recv_frame().kind == framing.KIND_END
 
 
 @pytest.mark.parametrize(
     "head",
     [
-        protocol.encode_control(protocol.stream_header(6)),  # another request's stream
-        protocol.encode_frame(protocol.KIND_DATA, b"x"),  # no header at all
-        protocol.encode_control({"type": "stream", "id": 7, "extra": 1}),
+        framing.encode_control(messages.stream_header(6)),  # another request's stream
+        framing.encode_frame(framing.KIND_DATA, b"x"),  # no header at all
+        framing.encode_control({"type": "stream", "id": 7, "extra": 1}),
         b"XX" + b"\0" * 5,  # not a frame
     ],
 )
@@ -321,26 +323,26 @@ def test_check_row_for_the_bulk_connection() -> None:
 class _SshLike(Pipe):
     peer = "ssh://root@b:22"
 
-    def bulk_target(self) -> BulkTarget:
-        return TARGET
+    def bulk(self) -> Callable[[], BulkTarget]:
+        return lambda: TARGET
 
 
 def test_attach_bulk_modes_without_trying_ssh() -> None:
     local = Connection(Pipe())
-    assert openssh.attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
+    assert attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
     with pytest.raises(errors.BulkUnavailable) as e:
-        openssh.attach_bulk(local, "openssh", frozenset({"bulk_open"}))
+        attach_bulk(local, "openssh", frozenset({"bulk_open"}))
     assert e.value.exit_code == errors.EXIT_REFUSED
     ssh = Connection(_SshLike())
-    ch = openssh.attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
+    ch = attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
     assert (ch.name, ssh.bulk) == ("paramiko", None)
     # An older agent without bulk_open: auto falls back and says why, openssh refuses.
-    ch = openssh.attach_bulk(ssh, "auto", frozenset())
+    ch = attach_bulk(ssh, "auto", frozenset())
     assert ch.name == "paramiko" and "no bulk connection" in ch.note and ssh.bulk is None
     with pytest.raises(errors.BulkUnavailable, match="no bulk connection"):
-        openssh.attach_bulk(ssh, "openssh", frozenset())
+        attach_bulk(ssh, "openssh", frozenset())
     with pytest.raises(ValueError):
-        openssh.attach_bulk(ssh, "carrier-pigeon", frozenset())
+        attach_bulk(ssh, "carrier-pigeon", frozenset())
 
 
 def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
@@ -348,8 +350,8 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
 ) -> None:
     token = bulk_sink.new_token()
     ctl = _SshLike(
-        protocol.encode_control(
-            protocol.response_message(1, {"socket": "/run/migrate/bulk-x/s", "token": token})
+        framing.encode_control(
+            messages.response_message(1, {"socket": "/run/migrate/bulk-x/s", "token": token})
         )
     )
     conn = Connection(ctl)
@@ -364,7 +366,7 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     monkeypatch.setattr(
         tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw), seen.append(Path(r[1])))[0]
     )
-    ch = openssh.attach_bulk(conn, "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(conn, "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "Permission denied" in ch.note, ch
     assert conn.bulk is None
     assert len(seen) == 1 and seen[0].parent == tmp_path  # it was written, then removed
@@ -399,9 +401,9 @@ def test_stale_known_hosts_of_dead_sources_are_swept(
 )
 def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, object]) -> None:
     def conn() -> Connection:
-        return Connection(_SshLike(protocol.encode_control(protocol.response_message(1, answer))))
+        return Connection(_SshLike(framing.encode_control(messages.response_message(1, answer))))
 
-    ch = openssh.attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "malformed" in ch.note
     with pytest.raises(errors.BulkUnavailable, match="malformed"):
-        openssh.attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))
+        attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))

@@ -106,4 +106,6 @@ def test_lab_inventory_parses(tmp_path: Path) -> None:
     assert meta["a"]["ansible_host"] == "10.213.99.1"
     assert meta["b"]["ansible_host"] == "10.213.99.2"
     assert meta["a"]["migrate_copy_source"] is False
+    # The lab hosts install from this checkout: prepare.yml runs its scripts/setup.sh.
+    assert (Path(meta["a"]["migrate_source"]) / "scripts" / "setup.sh").is_file()
     assert meta["b"]["migrate_known_hosts"] == str(cfg.known_hosts)

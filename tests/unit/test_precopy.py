@@ -13,8 +13,10 @@ import pytest
 from test_layers import build_everything, needs_root, snapshot
 
 from migrate.core.errors import BundleInvalid, TransferFailed
-from migrate.fs import layers, precopy
-from migrate.fs.layers import ROOTFS_DELTA_POLICY, ROOTFS_POLICY, apply, capture
+from migrate.fs import precopy
+from migrate.fs.capture import capture
+from migrate.fs.extract import ROOTFS_DELTA_POLICY, ROOTFS_POLICY, apply
+from migrate.fs.stats import ApplyStats, CaptureStats
 
 pytestmark = pytest.mark.unit
 
@@ -45,9 +47,7 @@ def pre_copy(src: Path, dst: Path, started_ns: int) -> precopy.PreCopy:
     return pc
 
 
-def delta(
-    src: Path, dst: Path, pc: precopy.PreCopy
-) -> tuple[layers.CaptureStats, layers.ApplyStats]:
+def delta(src: Path, dst: Path, pc: precopy.PreCopy) -> tuple[CaptureStats, ApplyStats]:
     cap = capture(src, keep=pc.unchanged)
     data = b"".join(cap)
     return cap.stats, apply(_reader(data), dst, policy=ROOTFS_DELTA_POLICY)
@@ -261,7 +261,7 @@ def test_flush_returns_once_the_file_system_is_synced(tmp_path: Path) -> None:
     assert not precopy.flush(tmp_path / "missing", timeout_s=5)  # logged, not raised
 
 
-def live_pass(src: Path, dst: Path, pc: precopy.PreCopy) -> layers.CaptureStats:
+def live_pass(src: Path, dst: Path, pc: precopy.PreCopy) -> CaptureStats:
     """A second pre-copy pass: a live delta over the previous one."""
     cap = capture(src, live=True, record=pc.record, keep=pc.keep_from_previous)
     data = b"".join(cap)

@@ -14,8 +14,9 @@ import pytest
 import zstandard
 
 from migrate.core import errors
-from migrate.wire import protocol
-from migrate.wire.protocol import Connection, StreamReader
+from migrate.wire import framing, messages, stream
+from migrate.wire.connection import Connection
+from migrate.wire.stream import StreamReader
 
 
 class Pipe:
@@ -46,38 +47,42 @@ class Pipe:
     def peer(self) -> str:
         return "test"
 
+    def tunnels(self) -> None:
+        return None
+
+    def bulk(self) -> None:
+        return None
+
 
 def test_control_frame_round_trip() -> None:
     msg = {"type": "request", "id": 1, "method": "bye", "args": {}}
-    ch = Pipe(protocol.encode_control(msg))
-    f = protocol.read_frame(ch)
-    assert f.kind == protocol.KIND_CONTROL
-    assert protocol.decode_control(f.body) == msg
+    ch = Pipe(framing.encode_control(msg))
+    f = framing.read_frame(ch)
+    assert f.kind == framing.KIND_CONTROL
+    assert framing.decode_control(f.body) == msg
 
 
 def test_bad_magic_is_refused() -> None:
     ch = Pipe(b"XX" + bytes(5))
     with pytest.raises(errors.ProtocolError, match="magic"):
-        protocol.read_frame(ch)
+        framing.read_frame(ch)
 
 
 def test_oversized_length_is_refused_before_reading_the_body() -> None:
-    header = protocol.HEADER.pack(
-        protocol.MAGIC, protocol.KIND_CONTROL, protocol.MAX_CONTROL_BYTES + 1
-    )
+    header = framing.HEADER.pack(framing.MAGIC, framing.KIND_CONTROL, framing.MAX_CONTROL_BYTES + 1)
     with pytest.raises(errors.ProtocolError, match="exceeds"):
-        protocol.read_frame(Pipe(header))
+        framing.read_frame(Pipe(header))
 
 
 def test_truncated_frame_is_a_lost_connection() -> None:
-    frame = protocol.encode_control({"type": "hello"})
+    frame = framing.encode_control({"type": "hello"})
     with pytest.raises(errors.ConnectionLost, match="middle of a frame"):
-        protocol.read_frame(Pipe(frame[:-3]))
+        framing.read_frame(Pipe(frame[:-3]))
 
 
 def test_unknown_kind_is_refused() -> None:
     with pytest.raises(errors.ProtocolError):
-        protocol.read_frame(Pipe(protocol.HEADER.pack(protocol.MAGIC, 9, 0)))
+        framing.read_frame(Pipe(framing.HEADER.pack(framing.MAGIC, 9, 0)))
 
 
 @pytest.mark.parametrize(
@@ -86,14 +91,18 @@ def test_unknown_kind_is_refused() -> None:
 )
 def test_control_body_must_be_a_typed_object(body: bytes) -> None:
     with pytest.raises(errors.ProtocolError):
-        protocol.decode_control(body)
+        framing.decode_control(body)
 
 
 def test_validate_request_accepts_allowed_call() -> None:
-    rid, m, args = protocol.validate_request(
+    rid, m, req = messages.validate_request(
         {"type": "request", "id": 7, "method": "commit", "args": {"migration_id": "abc"}}
     )
-    assert (rid, m.name, args) == (7, "commit", {"migration_id": "abc"})
+    assert (rid, m.name, req.model_dump(exclude_unset=True)) == (
+        7,
+        "commit",
+        {"migration_id": "abc"},
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,7 +128,7 @@ def test_validate_request_accepts_allowed_call() -> None:
 )
 def test_validate_request_refuses(msg: dict, match: str) -> None:
     with pytest.raises(errors.ProtocolError, match=match):
-        protocol.validate_request({"type": "request", **msg})
+        messages.validate_request({"type": "request", **msg})
 
 
 def test_stream_round_trip_is_compressed_and_exact() -> None:
@@ -141,7 +150,7 @@ def test_stream_round_trip_is_compressed_and_exact() -> None:
 def test_stream_with_control_frame_inside_is_refused() -> None:
     tx = Pipe()
     conn = Connection(tx)
-    conn.send_frame(protocol.KIND_DATA, b"\x28\xb5\x2f\xfd")  # zstd magic only
+    conn.send_frame(framing.KIND_DATA, b"\x28\xb5\x2f\xfd")  # zstd magic only
     conn.send_control({"type": "hello"})
     reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
     with pytest.raises(errors.ProtocolError):
@@ -151,8 +160,8 @@ def test_stream_with_control_frame_inside_is_refused() -> None:
 def test_corrupt_compressed_stream_is_refused() -> None:
     tx = Pipe()
     conn = Connection(tx)
-    conn.send_frame(protocol.KIND_DATA, os.urandom(1000))
-    conn.send_frame(protocol.KIND_END, b"")
+    conn.send_frame(framing.KIND_DATA, os.urandom(1000))
+    conn.send_frame(framing.KIND_END, b"")
     reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
     with pytest.raises(errors.ProtocolError, match="corrupt"):
         reader.read(10)
@@ -173,14 +182,14 @@ def test_unknown_remote_error_code_keeps_the_code() -> None:
 
 
 def test_call_raises_remote_error_and_checks_ids() -> None:
-    reply = protocol.encode_control(
-        protocol.error_message(1, errors.NameConflict("taken", hint="rename"))
+    reply = framing.encode_control(
+        messages.error_message(1, errors.NameConflict("taken", hint="rename"))
     )
     conn = Connection(Pipe(reply))
     with pytest.raises(errors.NameConflict, match="taken") as ei:
         conn.call("bye")
     assert ei.value.exit_code == errors.EXIT_REFUSED
-    wrong = protocol.encode_control(protocol.response_message(99, {}))
+    wrong = framing.encode_control(messages.response_message(99, {}))
     with pytest.raises(errors.ProtocolError, match="99"):
         Connection(Pipe(wrong)).call("bye")
 
@@ -202,7 +211,7 @@ def test_error_while_reading_the_stream_surfaces_as_is_and_sends_no_end() -> Non
         Connection(tx).send_stream(chunks())
     assert ei.value.hint == "fix it"
     kinds = _frame_kinds(bytes(tx.sent))
-    assert kinds and set(kinds) == {protocol.KIND_DATA}  # no END: the stream is unusable
+    assert kinds and set(kinds) == {framing.KIND_DATA}  # no END: the stream is unusable
     _wait_no_stage_threads()
 
 
@@ -230,7 +239,7 @@ def test_a_broken_link_stops_the_compressor_thread_and_closes_the_input() -> Non
     assert closed.wait(10), "the input was not closed"
     _wait_no_stage_threads()
     # Bounded read-ahead: the queue, not the whole input.
-    assert produced <= 2 + protocol.PIPELINE_DEPTH + 3
+    assert produced <= 2 + stream.PIPELINE_DEPTH + 3
 
 
 def test_progress_is_reported_from_the_sending_thread() -> None:
@@ -264,13 +273,13 @@ def test_well_compressed_stream_is_decompressed_in_bounded_pieces() -> None:
         reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
         total = 0
         while chunk := reader.read(4 << 20):
-            assert len(chunk) <= protocol.DATA_CHUNK
+            assert len(chunk) <= framing.DATA_CHUNK
             total += len(chunk)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert total == 256 << 20
-    assert peak < 3 * protocol.PIPELINE_DEPTH * protocol.DATA_CHUNK
+    assert peak < 3 * stream.PIPELINE_DEPTH * framing.DATA_CHUNK
 
 
 def test_lost_connection_mid_stream_surfaces_in_the_reader_and_again_on_drain() -> None:
@@ -304,9 +313,9 @@ def test_data_after_the_compressed_stream_is_refused() -> None:
     tx = Pipe()
     conn = Connection(tx)
     body = zstandard.ZstdCompressor().compress(b"hello")
-    conn.send_frame(protocol.KIND_DATA, body)
-    conn.send_frame(protocol.KIND_DATA, b"trailing junk")
-    conn.send_frame(protocol.KIND_END, b"")
+    conn.send_frame(framing.KIND_DATA, body)
+    conn.send_frame(framing.KIND_DATA, b"trailing junk")
+    conn.send_frame(framing.KIND_END, b"")
     reader = StreamReader(Connection(Pipe(bytes(tx.sent))))
     with pytest.raises(errors.ProtocolError):
         reader.read()
@@ -315,9 +324,9 @@ def test_data_after_the_compressed_stream_is_refused() -> None:
 def _frame_kinds(data: bytes) -> list[int]:
     kinds = []
     while data:
-        _, kind, length = protocol.HEADER.unpack(data[: protocol.HEADER.size])
+        _, kind, length = framing.HEADER.unpack(data[: framing.HEADER.size])
         kinds.append(kind)
-        data = data[protocol.HEADER.size + length :]
+        data = data[framing.HEADER.size + length :]
     return kinds
 
 
@@ -365,8 +374,8 @@ def _receive(data: bytes) -> bytes:
 @pytest.fixture
 def small_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     # Windows well above what the queue holds, so each window's rate is the link's.
-    monkeypatch.setattr(protocol, "ADAPT_WINDOW", 4 << 20)
-    monkeypatch.setattr(protocol, "PIPELINE_DEPTH", 1)
+    monkeypatch.setattr(stream, "ADAPT_WINDOW", 4 << 20)
+    monkeypatch.setattr(stream, "PIPELINE_DEPTH", 1)
 
 
 def test_adaptive_stream_goes_fast_where_compressing_is_the_limit(small_windows: None) -> None:

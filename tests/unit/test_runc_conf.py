@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from migrate.engines.docker import engine as d
+from migrate.engines.docker import runc_conf as d
+from migrate.engines.docker.engine import DockerEngine
 
 
 @pytest.fixture
@@ -71,7 +72,7 @@ def test_spare_copy_without_our_file_is_dropped(conf: Path) -> None:
 
 
 def test_admin_lazy_settings_block_the_split_restore(conf: Path) -> None:
-    eng = object.__new__(d.DockerEngine)
+    eng = object.__new__(DockerEngine)
     assert eng.lazy_restore_blocker() == ""  # no file
     conf.parent.mkdir()
     conf.write_text("# ours? no\nfile-locks\n")

@@ -11,19 +11,17 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import paramiko
 import pytest
 from sshd_helper import SSH_KEYGEN, Sshd, free_port, keygen, running_sshd, sshd_available
 
 from migrate.core import errors
 from migrate.transport import local as local_mod
+from migrate.transport.destination import Destination, SshOptions, parse_destination
 from migrate.transport.local import LocalChannel
-from migrate.transport.ssh import (
-    Destination,
-    SshChannel,
-    SshOptions,
-    connect,
-    parse_destination,
-)
+from migrate.transport.ssh import connect
+from migrate.transport.ssh_session import SshChannel
+from migrate.transport.stdio import StdioChannel
 from migrate.transport.tail import StderrTail
 
 # Echo stdin to stdout; on EOF say goodbye on stderr and exit 7 (so tests can see both).
@@ -216,6 +214,27 @@ def test_local_close_kills_an_agent_that_ignores_eof(monkeypatch: pytest.MonkeyP
         ch.recv(1)
 
 
+def test_local_capabilities_tunnel_to_our_own_loopback_and_no_bulk() -> None:
+    with LocalChannel.start([sys.executable, "-c", ECHO]) as ch:
+        assert ch.bulk() is None
+        open_tunnel = ch.tunnels()
+        assert open_tunnel is not None
+        tunnel = open_tunnel(4321)
+        assert tunnel.remote_port == 4321  # same host: the port itself
+        tunnel.hold()  # nothing passes through it: a no-op
+        tunnel.close()
+
+
+def test_the_agents_ends_offer_no_capabilities() -> None:
+    r, w = os.pipe()
+    try:
+        ch = StdioChannel(r, w)
+        assert (ch.tunnels(), ch.bulk()) == (None, None)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
 # --- SSH against a real sshd on loopback ------------------------------------------------
 
 
@@ -351,6 +370,20 @@ def test_ssh_cat_roundtrip_50mb(sshd: Sshd) -> None:
     assert not ch._session or not ch._session.is_active()  # the session went with it
 
 
+def test_ssh_capabilities_tunnels_and_the_bulk_target(sshd: Sshd) -> None:
+    with connect(parse_destination(sshd.url), _opts(sshd)).start_agent("cat") as ch:
+        assert ch.tunnels() is not None
+        target_of = ch.bulk()
+        assert target_of is not None
+        target = target_of()
+        dest = parse_destination(sshd.url)
+        assert (target.host, target.port, target.user) == (dest.host, dest.port, dest.user)
+        assert target.identity == sshd.client_key and target.agent_command == "cat"
+        assert sshd.host_key_line().split()[1:] == [target.host_key_type, target.host_key_b64]
+    with pytest.raises(errors.ConnectionLost):
+        target_of()  # the connection is gone: no target to follow
+
+
 def test_ssh_command_not_found(sshd: Sshd) -> None:
     with connect(parse_destination(sshd.url), _opts(sshd)).start_agent("no-such-agent-xyz") as ch:
         ch.settimeout(10)
@@ -424,3 +457,25 @@ def test_ssh_small_reads_of_a_large_burst(sshd: Sshd) -> None:
             assert len(chunk) <= 1000
             got += chunk
         assert bytes(got) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "authenticating", "expected"),
+    [
+        (paramiko.AuthenticationException("no"), False, errors.AuthFailed),
+        (paramiko.SSHException("no more methods"), True, errors.AuthFailed),
+        (paramiko.SSHException("Error reading SSH protocol banner"), False, errors.HostUnreachable),
+        (EOFError(), False, errors.HostUnreachable),
+        (ConnectionResetError(104, "reset"), True, errors.HostUnreachable),
+    ],
+)
+def test_connect_failures_say_which_step_failed(
+    exc: Exception, authenticating: bool, expected: type[errors.MigrateError]
+) -> None:
+    from migrate.transport.known_hosts import KnownHosts
+    from migrate.transport.ssh import _connect_failure
+
+    known = KnownHosts(paramiko.HostKeys(), frozenset(), Path("/kh"), True)
+    err = _connect_failure(exc, parse_destination("ssh://h"), SshOptions(), known, authenticating)
+    assert type(err) is expected
+    assert str(exc) in err.message

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from migrate.engines.base import ContainerSpec, MountSpec, VolumeInfo
-from migrate.engines.docker.engine import _pin_anonymous_volumes
+from migrate.engines.docker.spec import pin_anonymous_volumes
 
 
 def _spec(*mounts: MountSpec) -> ContainerSpec:
@@ -51,7 +51,7 @@ def test_anonymous_volumes_keep_their_names() -> None:
         "Binds": ["named:/data:rw", "/host:/h"],
         "Mounts": [{"Type": "volume", "Target": "/anon"}],
     }
-    _pin_anonymous_volumes(host, spec)
+    pin_anonymous_volumes(host, spec)
     assert host["Binds"] == ["named:/data:rw", "/host:/h"]
     assert host["Mounts"] == [
         {"Type": "volume", "Target": "/anon", "Source": anon},
@@ -61,7 +61,7 @@ def test_anonymous_volumes_keep_their_names() -> None:
 
 def test_no_volumes_leave_the_host_config_alone() -> None:
     host: dict[str, Any] = {"Binds": None}
-    _pin_anonymous_volumes(host, _spec())
+    pin_anonymous_volumes(host, _spec())
     assert "Mounts" not in host
 
 
