@@ -18,7 +18,7 @@ from pathlib import Path
 
 from migrate import __version__
 from migrate.checkpoint import criu
-from migrate.core.errors import ContainerNotRunning, MigrateError, Unsupported
+from migrate.core.errors import MigrateError
 from migrate.core.journal import DEFAULT_DIR
 from migrate.engines.base import ContainerSpec, Engine
 from migrate.fs import bundle, capture
@@ -29,7 +29,7 @@ from migrate.fs.bundle import (
     ROOTFS_MEMBER,
     VOLUME_PREFIX,
 )
-from migrate.source.migration import check_process_owners
+from migrate.source.precheck import check_source
 
 
 @dataclass(frozen=True)
@@ -54,21 +54,7 @@ def export(
     leave_running: bool = False,
     state_dir: Path = DEFAULT_DIR,
 ) -> ExportResult:
-    st = engine.state(container)
-    if not st.running or st.paused:
-        raise ContainerNotRunning(
-            f"container {st.name} is {st.status}: only running containers are exported",
-            hint=f"start it (`docker start {st.name}`) or unpause it first",
-        )
-    spec = engine.spec(container)
-    execs = engine.exec_sessions(spec.id)
-    if execs:
-        raise Unsupported(
-            f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
-            hint="CRIU cannot dump processes outside the container's process tree: "
-            "end those exec sessions and retry",
-        )
-    check_process_owners(engine, spec)
+    spec = check_source(engine, container, only_running="are exported").spec
     img = engine.image(spec.image_id)
     if img is None:
         raise MigrateError(f"the image of {spec.name} ({spec.image_id[:19]}) is gone")
