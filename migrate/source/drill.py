@@ -28,7 +28,15 @@ from migrate.core.errors import Incompatible, MigrateError, PrecheckFailed, Unsu
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.report import NullProgress, Progress, Timer
 from migrate.engines.base import ContainerSpec, ContainerState, Engine
+from migrate.fs.bundle import (
+    CHECKPOINT_PREFIX,
+    IMAGE_MEMBER,
+    LOG_MEMBER,
+    ROOTFS_MEMBER,
+    VOLUME_PREFIX,
+)
 from migrate.fs.files import read_chunks
+from migrate.source.portable import ExportResult, export
 from migrate.source.precheck import check_cpu, check_source, refuse_shared_network, require_criu
 from migrate.transport import Channel
 from migrate.wire.bulk import StreamChannel, attach_bulk
@@ -278,15 +286,6 @@ class Drill:
         )
 
     def _drill(self, spec: ContainerSpec) -> DrillReport:
-        from migrate.fs.bundle import (
-            CHECKPOINT_PREFIX,
-            IMAGE_MEMBER,
-            LOG_MEMBER,
-            ROOTFS_MEMBER,
-            VOLUME_PREFIX,
-        )
-        from migrate.source.portable import export
-
         assert self.conn is not None
         self.staging.mkdir(parents=True)
         path = self.staging / "bundle.tar.zst"
@@ -294,18 +293,7 @@ class Drill:
             exp = export(
                 self.engine, spec.id, path, leave_running=True, state_dir=self.opts.state_dir
             )
-        sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
-        for m in exp.manifest.members:
-            part = (
-                "checkpoint"
-                if m.name.startswith(CHECKPOINT_PREFIX)
-                else "volumes"
-                if m.name.startswith(VOLUME_PREFIX)
-                else {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs", LOG_MEMBER: "log"}.get(
-                    m.name, "other"
-                )
-            )
-            sizes[part] = sizes.get(part, 0) + m.size
+        sizes = _sizes(exp)
         self.fields.update(
             recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s, sizes=sizes
         )
@@ -384,6 +372,23 @@ class Drill:
             stream_channel_note=self.stream_channel.note,
             **self.fields,
         )
+
+
+def _sizes(exp: ExportResult) -> dict[str, int]:
+    """The bundle's size, and its content's by part (checkpoint, volumes, image, rootfs, log)."""
+    sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
+    for m in exp.manifest.members:
+        part = (
+            "checkpoint"
+            if m.name.startswith(CHECKPOINT_PREFIX)
+            else "volumes"
+            if m.name.startswith(VOLUME_PREFIX)
+            else {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs", LOG_MEMBER: "log"}.get(
+                m.name, "other"
+            )
+        )
+        sizes[part] = sizes.get(part, 0) + m.size
+    return sizes
 
 
 def _verdict(v: Verification, timeout_s: float) -> str | None:

@@ -17,6 +17,7 @@ from migrate.core.errors import CheckpointFailed, PrecheckFailed
 from migrate.engines.base import ContainerSpec
 from migrate.fs import capture
 from migrate.fs.files import read_chunks
+from migrate.fs.precopy import PreCopy
 from migrate.source.limits import DUMP_WAIT_S, RESTORE_TIMEOUT_S
 
 if TYPE_CHECKING:
@@ -130,46 +131,45 @@ def _send_rootfs(m: Migration, upper: Path) -> None:
 
 
 def _send_volumes(m: Migration) -> None:
-    assert m.conn is not None
     for v in m.volumes:
         with m.timer.phase("volumes", f"volume {v.name}"):
             vpc = m.precopied_volumes.get(v.name)
-            vcap = (
-                capture.capture(Path(v.mountpoint))
-                if vpc is None
-                else capture.capture(Path(v.mountpoint), keep=vpc.unchanged)
-            )
-            res = m.conn.call(
-                "put_volume" if vpc is None else "put_volume_delta",
-                stream=vcap,
-                migration_id=m.id,
-                volume=v.name,
-                timeout=RESTORE_TIMEOUT_S,
-                on_progress=lambda raw, wire: m.progress.transfer("volumes", raw, wire, None),
-            )
-            m.count("volumes", res["_stream"])
-            m.bytes["volumes_kept"] += vcap.stats.kept_bytes
+            _send_tree(m, Path(v.mountpoint), vpc, "put_volume", volume=v.name)
 
 
 def _send_binds(m: Migration) -> None:
-    assert m.conn is not None
     for path in m.binds:
         with m.timer.phase("binds", f"bind mount {path}"):
             bpc = m.precopied_binds.get(path)
-            bcap = (
-                capture.capture(Path(path))
-                if bpc is None
-                else capture.capture(Path(path), keep=bpc.unchanged)
-            )
-            res = m.conn.call(
-                "put_bind" if bpc is None else "put_bind_delta",
-                stream=bcap,
-                migration_id=m.id,
-                path=path,
-                timeout=RESTORE_TIMEOUT_S,
-            )
-            m.count("volumes", res["_stream"])
-            m.bytes["volumes_kept"] += bcap.stats.kept_bytes
+            # No progress for bind mounts: they never had a row of their own.
+            _send_tree(m, Path(path), bpc, "put_bind", path=path, progress=False)
+
+
+def _send_tree(
+    m: Migration,
+    root: Path,
+    pc: PreCopy | None,
+    method: str,
+    *,
+    progress: bool = True,
+    **key: str,
+) -> None:
+    """A volume's or bind mount's frozen content: all of it, or after a pre-copy a delta
+    (``method``_delta); counted with the volumes."""
+    assert m.conn is not None
+    cap = capture.capture(root) if pc is None else capture.capture(root, keep=pc.unchanged)
+    res = m.conn.call(
+        method if pc is None else f"{method}_delta",
+        stream=cap,
+        migration_id=m.id,
+        timeout=RESTORE_TIMEOUT_S,
+        on_progress=(lambda raw, wire: m.progress.transfer("volumes", raw, wire, None))
+        if progress
+        else None,
+        **key,
+    )
+    m.count("volumes", res["_stream"])
+    m.bytes["volumes_kept"] += cap.stats.kept_bytes
 
 
 def _dest_staging_args(m: Migration) -> dict[str, Any]:

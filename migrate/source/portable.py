@@ -20,7 +20,7 @@ from migrate import __version__
 from migrate.checkpoint import criu
 from migrate.core.errors import MigrateError
 from migrate.core.journal import DEFAULT_DIR
-from migrate.engines.base import ContainerSpec, Engine
+from migrate.engines.base import ContainerSpec, Engine, ImageInfo
 from migrate.fs import bundle, capture
 from migrate.fs.bundle import (
     CHECKPOINT_PREFIX,
@@ -89,30 +89,7 @@ def export(
             action = "stopped"
         paused = False
         pause_s = time.monotonic() - t_pause
-        files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
-        if log_copy.is_file():
-            files.append((LOG_MEMBER, log_copy))
-        for v in volumes:
-            files.append((v["member"], staging / v["member"]))
-        for p in sorted((staging / "checkpoint").iterdir()):
-            if not p.is_file() or p.is_symlink():
-                raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
-            files.append((CHECKPOINT_PREFIX + p.name, p))
-        info = engine.info()
-        caps = criu.capabilities(criu.find_criu())
-        meta = {
-            "container": spec.name,
-            "spec": spec.to_wire(),
-            "image": {"id": img.id, "ref": spec.image_ref, "diff_ids": list(img.diff_ids)},
-            "engine": {"name": info.engine, "version": info.version},
-            "criu_version": ".".join(map(str, caps.version)) if caps.version else None,
-            "migrate_version": __version__,
-            "source_host": socket.gethostname(),
-            "created": checkpoint_time,
-            "checkpoint": "checkpoint",
-            "volumes": volumes,
-        }
-        manifest = bundle.write_file(out, files, meta)
+        manifest = _write_bundle(engine, spec, img, staging, out, volumes, checkpoint_time)
         return ExportResult(manifest, out, out.stat().st_size, pause_s, checkpoint_time, action)
     finally:
         if paused:
@@ -121,6 +98,43 @@ def export(
             except MigrateError:
                 pass
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_bundle(
+    engine: Engine,
+    spec: ContainerSpec,
+    img: ImageInfo,
+    staging: Path,
+    out: Path,
+    volumes: list[dict[str, str]],
+    checkpoint_time: str,
+) -> bundle.Manifest:
+    """The bundle written from the staged files, with what an import needs to know."""
+    log_copy = staging / LOG_MEMBER
+    files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
+    if log_copy.is_file():
+        files.append((LOG_MEMBER, log_copy))
+    for v in volumes:
+        files.append((v["member"], staging / v["member"]))
+    for p in sorted((staging / "checkpoint").iterdir()):
+        if not p.is_file() or p.is_symlink():
+            raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
+        files.append((CHECKPOINT_PREFIX + p.name, p))
+    info = engine.info()
+    caps = criu.capabilities(criu.find_criu())
+    meta = {
+        "container": spec.name,
+        "spec": spec.to_wire(),
+        "image": {"id": img.id, "ref": spec.image_ref, "diff_ids": list(img.diff_ids)},
+        "engine": {"name": info.engine, "version": info.version},
+        "criu_version": ".".join(map(str, caps.version)) if caps.version else None,
+        "migrate_version": __version__,
+        "source_host": socket.gethostname(),
+        "created": checkpoint_time,
+        "checkpoint": "checkpoint",
+        "volumes": volumes,
+    }
+    return bundle.write_file(out, files, meta)
 
 
 def _copy_log(src: Path, dst: Path, offset: int) -> int | None:

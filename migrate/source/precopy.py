@@ -49,15 +49,7 @@ def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy
     pc = first = PreCopy.start(pids)
     t_pass = time.monotonic()
     cap = capture.capture(upper, live=True, record=pc.record)
-    res = m.conn.call(
-        "precopy_rootfs",
-        stream=cap,
-        migration_id=m.id,
-        timeout=RESTORE_TIMEOUT_S,
-        on_progress=lambda raw, wire: m.progress.transfer("precopy", raw, wire, None),
-    )
-    m.count("rootfs_precopy", res["_stream"])
-    m.precopied = pc
+    _send_pass(m, "precopy_rootfs", cap, pc)
     log.info(
         "pre-copy: %d files (%d bytes) sent while running, %d names skipped",
         len(pc.files),
@@ -70,15 +62,7 @@ def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy
         t_pass = time.monotonic()
         pc = PreCopy.start(pids, previous=pc)
         cap = capture.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
-        res = m.conn.call(
-            "put_rootfs_delta",
-            stream=cap,
-            migration_id=m.id,
-            timeout=RESTORE_TIMEOUT_S,
-            on_progress=lambda raw, wire: m.progress.transfer("precopy", raw, wire, None),
-        )
-        m.count("rootfs_precopy", res["_stream"])
-        m.precopied = pc
+        _send_pass(m, "put_rootfs_delta", cap, pc)
         log.info(
             "pre-copy pass %d: %d files (%d bytes) sent again, %d kept",
             pc.passes,
@@ -87,6 +71,20 @@ def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy
             len(pc.kept),
         )
     return first
+
+
+def _send_pass(m: Migration, method: str, cap: capture.Capture, pc: PreCopy) -> None:
+    """One pass over the layer sent; from now on the agent holds ``pc``."""
+    assert m.conn is not None
+    res = m.conn.call(
+        method,
+        stream=cap,
+        migration_id=m.id,
+        timeout=RESTORE_TIMEOUT_S,
+        on_progress=lambda raw, wire: m.progress.transfer("precopy", raw, wire, None),
+    )
+    m.count("rootfs_precopy", res["_stream"])
+    m.precopied = pc
 
 
 def _volumes(m: Migration, spec: ContainerSpec, volumes_pc: PreCopy) -> None:
