@@ -103,12 +103,16 @@ class Destination:
     crashes: list[BaseException] = field(default_factory=list)
     # Whether new connections succeed (False: the destination is unreachable).
     reachable: bool = True
+    # The ``cut_when`` of each new session's agent end: the agent's answer it matches is
+    # lost with the link.
+    agent_cut_when: Callable[[bytes], bool] | None = None
 
     def connect(self) -> SocketChannel:
         if not self.reachable:
             raise ConnectionLost("the destination is unreachable (test)")
         ours, theirs = socket.socketpair()
         source_end, agent_end = SocketChannel(ours, "agent"), SocketChannel(theirs, "source")
+        agent_end.cut_when = self.agent_cut_when
         agent = Agent(
             Connection(agent_end, timeout=IDLE_TIMEOUT_S),
             engine_factory=lambda: self.engine,

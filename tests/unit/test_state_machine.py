@@ -142,38 +142,44 @@ def hosts(tmp_path: Path) -> Iterator[Hosts]:
     src.run(NAME, files=FILES, memory=MEMORY, volume=VOLUME, network=NETWORK)
     destination = Destination(dest, tmp_path / "b-state", tmp_path / "b-staging")
     h = Hosts(
-        tmp_path, src, dest, destination, tmp_path / "a-state", tmp_path / "locks", tmp_path / "mark"
+        tmp_path,
+        src,
+        dest,
+        destination,
+        tmp_path / "a-state",
+        tmp_path / "locks",
+        tmp_path / "mark",
     )
     yield h
     destination.join()
 
 
-def run_stopped_at(h: Hosts, step: str, meanwhile: Callable[[], None], **kw: bool) -> Migration:
-    """Run a migration that stops at ``source:wait:STEP``; do ``meanwhile`` there, let it go
-    on, and return it once it ended (its outcome in ``outcome``)."""
+def run_stopped_at(
+    h: Hosts, step: str, meanwhile: Callable[[], None], **kw: bool
+) -> tuple[Migration, Report | BaseException]:
+    """Run a migration that stops at ``source:wait:STEP``, do ``meanwhile`` there, let it go
+    on; the migration and what its run returned or raised."""
     m = h.migration(f"source:wait:{step}", **kw)
-    t = threading.Thread(target=_run_into, args=(m,), daemon=True)
+    result: list[Report | BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(m.run())
+        except BaseException as e:  # noqa: BLE001 - the test looks at it
+            result.append(e)
+
+    t = threading.Thread(target=run, name="test-source", daemon=True)
     t.start()
     deadline = time.monotonic() + JOIN_TIMEOUT_S
     while not h.mark.exists():
-        assert t.is_alive(), f"the run ended before {step}: {outcome[m.id]!r}"
+        assert t.is_alive(), f"the run ended before {step}: {result!r}"
         assert time.monotonic() < deadline, f"the run never reached {step}"
         time.sleep(0.005)
     meanwhile()
     h.mark.unlink()
     t.join(JOIN_TIMEOUT_S)
     assert not t.is_alive(), "the run did not end"
-    return m
-
-
-outcome: dict[str, Report | BaseException] = {}
-
-
-def _run_into(m: Migration) -> None:
-    try:
-        outcome[m.id] = m.run()
-    except BaseException as e:  # noqa: BLE001 - the test looks at it
-        outcome[m.id] = e
+    return m, result[0]
 
 
 def assert_migrated(h: Hosts, rep: Report, m: Migration, *, kept: bool = False) -> None:
@@ -188,7 +194,9 @@ def assert_migrated(h: Hosts, rep: Report, m: Migration, *, kept: bool = False) 
     assert h.dest.files(moved.id) == FILES
     assert moved.memory == MEMORY
     vol = h.dest.volume(VOLUME)
-    assert vol is not None and (Path(vol.mountpoint) / "data.txt").read_bytes() == b"volume content\n"
+    assert (
+        vol is not None and (Path(vol.mountpoint) / "data.txt").read_bytes() == b"volume content\n"
+    )
     assert h.dest.network(NETWORK) is not None
     log = h.dest.log_file(moved.id)
     assert log is not None and b"started" in log.read_bytes()
@@ -200,8 +208,8 @@ def assert_migrated(h: Hosts, rep: Report, m: Migration, *, kept: bool = False) 
 
 
 def assert_rolled_back(h: Hosts, m: Migration, err: BaseException) -> None:
-    """DESIGN.md: before `restored` every failure rolls back: exit 1, the source copy runs
-    again, the destination holds nothing of it; then the same migration can run again."""
+    """DESIGN.md: until `commit` is sent every failure rolls back: exit 1, the source copy
+    runs again, the destination holds nothing of it; then the same migration can run again."""
     h.destination.join()
     assert isinstance(err, MigrationFailed), err
     assert err.exit_code == EXIT_FAILED
@@ -322,8 +330,7 @@ def test_a_create_that_fails_rolls_back_without_touching_the_other_container(
 def test_a_destination_copy_that_died_is_not_committed(hosts: Hosts) -> None:
     """The agent refuses `commit` for a copy that no longer runs (its daemon restarted):
     still before the point of no return, so the run rolls back."""
-    m = run_stopped_at(hosts, "before_commit", lambda: hosts.dest.crash(NAME))
-    err = outcome[m.id]
+    m, err = run_stopped_at(hosts, "before_commit", lambda: hosts.dest.crash(NAME))
     assert isinstance(err, MigrationFailed)
     assert err.details.get("cause") == "criu.restore_failed"
     assert_rolled_back(hosts, m, err)
@@ -333,8 +340,7 @@ def test_a_destination_copy_that_died_is_not_committed(hosts: Hosts) -> None:
 
 
 def test_a_link_lost_before_restored_rolls_back(hosts: Hosts) -> None:
-    m = run_stopped_at(hosts, "before_restore", hosts.destination.cut)
-    err = outcome[m.id]
+    m, err = run_stopped_at(hosts, "before_restore", hosts.destination.cut)
     assert isinstance(err, MigrationFailed)
     assert err.details.get("cause") == "protocol.connection_lost"
     # The agent rolled back by itself; the source's abort came over a second session.
@@ -345,8 +351,7 @@ def test_a_link_lost_before_restored_rolls_back(hosts: Hosts) -> None:
 def test_a_link_lost_after_restored_is_in_doubt_until_recover(hosts: Hosts) -> None:
     """`commit` never reached the agent: the source keeps its copy paused (exit 4); the agent
     rolled back; `migrate recover` reads that from its journal and resumes the source."""
-    m = run_stopped_at(hosts, "before_commit", hosts.destination.cut)
-    err = outcome[m.id]
+    m, err = run_stopped_at(hosts, "before_commit", hosts.destination.cut)
     assert isinstance(err, InDoubt) and err.exit_code == EXIT_IN_DOUBT
     hosts.destination.join()
     assert hosts.source_state() == "paused"
@@ -383,16 +388,10 @@ def test_a_lost_answer_to_commit_is_settled_as_committed(hosts: Hosts, keep_sour
     """The agent journalled `committed` and its answer was lost: in doubt (exit 4), the
     source paused, the destination copy running; recover finishes the commit."""
     m = hosts.migration(keep_source=keep_source)
-    first = hosts.destination.connect
-
-    def connect() -> object:
-        ch = first()
-        hosts.destination.sessions[-1].agent_end.cut_when = _commit_answer
-        return ch
-
-    m.connect = connect  # type: ignore[assignment]
+    hosts.destination.agent_cut_when = _commit_answer
     with pytest.raises(InDoubt) as e:
         m.run()
+    hosts.destination.agent_cut_when = None
     assert e.value.exit_code == EXIT_IN_DOUBT
     hosts.destination.join()
     assert hosts.source_state() == "paused"
