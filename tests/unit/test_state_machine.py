@@ -13,6 +13,7 @@ monkeypatched; nothing here needs root, a daemon or the network.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -234,6 +235,18 @@ def _assert_no_leftovers(h: Hosts, m: Migration) -> None:
     for c in h.dest.containers.values():
         ckpts = h.dest.checkpoint_dir(c.id, "x").parent
         assert not any(ckpts.iterdir()), "checkpoint images left on the destination"
+
+
+def test_the_fake_engine_has_every_engine_method_with_its_parameters() -> None:
+    """mypy does not read tests/: this keeps the fake in step with the Engine protocol."""
+    for name, member in vars(Engine).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        ours = getattr(FakeEngine, name, None)
+        assert ours is not None, f"FakeEngine lacks {name}"
+        assert list(inspect.signature(ours).parameters) == list(
+            inspect.signature(member).parameters
+        ), name
 
 
 # --- the happy path ---------------------------------------------------------------------------
