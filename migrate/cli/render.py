@@ -40,7 +40,7 @@ CHECK_MARKS = {"ok": "[green]\u2713[/]", "fail": "[bold red]\u2717[/]", "warn": 
 
 
 def print_checks(report: Any, title: str) -> None:
-    from migrate.source.check import summarize
+    from migrate.source.check_result import summarize
 
     t = Table(title=escape(title))
     t.add_column("check", style="bold")

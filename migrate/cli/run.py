@@ -54,7 +54,8 @@ def check(
     """
     from migrate.core.errors import EXIT_REFUSED
     from migrate.engines.select import CHECK_TIMEOUT_S, open_engine
-    from migrate.source.check import check_destination, run_checks
+    from migrate.source.check import run_checks
+    from migrate.source.dest_checks import check_destination
     from migrate.wire.connection import Connection
 
     dest = None

@@ -13,7 +13,6 @@ The source container is never stopped or changed; the destination keeps nothing 
 
 from __future__ import annotations
 
-import base64
 import shutil
 import socket
 import time
@@ -25,20 +24,20 @@ from pathlib import Path
 from typing import Any
 
 from migrate import __version__
-from migrate.checkpoint import criu
-from migrate.core.errors import (
-    ContainerNotRunning,
-    CriuUnavailable,
-    Incompatible,
-    MigrateError,
-    PrecheckFailed,
-    Unsupported,
-)
+from migrate.core.errors import Incompatible, MigrateError, PrecheckFailed, Unsupported
 from migrate.core.journal import DEFAULT_DIR
 from migrate.core.report import NullProgress, Progress, Timer
-from migrate.engines.base import ContainerSpec, Engine
+from migrate.engines.base import ContainerSpec, ContainerState, Engine
+from migrate.fs.bundle import (
+    CHECKPOINT_PREFIX,
+    IMAGE_MEMBER,
+    LOG_MEMBER,
+    ROOTFS_MEMBER,
+    VOLUME_PREFIX,
+)
 from migrate.fs.files import read_chunks
-from migrate.source.migration import check_process_owners
+from migrate.source.portable import ExportResult, export
+from migrate.source.precheck import check_cpu, check_source, refuse_shared_network, require_criu
 from migrate.transport import Channel
 from migrate.wire.bulk import StreamChannel, attach_bulk
 from migrate.wire.connection import Connection
@@ -237,42 +236,14 @@ class Drill:
 
     def _precheck(self) -> ContainerSpec:
         with self.timer.phase("precheck", "checking source and destination"):
-            st = self.engine.state(self.opts.container)
-            self.name = st.name
-            if not st.running or st.paused:
-                raise ContainerNotRunning(
-                    f"container {st.name} is {st.status}: only running containers are drilled",
-                    hint=f"start it (`docker start {st.name}`) or unpause it first",
-                )
-            spec = self.engine.spec(self.opts.container)
-            for m in spec.mounts:
-                # Volumes travel in the bundle (the copy gets its own); a bind mount is a path
-                # of this host, which the standby does not have.
-                if m.type == "bind":
-                    raise Unsupported(
-                        f"{spec.name} has a bind mount at {m.destination}: its content is a "
-                        "path of this host, not carried in the bundle",
-                        hint="use a named volume instead of the bind mount (docs/bundle.md)",
-                    )
-            if spec.network_mode == "host" or spec.network_mode.startswith("container:"):
-                raise Unsupported(
-                    f"{spec.name} uses network mode {spec.network_mode!r}",
-                    hint="only containers with their own network namespace can be checkpointed",
-                )
-            execs = self.engine.exec_sessions(spec.id)
-            if execs:
-                raise Unsupported(
-                    f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
-                    hint="CRIU cannot dump processes outside the container's process tree: "
-                    "end those exec sessions and retry",
-                )
-            check_process_owners(self.engine, spec)
-            caps = criu.capabilities(criu.find_criu())
-            if caps.version is None or caps.version < criu.MIN_CRIU:
-                raise CriuUnavailable(
-                    "CRIU >= 4.2 is needed on the source",
-                    hint="run `make setup` (it builds CRIU 4.2 from Debian's source package)",
-                )
+            spec = check_source(
+                self.engine,
+                self.opts.container,
+                only_running="are drilled",
+                on_state=self._found,
+                on_spec=self._check_mounts,
+            ).spec
+            source_criu = require_criu(say_found=False)
             self.drill_name = f"{spec.name}-drill-{self.id[:8]}"
             self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
             hello = open_session(self.conn)
@@ -287,30 +258,34 @@ class Drill:
                 "precheck",
                 spec=drill_spec.to_wire(),
                 name=self.drill_name,
-                criu_version=list(caps.version),
+                criu_version=list(source_criu.version),
             )
-            res = self.conn.call(
-                "cpuinfo_check", image_b64=base64.b64encode(criu.cpuinfo_image()).decode()
+            check_cpu(
+                self.conn,
+                hint="drill to a host with the same CPU features (`migrate check --to DEST`)",
             )
-            if not res.get("ok"):
-                raise Incompatible(
-                    "the destination's CPU lacks features this host's CPU has: a checkpoint "
-                    "taken here would not restore there",
-                    hint="drill to a host with the same CPU features (`migrate check --to DEST`)",
-                    details={"criu_log": str(res.get("output") or "")},
-                )
             return spec
 
-    def _drill(self, spec: ContainerSpec) -> DrillReport:
-        from migrate.fs.bundle import (
-            CHECKPOINT_PREFIX,
-            IMAGE_MEMBER,
-            LOG_MEMBER,
-            ROOTFS_MEMBER,
-            VOLUME_PREFIX,
-        )
-        from migrate.source.portable import export
+    def _found(self, st: ContainerState) -> None:
+        self.name = st.name
 
+    def _check_mounts(self, spec: ContainerSpec) -> None:
+        for m in spec.mounts:
+            # Volumes travel in the bundle (the copy gets its own); a bind mount is a path
+            # of this host, which the standby does not have.
+            if m.type == "bind":
+                raise Unsupported(
+                    f"{spec.name} has a bind mount at {m.destination}: its content is a "
+                    "path of this host, not carried in the bundle",
+                    hint="use a named volume instead of the bind mount (docs/bundle.md)",
+                )
+        refuse_shared_network(
+            self.engine,
+            spec,
+            hint="only containers with their own network namespace can be checkpointed",
+        )
+
+    def _drill(self, spec: ContainerSpec) -> DrillReport:
         assert self.conn is not None
         self.staging.mkdir(parents=True)
         path = self.staging / "bundle.tar.zst"
@@ -318,18 +293,7 @@ class Drill:
             exp = export(
                 self.engine, spec.id, path, leave_running=True, state_dir=self.opts.state_dir
             )
-        sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
-        for m in exp.manifest.members:
-            part = (
-                "checkpoint"
-                if m.name.startswith(CHECKPOINT_PREFIX)
-                else "volumes"
-                if m.name.startswith(VOLUME_PREFIX)
-                else {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs", LOG_MEMBER: "log"}.get(
-                    m.name, "other"
-                )
-            )
-            sizes[part] = sizes.get(part, 0) + m.size
+        sizes = _sizes(exp)
         self.fields.update(
             recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s, sizes=sizes
         )
@@ -408,6 +372,23 @@ class Drill:
             stream_channel_note=self.stream_channel.note,
             **self.fields,
         )
+
+
+def _sizes(exp: ExportResult) -> dict[str, int]:
+    """The bundle's size, and its content's by part (checkpoint, volumes, image, rootfs, log)."""
+    sizes = {"bundle": exp.bundle_bytes, "content": exp.manifest.total_size}
+    for m in exp.manifest.members:
+        part = (
+            "checkpoint"
+            if m.name.startswith(CHECKPOINT_PREFIX)
+            else "volumes"
+            if m.name.startswith(VOLUME_PREFIX)
+            else {IMAGE_MEMBER: "image", ROOTFS_MEMBER: "rootfs", LOG_MEMBER: "log"}.get(
+                m.name, "other"
+            )
+        )
+        sizes[part] = sizes.get(part, 0) + m.size
+    return sizes
 
 
 def _verdict(v: Verification, timeout_s: float) -> str | None:

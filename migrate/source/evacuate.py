@@ -159,6 +159,7 @@ def probe_targets(
     return available, said
 
 
+# long: the evacuation loop (plan, lock, migrate one by one, ledger) reads best in one place
 def evacuate(
     targets: Sequence[str],
     channels: ChannelFactory,

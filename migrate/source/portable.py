@@ -18,9 +18,9 @@ from pathlib import Path
 
 from migrate import __version__
 from migrate.checkpoint import criu
-from migrate.core.errors import ContainerNotRunning, MigrateError, Unsupported
+from migrate.core.errors import MigrateError
 from migrate.core.journal import DEFAULT_DIR
-from migrate.engines.base import ContainerSpec, Engine
+from migrate.engines.base import ContainerSpec, Engine, ImageInfo
 from migrate.fs import bundle, capture
 from migrate.fs.bundle import (
     CHECKPOINT_PREFIX,
@@ -29,7 +29,7 @@ from migrate.fs.bundle import (
     ROOTFS_MEMBER,
     VOLUME_PREFIX,
 )
-from migrate.source.migration import check_process_owners
+from migrate.source.precheck import check_source
 
 
 @dataclass(frozen=True)
@@ -54,21 +54,7 @@ def export(
     leave_running: bool = False,
     state_dir: Path = DEFAULT_DIR,
 ) -> ExportResult:
-    st = engine.state(container)
-    if not st.running or st.paused:
-        raise ContainerNotRunning(
-            f"container {st.name} is {st.status}: only running containers are exported",
-            hint=f"start it (`docker start {st.name}`) or unpause it first",
-        )
-    spec = engine.spec(container)
-    execs = engine.exec_sessions(spec.id)
-    if execs:
-        raise Unsupported(
-            f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
-            hint="CRIU cannot dump processes outside the container's process tree: "
-            "end those exec sessions and retry",
-        )
-    check_process_owners(engine, spec)
+    spec = check_source(engine, container, only_running="are exported").spec
     img = engine.image(spec.image_id)
     if img is None:
         raise MigrateError(f"the image of {spec.name} ({spec.image_id[:19]}) is gone")
@@ -103,30 +89,7 @@ def export(
             action = "stopped"
         paused = False
         pause_s = time.monotonic() - t_pause
-        files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
-        if log_copy.is_file():
-            files.append((LOG_MEMBER, log_copy))
-        for v in volumes:
-            files.append((v["member"], staging / v["member"]))
-        for p in sorted((staging / "checkpoint").iterdir()):
-            if not p.is_file() or p.is_symlink():
-                raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
-            files.append((CHECKPOINT_PREFIX + p.name, p))
-        info = engine.info()
-        caps = criu.capabilities(criu.find_criu())
-        meta = {
-            "container": spec.name,
-            "spec": spec.to_wire(),
-            "image": {"id": img.id, "ref": spec.image_ref, "diff_ids": list(img.diff_ids)},
-            "engine": {"name": info.engine, "version": info.version},
-            "criu_version": ".".join(map(str, caps.version)) if caps.version else None,
-            "migrate_version": __version__,
-            "source_host": socket.gethostname(),
-            "created": checkpoint_time,
-            "checkpoint": "checkpoint",
-            "volumes": volumes,
-        }
-        manifest = bundle.write_file(out, files, meta)
+        manifest = _write_bundle(engine, spec, img, staging, out, volumes, checkpoint_time)
         return ExportResult(manifest, out, out.stat().st_size, pause_s, checkpoint_time, action)
     finally:
         if paused:
@@ -135,6 +98,43 @@ def export(
             except MigrateError:
                 pass
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_bundle(
+    engine: Engine,
+    spec: ContainerSpec,
+    img: ImageInfo,
+    staging: Path,
+    out: Path,
+    volumes: list[dict[str, str]],
+    checkpoint_time: str,
+) -> bundle.Manifest:
+    """The bundle written from the staged files, with what an import needs to know."""
+    log_copy = staging / LOG_MEMBER
+    files = [(IMAGE_MEMBER, staging / "image.tar"), (ROOTFS_MEMBER, staging / ROOTFS_MEMBER)]
+    if log_copy.is_file():
+        files.append((LOG_MEMBER, log_copy))
+    for v in volumes:
+        files.append((v["member"], staging / v["member"]))
+    for p in sorted((staging / "checkpoint").iterdir()):
+        if not p.is_file() or p.is_symlink():
+            raise MigrateError(f"unexpected non-file {p.name} in the CRIU images")
+        files.append((CHECKPOINT_PREFIX + p.name, p))
+    info = engine.info()
+    caps = criu.capabilities(criu.find_criu())
+    meta = {
+        "container": spec.name,
+        "spec": spec.to_wire(),
+        "image": {"id": img.id, "ref": spec.image_ref, "diff_ids": list(img.diff_ids)},
+        "engine": {"name": info.engine, "version": info.version},
+        "criu_version": ".".join(map(str, caps.version)) if caps.version else None,
+        "migrate_version": __version__,
+        "source_host": socket.gethostname(),
+        "created": checkpoint_time,
+        "checkpoint": "checkpoint",
+        "volumes": volumes,
+    }
+    return bundle.write_file(out, files, meta)
 
 
 def _copy_log(src: Path, dst: Path, offset: int) -> int | None:

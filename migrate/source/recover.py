@@ -102,6 +102,7 @@ def recover(
     return done
 
 
+# long: one decision table over both journals, each outcome beside its condition
 def _settle(
     p: Pending,
     engine: Engine,

@@ -16,8 +16,10 @@ import pytest
 from migrate.checkpoint import criu
 from migrate.core.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable
 from migrate.engines.base import EngineInfo
-from migrate.source import check
-from migrate.source.check import CheckReport, CheckResult, run_checks
+from migrate.source import criu_checks, dest_checks, host_checks
+from migrate.source.check import run_checks
+from migrate.source.check_result import CheckReport, CheckResult
+from migrate.wire.session import parse_hello
 
 pytestmark = pytest.mark.unit
 
@@ -80,13 +82,13 @@ def rows(results: list[CheckResult]) -> dict[str, CheckResult]:
 
 
 def test_criu_ok() -> None:
-    r = rows(check.check_criu(caps()))
+    r = rows(criu_checks.check_criu(caps()))
     assert r["criu"].ok and "4.2.1" in r["criu"].value
     assert r["criu_check"].ok and "pycriu" in r["criu_check"].value
 
 
 def test_criu_too_old() -> None:
-    r = rows(check.check_criu(caps(version=(3, 17, 1))))["criu"]
+    r = rows(criu_checks.check_criu(caps(version=(3, 17, 1))))["criu"]
     assert not r.ok and r.required and r.status == "fail"
     assert "3.17.1" in r.value
     assert "too old" in r.problem and "4.2" in r.problem
@@ -94,11 +96,11 @@ def test_criu_too_old() -> None:
 
 
 def test_criu_4_1_is_too_old() -> None:
-    assert not rows(check.check_criu(caps(version=(4, 1, 1))))["criu"].ok
+    assert not rows(criu_checks.check_criu(caps(version=(4, 1, 1))))["criu"].ok
 
 
 def test_criu_missing() -> None:
-    r = rows(check.check_criu(caps(path=None, version=None, check_ok=False)))
+    r = rows(criu_checks.check_criu(caps(path=None, version=None, check_ok=False)))
     assert not r["criu"].ok and "criu not found" in r["criu"].problem
     assert "make setup" in r["criu"].fix
     assert not r["criu_check"].ok
@@ -106,36 +108,36 @@ def test_criu_missing() -> None:
 
 def test_criu_check_failure_carries_output() -> None:
     c = caps(check_ok=False, check_output="vdso: Unexpected rt vDSO area bounds")
-    r = rows(check.check_criu(c))["criu_check"]
+    r = rows(criu_checks.check_criu(c))["criu_check"]
     assert not r.ok and r.required
     assert "vDSO" in r.problem
 
 
 def test_features_are_warnings() -> None:
-    r = rows(check.check_criu_features(caps(features=MappingProxyType({}))))
+    r = rows(criu_checks.check_criu_features(caps(features=MappingProxyType({}))))
     assert r["lazy_pages"].status == "warn"
     assert r["mem_dirty_track"].status == "warn"
     assert "no iterative pre-copy" in r["mem_dirty_track"].problem
-    r = rows(check.check_criu_features(caps()))
+    r = rows(criu_checks.check_criu_features(caps()))
     assert r["lazy_pages"].ok and not r["mem_dirty_track"].ok
 
 
 def test_engine_rows() -> None:
-    r = rows(check.check_engine(engine_info(), None))
+    r = rows(host_checks.check_engine(engine_info(), None))
     assert all(x.ok for x in r.values())
-    r = rows(check.check_engine(engine_info(checkpoint_enabled=False), None))
+    r = rows(host_checks.check_engine(engine_info(checkpoint_enabled=False), None))
     assert not r["docker_experimental"].ok and r["docker_experimental"].required
     assert '"experimental": true' in r["docker_experimental"].fix
     assert "--experimental" in r["docker_experimental"].fix
-    r = rows(check.check_engine(engine_info(storage_driver="vfs"), None))
+    r = rows(host_checks.check_engine(engine_info(storage_driver="vfs"), None))
     assert not r["storage_driver"].ok and "vfs" in r["storage_driver"].problem
 
 
 def test_live_restore_is_reported_never_required() -> None:
-    assert "live_restore" not in rows(check.check_engine(engine_info(), None))  # unknown
-    on = rows(check.check_engine(engine_info(live_restore=True), None))["live_restore"]
+    assert "live_restore" not in rows(host_checks.check_engine(engine_info(), None))  # unknown
+    on = rows(host_checks.check_engine(engine_info(live_restore=True), None))["live_restore"]
     assert on.ok and on.value == "on"
-    off = rows(check.check_engine(engine_info(live_restore=False), None))["live_restore"]
+    off = rows(host_checks.check_engine(engine_info(live_restore=False), None))["live_restore"]
     assert off.status == "warn" and off.value == "off"
     assert "stops every container here, migrated ones included" in off.problem
     assert '"live-restore": true' in off.fix
@@ -146,7 +148,7 @@ def test_live_restore_is_reported_never_required() -> None:
 
 def test_engine_unreachable() -> None:
     err = EngineUnavailable("cannot reach the Docker daemon at x", hint="start dockerd")
-    r = rows(check.check_engine(None, err))
+    r = rows(host_checks.check_engine(None, err))
     assert not r["docker"].ok and r["docker"].fix == "start dockerd"
     assert not r["docker_experimental"].ok and not r["storage_driver"].ok
 
@@ -155,45 +157,45 @@ def test_runc(tmp_path: Path) -> None:
     runc = tmp_path / "runc"
     runc.write_text('#!/bin/sh\necho "runc version 1.1.5+ds1"\necho "spec: 1.0.2-dev"\n')
     runc.chmod(0o755)
-    r = check.check_runc(str(runc), engine_info())
+    r = host_checks.check_runc(str(runc), engine_info())
     assert r.ok and "1.1.5+ds1" in r.value
-    assert not check.check_runc(None, engine_info()).ok
-    assert not check.check_runc(str(runc), engine_info(runtime="crun")).ok
+    assert not host_checks.check_runc(None, engine_info()).ok
+    assert not host_checks.check_runc(str(runc), engine_info(runtime="crun")).ok
 
 
 def test_iptables() -> None:
-    assert check.check_iptables("/usr/sbin/iptables-restore").ok
-    r = check.check_iptables(None)
+    assert host_checks.check_iptables("/usr/sbin/iptables-restore").ok
+    r = host_checks.check_iptables(None)
     assert not r.ok and r.required and "apt-get install iptables" in r.fix
 
 
 def test_disk(tmp_path: Path) -> None:
-    assert check.check_disk("d", tmp_path / "not" / "yet", 1, what="x").ok
-    r = check.check_disk("d", tmp_path, 1 << 62, what="x")
+    assert host_checks.check_disk("d", tmp_path / "not" / "yet", 1, what="x").ok
+    r = host_checks.check_disk("d", tmp_path, 1 << 62, what="x")
     assert r.status == "warn" and "free" in r.value
-    assert check.check_disk("d", None, 1, what="x").status == "warn"
+    assert host_checks.check_disk("d", None, 1, what="x").status == "warn"
 
 
 def test_pipe_max_size() -> None:
-    assert check.check_pipe_max_size(4 << 20, 0).ok
-    r = check.check_pipe_max_size(1 << 20, 0)
+    assert criu_checks.check_pipe_max_size(4 << 20, 0).ok
+    r = criu_checks.check_pipe_max_size(1 << 20, 0)
     assert r.status == "warn" and "4194304" in r.fix
     # CAP_SYS_RESOURCE lifts the limit.
-    assert check.check_pipe_max_size(1 << 20, 1 << check.CAP_SYS_RESOURCE).ok
+    assert criu_checks.check_pipe_max_size(1 << 20, 1 << criu_checks.CAP_SYS_RESOURCE).ok
 
 
 def test_cap_sys_resource() -> None:
-    assert check.check_cap_sys_resource(0x1FFFFFFFFFF).ok
-    r = check.check_cap_sys_resource(0x1FFFEFFFFFF)  # the sandbox: everything but bit 24
+    assert criu_checks.check_cap_sys_resource(0x1FFFFFFFFFF).ok
+    r = criu_checks.check_cap_sys_resource(0x1FFFEFFFFFF)  # the sandbox: everything but bit 24
     assert r.status == "warn" and "non-root" in r.problem
-    assert check.check_cap_sys_resource(None).status == "warn"
+    assert criu_checks.check_cap_sys_resource(None).status == "warn"
 
 
 def test_cap_eff_parsing(tmp_path: Path) -> None:
     status = tmp_path / "status"
     status.write_text("Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001fffeffffff\n")
-    assert check._cap_eff(status) == 0x1FFFEFFFFFF
-    assert check._cap_eff(tmp_path / "missing") is None
+    assert criu_checks.cap_eff(status) == 0x1FFFEFFFFFF
+    assert criu_checks.cap_eff(tmp_path / "missing") is None
 
 
 # --- report ------------------------------------------------------------------------------
@@ -250,6 +252,7 @@ HELLO = {
     "hostname": "b",
     "criu_version": [4, 2, 1],
     "criu_ok": True,
+    "methods": [],
     "engine": {
         "engine": "docker",
         "version": "20.10.24",
@@ -266,7 +269,9 @@ def dest_rows(
     cpu: dict[str, Any] | None = None,
     local: tuple[int, int, int] | None = (4, 2, 1),
 ) -> dict[str, CheckResult]:
-    rows = check.destination_results(hello, cpu or {"ok": True, "output": ""}, local)
+    rows = dest_checks.destination_results(
+        parse_hello(hello), cpu or {"ok": True, "output": ""}, local
+    )
     return {r.name: r for r in rows}
 
 
@@ -294,7 +299,7 @@ def test_destination_problems_each_have_a_fix() -> None:
     assert not off["docker_experimental"].ok and "experimental" in off["docker_experimental"].fix
     gone = dest_rows(
         {k: v for k, v in HELLO.items() if k != "engine"}
-        | {"engine_error": {"message": "no socket", "hint": "start it"}}
+        | {"engine_error": {"code": "precheck.engine", "message": "no socket", "hint": "start it"}}
     )
     assert not gone["docker"].ok and gone["docker"].fix == "start it"
     cpu = dest_rows(HELLO, {"ok": False, "output": "cpuinfo: fpu_xfeatures_mask mismatch"})["cpu"]
@@ -386,10 +391,10 @@ def test_cli_to_bad_destination_is_usage() -> None:
 
 
 def test_runc_criu_conf_needs_file_locks() -> None:
-    assert check.check_runc_criu_conf("file-locks\n").ok
-    assert check.check_runc_criu_conf("tcp-established\nfile-locks\n").ok
+    assert criu_checks.check_runc_criu_conf("file-locks\n").ok
+    assert criu_checks.check_runc_criu_conf("tcp-established\nfile-locks\n").ok
     for text in (None, "", "tcp-established\n"):
-        r = check.check_runc_criu_conf(text)
+        r = criu_checks.check_runc_criu_conf(text)
         assert not r.ok and not r.required
         assert "file locks" in r.problem and "file-locks" in r.fix
 
@@ -402,15 +407,15 @@ proc /proc proc rw 0 0
 
 
 def test_run_on_the_root_ext4_means_no_kdat_cache() -> None:
-    fstype = check.mount_fstype(Path("/run"), MOUNTS_TEXT)
+    fstype = criu_checks.mount_fstype(Path("/run"), MOUNTS_TEXT)
     assert fstype == "ext4"  # /run/lock is a tmpfs of its own, /run is not
-    r = check.check_criu_kdat_cache(fstype)
+    r = criu_checks.check_criu_kdat_cache(fstype)
     assert r.name == "criu_kdat_cache" and r.status == "warn" and "tmpfs" in r.fix
 
 
 def test_run_as_tmpfs_caches_criu_kernel_probe() -> None:
     text = MOUNTS_TEXT + "tmpfs /run tmpfs rw,nosuid 0 0\n"
-    assert check.mount_fstype(Path("/run"), text) == "tmpfs"
-    assert check.check_criu_kdat_cache("tmpfs").status == "ok"
-    assert check.mount_fstype(Path("/run"), "") is None
-    assert check.check_criu_kdat_cache(None).status == "warn"
+    assert criu_checks.mount_fstype(Path("/run"), text) == "tmpfs"
+    assert criu_checks.check_criu_kdat_cache("tmpfs").status == "ok"
+    assert criu_checks.mount_fstype(Path("/run"), "") is None
+    assert criu_checks.check_criu_kdat_cache(None).status == "warn"

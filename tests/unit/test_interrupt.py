@@ -15,7 +15,7 @@ import pytest
 
 from migrate.core.errors import MigrateError
 from migrate.engines.base import ContainerSpec
-from migrate.source import interrupt
+from migrate.source import interrupt, migration
 from migrate.source.interrupt import Interrupted, InterruptLatch, exit_status
 from migrate.source.migration import Migration, RunOptions
 
@@ -144,7 +144,11 @@ class _Conn:
         pass
 
 
-def _migration(tmp_path: Path, conn: _Conn, steps: dict[str, Any]) -> Migration:
+def _migration(
+    tmp_path: Path, conn: _Conn, monkeypatch: pytest.MonkeyPatch, **steps: Any
+) -> Migration:
+    """A Migration whose phases before the hand-over do nothing (or what ``steps`` says);
+    the hand-over (commit, bye) and the rollback are the real ones."""
     m = Migration(
         RunOptions(container="c", destination="d", state_dir=tmp_path),
         engine=object(),  # type: ignore[arg-type]
@@ -152,28 +156,28 @@ def _migration(tmp_path: Path, conn: _Conn, steps: dict[str, Any]) -> Migration:
     )
     spec: Any = SimpleNamespace(id="cid", name="c")  # run() reads only these here
 
-    def precheck() -> ContainerSpec:
+    def precheck(m: Migration) -> ContainerSpec:
         m.conn = conn  # type: ignore[assignment]
         return spec  # type: ignore[no-any-return]
 
-    m._precheck = precheck  # type: ignore[method-assign]
-    for name in ("_transfer_image", "_prepare", "_precopy", "_freeze_and_move"):
-        setattr(m, name, steps.get(name, lambda spec: None))
-    m._finish_source = lambda spec: "removed"  # type: ignore[method-assign]
+    monkeypatch.setattr(migration, "precheck", precheck)
+    for name in ("transfer_image", "prepare", "precopy", "freeze_and_move"):
+        monkeypatch.setattr(migration, name, steps.get(name, lambda m, spec: None))
+    monkeypatch.setattr(migration, "finish_source", lambda m, spec: "removed")
     return m
 
 
-def test_an_interrupt_whose_exception_was_swallowed_still_rolls_back(tmp_path: Path) -> None:
-    conn = _Conn()
-    m = _migration(tmp_path, conn, {})
-
-    def swallowed(spec: ContainerSpec) -> None:
+def test_an_interrupt_whose_exception_was_swallowed_still_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def swallowed(m: Migration, spec: ContainerSpec) -> None:
         try:
             m.interrupts.handler(signal.SIGINT, None)
         except KeyboardInterrupt:
             pass  # lost, as in a __del__
 
-    m._prepare = swallowed  # type: ignore[method-assign]
+    conn = _Conn()
+    m = _migration(tmp_path, conn, monkeypatch, prepare=swallowed)
     with pytest.raises(MigrateError) as ei:
         m.run()
     assert "interrupted (SIGINT)" in ei.value.message
@@ -181,19 +185,27 @@ def test_an_interrupt_whose_exception_was_swallowed_still_rolls_back(tmp_path: P
     assert not m.interrupts.armed  # the rollback and the clean-up are not interrupted
 
 
-def test_an_interrupt_recorded_while_disarmed_stops_before_the_commit(tmp_path: Path) -> None:
+def test_an_interrupt_recorded_while_disarmed_stops_before_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conn = _Conn()
-    m = _migration(tmp_path, conn, {})
-    m._freeze_and_move = lambda spec: m.interrupts.on_signal(signal.SIGTERM)  # type: ignore[method-assign,assignment,return-value]
+    m = _migration(
+        tmp_path,
+        conn,
+        monkeypatch,
+        freeze_and_move=lambda m, spec: m.interrupts.on_signal(signal.SIGTERM),
+    )
     with pytest.raises(MigrateError) as ei:
         m.run()
     assert "interrupted (SIGTERM)" in ei.value.message
     assert conn.calls == [] and not m.commit_sent
 
 
-def test_an_interrupt_after_the_commit_lets_the_migration_complete(tmp_path: Path) -> None:
+def test_an_interrupt_after_the_commit_lets_the_migration_complete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conn = _Conn()
-    m = _migration(tmp_path, conn, {})
+    m = _migration(tmp_path, conn, monkeypatch)
     conn.during_commit = lambda: m.interrupts.handler(signal.SIGINT, None)  # must not raise
     rep = m.run()
     assert rep.status == "migrated" and rep.source_action == "removed"
@@ -201,7 +213,7 @@ def test_an_interrupt_after_the_commit_lets_the_migration_complete(tmp_path: Pat
     assert exit_status(m.interrupts) == 130  # completed, and says the interrupt came late
 
 
-def test_no_interrupt_no_late_status(tmp_path: Path) -> None:
-    m = _migration(tmp_path, _Conn(), {})
+def test_no_interrupt_no_late_status(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _migration(tmp_path, _Conn(), monkeypatch)
     assert m.run().status == "migrated"
     assert exit_status(m.interrupts) is None

@@ -308,7 +308,7 @@ def test_listener_refuses_a_wrong_token(tmp_path: Path) -> None:
 
 
 def test_check_row_for_the_bulk_connection() -> None:
-    from migrate.source.check import bulk_result
+    from migrate.source.dest_checks import bulk_result
 
     up = bulk_result("", True)
     assert up is not None and up.ok and up.status == "ok"

@@ -13,7 +13,7 @@ import pytest
 
 from migrate.checkpoint.postcopy import PageRelay, page_stats
 from migrate.core.errors import Unsupported
-from migrate.source.migration import Migration, RunOptions
+from migrate.source.strategy import choose_strategy
 
 LOG = """\
 (00.000100) 1-5: Found 100 pages to be handled by UFFD
@@ -84,18 +84,6 @@ def test_relay_normal_end_is_not_broken() -> None:
     assert seen == []
 
 
-class _NoEngine:
-    pass
-
-
-def _migration(strategy: str) -> Migration:
-    return Migration(
-        RunOptions(container="c", destination="d", strategy=strategy),
-        engine=_NoEngine(),
-        connect=lambda: None,
-    )  # type: ignore[arg-type]
-
-
 @pytest.mark.parametrize(
     ("strategy", "source_why", "answer", "expect"),
     [
@@ -110,10 +98,9 @@ def _migration(strategy: str) -> Migration:
 def test_choose_strategy(
     strategy: str, source_why: str | None, answer: dict[str, Any], expect: str
 ) -> None:
-    m = _migration(strategy)
-    m._choose_strategy(source_why, answer)
-    assert m.strategy == expect
-    assert bool(m.strategy_note) == (strategy == "auto" and expect == "cold")
+    chosen, note = choose_strategy(strategy, source_why, answer)
+    assert chosen == expect
+    assert bool(note) == (strategy == "auto" and expect == "cold")
 
 
 @pytest.mark.parametrize(
@@ -126,9 +113,8 @@ def test_choose_strategy(
 def test_lazy_refused_with_the_reason_and_a_fix(
     source_why: str | None, answer: dict[str, Any], word: str
 ) -> None:
-    m = _migration("lazy")
     with pytest.raises(Unsupported) as ei:
-        m._choose_strategy(source_why, answer)
+        choose_strategy("lazy", source_why, answer)
     assert word in ei.value.message and "--strategy cold" in ei.value.hint
     assert ei.value.exit_code == 3
 

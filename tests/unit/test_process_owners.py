@@ -12,7 +12,7 @@ import pytest
 from migrate.checkpoint import criu
 from migrate.core.errors import Unsupported
 from migrate.engines.base import ContainerSpec, ProcessInfo
-from migrate.source import migration
+from migrate.source import precheck
 
 ME = (os.getuid(),) * 4
 MY_G = (os.getgid(),) * 4
@@ -58,23 +58,23 @@ def test_refuses_other_users_without_the_capability(monkeypatch: Any) -> None:
         ]
     )
     with pytest.raises(Unsupported) as e:
-        migration.check_process_owners(engine, _spec())  # type: ignore[arg-type]
+        precheck.check_process_owners(engine, _spec())  # type: ignore[arg-type]
     assert "pid 11 uid 999 (postgres -D /data)" in e.value.message
     assert "CAP_SYS_RESOURCE" in e.value.message and e.value.hint
     assert e.value.details["pids"] == [11]
     # A saved or filesystem id of another user is enough for prlimit() to refuse.
     engine.procs = [ProcessInfo(12, (*ME[:3], 33), MY_G, "nginx: worker")]
     with pytest.raises(Unsupported):
-        migration.check_process_owners(engine, _spec())  # type: ignore[arg-type]
+        precheck.check_process_owners(engine, _spec())  # type: ignore[arg-type]
 
 
 def test_passes_all_root_or_with_the_capability(monkeypatch: Any) -> None:
     engine = _Engine([ProcessInfo(10, ME, MY_G, "redis-server")])
     monkeypatch.setattr(criu, "has_cap_sys_resource", lambda: False)
-    migration.check_process_owners(engine, _spec())  # type: ignore[arg-type]
+    precheck.check_process_owners(engine, _spec())  # type: ignore[arg-type]
     engine.procs.append(ProcessInfo(11, (999,) * 4, (999,) * 4, "postgres"))
     monkeypatch.setattr(criu, "has_cap_sys_resource", lambda: True)
-    migration.check_process_owners(engine, _spec())  # type: ignore[arg-type]
+    precheck.check_process_owners(engine, _spec())  # type: ignore[arg-type]
 
 
 def test_has_cap_sys_resource_reads_capeff(tmp_path: Path) -> None:

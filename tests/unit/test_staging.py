@@ -55,7 +55,7 @@ def test_dev_shm_is_seen_as_tmpfs_and_a_disk_path_is_not(tmp_path: Path) -> None
 
 
 def test_check_row_for_memory_staging() -> None:
-    from migrate.source.check import check_memory_staging
+    from migrate.source.host_checks import check_memory_staging
 
     ok = check_memory_staging(10 * GiB, 4 * GiB)
     assert ok.ok and "staged in memory" in ok.value
