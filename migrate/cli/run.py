@@ -93,6 +93,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
+# long: typer declares each option in the signature; the body is the options handed to RunOptions
 @app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
@@ -280,6 +281,7 @@ def recover(
         )
 
 
+# long: typer declares each option in the signature; the body builds the plan and renders it
 @app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(
