@@ -60,6 +60,7 @@ def freeze_and_move(m: Migration, spec: ContainerSpec) -> None:
             m.page_server = m.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
         else:
             img_dir, work_dir = _checkpoint(m, spec, img_dir, work_dir)
+    m.interrupts.check()
     _send_rootfs(m, upper)
     # Still frozen: volume content is consistent with the memory image.
     _send_volumes(m)
@@ -228,6 +229,7 @@ def _restore(m: Migration) -> None:
         tunnel = open_tunnel(m.page_server.port)
         m.tunnel = tunnel
     m.fault("source:before_restore")
+    m.interrupts.check()
     with m.timer.phase("restore", "restoring on the destination"):
         t_call = time.monotonic()
         # Without a tunnel the port is not sent at all (a plain restore, as before post-copy).
