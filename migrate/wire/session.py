@@ -27,7 +27,8 @@ __all__ = ["AgentHello", "EngineSummary", "WireError", "open_session", "parse_he
 
 
 def parse_hello(answer: dict[str, Any]) -> AgentHello:
-    """Validate an agent's hello answer; a malformed one is a protocol error, named."""
+    """Validate an agent's hello answer already at hand; a malformed one is a protocol error,
+    named. (open_session's answer is validated by the typed client, with the same model.)"""
     try:
         return AgentHello.model_validate(answer)
     except pydantic.ValidationError as e:
