@@ -205,7 +205,9 @@ def source(
     from migrate.transport.openssh import BulkLink
     from migrate.transport.ssh import connect
     from migrate.wire import stream as wire_stream
+    from migrate.wire.client import AgentClient
     from migrate.wire.connection import Connection
+    from migrate.wire.methods import BulkOpen, PutCheckpoint
 
     if os.environ.get("STREAM_BENCH_SWITCH"):
         sw = float(os.environ["STREAM_BENCH_SWITCH"])
@@ -221,20 +223,23 @@ def source(
     conn.adaptive = adaptive  # the sink reads multi-frame streams (StreamReader, as the agent)
     link = None
     if mode == "bulk":  # as migrate/wire/bulk.py's attach_bulk, opened before timing
-        res = conn.call("bulk_open")
+        opened = AgentClient(conn).call(BulkOpen()).result
         target = dataclasses.replace(sch.bulk_target(), agent_command=agent_command)
-        link = BulkLink.start(target, res["socket"], res["token"])
+        link = BulkLink.start(target, opened.socket, opened.token)
         conn.bulk = TimedBulk(link, clock)  # type: ignore[assignment]
         clock.s.clear()
     t0, c0 = time.perf_counter(), cpu_s()
-    res = conn.call(
-        "put_checkpoint",
+    # The sink answers with its own measurements, not an agent's put_checkpoint result: read
+    # its raw answer (Connection.exchange, the typed client's transport).
+    req = PutCheckpoint(migration_id="bench")
+    res, st = conn.exchange(
+        req.method,
+        req.model_dump(exclude_unset=True),
         stream=timed_iter(capture.capture(src), clock, "capture"),
-        migration_id="bench",
         timeout=600,
     )
     wall = time.perf_counter() - t0
-    st = res.pop("_stream")
+    assert st is not None
     out = {
         "wall": wall,
         "cpu": cpu_s() - c0,

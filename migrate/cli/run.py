@@ -56,7 +56,9 @@ def check(
     from migrate.engines.select import CHECK_TIMEOUT_S, open_engine
     from migrate.source.check import run_checks
     from migrate.source.dest_checks import check_destination
+    from migrate.wire.client import AgentClient
     from migrate.wire.connection import Connection
+    from migrate.wire.methods import Bye
 
     dest = None
     try:
@@ -67,12 +69,12 @@ def check(
             )
         report = run_checks(lambda: open_engine(timeout=CHECK_TIMEOUT_S).info())
         if factory is not None:
-            conn = Connection(factory(), timeout=120.0)
+            agent = AgentClient(Connection(factory(), timeout=120.0))
             try:
-                dest = check_destination(conn)
-                conn.call("bye")
+                dest = check_destination(agent)
+                agent.call(Bye())
             finally:
-                conn.close()
+                agent.conn.close()
     except MigrateError as e:
         if as_json:
             out.print_json(data={"ready": False, "error": e.to_wire()})

@@ -5,8 +5,6 @@ and whether streams will go through OpenSSH."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
-from typing import Any
 
 from migrate.checkpoint import criu
 from migrate.core.errors import MigrateError
@@ -14,27 +12,30 @@ from migrate.engines.base import EngineInfo
 from migrate.source.check_result import CheckReport, CheckResult, gib
 from migrate.source.host_checks import MIN_FREE_BYTES, check_engine
 from migrate.wire.bulk import attach_bulk
-from migrate.wire.connection import Connection
+from migrate.wire.client import AgentClient
+from migrate.wire.methods import CpuinfoCheck
+from migrate.wire.results import CpuinfoResult
 from migrate.wire.session import AgentHello, EngineSummary, open_session
 
 
-def check_destination(conn: Connection) -> CheckReport:
-    """The destination's readiness, asked of its agent over ``conn``: its handshake (CRIU,
+def check_destination(agent: AgentClient) -> CheckReport:
+    """The destination's readiness, asked of its agent through ``agent``: its handshake (CRIU,
     Docker, disk) and whether a checkpoint taken here restores on its CPU."""
-    hello = open_session(conn)
+    hello = open_session(agent)
     local = criu.capabilities(criu.find_criu(), probe_features=False)
-    cpu: dict[str, Any] | None = None
+    cpu: CpuinfoResult | None = None
     if local.path is not None:
         try:
             image = criu.cpuinfo_image(local.path)
         except MigrateError:
             cpu = None  # this host's own check reports its CRIU problem
         else:
-            cpu = conn.call("cpuinfo_check", image_b64=base64.b64encode(image).decode())
+            req = CpuinfoCheck(image_b64=base64.b64encode(image).decode())
+            cpu = agent.call(req).result
     rows = destination_results(hello, cpu, local.version)
     # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?
     bulk = bulk_result(
-        attach_bulk(conn, "auto", frozenset(hello.methods)).note, conn.bulk is not None
+        attach_bulk(agent, "auto", frozenset(hello.methods)).note, agent.conn.bulk is not None
     )
     if bulk is not None:
         rows.append(bulk)
@@ -61,7 +62,7 @@ def bulk_result(note: str, up: bool) -> CheckResult | None:
 
 def destination_results(
     hello: AgentHello,
-    cpu: Mapping[str, Any] | None,
+    cpu: CpuinfoResult | None,
     local_criu: tuple[int, int, int] | None,
 ) -> list[CheckResult]:
     """Rows for the destination from its agent's answers (pure, for unit tests)."""
@@ -97,7 +98,7 @@ def destination_results(
             )
         )
     if cpu is not None:
-        ok = bool(cpu.get("ok"))
+        ok = cpu.ok
         rows.append(
             CheckResult(
                 "cpu",
@@ -106,7 +107,7 @@ def destination_results(
                 problem=""
                 if ok
                 else "a checkpoint taken here would not restore there (CPU "
-                "features missing): " + str(cpu.get("output") or ""),
+                "features missing): " + cpu.output,
                 fix="" if ok else "migrate between hosts with the same CPU features",
             )
         )

@@ -40,7 +40,9 @@ from migrate.source.portable import ExportResult, export
 from migrate.source.precheck import check_cpu, check_source, refuse_shared_network, require_criu
 from migrate.transport import Channel
 from migrate.wire.bulk import StreamChannel, attach_bulk
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Bye, DrillRemove, DrillRestore, DrillVerify, Precheck
 from migrate.wire.session import open_session
 
 CALL_TIMEOUT_S = 60.0
@@ -202,7 +204,7 @@ class Drill:
     def __post_init__(self) -> None:
         self.id = uuid.uuid4().hex
         self.timer = Timer(self.progress)
-        self.conn: Connection | None = None
+        self.agent: AgentClient | None = None
         self.started = _now()
         self.t0 = time.monotonic()
         self.name = self.opts.container
@@ -226,9 +228,9 @@ class Drill:
                 return self._report("failed", e.message, e)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
-            if self.conn is not None:
+            if self.agent is not None:
                 try:
-                    self.conn.close()
+                    self.agent.conn.close()
                 except Exception:  # noqa: BLE001 - closing a dead channel may fail any way
                     pass
 
@@ -245,23 +247,24 @@ class Drill:
             ).spec
             source_criu = require_criu(say_found=False)
             self.drill_name = f"{spec.name}-drill-{self.id[:8]}"
-            self.conn = Connection(self.connect(), timeout=CALL_TIMEOUT_S)
-            hello = open_session(self.conn)
-            self.stream_channel = attach_bulk(self.conn, self.opts.bulk, frozenset(hello.methods))
+            self.agent = agent = AgentClient(Connection(self.connect(), timeout=CALL_TIMEOUT_S))
+            hello = open_session(agent)
+            self.stream_channel = attach_bulk(agent, self.opts.bulk, frozenset(hello.methods))
             if not hello.serves("drill_restore"):
                 raise Incompatible(
                     f"the destination's migrate ({hello.software}) cannot run drills",
                     hint="install the same migrate version on both hosts",
                 )
             drill_spec = replace(spec, name=self.drill_name)
-            self.conn.call(
-                "precheck",
-                spec=drill_spec.to_wire(),
-                name=self.drill_name,
-                criu_version=list(source_criu.version),
+            agent.call(
+                Precheck(
+                    spec=drill_spec.to_wire(),
+                    name=self.drill_name,
+                    criu_version=list(source_criu.version),
+                )
             )
             check_cpu(
-                self.conn,
+                agent,
                 hint="drill to a host with the same CPU features (`migrate check --to DEST`)",
             )
             return spec
@@ -286,7 +289,7 @@ class Drill:
         )
 
     def _drill(self, spec: ContainerSpec) -> DrillReport:
-        assert self.conn is not None
+        assert self.agent is not None
         self.staging.mkdir(parents=True)
         path = self.staging / "bundle.tar.zst"
         with self.timer.phase("checkpoint", "checkpoint (the source keeps running)"):
@@ -298,49 +301,49 @@ class Drill:
             recovery_point=exp.checkpoint_time, source_pause_s=exp.pause_s, sizes=sizes
         )
         with self.timer.phase("restore", "sending the bundle and restoring it on the destination"):
-            res = self.conn.call(
-                "drill_restore",
+            call = self.agent.call(
+                DrillRestore(drill_id=self.id, name=self.drill_name, size=exp.bundle_bytes),
                 stream=read_chunks(path, _CHUNK),
-                drill_id=self.id,
-                name=self.drill_name,
-                size=exp.bundle_bytes,
                 timeout=RESTORE_TIMEOUT_S,
                 on_progress=lambda raw, wire: self.progress.transfer(
                     "bundle", raw, wire, exp.bundle_bytes
                 ),
             )
-        sizes["wire"] = int(res.get("_stream", {}).get("wire", 0))
+        sizes["wire"] = call.stream.wire if call.stream is not None else 0
+        res = call.result
         self.fields.update(
-            recovery_time_s=float(res["recovery_s"]),
-            restore_s=float(res["restore_s"]),
-            drill_container_id=str(res["container_id"]),
+            recovery_time_s=res.recovery_s,
+            restore_s=res.restore_s,
+            drill_container_id=res.container_id,
         )
         path.unlink()
         with self.timer.phase("verify", "verifying the drill copy"):
-            v = self.conn.call(
-                "drill_verify",
-                drill_id=self.id,
-                settle_s=self.opts.settle_s,
-                argv=list(self.opts.verify_argv),
-                timeout_s=self.opts.verify_timeout_s,
+            v = self.agent.call(
+                DrillVerify(
+                    drill_id=self.id,
+                    settle_s=self.opts.settle_s,
+                    argv=list(self.opts.verify_argv),
+                    timeout_s=self.opts.verify_timeout_s,
+                ),
                 timeout=self.opts.settle_s + self.opts.verify_timeout_s + CALL_TIMEOUT_S,
-            )
+            ).result
         ver = Verification(
             settle_s=self.opts.settle_s,
             command=self.opts.verify_argv or None,
-            running=bool(v.get("running")),
-            status=str(v.get("status", "")),
-            exit_code=v.get("exit_code") if isinstance(v.get("exit_code"), int) else None,
-            timed_out=bool(v.get("timed_out")),
-            output=str(v.get("output", "")),
+            running=v.running,
+            status=v.status,
+            exit_code=v.exit_code,
+            timed_out=v.timed_out,
+            output=v.output,
         )
         self.fields["verification"] = ver
         reason = _verdict(ver, self.opts.verify_timeout_s)
         with self.timer.phase("teardown", "removing the drill copy"):
-            td = self.conn.call("drill_remove", drill_id=self.id, keep=self.opts.keep)
-            self.fields.update(kept=bool(td.get("kept")), teardown=td)
+            td = self.agent.call(DrillRemove(drill_id=self.id, keep=self.opts.keep)).result
+            # The report keeps the agent's answer as it came (only the fields it sent).
+            self.fields.update(kept=td.kept, teardown=td.to_wire())
             try:
-                self.conn.call("bye")
+                self.agent.call(Bye())
             except MigrateError:
                 pass
         return self._report("failed" if reason else "passed", reason, None)

@@ -23,7 +23,9 @@ from migrate.core.report import Report
 from migrate.engines.base import Engine
 from migrate.source.migration import Migration, RunOptions
 from migrate.transport import Channel
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Bye
 from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
@@ -144,12 +146,12 @@ def probe_targets(
     said: dict[str, dict[str, Any]] = {}
     for t in targets:
         try:
-            conn = Connection(channels(t)(), timeout=HELLO_TIMEOUT_S)
+            agent = AgentClient(Connection(channels(t)(), timeout=HELLO_TIMEOUT_S))
             try:
-                hello = open_session(conn)
-                conn.call("bye")
+                hello = open_session(agent)
+                agent.call(Bye())
             finally:
-                conn.close()
+                agent.conn.close()
         except MigrateError as e:
             said[t] = {"reachable": False, "error": e.to_wire()}
             continue

@@ -19,6 +19,18 @@ from migrate.fs import capture
 from migrate.fs.files import read_chunks
 from migrate.fs.precopy import PreCopy
 from migrate.source.limits import DUMP_WAIT_S, RESTORE_TIMEOUT_S
+from migrate.wire.methods import (
+    PutBind,
+    PutBindDelta,
+    PutCheckpoint,
+    PutLog,
+    PutRootfs,
+    PutRootfsDelta,
+    PutVolume,
+    PutVolumeDelta,
+    Request,
+    Restore,
+)
 
 if TYPE_CHECKING:
     from migrate.source.migration import Migration
@@ -27,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 def freeze_and_move(m: Migration, spec: ContainerSpec) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     _choose_staging(m, spec)
     img_dir = m.staging / "checkpoint"
     work_dir = m.staging / "work"
@@ -56,13 +68,12 @@ def freeze_and_move(m: Migration, spec: ContainerSpec) -> None:
         _send_binds(m)
     if log_path is not None and log_path.is_file():
         with m.timer.phase("logs", "log history"):
-            res = m.conn.call(
-                "put_log",
+            res = m.agent.call(
+                PutLog(migration_id=m.id),
                 stream=read_chunks(log_path),
-                migration_id=m.id,
                 timeout=RESTORE_TIMEOUT_S,
             )
-            m.count("logs", res["_stream"])
+            m.count("logs", res.stream)
     _send_checkpoint(m, img_dir)
     _restore(m)
 
@@ -114,20 +125,22 @@ def _checkpoint(
 
 
 def _send_rootfs(m: Migration, upper: Path) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     with m.timer.phase("rootfs", "read-write layer"):
         pc = m.precopied
         # After a pre-copy: a delta (unchanged files named, not sent; the agent removes
         # what the frozen tree no longer has).
         cap = capture.capture(upper) if pc is None else capture.capture(upper, keep=pc.unchanged)
-        res = m.conn.call(
-            "put_rootfs" if pc is None else "put_rootfs_delta",
+        req: Request[Any] = (
+            PutRootfs(migration_id=m.id) if pc is None else PutRootfsDelta(migration_id=m.id)
+        )
+        res = m.agent.call(
+            req,
             stream=cap,
-            migration_id=m.id,
             timeout=RESTORE_TIMEOUT_S,
             on_progress=lambda raw, wire: m.progress.transfer("rootfs", raw, wire, None),
         )
-        m.count("rootfs", res["_stream"])
+        m.count("rootfs", res.stream)
         m.bytes["rootfs_kept"] += cap.stats.kept_bytes
 
 
@@ -135,72 +148,83 @@ def _send_volumes(m: Migration) -> None:
     for v in m.volumes:
         with m.timer.phase("volumes", f"volume {v.name}"):
             vpc = m.precopied_volumes.get(v.name)
-            _send_tree(m, Path(v.mountpoint), vpc, "put_volume", volume=v.name)
+            req = (
+                PutVolume(migration_id=m.id, volume=v.name)
+                if vpc is None
+                else PutVolumeDelta(migration_id=m.id, volume=v.name)
+            )
+            _send_tree(m, Path(v.mountpoint), vpc, req)
 
 
 def _send_binds(m: Migration) -> None:
     for path in m.binds:
         with m.timer.phase("binds", f"bind mount {path}"):
             bpc = m.precopied_binds.get(path)
+            req = (
+                PutBind(migration_id=m.id, path=path)
+                if bpc is None
+                else PutBindDelta(migration_id=m.id, path=path)
+            )
             # No progress for bind mounts: they never had a row of their own.
-            _send_tree(m, Path(path), bpc, "put_bind", path=path, progress=False)
+            _send_tree(m, Path(path), bpc, req, progress=False)
 
 
 def _send_tree(
     m: Migration,
     root: Path,
     pc: PreCopy | None,
-    method: str,
+    req: Request[Any],
     *,
     progress: bool = True,
-    **key: str,
 ) -> None:
-    """A volume's or bind mount's frozen content: all of it, or after a pre-copy a delta
-    (``method``_delta); counted with the volumes."""
-    assert m.conn is not None
+    """A volume's or bind mount's frozen content: all of it (``req``: PutVolume, PutBind),
+    or after a pre-copy (``pc``) a delta (PutVolumeDelta, PutBindDelta); counted with the
+    volumes (only the stream's statistics are used)."""
+    assert m.agent is not None
     cap = capture.capture(root) if pc is None else capture.capture(root, keep=pc.unchanged)
-    res = m.conn.call(
-        method if pc is None else f"{method}_delta",
+    res = m.agent.call(
+        req,
         stream=cap,
-        migration_id=m.id,
         timeout=RESTORE_TIMEOUT_S,
         on_progress=(lambda raw, wire: m.progress.transfer("volumes", raw, wire, None))
         if progress
         else None,
-        **key,
     )
-    m.count("volumes", res["_stream"])
+    m.count("volumes", res.stream)
     m.bytes["volumes_kept"] += cap.stats.kept_bytes
 
 
-def _dest_staging_args(m: Migration) -> dict[str, Any]:
-    """Ask the agent to stage in memory when it can and the images may fit there."""
+def _put_checkpoint(m: Migration) -> PutCheckpoint:
+    """Ask the agent to stage in memory when it can and the images may fit there (otherwise
+    neither argument is sent: the agent stages on disk, and an older one knows neither)."""
     if m.opts.staging == "disk" or not m.agent_memory_staging:
-        return {}
-    return {"memory_bytes": m.memory_need, "require_memory": m.opts.staging == "memory"}
+        return PutCheckpoint(migration_id=m.id)
+    return PutCheckpoint(
+        migration_id=m.id,
+        memory_bytes=m.memory_need,
+        require_memory=m.opts.staging == "memory",
+    )
 
 
 def _send_checkpoint(m: Migration, img_dir: Path) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     with m.timer.phase("transfer", "checkpoint images"):
         total = _dir_size(img_dir)
-        res = m.conn.call(
-            "put_checkpoint",
+        res = m.agent.call(
+            _put_checkpoint(m),
             stream=m.faulty(capture.capture(img_dir), "source:mid_stream"),
-            migration_id=m.id,
             timeout=RESTORE_TIMEOUT_S,
-            **_dest_staging_args(m),
             on_progress=lambda raw, wire: m.progress.transfer("checkpoint", raw, wire, total),
         )
-        m.count("checkpoint", res["_stream"])
-        m.staged_in["destination"] = str(res.get("staging") or "disk")
+        m.count("checkpoint", res.stream)
+        m.staged_in["destination"] = res.result.staging
 
 
 def _restore(m: Migration) -> None:
-    assert m.conn is not None and m.t_pause is not None
+    assert m.agent is not None and m.t_pause is not None
     tunnel = None
     if m.page_server is not None:
-        open_tunnel = m.conn.ch.tunnels()
+        open_tunnel = m.agent.conn.ch.tunnels()
         assert open_tunnel is not None  # lazy needs it: strategy.source_postcopy_blocker
         tunnel = open_tunnel(m.page_server.port)
         m.tunnel = tunnel
@@ -208,25 +232,24 @@ def _restore(m: Migration) -> None:
     m.interrupts.check()
     with m.timer.phase("restore", "restoring on the destination"):
         t_call = time.monotonic()
-        extra: dict[str, Any] = {} if tunnel is None else {"page_server_port": tunnel.remote_port}
-        res = m.conn.call("restore", migration_id=m.id, timeout=RESTORE_TIMEOUT_S, **extra)
+        # Without a tunnel the port is not sent at all (a plain restore, as before post-copy).
+        req = (
+            Restore(migration_id=m.id)
+            if tunnel is None
+            else Restore(migration_id=m.id, page_server_port=tunnel.remote_port)
+        )
+        res = m.agent.call(req, timeout=RESTORE_TIMEOUT_S).result
         m.downtime = time.monotonic() - m.t_pause
-        running_s = res.get("running_s")
-        if isinstance(running_s, (int, float)) and 0 <= running_s:
+        if 0 <= res.running_s:
             # With a local lazy restore the container runs before the agent answers
             # (it waits for the last page first): downtime ends when it runs.
-            m.downtime = min(m.downtime, t_call - m.t_pause + float(running_s))
-    fill = res.get("memory_fill_s")
-    if isinstance(fill, (int, float)):
-        m.timer.phases["restore_memory_fill"] = round(float(fill), 4)
-    steps = res.get("restore_steps")
-    if isinstance(steps, dict):  # parts of `restore` as the agent saw them (post-copy)
-        for k, v in steps.items():
-            if isinstance(k, str) and isinstance(v, (int, float)):
-                m.timer.phases[f"restore.{k}"] = round(float(v), 4)
-    m.journal.append(
-        "restored", downtime_s=m.downtime, restore_mode=str(res.get("restore_mode", ""))
-    )
+            m.downtime = min(m.downtime, t_call - m.t_pause + res.running_s)
+    if res.memory_fill_s is not None:
+        m.timer.phases["restore_memory_fill"] = round(res.memory_fill_s, 4)
+    if res.restore_steps is not None:  # parts of `restore` as the agent saw them (post-copy)
+        for k, v in res.restore_steps.to_wire().items():
+            m.timer.phases[f"restore.{k}"] = round(float(v), 4)
+    m.journal.append("restored", downtime_s=m.downtime, restore_mode=res.restore_mode)
 
 
 def _dir_size(path: Path) -> int:

@@ -31,7 +31,9 @@ from migrate.source.limits import (
     POSTCOPY_TIMEOUT_S,
 )
 from migrate.transport import Channel
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Abort, Bye, Commit, PostcopyWait
 from migrate.wire.session import open_session
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def commit(m: Migration, spec: ContainerSpec) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     m.fault("source:before_commit")
     with m.timer.phase("commit", "hand-over"):
         # The last place an interrupt rolls back; after it, the migration completes.
@@ -49,7 +51,7 @@ def commit(m: Migration, spec: ContainerSpec) -> None:
         m.journal.append("committing")
         m.commit_sent = True
         try:
-            m.conn.call("commit", migration_id=m.id)
+            m.agent.call(Commit(migration_id=m.id))
         except (ConnectionLost, Timeout, ProtocolError) as e:
             m.journal.append("in_doubt", reason=e.message)
             raise InDoubt(
@@ -71,7 +73,7 @@ def commit(m: Migration, spec: ContainerSpec) -> None:
 def wait_postcopy(m: Migration, spec: ContainerSpec) -> None:
     """Committed, running on the destination; wait until every page has moved. A failure
     here has no rollback (docs/architecture.md, "Post-copy"): report it, exit 4."""
-    assert m.conn is not None and m.page_server is not None
+    assert m.agent is not None and m.page_server is not None
     m.journal.append("postcopy")
     if m.opts.faults.on("source:wait:postcopy") and m.tunnel is not None:
         m.tunnel.hold()  # the test breaks the link while post-copy is surely unfinished
@@ -80,12 +82,10 @@ def wait_postcopy(m: Migration, spec: ContainerSpec) -> None:
     with m.timer.phase("postcopy", "moving the rest of the memory"):
         t0 = time.monotonic()
         try:
-            res = m.conn.call(
-                "postcopy_wait",
-                migration_id=m.id,
-                timeout_s=POSTCOPY_TIMEOUT_S,
+            res = m.agent.call(
+                PostcopyWait(migration_id=m.id, timeout_s=POSTCOPY_TIMEOUT_S),
                 timeout=POSTCOPY_TIMEOUT_S + CALL_TIMEOUT_S,
-            )
+            ).result
         except MigrateError as e:
             raise _postcopy_failed(m, spec, ps, e) from None
         rc = ps.wait(PAGE_SERVER_EXIT_S)
@@ -96,10 +96,14 @@ def wait_postcopy(m: Migration, spec: ContainerSpec) -> None:
                 ps.failure_text()[-500:],
             )
         ps.kill()
-    m.postcopy = {"postcopy_s": float(res.get("postcopy_s") or time.monotonic() - t0)}
-    for k in ("pages_total", "pages_on_demand", "pages_background", "bytes"):
-        if isinstance(res.get(k), int):
-            m.postcopy[k] = res[k]
+    m.postcopy = {"postcopy_s": res.postcopy_s or time.monotonic() - t0}
+    counts = {
+        "pages_total": res.pages_total,
+        "pages_on_demand": res.pages_on_demand,
+        "pages_background": res.pages_background,
+        "bytes": res.bytes,
+    }
+    m.postcopy.update((k, v) for k, v in counts.items() if v is not None)
     m.journal.append("postcopy_done", **m.postcopy)
 
 
@@ -132,12 +136,12 @@ def _postcopy_failed(
 
 
 def bye(m: Migration) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     try:
         # Committed: the answer only lets the agent end cleanly. Bounded, so a link that
         # dies now delays retiring the stale source copy by seconds, not by the
         # dead-peer timeout.
-        m.conn.call("bye", timeout=BYE_TIMEOUT_S)
+        m.agent.call(Bye(), timeout=BYE_TIMEOUT_S)
     except MigrateError:
         pass
 
@@ -209,16 +213,16 @@ def _abort_remote(m: Migration) -> None:
     """Tell the agent to delete what it made; over a new session if the old one died, and
     again for a while if the link is down (a link that comes back within
     ABORT_RETRY_S is cleaned up now rather than by `migrate recover`)."""
-    if m.conn is not None:
+    if m.agent is not None:
         try:
-            m.conn.call("abort", migration_id=m.id, timeout=60)
+            m.agent.call(Abort(migration_id=m.id), timeout=60)
             return
         except (ConnectionLost, Timeout):
             log.warning("agent connection lost; cleaning up over a new session")
         except MigrateError:
             pass
         try:
-            m.conn.close()
+            m.agent.conn.close()
         except Exception:  # noqa: BLE001 - closing a dead channel may fail any way
             pass
     deadline = time.monotonic() + ABORT_RETRY_S
@@ -240,10 +244,10 @@ def _abort_remote(m: Migration) -> None:
 
 def abort_over_new_session(connect: Callable[[], Channel], migration_id: str) -> None:
     """Ask a fresh agent to roll back ``migration_id`` from its journal."""
-    conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
+    agent = AgentClient(Connection(connect(), timeout=CALL_TIMEOUT_S))
     try:
-        open_session(conn)
-        conn.call("abort", migration_id=migration_id, timeout=60)
-        conn.call("bye")
+        open_session(agent)
+        agent.call(Abort(migration_id=migration_id), timeout=60)
+        agent.call(Bye())
     finally:
-        conn.close()
+        agent.conn.close()

@@ -38,6 +38,7 @@ from migrate.source.prepare import prepare, transfer_image
 from migrate.source.run_precheck import precheck
 from migrate.transport import Channel, Tunnel
 from migrate.wire.bulk import StreamChannel
+from migrate.wire.client import AgentClient, StreamStats
 from migrate.wire.connection import Connection
 
 
@@ -80,6 +81,7 @@ class Migration:
         self.id = uuid.uuid4().hex
         self.timer = Timer(self.progress)
         self.conn: Connection | None = None
+        self.agent: AgentClient | None = None  # the typed client over ``conn``, set with it
         self.paused = False
         self.dest_created = False
         self.commit_sent = False
@@ -191,11 +193,14 @@ class Migration:
         name = point.removeprefix("source:")
         return self.opts.faults.wrap(chunks, point, f"{os.getpid()} {name} {self.id}\n")
 
-    def count(self, what: str, stream_stats: dict[str, Any]) -> None:
-        self.bytes[what] += int(stream_stats.get("raw", 0))
-        self.bytes["raw"] += int(stream_stats.get("raw", 0))
-        self.bytes["wire"] += int(stream_stats.get("wire", 0))
-        self.bytes["fast"] += int(stream_stats.get("fast_raw", 0))
+    def count(self, what: str, stream_stats: StreamStats | None) -> None:
+        """Add a stream's bytes under ``what`` and to the totals; ``stream_stats`` is the
+        CallResult's ``stream``, always set for a request that carried one."""
+        assert stream_stats is not None, f"{what}: no statistics for a stream"
+        self.bytes[what] += stream_stats.raw
+        self.bytes["raw"] += stream_stats.raw
+        self.bytes["wire"] += stream_stats.wire
+        self.bytes["fast"] += stream_stats.fast_raw
 
     # --- the report ------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from migrate.checkpoint import criu
 from migrate.core.errors import ContainerNotRunning, CriuUnavailable, Incompatible, Unsupported
 from migrate.engines.base import ContainerSpec, ContainerState, Engine
-from migrate.wire.connection import Connection
+from migrate.wire.client import AgentClient
+from migrate.wire.methods import CpuinfoCheck
 
 
 @dataclass(frozen=True)
@@ -121,14 +122,15 @@ def require_criu(*, say_found: bool = True) -> SourceCriu:
     return SourceCriu(caps, caps.version)
 
 
-def check_cpu(conn: Connection, *, hint: str) -> None:
+def check_cpu(agent: AgentClient, *, hint: str) -> None:
     """A checkpoint restores only on a CPU with the features its programs may use: ask the
     destination's CRIU about this host's CPU before anything is frozen."""
-    res = conn.call("cpuinfo_check", image_b64=base64.b64encode(criu.cpuinfo_image()).decode())
-    if not res.get("ok"):
+    image = base64.b64encode(criu.cpuinfo_image()).decode()
+    res = agent.call(CpuinfoCheck(image_b64=image)).result
+    if not res.ok:
         raise Incompatible(
             "the destination's CPU lacks features this host's CPU has: a checkpoint taken "
             "here would not restore there",
             hint=hint,
-            details={"criu_log": str(res.get("output") or "")},
+            details={"criu_log": res.output},
         )

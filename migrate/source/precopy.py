@@ -8,13 +8,20 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from migrate.engines.base import ContainerSpec
 from migrate.fs import capture
 from migrate.fs import precopy as fs_precopy
 from migrate.fs.precopy import PreCopy
 from migrate.source.limits import RESTORE_TIMEOUT_S
+from migrate.wire.methods import (
+    PrecopyBind,
+    PrecopyRootfs,
+    PrecopyVolume,
+    PutRootfsDelta,
+    Request,
+)
 
 if TYPE_CHECKING:
     from migrate.source.migration import Migration
@@ -25,7 +32,7 @@ log = logging.getLogger(__name__)
 def precopy(m: Migration, spec: ContainerSpec) -> None:
     """Stream the read-write layer into the new container's upper dir while the container
     still runs; the freeze then only sends what changed (migrate/fs/precopy.py)."""
-    assert m.conn is not None
+    assert m.agent is not None
     if not m.opts.precopy or not {"precopy_rootfs", "put_rootfs_delta"} <= m.agent_methods:
         return
     m.fault("source:before_precopy")
@@ -45,11 +52,11 @@ def precopy(m: Migration, spec: ContainerSpec) -> None:
 def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy:
     """The layer's first pass, then deltas while another pass is worth it; the first pass's
     record (the volumes' pre-copies start from it)."""
-    assert m.conn is not None
+    assert m.agent is not None
     pc = first = PreCopy.start(pids)
     t_pass = time.monotonic()
     cap = capture.capture(upper, live=True, record=pc.record)
-    _send_pass(m, "precopy_rootfs", cap, pc)
+    _send_pass(m, PrecopyRootfs(migration_id=m.id), cap, pc)
     log.info(
         "pre-copy: %d files (%d bytes) sent while running, %d names skipped",
         len(pc.files),
@@ -62,7 +69,7 @@ def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy
         t_pass = time.monotonic()
         pc = PreCopy.start(pids, previous=pc)
         cap = capture.capture(upper, live=True, record=pc.record, keep=pc.keep_from_previous)
-        _send_pass(m, "put_rootfs_delta", cap, pc)
+        _send_pass(m, PutRootfsDelta(migration_id=m.id), cap, pc)
         log.info(
             "pre-copy pass %d: %d files (%d bytes) sent again, %d kept",
             pc.passes,
@@ -73,49 +80,46 @@ def _rootfs(m: Migration, upper: Path, pids: Callable[[], list[int]]) -> PreCopy
     return first
 
 
-def _send_pass(m: Migration, method: str, cap: capture.Capture, pc: PreCopy) -> None:
-    """One pass over the layer sent; from now on the agent holds ``pc``."""
-    assert m.conn is not None
-    res = m.conn.call(
-        method,
+def _send_pass(m: Migration, req: Request[Any], cap: capture.Capture, pc: PreCopy) -> None:
+    """One pass over the layer sent (``req``: PrecopyRootfs or PutRootfsDelta; only the
+    stream's statistics are used, so either answer will do); from now on the agent holds
+    ``pc``."""
+    assert m.agent is not None
+    res = m.agent.call(
+        req,
         stream=cap,
-        migration_id=m.id,
         timeout=RESTORE_TIMEOUT_S,
         on_progress=lambda raw, wire: m.progress.transfer("precopy", raw, wire, None),
     )
-    m.count("rootfs_precopy", res["_stream"])
+    m.count("rootfs_precopy", res.stream)
     m.precopied = pc
 
 
 def _volumes(m: Migration, spec: ContainerSpec, volumes_pc: PreCopy) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     where = {mt.name: mt.destination for mt in spec.mounts if mt.type == "volume"}
     for v in m.volumes:
         vpc = volumes_pc.under(where.get(v.name, "/nonexistent"))
-        res = m.conn.call(
-            "precopy_volume",
+        res = m.agent.call(
+            PrecopyVolume(migration_id=m.id, volume=v.name),
             stream=capture.capture(Path(v.mountpoint), live=True, record=vpc.record),
-            migration_id=m.id,
-            volume=v.name,
             timeout=RESTORE_TIMEOUT_S,
             on_progress=lambda raw, wire: m.progress.transfer("precopy", raw, wire, None),
         )
-        m.count("volumes_precopy", res["_stream"])
+        m.count("volumes_precopy", res.stream)
         m.precopied_volumes[v.name] = vpc
 
 
 def _binds(m: Migration, spec: ContainerSpec, volumes_pc: PreCopy) -> None:
-    assert m.conn is not None
+    assert m.agent is not None
     where = {mt.source: mt.destination for mt in spec.mounts if mt.type == "bind"}
     for path in m.binds:
         bpc = volumes_pc.under(where.get(path, "/nonexistent"))
-        res = m.conn.call(
-            "precopy_bind",
+        res = m.agent.call(
+            PrecopyBind(migration_id=m.id, path=path),
             stream=capture.capture(Path(path), live=True, record=bpc.record),
-            migration_id=m.id,
-            path=path,
             timeout=RESTORE_TIMEOUT_S,
         )
-        m.count("volumes_precopy", res["_stream"])
+        m.count("volumes_precopy", res.stream)
         m.precopied_binds[path] = bpc
         fs_precopy.flush(Path(path))  # may be another file system than the layer's

@@ -23,7 +23,9 @@ from migrate.core.journal import DEFAULT_DIR, Pending, unsettled
 from migrate.core.lock import ContainerLock
 from migrate.engines.base import Engine
 from migrate.transport import Channel
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Abort, Bye, Status
 from migrate.wire.session import open_session
 
 log = logging.getLogger(__name__)
@@ -117,15 +119,15 @@ def _settle(
         for staging in _stagings(state_dir, p.migration_id):
             _wait_for_orphaned_dump(staging, label)
         try:
-            conn = Connection(connect(), timeout=CALL_TIMEOUT_S)
+            agent = AgentClient(Connection(connect(), timeout=CALL_TIMEOUT_S))
         except MigrateError as e:
             raise InDoubt(f"{label}: cannot reach the destination's agent: {e.message}") from None
         actions: list[str] = []
         try:
-            open_session(conn)
-            st = conn.call("status", migration_id=p.migration_id)
-            last = str(st.get("last") or "")
-            if st.get("live"):
+            open_session(agent)
+            st = agent.call(Status(migration_id=p.migration_id)).result
+            last = st.last
+            if st.live:
                 raise InDoubt(
                     f"{label}: an agent on the destination still serves migration "
                     f"{p.migration_id} (it rolls back when it notices the lost connection)"
@@ -144,12 +146,12 @@ def _settle(
             elif last in ("committed", "postcopy_done"):
                 outcome = "committed"
             else:
-                res = conn.call("abort", migration_id=p.migration_id)
-                if res.get("known"):
+                res = agent.call(Abort(migration_id=p.migration_id)).result
+                if res.known:
                     actions.append("destination copy removed")
                 outcome = "rolled_back"
             try:
-                conn.call("bye")
+                agent.call(Bye())
             except MigrateError:
                 pass
         except Busy as e:
@@ -161,7 +163,7 @@ def _settle(
                 f"{label}: the destination's journal could not be used: {e.message}"
             ) from None
         finally:
-            conn.close()
+            agent.conn.close()
         # The destination is settled; now the source copy (an engine error here leaves the
         # journal unsettled, and recover can simply run again).
         try:

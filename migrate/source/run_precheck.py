@@ -17,7 +17,9 @@ from migrate.source.limits import CALL_TIMEOUT_S
 from migrate.source.precheck import SourceCriu, check_cpu, check_source, require_criu
 from migrate.source.strategy import choose_strategy, source_postcopy_blocker
 from migrate.wire.bulk import attach_bulk
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Precheck
 from migrate.wire.session import open_session
 
 if TYPE_CHECKING:
@@ -73,12 +75,13 @@ def _take_along(m: Migration, spec: ContainerSpec) -> None:
 def _ask_destination(m: Migration, spec: ContainerSpec, source_criu: SourceCriu) -> None:
     """The agent's handshake and precheck, the strategy, the CPU check."""
     m.conn = Connection(m.connect(), timeout=CALL_TIMEOUT_S, level=m.opts.compression_level)
+    m.agent = agent = AgentClient(m.conn)
     # None: post-copy possible on this side (the agent is asked about its own).
     lazy_why = None if m.opts.strategy != "cold" else "not asked"
     if lazy_why is None:
         lazy_why = source_postcopy_blocker(source_criu.caps, m.conn) or None
     hello = open_session(
-        m.conn,
+        agent,
         faults=m.opts.faults.for_side("agent"),
         adaptive=m.opts.compression == "adaptive",
     )
@@ -86,21 +89,23 @@ def _ask_destination(m: Migration, spec: ContainerSpec, source_criu: SourceCriu)
     m.agent_methods = frozenset(hello.methods)
     m.agent_memory_staging = "memory" in hello.staging
     # Before anything is frozen: its handshake must not land in the downtime.
-    m.stream_channel = attach_bulk(m.conn, m.opts.bulk, m.agent_methods, m.opts.faults.points)
+    m.stream_channel = attach_bulk(agent, m.opts.bulk, m.agent_methods, m.opts.faults.points)
     if lazy_why is None and "postcopy_wait" not in m.agent_methods:
         lazy_why = "the destination's migrate is too old for post-copy"
-    res = m.conn.call(
-        "precheck",
+    req = Precheck(
         spec=spec.to_wire(),
         name=m.dest_name,
         criu_version=list(source_criu.version),
         volumes=[v.to_wire() for v in m.volumes],
         binds=mounts.binds_wire(m.binds, m.opts.bind_mounts),
-        **({"lazy": True} if lazy_why is None else {}),  # type: ignore[arg-type]
     )
+    if lazy_why is None:
+        # Only then: an agent that was not asked answers no `lazy` verdict at all.
+        req = req.model_copy(update={"lazy": True})
+    res = agent.call(req).result
     m.strategy, m.strategy_note = choose_strategy(m.opts.strategy, lazy_why, res)
     check_cpu(
-        m.conn,
+        agent,
         hint="migrate between hosts with the same CPU features (`migrate check --to "
         "DEST` shows it)",
     )

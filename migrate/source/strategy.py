@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from migrate.checkpoint import criu
 from migrate.core.errors import Unsupported
 from migrate.source.criu_checks import check_pipe_max_size, pipe_max_size
 from migrate.wire.connection import Connection
+from migrate.wire.results import PrecheckResult
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def source_postcopy_blocker(caps: criu.CriuCapabilities, conn: Connection) -> st
     return ""
 
 
-def choose_strategy(asked: str, source_why: str | None, res: dict[str, Any]) -> tuple[str, str]:
+def choose_strategy(asked: str, source_why: str | None, res: PrecheckResult) -> tuple[str, str]:
     """Resolve --strategy ``asked`` to (strategy, note): lazy needs both sides able to do
     post-copy (refused, exit 3, when they cannot); auto takes lazy where it can and cold
     otherwise, the note saying why. ``res``: the agent's precheck answer."""
@@ -40,11 +40,11 @@ def choose_strategy(asked: str, source_why: str | None, res: dict[str, Any]) -> 
         return "cold", ""
     why = source_why or ""
     if not why:
-        lazy = res.get("lazy")
-        if not isinstance(lazy, dict):
+        lazy = res.lazy
+        if lazy is None:
             why = "the destination did not say whether it can restore lazily"
-        elif not lazy.get("ok"):
-            why = str(lazy.get("why") or "the destination cannot restore lazily")
+        elif not lazy.ok:
+            why = lazy.why or "the destination cannot restore lazily"
     if not why:
         return "lazy", ""
     if asked == "auto":

@@ -1,8 +1,8 @@
 """Which channel a session's streams take: the OpenSSH bulk connection
 (transport/openssh.py) attached to the RPC connection, or the control channel itself.
 
-Lives above both: it asks the agent for the bulk socket over the Connection, then starts the
-transport's BulkLink and hands it to the Connection as its ``bulk``.
+Lives above both: it asks the agent for the bulk socket (through the typed client), then
+starts the transport's BulkLink and hands it to the client's Connection as its ``bulk``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from migrate.core.errors import BulkUnavailable, ConnectionLost, MigrateError, T
 from migrate.transport import BulkTarget
 from migrate.transport.bulk_sink import parse_token_line
 from migrate.transport.openssh import BulkLink
-from migrate.wire.connection import Connection
+from migrate.wire.client import AgentClient
+from migrate.wire.methods import BulkOpen
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,17 @@ class StreamChannel:
 
 
 def attach_bulk(
-    conn: Connection,
+    client: AgentClient,
     mode: str,
     agent_methods: frozenset[str],
     faults: frozenset[str] = frozenset(),
 ) -> StreamChannel:
-    """Open the bulk connection for ``conn`` per ``--bulk`` (right after the hello, long
-    before any freeze). ``auto``: OpenSSH when it comes up, else paramiko with the reason;
+    """Open the bulk connection for ``client``'s connection per ``--bulk`` (right after the
+    hello, long before any freeze). ``auto``: OpenSSH when it comes up, else paramiko with the reason;
     ``openssh``: BulkUnavailable instead of falling back; ``paramiko``: never tried."""
     if mode not in BULK_MODES:
         raise ValueError(f"unknown bulk mode {mode!r}")
+    conn = client.conn
     target_of = conn.ch.bulk()
     if target_of is None:
         if mode == "openssh":
@@ -77,13 +79,13 @@ def attach_bulk(
         target = target_of()
         if FAULT_NO_KEY in faults:
             target = BulkTarget(**{**target.__dict__, "identity": _MISSING_KEY})
-        res = conn.call("bulk_open")
-        sock, token = res.get("socket"), res.get("token")
+        # An answer without two strings is a ProtocolError (the typed client's), which
+        # falls back or refuses below like any other problem with the bulk connection.
+        res = client.call(BulkOpen()).result
+        sock, token = res.socket, res.token
         if (
-            not isinstance(sock, str)
-            or not sock.startswith("/")
+            not sock.startswith("/")
             or "\0" in sock
-            or not isinstance(token, str)
             or parse_token_line(token.encode() + b"\n") is None
         ):
             raise BulkUnavailable("the agent's answer to bulk_open is malformed")

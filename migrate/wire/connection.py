@@ -97,26 +97,7 @@ class Connection:
             raise ProtocolError(f"expected a control frame, got kind {f.kind}")
         return decode_control(f.body)
 
-    # source side
-    def call(
-        self,
-        method: str,
-        *,
-        stream: Iterator[bytes] | None = None,
-        timeout: float | None = None,
-        on_progress: Any = None,
-        **args: Any,
-    ) -> dict[str, Any]:
-        """Call a method on the agent; raise the agent's error as the same class. The
-        stream's byte counts, if any, come under the result's ``_stream`` key (the typed
-        client, wire/client.py, returns them beside the result instead)."""
-        result, stats = self.exchange(
-            method, args, stream=stream, timeout=timeout, on_progress=on_progress
-        )
-        if stats is not None:
-            result.setdefault("_stream", stats)
-        return result
-
+    # source side (the typed client, wire/client.py, is its caller)
     def exchange(
         self,
         method: str,

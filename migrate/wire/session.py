@@ -17,8 +17,9 @@ import pydantic
 
 from migrate import __version__
 from migrate.core.errors import ProtocolError
-from migrate.wire.connection import Connection
+from migrate.wire.client import AgentClient
 from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from migrate.wire.methods import Hello
 from migrate.wire.results import AgentHello, EngineSummary, WireError, invalid_fields
 
 # The hello's models live with the other answers (wire/results.py); named here too.
@@ -26,7 +27,8 @@ __all__ = ["AgentHello", "EngineSummary", "WireError", "open_session", "parse_he
 
 
 def parse_hello(answer: dict[str, Any]) -> AgentHello:
-    """Validate an agent's hello answer; a malformed one is a protocol error, named."""
+    """Validate an agent's hello answer already at hand; a malformed one is a protocol error,
+    named. (open_session's answer is validated by the typed client, with the same model.)"""
     try:
         return AgentHello.model_validate(answer)
     except pydantic.ValidationError as e:
@@ -37,21 +39,20 @@ def parse_hello(answer: dict[str, Any]) -> AgentHello:
 
 
 def open_session(
-    conn: Connection, *, faults: Iterable[str] = (), adaptive: bool = True
+    client: AgentClient, *, faults: Iterable[str] = (), adaptive: bool = True
 ) -> AgentHello:
-    """Say hello on ``conn`` and return the agent's validated answer. The agent refuses a
+    """Say hello through ``client`` and return the agent's validated answer. The agent refuses a
     protocol range that does not overlap its own (the newer side decides). ``faults``: test
     fault points for the agent, honoured only where the agent's own environment allows it.
     ``adaptive``: whether streams may change their compression level (when the agent reads
     multi-frame streams)."""
-    hello = parse_hello(
-        conn.call(
-            "hello",
+    hello = client.call(
+        Hello(
             protocol=PROTOCOL_VERSION,
             min_protocol=MIN_PROTOCOL_VERSION,
             software=__version__,
             faults=sorted(faults),
         )
-    )
-    conn.adaptive = adaptive and hello.stream_frames == "multi"
+    ).result
+    client.conn.adaptive = adaptive and hello.stream_frames == "multi"
     return hello

@@ -19,6 +19,7 @@ from migrate.engines.base import EngineInfo
 from migrate.source import criu_checks, dest_checks, host_checks
 from migrate.source.check import run_checks
 from migrate.source.check_result import CheckReport, CheckResult
+from migrate.wire.results import CpuinfoResult
 from migrate.wire.session import parse_hello
 
 pytestmark = pytest.mark.unit
@@ -270,7 +271,7 @@ def dest_rows(
     local: tuple[int, int, int] | None = (4, 2, 1),
 ) -> dict[str, CheckResult]:
     rows = dest_checks.destination_results(
-        parse_hello(hello), cpu or {"ok": True, "output": ""}, local
+        parse_hello(hello), CpuinfoResult.model_validate(cpu or {"ok": True, "output": ""}), local
     )
     return {r.name: r for r in rows}
 

@@ -18,6 +18,9 @@ from migrate.engines.base import ContainerSpec
 from migrate.source import interrupt, migration
 from migrate.source.interrupt import Interrupted, InterruptLatch, exit_status
 from migrate.source.migration import Migration, RunOptions
+from migrate.wire.client import CallResult
+from migrate.wire.methods import Request
+from migrate.wire.results import AbortResult, CommitResult, Empty
 
 # --- the latch ------------------------------------------------------------------------------
 
@@ -128,17 +131,26 @@ def test_an_inherited_ignore_is_overridden_then_restored() -> None:
 
 
 class _Conn:
-    """Answers every call; ``during_commit`` runs while `commit` is in flight."""
+    """Stands in for the AgentClient (and its Connection, ``conn``): answers every call;
+    ``during_commit`` runs while `commit` is in flight."""
+
+    ANSWERS: dict[str, Any] = {
+        "commit": CommitResult(committed=True),
+        "bye": Empty(),
+        "abort": AbortResult(aborted=True),
+    }
 
     def __init__(self, during_commit: Any = None) -> None:
         self.calls: list[str] = []
         self.during_commit = during_commit
+        self.conn = self
 
-    def call(self, method: str, **_: Any) -> dict[str, Any]:
+    def call(self, req: Request[Any], **_: Any) -> CallResult[Any]:
+        method = type(req).method
         self.calls.append(method)
         if method == "commit" and self.during_commit is not None:
             self.during_commit()
-        return {}
+        return CallResult(self.ANSWERS[method])
 
     def close(self) -> None:
         pass
@@ -157,7 +169,7 @@ def _migration(
     spec: Any = SimpleNamespace(id="cid", name="c")  # run() reads only these here
 
     def precheck(m: Migration) -> ContainerSpec:
-        m.conn = conn  # type: ignore[assignment]
+        m.agent = conn  # type: ignore[assignment]
         return spec  # type: ignore[no-any-return]
 
     monkeypatch.setattr(migration, "precheck", precheck)

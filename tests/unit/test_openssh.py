@@ -20,7 +20,10 @@ from migrate.transport import BulkTarget, bulk_sink, openssh
 from migrate.transport.openssh import ssh_argv
 from migrate.wire import framing, messages
 from migrate.wire.bulk import attach_bulk
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import PutLog, Status
+from migrate.wire.results import LogResult
 from migrate.wire.stream import StreamReader
 
 TARGET = BulkTarget(
@@ -151,17 +154,17 @@ def _frames(data: bytes) -> list[framing.Frame]:
     return out
 
 
-def _answer(rid: int) -> bytes:
-    return framing.encode_control(messages.response_message(rid, {"ok": True}))
+def _answer(rid: int, result: dict[str, object]) -> bytes:
+    return framing.encode_control(messages.response_message(rid, result))
 
 
 def test_stream_goes_to_the_bulk_connection_with_its_header() -> None:
-    ctl = Pipe(_answer(1))
+    ctl = Pipe(_answer(1, {"bytes": 6000}))
     conn = Connection(ctl)
     bulk = FakeBulk()
     conn.bulk = bulk
-    res = conn.call("put_log", stream=iter([b"hello " * 1000]), migration_id="m")
-    assert res["ok"] is True
+    res = AgentClient(conn).call(PutLog(migration_id="m"), stream=iter([b"hello " * 1000]))
+    assert res.result == LogResult(bytes=6000)
     req = _frames(bytes(ctl.sent))
     assert len(req) == 1 and framing.decode_control(req[0].body)["via"] == "bulk"
     frames = _frames(bytes(bulk.sent))
@@ -181,7 +184,7 @@ def test_a_broken_bulk_stream_kills_it_and_is_not_reused() -> None:
     bulk = FakeBulk(fail_after=10)
     conn.bulk = bulk
     with pytest.raises(errors.ConnectionLost):
-        conn.call("put_log", stream=iter([os.urandom(3 << 20)]), migration_id="m")
+        AgentClient(conn).call(PutLog(migration_id="m"), stream=iter([os.urandom(3 << 20)]))
     assert bulk.killed and conn.bulk is None
 
 
@@ -194,7 +197,7 @@ def test_a_source_read_error_mid_stream_kills_the_bulk_connection() -> None:
     bulk = FakeBulk()
     conn.bulk = bulk
     with pytest.raises(errors.DiskFull):
-        conn.call("put_log", stream=chunks(), migration_id="m")
+        AgentClient(conn).call(PutLog(migration_id="m"), stream=chunks())
     assert bulk.killed and conn.bulk is None
     assert _frames(bytes(bulk.sent))[-1].kind != framing.KIND_END
 
@@ -206,15 +209,15 @@ def test_a_dead_bulk_connection_fails_the_stream_before_the_request() -> None:
     bulk.killed = True
     conn.bulk = bulk
     with pytest.raises(errors.ConnectionLost):
-        conn.call("put_log", stream=iter([b"x"]), migration_id="m")
+        AgentClient(conn).call(PutLog(migration_id="m"), stream=iter([b"x"]))
     assert not ctl.sent and conn.bulk is None
 
 
 def test_calls_without_a_stream_stay_on_the_control_channel() -> None:
-    ctl = Pipe(_answer(1))
+    ctl = Pipe(_answer(1, {"last": "", "live": False}))
     conn = Connection(ctl)
     conn.bulk = FakeBulk()
-    conn.call("status", migration_id="m")
+    AgentClient(conn).call(Status(migration_id="m"))
     assert "via" not in framing.decode_control(_frames(bytes(ctl.sent))[0].body)
     assert not conn.bulk.sent  # type: ignore[union-attr]
 
@@ -329,20 +332,20 @@ class _SshLike(Pipe):
 
 def test_attach_bulk_modes_without_trying_ssh() -> None:
     local = Connection(Pipe())
-    assert attach_bulk(local, "auto", frozenset({"bulk_open"})).name == "local"
+    assert attach_bulk(AgentClient(local), "auto", frozenset({"bulk_open"})).name == "local"
     with pytest.raises(errors.BulkUnavailable) as e:
-        attach_bulk(local, "openssh", frozenset({"bulk_open"}))
+        attach_bulk(AgentClient(local), "openssh", frozenset({"bulk_open"}))
     assert e.value.exit_code == errors.EXIT_REFUSED
     ssh = Connection(_SshLike())
-    ch = attach_bulk(ssh, "paramiko", frozenset({"bulk_open"}))
+    ch = attach_bulk(AgentClient(ssh), "paramiko", frozenset({"bulk_open"}))
     assert (ch.name, ssh.bulk) == ("paramiko", None)
     # An older agent without bulk_open: auto falls back and says why, openssh refuses.
-    ch = attach_bulk(ssh, "auto", frozenset())
+    ch = attach_bulk(AgentClient(ssh), "auto", frozenset())
     assert ch.name == "paramiko" and "no bulk connection" in ch.note and ssh.bulk is None
     with pytest.raises(errors.BulkUnavailable, match="no bulk connection"):
-        attach_bulk(ssh, "openssh", frozenset())
+        attach_bulk(AgentClient(ssh), "openssh", frozenset())
     with pytest.raises(ValueError):
-        attach_bulk(ssh, "carrier-pigeon", frozenset())
+        attach_bulk(AgentClient(ssh), "carrier-pigeon", frozenset())
 
 
 def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
@@ -366,7 +369,7 @@ def test_attach_bulk_falls_back_when_ssh_does_not_come_up(
     monkeypatch.setattr(
         tempfile, "mkstemp", lambda **kw: (r := real_mkstemp(**kw), seen.append(Path(r[1])))[0]
     )
-    ch = attach_bulk(conn, "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(AgentClient(conn), "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "Permission denied" in ch.note, ch
     assert conn.bulk is None
     assert len(seen) == 1 and seen[0].parent == tmp_path  # it was written, then removed
@@ -403,7 +406,7 @@ def test_a_malformed_bulk_open_answer_falls_back_or_refuses(answer: dict[str, ob
     def conn() -> Connection:
         return Connection(_SshLike(framing.encode_control(messages.response_message(1, answer))))
 
-    ch = attach_bulk(conn(), "auto", frozenset({"bulk_open"}))
+    ch = attach_bulk(AgentClient(conn()), "auto", frozenset({"bulk_open"}))
     assert ch.name == "paramiko" and "malformed" in ch.note
     with pytest.raises(errors.BulkUnavailable, match="malformed"):
-        attach_bulk(conn(), "openssh", frozenset({"bulk_open"}))
+        attach_bulk(AgentClient(conn()), "openssh", frozenset({"bulk_open"}))

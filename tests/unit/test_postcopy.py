@@ -14,6 +14,7 @@ import pytest
 from migrate.checkpoint.postcopy import PageRelay, page_stats
 from migrate.core.errors import Unsupported
 from migrate.source.strategy import choose_strategy
+from migrate.wire.results import PrecheckResult
 
 LOG = """\
 (00.000100) 1-5: Found 100 pages to be handled by UFFD
@@ -84,6 +85,11 @@ def test_relay_normal_end_is_not_broken() -> None:
     assert seen == []
 
 
+def precheck_answer(answer: dict[str, Any]) -> PrecheckResult:
+    """The agent's precheck answer, as the typed client returns it (``ok`` is always there)."""
+    return PrecheckResult.model_validate({"ok": True, **answer})
+
+
 @pytest.mark.parametrize(
     ("strategy", "source_why", "answer", "expect"),
     [
@@ -98,7 +104,7 @@ def test_relay_normal_end_is_not_broken() -> None:
 def test_choose_strategy(
     strategy: str, source_why: str | None, answer: dict[str, Any], expect: str
 ) -> None:
-    chosen, note = choose_strategy(strategy, source_why, answer)
+    chosen, note = choose_strategy(strategy, source_why, precheck_answer(answer))
     assert chosen == expect
     assert bool(note) == (strategy == "auto" and expect == "cold")
 
@@ -114,7 +120,7 @@ def test_lazy_refused_with_the_reason_and_a_fix(
     source_why: str | None, answer: dict[str, Any], word: str
 ) -> None:
     with pytest.raises(Unsupported) as ei:
-        choose_strategy("lazy", source_why, answer)
+        choose_strategy("lazy", source_why, precheck_answer(answer))
     assert word in ei.value.message and "--strategy cold" in ei.value.hint
     assert ei.value.exit_code == 3
 

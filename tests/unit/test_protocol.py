@@ -15,7 +15,9 @@ import zstandard
 
 from migrate.core import errors
 from migrate.wire import framing, messages, stream
+from migrate.wire.client import AgentClient
 from migrate.wire.connection import Connection
+from migrate.wire.methods import Bye
 from migrate.wire.stream import StreamReader
 
 
@@ -185,13 +187,13 @@ def test_call_raises_remote_error_and_checks_ids() -> None:
     reply = framing.encode_control(
         messages.error_message(1, errors.NameConflict("taken", hint="rename"))
     )
-    conn = Connection(Pipe(reply))
+    client = AgentClient(Connection(Pipe(reply)))
     with pytest.raises(errors.NameConflict, match="taken") as ei:
-        conn.call("bye")
+        client.call(Bye())
     assert ei.value.exit_code == errors.EXIT_REFUSED
     wrong = framing.encode_control(messages.response_message(99, {}))
     with pytest.raises(errors.ProtocolError, match="99"):
-        Connection(Pipe(wrong)).call("bye")
+        AgentClient(Connection(Pipe(wrong))).call(Bye())
 
 
 # --- the stream's stage threads (issue 8: reading, compressing and sending overlap) --------

@@ -9,8 +9,9 @@ import pytest
 
 from migrate import __version__
 from migrate.core.errors import ProtocolError
-from migrate.wire.connection import Connection
+from migrate.wire.client import AgentClient, CallResult
 from migrate.wire.messages import MIN_PROTOCOL_VERSION, PROTOCOL_VERSION
+from migrate.wire.methods import Request
 from migrate.wire.session import AgentHello, open_session, parse_hello
 
 pytestmark = pytest.mark.unit
@@ -44,16 +45,18 @@ def answer(**over: Any) -> dict[str, Any]:
 
 
 class Recorder:
-    """Stands in for a Connection: records the call, answers with a fixed dict."""
+    """Stands in for an AgentClient (and its Connection, ``conn``): records the call as it
+    goes on the wire, answers with a fixed dict."""
 
     def __init__(self, reply: dict[str, Any]) -> None:
         self.reply = reply
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.adaptive = False
+        self.conn = self
 
-    def call(self, method: str, **args: Any) -> dict[str, Any]:
-        self.calls.append((method, args))
-        return self.reply
+    def call(self, req: Request[Any], **_: Any) -> CallResult[Any]:
+        self.calls.append((type(req).method, req.model_dump(exclude_unset=True)))
+        return CallResult(parse_hello(self.reply))
 
 
 def test_a_complete_answer_is_typed() -> None:
@@ -96,7 +99,7 @@ def test_a_malformed_answer_is_a_protocol_error_naming_the_field(
 
 def test_open_session_offers_our_range_and_the_agent_faults() -> None:
     rec = Recorder(answer())
-    open_session(cast(Connection, rec), faults=["agent:restore_fail", "agent:a"])
+    open_session(cast(AgentClient, rec), faults=["agent:restore_fail", "agent:a"])
     assert rec.calls == [
         (
             "hello",
@@ -118,5 +121,5 @@ def test_adaptive_compression_only_with_an_agent_that_reads_several_frames(
     frames: str, want: bool, adaptive: bool
 ) -> None:
     rec = Recorder(answer(stream_frames=frames))
-    open_session(cast(Connection, rec), adaptive=want)
+    open_session(cast(AgentClient, rec), adaptive=want)
     assert rec.adaptive is adaptive
