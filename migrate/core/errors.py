@@ -274,6 +274,13 @@ class MigrationFailed(MigrateError):
 
 
 @_register
+class InternalError(MigrateError):
+    """migrate itself failed (a bug): what it had started was rolled back."""
+
+    code = "internal.error"
+
+
+@_register
 class InjectedFault(MigrateError):
     """A fault was injected for testing (MIGRATE_FAULT)."""
 

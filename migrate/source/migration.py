@@ -12,6 +12,7 @@ outcome in doubt: the source copy stays paused (never two running copies, never 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -23,7 +24,7 @@ from typing import Any
 
 from migrate.checkpoint import criu, postcopy
 from migrate.checkpoint import staging as staging_mod
-from migrate.core.errors import InDoubt, MigrateError, PrecheckFailed
+from migrate.core.errors import InDoubt, InternalError, MigrateError, PrecheckFailed
 from migrate.core.faults import NO_FAULTS, Faults
 from migrate.core.journal import DEFAULT_DIR, Journal
 from migrate.core.lock import ContainerLock
@@ -40,6 +41,8 @@ from migrate.transport import Channel, Tunnel
 from migrate.wire.bulk import StreamChannel
 from migrate.wire.client import AgentClient, StreamStats
 from migrate.wire.connection import Connection
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,21 @@ class Migration:
             raise rollback(self, e) from None
         except KeyboardInterrupt:
             raise rollback(self, self.interrupts.error()) from None
+        except Exception as e:
+            # A bug of ours must not leave the source paused or a copy on the destination:
+            # roll back as for any failure, and keep the traceback for the report.
+            log.exception("unexpected error in migration %s", self.id)
+            if self.commit_sent:  # past the point of no return: nothing to roll back
+                raise InDoubt(
+                    f"migration {self.id} was committed on the destination, then failed here "
+                    f"(unexpected {type(e).__name__}: {e})",
+                    hint=f"`migrate recover {self.opts.container}` settles the source copy",
+                ) from e
+            cause = InternalError(
+                f"unexpected {type(e).__name__}: {e}",
+                hint="please report it with the output of `migrate -v run ...`",
+            )
+            raise rollback(self, cause) from e
         finally:
             self.interrupts.disarm()  # cleaning up: an interrupt now is recorded, not raised
             if self.page_server is not None:

@@ -31,6 +31,7 @@ from migrate.core.errors import (
     EXIT_REFUSED,
     InDoubt,
     InjectedFault,
+    InternalError,
     MigrateError,
     MigrationFailed,
     NameConflict,
@@ -38,7 +39,8 @@ from migrate.core.errors import (
 from migrate.core.faults import Faults
 from migrate.core.journal import Journal, unsettled
 from migrate.core.report import Report
-from migrate.engines.base import Engine
+from migrate.engines.base import ContainerSpec, Engine
+from migrate.source import migration as migration_mod
 from migrate.source.migration import Migration, RunOptions
 from migrate.source.recover import Settled, pending_for, recover
 
@@ -443,3 +445,44 @@ def test_agent_exit_points(point: str) -> None:
         "tests/e2e covers it (docs/fault-matrix.md, row 'agent exits itself'); the lost link "
         "tests above reach the same source-side branches"
     )
+
+
+def test_a_bug_before_commit_rolls_back(hosts: Hosts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception that is not a MigrateError (a bug of ours) must not leave the source paused
+    and a copy on the destination: it rolls back like any failure, the bug named."""
+    real = migration_mod.freeze_and_move
+
+    def restored_then_bug(m: Migration, spec: ContainerSpec) -> None:
+        real(m, spec)  # the destination copy runs, the source is paused
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(migration_mod, "freeze_and_move", restored_then_bug)
+    m = hosts.migration()
+    with pytest.raises(MigrateError) as e:
+        m.run()
+    assert e.value.details.get("cause") == InternalError.code
+    assert "RuntimeError: a bug" in e.value.message
+    monkeypatch.undo()
+    assert_rolled_back(hosts, m, e.value)
+
+
+def test_a_bug_after_commit_is_in_doubt_until_recover(
+    hosts: Hosts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the point of no return a bug rolls nothing back: in doubt (exit 4), the source copy
+    paused, and recover retires it."""
+
+    def bug(m: Migration) -> None:
+        raise RuntimeError("a bug after commit")
+
+    monkeypatch.setattr(migration_mod, "bye", bug)
+    m = hosts.migration()
+    with pytest.raises(InDoubt) as e:
+        m.run()
+    assert "RuntimeError: a bug after commit" in e.value.message
+    hosts.destination.join()
+    assert hosts.source_state() == "paused"
+    assert hosts.dest_running() == [NAME]
+    (settled,) = hosts.recover()
+    assert settled.outcome == "committed"
+    assert hosts.source_state() == "gone"
