@@ -17,6 +17,7 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,32 @@ def container_name(lab: Lab) -> Iterator[str]:
     yield name
     for h in ("a", "b"):
         remove_containers(lab.host(h).docker_host, name)
+
+
+@dataclass(frozen=True)
+class AB:
+    """What a test that moves one container from lab host A to B works with: the fixtures of
+    the same names, in one (most e2e tests need all of them)."""
+
+    migrate_on_a: RunFn
+    migrate_args: list[str]
+    container_name: str
+    docker_a: Any
+    docker_b: Any
+    test_image: str
+
+
+@pytest.fixture
+def ab(
+    migrate_on_a: RunFn,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> AB:
+    """``ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)``: see ``AB``."""
+    return AB(migrate_on_a, migrate_args, container_name, docker_a, docker_b, test_image)
 
 
 def remove_containers(docker_host: str, *names: str) -> None:

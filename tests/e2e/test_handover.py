@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AB
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.staging import MEMORY_ROOT
@@ -131,30 +132,25 @@ def source_staging(migration_id: str) -> list[Path]:
 
 def test_second_run_of_the_same_container_is_refused(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    first = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    first = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:before_pause")
     try:
         pid = wait_mark(mark, first)
-        second = migrate_on_a("run", container_name, *migrate_args)
+        second = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
         assert second.returncode == 3, second.stderr
         assert "already being migrated" in second.stderr
         assert f"pid {pid}" in second.stderr
-        assert docker_a.containers.get(container_name).status == "running"
+        assert ab.docker_a.containers.get(ab.container_name).status == "running"
     finally:
         mark.unlink(missing_ok=True)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert_counts_on(docker_b, container_name, before)
-    assert absent(docker_a, container_name)
+    assert_counts_on(ab.docker_b, ab.container_name, before)
+    assert absent(ab.docker_a, ab.container_name)
     assert not any(LOCKS.glob("*.lock")) or all(
         p.read_text().strip() != str(pid) for p in LOCKS.glob("*.lock")
     ), "the lock file of the finished run was left"
@@ -211,17 +207,12 @@ def test_source_killed_then_recover(
     point: str,
     winner: str,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
     try:
         pid = wait_mark(mark, proc)
         os.kill(pid, signal.SIGKILL)
@@ -233,25 +224,25 @@ def test_source_killed_then_recover(
     assert proc.returncode == -signal.SIGKILL
 
     # A new run of that container is refused until the killed one is settled.
-    if point != "after_commit" or not absent(docker_a, container_name):
-        p = migrate_on_a("run", container_name, *migrate_args)
+    if point != "after_commit" or not absent(ab.docker_a, ab.container_name):
+        p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
         assert p.returncode in (3, 4), p.stderr
         assert "recover" in p.stderr
 
-    p = recover(migrate_on_a, container_name, migrate_args)
+    p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     assert p.returncode == 0, p.stderr + p.stdout
     settled = json.loads(p.stdout)["settled"]
     assert len(settled) == 1
     assert settled[0]["outcome"] == ("committed" if winner == "b" else "rolled_back")
 
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name), "a second copy was left"
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name), "a second copy was left"
     # (other migrations may be staging at the same time on this machine: look at ours only)
     assert not source_staging(settled[0]["migration_id"]), "source staging left"
     assert not dest_checkpoints(lab, settled[0]["migration_id"]), "checkpoint left on B"
     # Settled: recover again has nothing to do, and a new migration is accepted.
-    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    p = ab.migrate_on_a("recover", ab.container_name, *ab.migrate_args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
 
 
@@ -265,30 +256,25 @@ def test_source_killed_then_recover(
 def test_agent_dies_at_commit_in_doubt_then_recover(
     fault: str,
     winner: str,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
-    p = migrate_on_a(
-        "run", container_name, *migrate_args, "--json", env_extra={"MIGRATE_FAULTS": fault}
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    p = ab.migrate_on_a(
+        "run", ab.container_name, *ab.migrate_args, "--json", env_extra={"MIGRATE_FAULTS": fault}
     )
     assert p.returncode == 4, p.stderr
     assert json.loads(p.stdout)["error"]["code"] == "handover.in_doubt"
     assert "migrate recover" in p.stderr
     # Never two running copies: the source waits, paused.
-    assert docker_a.containers.get(container_name).status == "paused"
-    again = migrate_on_a("run", container_name, *migrate_args)
+    assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+    again = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
     assert again.returncode == 4 and "recover" in again.stderr, again.stderr
 
-    p = recover(migrate_on_a, container_name, migrate_args)
+    p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     assert p.returncode == 0, p.stderr + p.stdout
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name)
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name)
 
 
 AGENT_KILL_POINTS = [
@@ -307,17 +293,12 @@ def test_agent_killed_from_outside(
     rc: int,
     winner: str,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -330,12 +311,12 @@ def test_agent_killed_from_outside(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == rc, err
     if rc == 4:
-        assert docker_a.containers.get(container_name).status == "paused"
-        p = recover(migrate_on_a, container_name, migrate_args)
+        assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name), "a second copy was left"
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name), "a second copy was left"
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
 
 
@@ -531,11 +512,7 @@ def test_destination_dockerd_restarted_with_live_restore(
 
 def test_destination_disk_full_during_restore(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The file system Docker restores from fills up: a 64 KiB tmpfs mounted on B's new
@@ -547,13 +524,13 @@ def test_destination_disk_full_during_restore(
     def b_mounts() -> str:
         return str(b.run(["cat", "/proc/self/mountinfo"]).stdout)
 
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:before_pause")
     target = None
     try:
         wait_mark(mark, proc)
-        cid = docker_b.containers.get(container_name).id
+        cid = ab.docker_b.containers.get(ab.container_name).id
         target = lab.config.paths("b").data_root / "containers" / cid / "checkpoints"
         target.mkdir(exist_ok=True)
         b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)])
@@ -564,8 +541,8 @@ def test_destination_disk_full_during_restore(
         assert proc.returncode == 1, err
         assert "transfer.disk_full" in err or "No space left" in err, err
         assert "Rolled back" in err
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert str(target) not in b_mounts()
     finally:
         if target is not None and str(target) in b_mounts():
@@ -591,28 +568,26 @@ def test_destination_disk_full_in_the_read_write_layer(
     point: str,
     extra: list[str],
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The read-write layer (1 MiB written in the container) streams into B's new container's
     upper directory, here a 64 KiB tmpfs (in B's mount namespace): DiskFull in the middle of
     that stream, rolled back, and the removal of B's copy (its layer) takes the mount with
     it."""
-    before = start_counter(docker_a, test_image, container_name)
-    docker_a.containers.get(container_name).exec_run(
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    ab.docker_a.containers.get(ab.container_name).exec_run(
         ["dd", "if=/dev/zero", "of=/big", "bs=1024", "count=1024"]
     )
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, [*migrate_args, *extra], mark, f"source:wait:{point}")
+    proc = start_run(
+        lab, ab.container_name, [*ab.migrate_args, *extra], mark, f"source:wait:{point}"
+    )
     b = lab.host("b")
     upper = None
     try:
         wait_mark(mark, proc)
-        attrs = docker_b.containers.get(container_name).attrs
+        attrs = ab.docker_b.containers.get(ab.container_name).attrs
         upper = Path(attrs["GraphDriver"]["Data"]["UpperDir"])
         b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(upper)])
     finally:
@@ -622,8 +597,8 @@ def test_destination_disk_full_in_the_read_write_layer(
         assert proc.returncode == 1, err
         assert "transfer.disk_full" in err or "No space left" in err, err
         assert "Rolled back" in err
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert f" {upper} " not in mountinfo(lab, "b"), "mount left"
         assert not upper.exists(), "the new container's layer was left"
     finally:
@@ -749,20 +724,15 @@ def test_fault_during_restore(
     fault: str,
     rc: int,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     """The copy on B has just started from the checkpoint; B has not journalled `restored`."""
     from test_link_cut import set_link
 
-    before = start_counter(docker_a, test_image, container_name)
-    mark = Path(f"/tmp/migrate-agent-wait-{container_name}")
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    mark = Path(f"/tmp/migrate-agent-wait-{ab.container_name}")
     proc = lab.host("a").popen(
-        [str(migrate_executable()), "run", container_name, *migrate_args],
+        [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args],
         env={**lab.env(), "MIGRATE_FAULTS": "agent:wait:restoring"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -770,7 +740,7 @@ def test_fault_during_restore(
     )
     try:
         agent_pid = wait_mark(mark, proc)
-        assert docker_b.containers.get(container_name).status == "running"
+        assert ab.docker_b.containers.get(ab.container_name).status == "running"
         if fault == "source_killed":
             os.kill(proc.pid, signal.SIGKILL)
         elif fault == "agent_killed":
@@ -787,41 +757,38 @@ def test_fault_during_restore(
         set_link(lab, True)
     assert proc.returncode == rc, err
     if fault == "source_killed":
-        p = recover(migrate_on_a, container_name, migrate_args)
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 45), "a second copy was left"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name, 45), "a second copy was left"
 
 
 def test_source_disk_full_during_the_checkpoint(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     """A's staging area (where CRIU writes the dump) is a 64 KiB tmpfs, in A's mount namespace
     where the source runs: the dump of the paused container fails with ENOSPC. Rolled back:
     the container runs on A with its state (paused by Docker, possibly thawed by the failed
     dump behind Docker's back: unpause settles both), nothing staged, nothing on B."""
     a = lab.host("a")
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     a.run(["mkdir", "-p", str(STAGING)])
     a.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(STAGING)])
     try:
         # On disk by choice: in memory (the default when it fits) this area is not used.
-        p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
+        p = ab.migrate_on_a(
+            "run", ab.container_name, *ab.migrate_args, "--staging", "disk", "--json"
+        )
         assert p.returncode == 1, p.stderr
         err = json.loads(p.stdout)["error"]
         assert err["details"]["cause"] == "criu.dump_failed", err
         assert "Rolled back" in err["message"]
         assert "is full" in err["hint"], err["hint"]
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert str(a.run(["ls", "-A", str(STAGING)]).stdout).split() == [], "staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     finally:
         a.run(["umount", "-l", str(STAGING)], check=False)
 
@@ -830,12 +797,7 @@ def test_source_disk_full_during_the_checkpoint(
 def test_source_killed_during_the_criu_dump_then_recover(
     sig: int,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The source gets SIGKILL (then `migrate recover` at once) or SIGINT (it rolls back by
@@ -843,19 +805,19 @@ def test_source_killed_during_the_criu_dump_then_recover(
     container (128 MiB in a tmpfs make the dump last long enough to be caught). The orphaned
     dump may still be going: the container must end up running on A with its state, not
     frozen again by the dump's end, and nothing may be left staged."""
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sh", "-c", COUNTER],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
         tmpfs={"/big": "size=200m"},
     )
-    c = docker_a.containers.get(container_name)
+    c = ab.docker_a.containers.get(ab.container_name)
     res = c.exec_run(["dd", "if=/dev/urandom", "of=/big/f", "bs=1048576", "count=128"])
     assert res.exit_code == 0, res.output
-    before = count(docker_a, container_name)
+    before = count(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:after_pause")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:after_pause")
     try:
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -876,7 +838,7 @@ def test_source_killed_during_the_criu_dump_then_recover(
     if sig == signal.SIGKILL:
         # (128 MiB take CRIU about a second to write: the kill lands in the middle of it)
         assert criu.processes_using(staging), "the dump had ended before the kill"
-        p = recover(migrate_on_a, container_name, migrate_args)
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
     else:
         assert proc.returncode == 1, err
@@ -887,10 +849,10 @@ def test_source_killed_during_the_criu_dump_then_recover(
         time.sleep(0.2)
     assert not criu.processes_using(staging), "the orphaned dump still runs"
     time.sleep(1)
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name), "a copy was left on B"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name), "a copy was left on B"
     assert not staging.exists(), "source staging left"
-    source_journal_settled(migrate_on_a, container_name, migrate_args)
+    source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
 
 
 @pytest.mark.parametrize("victim", ["agent", "source", "dockerd"])
@@ -968,11 +930,7 @@ def test_killed_while_docker_restores_the_checkpoint(
 def test_agent_killed_during_a_lazy_local_restore(
     moment: str,
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The agent is SIGKILLed while it restores with its local lazy-pages daemon (48 MB of
@@ -988,21 +946,21 @@ def test_agent_killed_during_a_lazy_local_restore(
             return False
 
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
-    docker_a.containers.run(
-        test_image, ["sh", "-c", fill_heap + COUNTER], name=container_name, detach=True
+    ab.docker_a.containers.run(
+        ab.test_image, ["sh", "-c", fill_heap + COUNTER], name=ab.container_name, detach=True
     )
     deadline = time.monotonic() + 60
     while True:
         try:
-            if count(docker_a, container_name) >= 5:
+            if count(ab.docker_a, ab.container_name) >= 5:
                 break
         except ValueError:
             pass
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.2)
-    before = count(docker_a, container_name)
+    before = count(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:after_pause")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:after_pause")
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -1019,8 +977,8 @@ def test_agent_killed_during_a_lazy_local_restore(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     assert "Rolled back" in err
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 60), "a second copy was left on B"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name, 60), "a second copy was left on B"
     deadline = time.monotonic() + 30
     while (work.exists() or criu.processes_using(work)) and time.monotonic() < deadline:
         time.sleep(0.5)
