@@ -190,6 +190,23 @@ def ab(
     return AB(migrate_on_a, migrate_args, container_name, docker_a, docker_b, test_image)
 
 
+@pytest.fixture
+def volume_name(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
+    """A fresh volume name; afterwards the container named ``container_name`` (on A and B)
+    and the volume are removed, the container first since it holds the volume."""
+    import docker.errors
+
+    name = f"mtv-{uuid.uuid4().hex[:10]}"
+    yield name
+    for client in (docker_a, docker_b):
+        for c in client.containers.list(all=True, filters={"name": container_name}):
+            c.remove(force=True, v=True)
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
 def remove_containers(docker_host: str, *names: str) -> None:
     import docker.errors
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
@@ -26,19 +24,6 @@ SETUP = (
     "mkdir -p /data/sub && echo hello > /data/sub/file && chown 1234:5678 /data/sub/file "
     "&& chmod 0640 /data/sub/file && ln -s sub/file /data/link && echo anon > /anon/keep"
 )
-
-
-@pytest.fixture
-def volume_name(lab: Any, docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
-    name = f"mtv-{uuid.uuid4().hex[:10]}"
-    yield name
-    for client in (docker_a, docker_b):
-        for c in client.containers.list(all=True, filters={"name": container_name}):
-            c.remove(force=True, v=True)
-        try:
-            client.volumes.get(name).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def _exec(client: Any, name: str, cmd: str) -> str:

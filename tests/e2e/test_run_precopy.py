@@ -16,8 +16,6 @@ import os
 import stat
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,19 +113,6 @@ def tree(root: Path) -> dict[bytes, tuple[Any, ...]]:
 
 def upper_dir(client: Any, name: str) -> Path:
     return Path(client.api.inspect_container(name)["GraphDriver"]["Data"]["UpperDir"])
-
-
-@pytest.fixture
-def volume_name(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
-    name = f"mtp-{uuid.uuid4().hex[:10]}"
-    yield name
-    for client in (docker_a, docker_b):
-        for c in client.containers.list(all=True, filters={"name": container_name}):
-            c.remove(force=True, v=True)
-        try:
-            client.volumes.get(name).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def volume_dir(client: Any, name: str) -> Path:
