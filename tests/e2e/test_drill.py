@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import AB
-from test_run import COUNTER, _count, transport_args  # noqa: F401 - fixture
+from test_run import COUNTER, _count, _counting, transport_args  # noqa: F401 - fixture
 from test_run_leftovers import _copies_with
 
 from migrate.lab.config import migrate_executable
@@ -28,15 +28,8 @@ def _start(docker_a: Any, name: str, image: str, marker: str) -> None:
     # left behind on B) contain it.
     script = f'm="{marker}"; ' + COUNTER
     docker_a.containers.run(image, ["sh", "-c", script], name=name, detach=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if _count(docker_a, name) >= 20:
-                return
-        except (ValueError, Exception):  # noqa: BLE001 - not written yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError("counter did not start")
+    if not _counting(docker_a, name):
+        raise AssertionError("counter did not start")
 
 
 def _assert_nothing_left_on_b(docker_b: Any, rep: dict[str, Any], marker: str) -> None:

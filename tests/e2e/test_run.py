@@ -60,6 +60,19 @@ def counter_image(lab: Any, test_image: str) -> str:
     return tag
 
 
+def _counting(client: Any, name: str) -> bool:
+    """Whether COUNTER in ``name`` counts to 20 within 20 s (the file is not there at first)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _count(client, name) >= 20:
+                return True
+        except (ValueError, Exception):  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def _start_counter(docker_a: Any, name: str, image: str) -> None:
     docker_a.containers.run(
         image,
@@ -69,15 +82,8 @@ def _start_counter(docker_a: Any, name: str, image: str) -> None:
         environment={"SECRET": "s3"},
         labels={"app": "counter"},
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if _count(docker_a, name) >= 20:
-                return
-        except (ValueError, Exception):  # noqa: BLE001 - not written yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError("counter did not start")
+    if not _counting(docker_a, name):
+        raise AssertionError("counter did not start")
 
 
 def test_counter_and_files_resume_on_b(
