@@ -169,15 +169,11 @@ def test_keep_leaves_an_isolated_copy(
 
 
 def test_not_running_container_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    docker_a.containers.create(test_image, ["sleep", "100"], name=container_name)
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
+    ab.docker_a.containers.create(ab.test_image, ["sleep", "100"], name=ab.container_name)
+    p, rep = _drill(ab.migrate_on_a, ab.migrate_args, ab.container_name, tmp_path / "r.json")
     assert p.returncode == 3, p.stderr
     assert rep["status"] == "refused" and "created" in rep["reason"]
     assert rep["error"]["code"] == "precheck.container_not_running"

@@ -370,11 +370,7 @@ def test_destination_dockerd_restarted(
     point: str,
     rcs: tuple[int, ...],
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """Exactly one copy of the container is left, on one host; it runs with its state on A
@@ -382,8 +378,8 @@ def test_destination_dockerd_restarted(
     container, stopped by the restart like any other)."""
     import docker as docker_sdk
 
-    before = start_counter(docker_a, test_image, container_name)
-    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    proc, mark = start_held(lab, ab.container_name, ab.migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2] if point != "restoring" else None
@@ -399,18 +395,18 @@ def test_destination_dockerd_restarted(
         assert proc.returncode in rcs, err
         if proc.returncode == 1:
             assert "Rolled back" in err, err
-            assert_counts_on(docker_a, container_name, before)
-            assert wait_absent(client_b, container_name), "a second copy was left on B"
+            assert_counts_on(ab.docker_a, ab.container_name, before)
+            assert wait_absent(client_b, ab.container_name), "a second copy was left on B"
         elif point == "after_commit":
-            assert client_b.containers.get(container_name).status == "exited"
-            assert wait_absent(docker_a, container_name), "the source copy was left"
+            assert client_b.containers.get(ab.container_name).status == "exited"
+            assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         else:
-            assert_counts_on(client_b, container_name, before)
-            assert wait_absent(docker_a, container_name), "the source copy was left"
+            assert_counts_on(client_b, ab.container_name, before)
+            assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
             assert not source_staging(migration_id), "source staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     finally:
         client_b.close()
 
@@ -446,11 +442,7 @@ def test_destination_dockerd_restarted_with_live_restore(
     point: str,
     restore_mode: str,
     live_restore_lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """B's dockerd runs with live-restore and is restarted once B's copy runs: the container
@@ -464,18 +456,18 @@ def test_destination_dockerd_restarted_with_live_restore(
     assert info["LiveRestoreEnabled"] is True
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
     heap = fill_heap if restore_mode == "lazy_local" else ""
-    docker_a.containers.run(
-        test_image, ["sh", "-c", heap + COUNTER], name=container_name, detach=True
+    ab.docker_a.containers.run(
+        ab.test_image, ["sh", "-c", heap + COUNTER], name=ab.container_name, detach=True
     )
     deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(ValueError):
-            if count(docker_a, container_name) >= 5:
+            if count(ab.docker_a, ab.container_name) >= 5:
                 break
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.2)
-    before = count(docker_a, container_name)
-    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
+    before = count(ab.docker_a, ab.container_name)
+    proc, mark = start_held(lab, ab.container_name, ab.migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2] if point != "restoring" else None
@@ -483,7 +475,7 @@ def test_destination_dockerd_restarted_with_live_restore(
             journal = (SOURCE_JOURNALS / f"{migration_id}.jsonl").read_text()
             assert f'"restore_mode": "{restore_mode}"' in journal, journal
         client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
-        pid_before = client_b.containers.get(container_name).attrs["State"]["Pid"]
+        pid_before = client_b.containers.get(ab.container_name).attrs["State"]["Pid"]
         client_b.close()
         t0 = time.monotonic()
         restart_dockerd_b(lab)
@@ -494,18 +486,18 @@ def test_destination_dockerd_restarted_with_live_restore(
     assert proc.returncode == 0, err
     client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
     try:
-        c = client_b.containers.get(container_name)
+        c = client_b.containers.get(ab.container_name)
         # The same process, adopted by the new daemon: not a fresh start counting from 0.
         assert c.attrs["State"]["Pid"] == pid_before, (pid_before, c.attrs["State"])
-        assert_counts_on(client_b, container_name, before)
-        assert wait_absent(docker_a, container_name), "the source copy was left"
+        assert_counts_on(client_b, ab.container_name, before)
+        assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
             assert not source_staging(migration_id), "source staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         # The adopted container is still fully managed: it stops on request.
         c.stop(timeout=2)
-        assert client_b.containers.get(container_name).status == "exited"
+        assert client_b.containers.get(ab.container_name).status == "exited"
     finally:
         client_b.close()
 

@@ -122,22 +122,20 @@ def test_missing_container_is_refused(migrate_on_a: Any, migrate_args: list[str]
 
 
 def test_unknown_host_key_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Any,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
     kh = tmp_path / "empty_known_hosts"
     kh.write_text("")
-    args = list(migrate_args)
+    args = list(ab.migrate_args)
     args[args.index("--known-hosts") + 1] = str(kh)
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
     assert "SHA256:" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
 
 
 @pytest.mark.parametrize("fault", ["agent:restore_fail", "agent:exit_mid_stream"])
@@ -292,37 +290,33 @@ def test_name_taken_on_b_rolls_back(
 
 
 def test_older_criu_on_destination_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Any,
 ) -> None:
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\necho 'Version: 4.1.0'\n")
     fake.chmod(0o755)
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    args = list(migrate_args)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    args = list(ab.migrate_args)
     i = args.index("--agent-command") + 1
     args[i] = f"env MIGRATE_CRIU={fake} {args[i]}"
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
     assert "older" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
 
 
 def test_unreachable_destination_is_refused(
     lab_env: dict[str, str],
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    args = list(migrate_args)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    args = list(ab.migrate_args)
     args[args.index("--to") + 1] = f"ssh://root@{lab_env['MIGRATE_LAB_B_ADDR']}:2999"
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"

@@ -120,18 +120,18 @@ def _stop_plain(root: Path) -> None:
 
 def test_destination_daemon_not_experimental_is_refused(
     plain_dockerd_b: str,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    p = migrate_on_a("run", container_name, *migrate_args, "--dest-docker-host", plain_dockerd_b)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    p = ab.migrate_on_a(
+        "run", ab.container_name, *ab.migrate_args, "--dest-docker-host", plain_dockerd_b
+    )
     assert p.returncode == 3, p.stderr
     assert "not running with experimental features" in p.stderr
     assert "experimental" in p.stderr.split("not running with experimental features", 1)[1]
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     client = docker_client(plain_dockerd_b, timeout=30)
     try:
         assert client.containers.list(all=True) == []
