@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable, to_args
 from migrate.lab.dockerd import docker_client
 from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
@@ -142,17 +142,8 @@ def migrate_on_a(run_on_a: RunFn) -> RunFn:
 @pytest.fixture
 def migrate_args(lab_env: dict[str, str]) -> list[str]:
     """The options that point ``migrate run`` at host B: ``--to`` URL, key, known_hosts and
-    the agent command."""
-    return [
-        "--to",
-        lab_env["MIGRATE_LAB_B_URL"],
-        "--identity",
-        lab_env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        f"{AGENT_FAULTS_ON} {lab_env['MIGRATE_AGENT_COMMAND']}",
-    ]
+    the agent command (one that obeys the fault points tests send)."""
+    return to_args(lab_env, "b", f"{AGENT_FAULTS_ON} {lab_env['MIGRATE_AGENT_COMMAND']}")
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from conftest import AB
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.lab.config import migrate_executable
+from migrate.lab.config import migrate_executable, to_args
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
@@ -658,16 +658,7 @@ def test_destination_staging_disk_full(
     stage = Path(f"/tmp/mfault-stage-{container_name}")
     stage.mkdir()
     b.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(stage)])
-    args = [
-        "--to",
-        env["MIGRATE_LAB_B_URL"],
-        "--identity",
-        env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}",
-    ]
+    args = to_args(env, "b", f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}")
 
     def staged() -> list[str]:
         """What the staging file system holds, seen from B (the test's filler aside)."""
