@@ -8,10 +8,12 @@ its container with its state, and nothing may be left on B.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,22 @@ def set_link(lab: Any, up: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def link_cut(lab: Any, mark: Path, proc: Any) -> Iterator[threading.Timer]:
+    """For a test that cuts the link under the run ``proc``: a timer that brings it back up
+    after LINK_DOWN_S once started, and on the way out, whatever happened, the link up, the
+    fault mark gone and the run killed if it still runs."""
+    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
+    try:
+        yield restore
+    finally:
+        mark.unlink(missing_ok=True)
+        restore.cancel()
+        set_link(lab, True)
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.parametrize(
     ("point", "rc"),
     [
@@ -69,8 +87,7 @@ def test_link_cut_rolls_back_in_bounded_time(
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
-    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
-    try:
+    with link_cut(lab, mark, proc) as restore:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         set_link(lab, False)
@@ -84,12 +101,6 @@ def test_link_cut_rolls_back_in_bounded_time(
             time.sleep(0.5)
         _, err = proc.communicate(timeout=60)
         elapsed = time.monotonic() - t0
-    finally:
-        mark.unlink(missing_ok=True)
-        restore.cancel()
-        set_link(lab, True)
-        if proc.poll() is None:
-            proc.kill()
     print(
         f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down"
         + (f", source copy retired after {retired:.1f} s" if retired is not None else "")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import docker.errors
 from conftest import AB
 from test_handover import recover, start_run, wait_mark
-from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
+from test_link_cut import BOUND_S, link_cut, set_link
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.checkpoint.staging import MEMORY_ROOT
@@ -212,19 +211,12 @@ def test_link_cut_mid_postcopy(
         mark,
         "source:wait:postcopy",
     )
-    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
-    try:
+    with link_cut(lab, mark, proc) as restore:
         wait_mark(mark, proc, 300)
         set_link(lab, False)
         restore.start()
         mark.unlink()
         _, err = proc.communicate(timeout=BOUND_S + 60)
-    finally:
-        mark.unlink(missing_ok=True)
-        restore.cancel()
-        set_link(lab, True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 4, err
     assert "post-copy of" in err and "no rollback" in err and "docker unpause" in err, err
     deadline = time.monotonic() + 120
