@@ -85,13 +85,7 @@ def _assert_nothing_left(lab: Any, tmp: Path, dirs_before: set[str]) -> None:
 
 
 def _run(
-    lab: Any,
-    name: str,
-    args: list[str],
-    tmp: Path,
-    *extra: str,
-    faults: str = "",
-    mark: Path | None = None,
+    lab: Any, ab: AB, tmp: Path, *extra: str, faults: str = "", mark: Path | None = None
 ) -> subprocess.Popen[str]:
     env = {**lab.env(), "TMPDIR": str(tmp)}
     if faults:
@@ -99,7 +93,7 @@ def _run(
     if mark is not None:
         env["MIGRATE_FAULT_MARK"] = str(mark)
     return lab.host("a").popen(
-        [str(migrate_executable()), "run", name, *args, "--json", *extra],
+        [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args, "--json", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -123,7 +117,7 @@ def test_state_arrives_over_the_chosen_channel(
 ) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
-    proc = _run(lab, ab.container_name, ab.migrate_args, src_tmp, "--bulk", bulk)
+    proc = _run(lab, ab, src_tmp, "--bulk", bulk)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rep = json.loads(out)
@@ -142,7 +136,7 @@ def test_bulk_that_cannot_log_in_falls_back_under_auto(
 ) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
-    proc = _run(lab, ab.container_name, ab.migrate_args, src_tmp, faults="source:bulk_no_key")
+    proc = _run(lab, ab, src_tmp, faults="source:bulk_no_key")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rep = json.loads(out)
@@ -159,15 +153,7 @@ def test_bulk_that_cannot_log_in_is_refused_under_openssh(
 ) -> None:
     before_dirs = _bulk_dirs()
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
-    proc = _run(
-        lab,
-        ab.container_name,
-        ab.migrate_args,
-        src_tmp,
-        "--bulk",
-        "openssh",
-        faults="source:bulk_no_key",
-    )
+    proc = _run(lab, ab, src_tmp, "--bulk", "openssh", faults="source:bulk_no_key")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err
     e = json.loads(out)["error"]
@@ -187,16 +173,7 @@ def test_bulk_killed_mid_stream_rolls_back(
     before_dirs = _bulk_dirs()
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = _run(
-        lab,
-        ab.container_name,
-        ab.migrate_args,
-        src_tmp,
-        "--bulk",
-        "openssh",
-        faults="source:wait:mid_stream",
-        mark=mark,
-    )
+    proc = _run(lab, ab, src_tmp, "--bulk", "openssh", faults="source:wait:mid_stream", mark=mark)
     try:
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
