@@ -18,7 +18,7 @@ help:
 	@echo "make setup      install system packages, CRIU >= 4.2, the venv (idempotent)"
 	@echo "make test       setup, then the whole suite: unit, integration, e2e (needs root)"
 	@echo "make test-unit  the pure unit tests only"
-	@echo "make lint       ruff check, ruff format --check, mypy --strict, import-linter contracts"
+	@echo "make lint       ruff check, ruff format --check, mypy --strict, import-linter, generated docs current"
 	@echo "make demo       setup, then bring up the sandbox lab and run the demo"
 	@echo "make bench      migrate run vs the manual procedure vs raw ssh, 64 MiB-1 GiB (docs/benchmarks.md)"
 	@echo "make bench-256  the same for one 256 MiB container only (about 1 minute)"
@@ -39,6 +39,8 @@ lint: setup
 	$(VENV)/bin/ruff format --check migrate tests benchmarks scripts
 	$(VENV)/bin/mypy migrate
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/python scripts/protocol_doc.py --check
+	$(VENV)/bin/python scripts/architecture_doc.py --check
 
 demo: setup
 	$(MIGRATE) demo

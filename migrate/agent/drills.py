@@ -56,35 +56,8 @@ class Drills(Part):
         d = DrillState(id=drill_id, name=name)
         self.s.drills[drill_id] = d
         try:
-            need = size * DRILL_DISK_FACTOR + DRILL_DISK_RESERVE
-            free = shutil.disk_usage(staging).free
-            if free < need:
-                raise DiskFull(
-                    f"the destination has {free >> 20} MiB free under {base}; the drill needs "
-                    f"about {need >> 20} MiB",
-                    hint="free space on the destination (or point MIGRATE_STATE_DIR elsewhere)",
-                )
-            path = staging / "bundle.tar.zst"
-            got = 0
-            with open(path, "wb") as f:
-                while chunk := stream.read(1 << 20):
-                    got += len(chunk)
-                    if got > size:  # the declared size is the cap
-                        raise ProtocolError(f"drill bundle larger than the declared {size} bytes")
-                    f.write(chunk)
-            if got != size:
-                raise ProtocolError(f"drill bundle is {got} bytes, {size} were declared")
-            try:
-                meta = bundle.read_manifest(path).meta
-                d.image_id = str(meta["image"]["id"])
-                # The copy gets volumes of its own: the standby may hold a replica under the
-                # original name, which a drill must never touch.
-                renames = {
-                    str(v["name"]): f"{v['name']}-drill-{drill_id[:8]}"
-                    for v in meta.get("volumes") or []
-                }
-            except (KeyError, TypeError) as e:
-                raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
+            path = _receive(stream, staging, base, size)
+            d.image_id, renames = _drill_meta(path, drill_id)
             had_image = self.engine.image(d.image_id) is not None
             self._sweep_orphan_drills()
             self._record_drill(d, had_image, list(renames.values()))
@@ -111,7 +84,7 @@ class Drills(Part):
                 restore_mode=res.restore_mode,
                 recovery_s=res.total_s,
                 image_loaded=res.image_loaded,
-                bundle_bytes=got,
+                bundle_bytes=size,
             )
         except BaseException:
             self._settled(d)  # import_bundle removed what it made
@@ -241,3 +214,42 @@ class Drills(Part):
                     d.lock.release()  # the record stays: the next drill's sweep retries
                 continue
             self._settled(d)
+
+
+def _receive(stream: StreamReader, staging: Path, base: Path, size: int) -> Path:
+    """The bundle into ``staging``, after checking there is room for it and for the import;
+    exactly ``size`` bytes (the declared size is the cap)."""
+    need = size * DRILL_DISK_FACTOR + DRILL_DISK_RESERVE
+    free = shutil.disk_usage(staging).free
+    if free < need:
+        raise DiskFull(
+            f"the destination has {free >> 20} MiB free under {base}; the drill needs "
+            f"about {need >> 20} MiB",
+            hint="free space on the destination (or point MIGRATE_STATE_DIR elsewhere)",
+        )
+    path = staging / "bundle.tar.zst"
+    got = 0
+    with open(path, "wb") as f:
+        while chunk := stream.read(1 << 20):
+            got += len(chunk)
+            if got > size:
+                raise ProtocolError(f"drill bundle larger than the declared {size} bytes")
+            f.write(chunk)
+    if got != size:
+        raise ProtocolError(f"drill bundle is {got} bytes, {size} were declared")
+    return path
+
+
+def _drill_meta(path: Path, drill_id: str) -> tuple[str, dict[str, str]]:
+    """The bundle's image id, and the names its volumes get for this drill."""
+    try:
+        meta = bundle.read_manifest(path).meta
+        image_id = str(meta["image"]["id"])
+        # The copy gets volumes of its own: the standby may hold a replica under the
+        # original name, which a drill must never touch.
+        renames = {
+            str(v["name"]): f"{v['name']}-drill-{drill_id[:8]}" for v in meta.get("volumes") or []
+        }
+    except (KeyError, TypeError) as e:
+        raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
+    return image_id, renames

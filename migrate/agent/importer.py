@@ -65,21 +65,8 @@ def import_bundle(
         except (KeyError, TypeError, ValueError) as e:
             raise BundleInvalid(f"bundle member 'manifest.json': bad metadata ({e})") from None
         new_name = name or spec.name
-        if engine.exists(new_name):
-            raise NameConflict(
-                f"a container named {new_name} already exists on this host",
-                hint="choose another name with --name",
-            )
         volumes = _bundle_volumes(manifest)
-        for v in volumes:
-            vname = (volume_names or {}).get(v["name"], v["name"])
-            if not engine.anonymous_volume(vname) and engine.volume_exists(vname):
-                raise NameConflict(
-                    f"a volume named {vname} already exists on this host; the bundle "
-                    "carries its content and will not overwrite or merge into it",
-                    hint=f"remove it (`docker volume rm {vname}`) if it is not needed, or "
-                    "import on another host",
-                )
+        _refuse_taken(engine, new_name, volumes, volume_names)
         loaded = engine.image(image_id) is None
         if loaded:
             engine.load_image(read_chunks(staging / IMAGE_MEMBER))
@@ -90,74 +77,108 @@ def import_bundle(
         )
         filled: list[str] = []  # volumes this import wrote into (new and empty before)
         try:
-            upper = Path(engine.state(cid).upper_dir)
-            with open(staging / ROOTFS_MEMBER, "rb") as f:
-                extract.apply(f, upper, policy=extract.ROOTFS_POLICY)
-            _place_log(engine, cid, staging / LOG_MEMBER)
-            _fill_volumes(engine, cid, staging, volumes, filled)
-            cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
-            target = engine.checkpoint_dir(cid, cp_name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            full = staging / "checkpoint"
-            # Started here: Docker gets the images without the lazy memory and a local
-            # lazy-pages daemon feeds it from the staged ones (lazy_pages.py; Docker's own
-            # path streams every byte through containerd: ~30 s for 1 GiB).
-            split, why = (
-                lazy_pages.split_for_restore(engine, full, target)
-                if start
-                else (None, "--no-start")
-            )
-            if split is None:
-                shutil.move(str(full), str(target))
-            if not start:
-                return ImportResult(
-                    cid,
-                    new_name,
-                    False,
-                    0.0,
-                    image_id,
-                    loaded,
-                    time.monotonic() - t_begin,
-                    cp_name,
-                    tuple(filled),
-                )
-            t0 = time.monotonic()
-            if split is None:
-                engine.start_from_checkpoint(cid, cp_name)
-                _wait_running(engine, cid)
-                mode = f"plain ({why})"
-            else:
-                _start_split(engine, cid, cp_name, full, cp_name)
-                mode = "lazy_local"
-            restore_s = time.monotonic() - t0
-            shutil.rmtree(target, ignore_errors=True)
-            return ImportResult(
-                cid,
-                new_name,
-                True,
-                restore_s,
-                image_id,
-                loaded,
-                time.monotonic() - t_begin,
-                "",
-                tuple(filled),
-                restore_mode=mode,
+            checkpoint, restore_s, mode = _fill_and_restore(
+                engine, cid, staging, volumes, filled, start
             )
         except BaseException:
-            made: list[str] = []
-            try:
-                made = _volumes_of(engine, cid, volumes, filled)
-            except MigrateError:
-                pass
-            try:
-                engine.remove(cid)
-                for name in made:
-                    engine.remove_volume(name)
-            except MigrateError:
-                pass
+            _undo(engine, cid, volumes, filled)
             raise
+        return ImportResult(
+            cid,
+            new_name,
+            start,
+            restore_s,
+            image_id,
+            loaded,
+            time.monotonic() - t_begin,
+            checkpoint,
+            tuple(filled),
+            restore_mode=mode,
+        )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_taken(
+    engine: Engine,
+    new_name: str,
+    volumes: list[dict[str, str]],
+    volume_names: Mapping[str, str] | None,
+) -> None:
+    """Nothing of this host's is replaced: the container's name and each named volume the
+    bundle fills must be free."""
+    if engine.exists(new_name):
+        raise NameConflict(
+            f"a container named {new_name} already exists on this host",
+            hint="choose another name with --name",
+        )
+    for v in volumes:
+        vname = (volume_names or {}).get(v["name"], v["name"])
+        if not engine.anonymous_volume(vname) and engine.volume_exists(vname):
+            raise NameConflict(
+                f"a volume named {vname} already exists on this host; the bundle "
+                "carries its content and will not overwrite or merge into it",
+                hint=f"remove it (`docker volume rm {vname}`) if it is not needed, or "
+                "import on another host",
+            )
+
+
+def _fill_and_restore(
+    engine: Engine,
+    cid: str,
+    staging: Path,
+    volumes: list[dict[str, str]],
+    filled: list[str],
+    start: bool,
+) -> tuple[str, float, str]:
+    """The new container's layer, log, volumes and checkpoint from the staged bundle; then,
+    with ``start``, its restore. Returns (the checkpoint left for a later start, or "";
+    seconds the restore took; how it restored). ``filled`` collects the volumes written."""
+    upper = Path(engine.state(cid).upper_dir)
+    with open(staging / ROOTFS_MEMBER, "rb") as f:
+        extract.apply(f, upper, policy=extract.ROOTFS_POLICY)
+    _place_log(engine, cid, staging / LOG_MEMBER)
+    _fill_volumes(engine, cid, staging, volumes, filled)
+    cp_name = f"bundle-{uuid.uuid4().hex[:12]}"
+    target = engine.checkpoint_dir(cid, cp_name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    full = staging / "checkpoint"
+    # Started here: Docker gets the images without the lazy memory and a local
+    # lazy-pages daemon feeds it from the staged ones (lazy_pages.py; Docker's own
+    # path streams every byte through containerd: ~30 s for 1 GiB).
+    split, why = (
+        lazy_pages.split_for_restore(engine, full, target) if start else (None, "--no-start")
+    )
+    if split is None:
+        shutil.move(str(full), str(target))
+    if not start:
+        return cp_name, 0.0, ""
+    t0 = time.monotonic()
+    if split is None:
+        engine.start_from_checkpoint(cid, cp_name)
+        _wait_running(engine, cid)
+        mode = f"plain ({why})"
+    else:
+        _start_split(engine, cid, cp_name, full, cp_name)
+        mode = "lazy_local"
+    restore_s = time.monotonic() - t0
+    shutil.rmtree(target, ignore_errors=True)
+    return "", restore_s, mode
+
+
+def _undo(engine: Engine, cid: str, volumes: list[dict[str, str]], filled: list[str]) -> None:
+    """A failed import leaves nothing: the container and the volumes it made go."""
+    made: list[str] = []
+    try:
+        made = _volumes_of(engine, cid, volumes, filled)
+    except MigrateError:
+        pass
+    try:
+        engine.remove(cid)
+        for name in made:
+            engine.remove_volume(name)
+    except MigrateError:
+        pass
 
 
 def _wait_running(engine: Engine, cid: str) -> None:

@@ -29,6 +29,7 @@ POSTCOPY_TIMEOUT_S = 1800.0
 class Postcopies(Part):
     """Post-copy restores of this session and the threads that follow them."""
 
+    # long: the post-copy restore inside the downtime, with its timing marks, reads best in one place
     def restore(self, m: MigrationState, port: int, t0: float) -> RestoreResult:
         """Start the container while its memory is still on the source: a lazy-pages daemon
         fetches it through the relay and the SSH tunnel (postcopy.py). Answers as soon as the

@@ -140,6 +140,7 @@ def inspect_cmd(
             out.print(f"  {item}", highlight=False)
 
 
+# long: typer declares each option in the signature; the body builds DrillOptions and writes the reports
 @app.command("drill", rich_help_panel="Bundles and drills")
 def drill_cmd(
     container: str = typer.Argument(..., help="Running container to drill (it keeps running)."),

@@ -93,6 +93,7 @@ def check(
         raise typer.Exit(EXIT_REFUSED)
 
 
+# long: typer declares each option in the signature; the body is the options handed to RunOptions
 @app.command(rich_help_panel="Move containers")
 def run(
     container: str = typer.Argument(..., help="Name or id of the running container to move."),
@@ -152,10 +153,13 @@ def run(
     it. Until the destination reports it running, any failure rolls back and the source resumes.
 
     Exit codes: 0 migrated; 1 failed and rolled back; 2 bad usage; 3 refused by a precheck
-    (nothing touched); 4 outcome in doubt (see `migrate recover`).
+    (nothing touched); 4 outcome in doubt (see `migrate recover`); 130 (SIGINT) or 143
+    (SIGTERM): migrated, the interrupt came after the point of no return. Ctrl-C or SIGTERM
+    before that point rolls back (exit 1).
     """
     from migrate.core.faults import Faults
     from migrate.engines.select import open_engine
+    from migrate.source.interrupt import InterruptLatch, exit_status, handling, signal_name
     from migrate.source.migration import Migration, RunOptions
 
     try:
@@ -164,6 +168,7 @@ def run(
         )
         engine = open_engine()
         progress = RichProgress(err, enabled=err.is_terminal and not as_json)
+        interrupts = InterruptLatch()
         m = Migration(
             RunOptions(
                 container=container,
@@ -182,19 +187,38 @@ def run(
             engine,
             factory,
             progress,
+            interrupts,
         )
-        rep = m.run()
+        with handling(interrupts):
+            rep = m.run()
     except MigrateError as e:
         if as_json:
             out.print_json(data={"status": "failed", "error": e.to_wire()})
         fail(e)
         return
+    # An interrupt that did not stop the run (it came too late) is reported, never dropped.
+    late = exit_status(interrupts)
+    sig = signal_name(interrupts.signum) if interrupts.signum is not None else ""
+    migrated = rep.status == "migrated"
     if as_json:
-        out.print_json(data=rep.to_json())
+        data = rep.to_json()
+        if late is not None and migrated:
+            data["interrupted_after_commit"] = sig
+        out.print_json(data=data)
     elif dry_run:
         out.print(f"[green]ready[/]: {container} can migrate to {to} (nothing was touched)")
     else:
         print_report(rep)
+    if late is not None:
+        err.print(
+            f"[bold yellow]warning[/]: {sig} came after the point of no return (the destination "
+            f"had committed): {escape(container)} was migrated, not rolled back"
+            if migrated
+            else f"[bold yellow]warning[/]: {sig} came as the dry run ended",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(late)
 
 
 @app.command(rich_help_panel="Move containers")
@@ -257,6 +281,7 @@ def recover(
         )
 
 
+# long: typer declares each option in the signature; the body builds the plan and renders it
 @app.command(rich_help_panel="Move containers")
 def evacuate(
     to: str = typer.Option(

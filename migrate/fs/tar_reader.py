@@ -210,6 +210,7 @@ class Parser:
             pax.update(records)
         raise self._invalid("too many extended headers in a row")
 
+    # long: every check on an untrusted header, in the order a reader must apply them
     def _member(
         self,
         h: Header,

@@ -48,6 +48,7 @@ def freeze_and_move(m: Migration, spec: ContainerSpec) -> None:
             m.page_server = m.engine.start_lazy_checkpoint(spec.id, img_dir, work_dir)
         else:
             img_dir, work_dir = _checkpoint(m, spec, img_dir, work_dir)
+    m.interrupts.check()
     _send_rootfs(m, upper)
     # Still frozen: volume content is consistent with the memory image.
     _send_volumes(m)
@@ -204,6 +205,7 @@ def _restore(m: Migration) -> None:
         tunnel = open_tunnel(m.page_server.port)
         m.tunnel = tunnel
     m.fault("source:before_restore")
+    m.interrupts.check()
     with m.timer.phase("restore", "restoring on the destination"):
         t_call = time.monotonic()
         extra: dict[str, Any] = {} if tunnel is None else {"page_server_port": tunnel.remote_port}

@@ -44,6 +44,8 @@ def commit(m: Migration, spec: ContainerSpec) -> None:
     assert m.conn is not None
     m.fault("source:before_commit")
     with m.timer.phase("commit", "hand-over"):
+        # The last place an interrupt rolls back; after it, the migration completes.
+        m.interrupts.pass_point_of_no_return()
         m.journal.append("committing")
         m.commit_sent = True
         try:
@@ -159,6 +161,7 @@ def finish_source(m: Migration, spec: ContainerSpec) -> str:
 
 
 def rollback(m: Migration, cause: MigrateError) -> MigrateError:
+    m.interrupts.disarm()  # a rollback cut in half would leave the source paused
     if m.commit_sent:
         return cause
     problems: list[str] = []

@@ -32,6 +32,7 @@ from migrate.engines.base import Engine, NetworkInfo, VolumeInfo
 from migrate.fs.precopy import PreCopy
 from migrate.source.freeze import freeze_and_move
 from migrate.source.handover import bye, commit, finish_source, rollback, wait_postcopy
+from migrate.source.interrupt import InterruptLatch
 from migrate.source.precopy import precopy
 from migrate.source.prepare import prepare, transfer_image
 from migrate.source.run_precheck import precheck
@@ -72,6 +73,8 @@ class Migration:
     engine: Engine
     connect: Callable[[], Channel]
     progress: Progress = field(default_factory=NullProgress)
+    # Ctrl-C and SIGTERM, routed here by the caller (migrate.source.interrupt.handling).
+    interrupts: InterruptLatch = field(default_factory=InterruptLatch)
 
     def __post_init__(self) -> None:
         self.id = uuid.uuid4().hex
@@ -123,8 +126,10 @@ class Migration:
 
     def run(self) -> Report:
         t0 = time.monotonic()
+        self.interrupts.arm()
         try:
             spec = precheck(self)
+            self.interrupts.check()
             if self.opts.dry_run:
                 return self._report("dry_run", t0, "untouched")
             # From here on the migration is journalled until it is settled (`migrate recover`
@@ -138,8 +143,11 @@ class Migration:
                 keep_source=self.opts.keep_source,
             )
             transfer_image(self, spec)
+            self.interrupts.check()
             prepare(self, spec)
+            self.interrupts.check()
             precopy(self, spec)
+            self.interrupts.check()
             freeze_and_move(self, spec)
             commit(self, spec)
             if self.page_server is not None:
@@ -156,8 +164,9 @@ class Migration:
         except MigrateError as e:
             raise rollback(self, e) from None
         except KeyboardInterrupt:
-            raise rollback(self, MigrateError("interrupted")) from None
+            raise rollback(self, self.interrupts.error()) from None
         finally:
+            self.interrupts.disarm()  # cleaning up: an interrupt now is recorded, not raised
             if self.page_server is not None:
                 self.page_server.kill()
             if self.tunnel is not None:

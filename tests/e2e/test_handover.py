@@ -82,15 +82,21 @@ def wait_absent(client: Any, name: str, seconds: float = 30) -> bool:
 
 
 def start_run(
-    lab: Any, name: str, args: list[str], mark: Path, fault: str
+    lab: Any, name: str, args: list[str], mark: Path, fault: str, *, sigint_ignored: bool = False
 ) -> subprocess.Popen[str]:
+    """``sigint_ignored``: start it as a non-interactive shell starts a background job."""
     return lab.host("a").popen(
         [str(migrate_executable()), "run", name, *args],
         env={**lab.env(), "MIGRATE_FAULTS": fault, "MIGRATE_FAULT_MARK": str(mark)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=ignore_sigint if sigint_ignored else None,
     )
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 300) -> int:
@@ -776,15 +782,28 @@ def test_source_disk_full_during_the_checkpoint(
         a.run(["umount", "-l", str(STAGING)], check=False)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize(
+    ("sig", "sigint_ignored"),
+    [
+        (signal.SIGKILL, False),
+        (signal.SIGINT, False),
+        # Started with SIGINT ignored (a script's `migrate run ... &`, or a test runner
+        # started that way): Python then leaves Ctrl-C ignored, and the run went on to exit
+        # 0. `migrate run` handles SIGINT itself.
+        (signal.SIGINT, True),
+        (signal.SIGTERM, False),
+    ],
+    ids=["SIGKILL", "SIGINT", "SIGINT-inherited-ignored", "SIGTERM"],
+)
 def test_source_killed_during_the_criu_dump_then_recover(
     sig: int,
+    sigint_ignored: bool,
     lab: Any,
     ab: AB,
     tmp_path: Path,
 ) -> None:
-    """The source gets SIGKILL (then `migrate recover` at once) or SIGINT (it rolls back by
-    itself; its runc child dies of it, CRIU does not) while runc/CRIU dump the paused
+    """The source gets SIGKILL (then `migrate recover` at once) or SIGINT/SIGTERM (it rolls
+    back by itself; it kills its runc child, CRIU goes on) while runc/CRIU dump the paused
     container (128 MiB in a tmpfs make the dump last long enough to be caught). The orphaned
     dump may still be going: the container must end up running on A with its state, not
     frozen again by the dump's end, and nothing may be left staged."""
@@ -800,7 +819,14 @@ def test_source_killed_during_the_criu_dump_then_recover(
     assert res.exit_code == 0, res.output
     before = count(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:after_pause")
+    proc = start_run(
+        lab,
+        ab.container_name,
+        ab.migrate_args,
+        mark,
+        "source:wait:after_pause",
+        sigint_ignored=sigint_ignored,
+    )
     try:
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -813,6 +839,8 @@ def test_source_killed_during_the_criu_dump_then_recover(
             time.sleep(0.01)
         staging = next(p for p in places if p.exists())
         os.kill(pid, sig)
+        # (neither signal reaches CRIU: whether it still dumps says when the signal came)
+        dumping = criu.processes_using(staging)
         _, err = proc.communicate(timeout=300)
     finally:
         mark.unlink(missing_ok=True)
@@ -824,8 +852,9 @@ def test_source_killed_during_the_criu_dump_then_recover(
         p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
     else:
-        assert proc.returncode == 1, err
-        assert "Rolled back" in err, err
+        when = "during" if dumping else "after"
+        assert proc.returncode == 1, f"exit {proc.returncode}, signal {when} the dump: {err}"
+        assert "Rolled back" in err and signal.Signals(sig).name in err, err
     # Let any orphaned dump end, then look.
     deadline = time.monotonic() + 120
     while criu.processes_using(staging) and time.monotonic() < deadline:
@@ -836,6 +865,39 @@ def test_source_killed_during_the_criu_dump_then_recover(
     assert wait_absent(ab.docker_b, ab.container_name), "a copy was left on B"
     assert not staging.exists(), "source staging left"
     source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_after_the_point_of_no_return_completes_and_says_so(
+    sig: int,
+    lab: Any,
+    ab: AB,
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C (or SIGTERM) once the agent has journalled `committed`: no rollback exists, so
+    the migration completes, and says that the interrupt came too late: exit 128 + signal
+    (a calling script stops too), never 0 as if no interrupt had come."""
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    mark = tmp_path / "mark"
+    args = [*ab.migrate_args, "--json"]
+    proc = start_run(lab, ab.container_name, args, mark, "source:wait:after_commit")
+    try:
+        pid = wait_mark(mark, proc)
+        os.kill(pid, sig)
+        time.sleep(0.5)  # handled while it waits at the hook
+        mark.unlink()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        mark.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + sig, err
+    assert "point of no return" in err and signal.Signals(sig).name in err, err
+    report = json.loads(out)
+    assert report["status"] == "migrated", out
+    assert report["interrupted_after_commit"] == signal.Signals(sig).name, out
+    assert_counts_on(ab.docker_b, ab.container_name, before)
+    assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
 
 
 @pytest.mark.parametrize("victim", ["agent", "source", "dockerd"])
