@@ -20,6 +20,7 @@ from conftest import AB
 from test_handover import (
     assert_counts_on,
     dest_checkpoints,
+    ended,
     start_counter,
     wait_absent,
     wait_mark,
@@ -174,7 +175,7 @@ def test_bulk_killed_mid_stream_rolls_back(
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
     proc = _run(lab, ab, src_tmp, "--bulk", "openssh", faults="source:wait:mid_stream", mark=mark)
-    try:
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         ssh = [c for c in _children(pid) if b"--sink" in Path(f"/proc/{c}/cmdline").read_bytes()]
@@ -182,10 +183,6 @@ def test_bulk_killed_mid_stream_rolls_back(
         os.kill(ssh[0], signal.SIGKILL)  # the bulk connection dies in the middle of the stream
         mark.unlink()
         out, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 1, err
     assert "Rolled back" in err, err
     assert_counts_on(ab.docker_a, ab.container_name, before)

@@ -99,6 +99,18 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def ended(proc: subprocess.Popen[str], mark: Path) -> Iterator[None]:
+    """On the way out of a test's steps with the run ``proc`` held at a fault hook, whatever
+    happened: the mark gone (the run goes on) and the run killed if it is still there."""
+    try:
+        yield
+    finally:
+        mark.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+
+
 def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 300) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -219,14 +231,10 @@ def test_source_killed_then_recover(
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
     proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
-    try:
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == -signal.SIGKILL
 
     # A new run of that container is refused until the killed one is settled.
@@ -827,7 +835,7 @@ def test_source_killed_during_the_criu_dump_then_recover(
         "source:wait:after_pause",
         sigint_ignored=sigint_ignored,
     )
-    try:
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         # In memory (the default: the counter fits) or on disk if the host is short of memory.
@@ -842,10 +850,6 @@ def test_source_killed_during_the_criu_dump_then_recover(
         # (neither signal reaches CRIU: whether it still dumps says when the signal came)
         dumping = criu.processes_using(staging)
         _, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     if sig == signal.SIGKILL:
         # (128 MiB take CRIU about a second to write: the kill lands in the middle of it)
         assert criu.processes_using(staging), "the dump had ended before the kill"
@@ -881,16 +885,12 @@ def test_interrupted_after_the_point_of_no_return_completes_and_says_so(
     mark = tmp_path / "mark"
     args = [*ab.migrate_args, "--json"]
     proc = start_run(lab, ab.container_name, args, mark, "source:wait:after_commit")
-    try:
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         os.kill(pid, sig)
         time.sleep(0.5)  # handled while it waits at the hook
         mark.unlink()
         out, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 128 + sig, err
     assert "point of no return" in err and signal.Signals(sig).name in err, err
     report = json.loads(out)
