@@ -167,6 +167,10 @@ class AB:
     docker_b: Any
     test_image: str
 
+    def run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``migrate run`` of the container to B with ``args`` (``kwargs``: see ``run_on_a``)."""
+        return self.migrate_on_a("run", self.container_name, *self.migrate_args, *args, **kwargs)
+
 
 @pytest.fixture
 def ab(

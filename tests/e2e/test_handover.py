@@ -158,7 +158,7 @@ def test_second_run_of_the_same_container_is_refused(
     first = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:before_pause")
     try:
         pid = wait_mark(mark, first)
-        second = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+        second = ab.run()
         assert second.returncode == 3, second.stderr
         assert "already being migrated" in second.stderr
         assert f"pid {pid}" in second.stderr
@@ -239,7 +239,7 @@ def test_source_killed_then_recover(
 
     # A new run of that container is refused until the killed one is settled.
     if point != "after_commit" or not absent(ab.docker_a, ab.container_name):
-        p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+        p = ab.run()
         assert p.returncode in (3, 4), p.stderr
         assert "recover" in p.stderr
 
@@ -273,15 +273,13 @@ def test_agent_dies_at_commit_in_doubt_then_recover(
     ab: AB,
 ) -> None:
     before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
-    p = ab.migrate_on_a(
-        "run", ab.container_name, *ab.migrate_args, "--json", env_extra={"MIGRATE_FAULTS": fault}
-    )
+    p = ab.run("--json", env_extra={"MIGRATE_FAULTS": fault})
     assert p.returncode == 4, p.stderr
     assert json.loads(p.stdout)["error"]["code"] == "handover.in_doubt"
     assert "migrate recover" in p.stderr
     # Never two running copies: the source waits, paused.
     assert ab.docker_a.containers.get(ab.container_name).status == "paused"
-    again = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    again = ab.run()
     assert again.returncode == 4 and "recover" in again.stderr, again.stderr
 
     p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
@@ -774,9 +772,7 @@ def test_source_disk_full_during_the_checkpoint(
     a.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(STAGING)])
     try:
         # On disk by choice: in memory (the default when it fits) this area is not used.
-        p = ab.migrate_on_a(
-            "run", ab.container_name, *ab.migrate_args, "--staging", "disk", "--json"
-        )
+        p = ab.run("--staging", "disk", "--json")
         assert p.returncode == 1, p.stderr
         err = json.loads(p.stdout)["error"]
         assert err["details"]["cause"] == "criu.dump_failed", err

@@ -177,7 +177,7 @@ def test_tcp_server_answers_on_b(
         detach=True,
     )
     time.sleep(1)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
     c = ab.docker_b.containers.get(ab.container_name)
     ip = c.attrs["NetworkSettings"]["IPAddress"]
@@ -213,7 +213,7 @@ def test_image_sent_only_when_missing(
     build_image(lab.host("a").docker_host, tag, base=ab.test_image, files={"/marker": b"x" * 4096})
     remove_image(lab.host("b").docker_host, tag)
     ab.docker_a.containers.run(tag, ["sleep", "1000"], name=ab.container_name, detach=True)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     sent = json.loads(p.stdout)["bytes"]["image"]
     assert sent > 0  # absent on B: transferred
@@ -225,7 +225,7 @@ def test_image_sent_only_when_missing(
     )
     ab.docker_b.containers.get(ab.container_name).remove(force=True)
     ab.docker_a.containers.run(tag, ["sleep", "1000"], name=ab.container_name, detach=True)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["bytes"]["image"] == 0  # present on B: not sent
 
@@ -252,7 +252,7 @@ def test_config_survives_under_a_new_name(
     )
     want = ab.docker_a.containers.get(ab.container_name).attrs
     try:
-        p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--name", new)
+        p = ab.run("--name", new)
         assert p.returncode == 0, p.stderr
         got = ab.docker_b.containers.get(new).attrs
         for key in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "Hostname"):
@@ -272,13 +272,10 @@ def test_name_taken_on_b_rolls_back(
 ) -> None:
     _start_counter(ab.docker_a, ab.container_name, counter_image)
     ab.docker_b.containers.create(ab.test_image, ["true"], name=ab.container_name)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr  # the precheck sees it: nothing touched
     # Taken after the precheck (a race): docker create on B refuses, the source rolls back.
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         env_extra={"MIGRATE_FAULTS": "agent:skip_name_check"},
     )
     assert p.returncode == 1, p.stderr

@@ -18,9 +18,7 @@ def test_adaptive_stream_changes_level_and_the_memory_arrives(
     ab: AB,
 ) -> None:
     before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
-    p = ab.migrate_on_a(
-        "run", ab.container_name, *ab.migrate_args, "--json", env_extra=SMALL_WINDOWS
-    )
+    p = ab.run("--json", env_extra=SMALL_WINDOWS)
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["fast"] > 0, rep["bytes"]  # at least the measured fast window
@@ -32,10 +30,7 @@ def test_fixed_compression_keeps_one_level(
     ab: AB,
 ) -> None:
     before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         "--compression",
         "fixed",
         "--json",

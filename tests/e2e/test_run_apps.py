@@ -255,7 +255,7 @@ def test_running_exec_session_is_named(
     eid = ab.docker_a.api.exec_create(c.id, ["sleep", "777"])["Id"]
     ab.docker_a.api.exec_start(eid, detach=True)
     _wait(lambda: ab.docker_a.api.exec_inspect(eid)["Running"], "the exec session")
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert "docker exec" in p.stderr and "sleep 777" in p.stderr, p.stderr
     assert ab.docker_a.containers.get(ab.container_name).status == "running"

@@ -151,7 +151,7 @@ def test_bind_mount_refused_by_default_with_the_hint(
 ) -> None:
     _start(ab.docker_a, ab.container_name, ab.test_image, bind_dir)
     _wait(lambda: (bind_dir / "count").exists(), "the first count")
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert str(bind_dir) in p.stderr and "--bind-mounts same-path" in p.stderr
     assert "--bind-mounts copy" in p.stderr
@@ -169,9 +169,7 @@ def test_copy_moves_the_directory_and_the_writer_goes_on_there(
     _wait(lambda: len(_lines(local_path.on_a / "log")) >= 10, "10 lines on A")
     assert not local_path.on_b.exists()
 
-    p = ab.migrate_on_a(
-        "run", ab.container_name, *ab.migrate_args, "--bind-mounts", "copy", "--json"
-    )
+    p = ab.run("--bind-mounts", "copy", "--json")
     assert p.returncode == 0, p.stderr
     # Copied while the container ran, then the delta in the freeze (migrate/fs/precopy.py).
     assert json.loads(p.stdout)["bytes"]["volumes_precopy"] > 16384
@@ -214,10 +212,7 @@ def test_copy_rollback_removes_what_it_created_on_b(
     _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path / "data", APPENDER)
     _wait(lambda: len(_lines(src_a / "log")) >= 5, "5 lines on A")
     before = _tree(src_a)
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         "--bind-mounts",
         "copy",
         env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
@@ -245,7 +240,7 @@ def test_copy_refuses_a_path_with_content_on_b(
     (local_path.on_b / "theirs").write_text("b's own\n")
     _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--bind-mounts", "copy")
+    p = ab.run("--bind-mounts", "copy")
     assert p.returncode == 3, p.stderr
     assert "not empty" in p.stderr and "same-path" in p.stderr
     assert ab.docker_a.containers.get(ab.container_name).status == "running"
@@ -265,7 +260,7 @@ def test_same_path_uses_bs_own_data(
         (d / "seed").write_text(f"prepared on {who}\n")
     _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--bind-mounts", "same-path")
+    p = ab.run("--bind-mounts", "same-path")
     assert p.returncode == 0, p.stderr
     c = ab.docker_b.containers.get(ab.container_name)
     assert [m["Source"] for m in c.attrs["Mounts"]] == [str(local_path.path)]
@@ -287,7 +282,7 @@ def test_same_path_refuses_a_path_missing_on_b(
     local_path.on_a.mkdir()
     _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--bind-mounts", "same-path")
+    p = ab.run("--bind-mounts", "same-path")
     assert p.returncode == 3, p.stderr
     assert "does not exist on the destination" in p.stderr
     assert ab.docker_a.containers.get(ab.container_name).status == "running"

@@ -68,7 +68,7 @@ def test_memory_survives_split_restore(
     # split restore, and must be exactly as it was afterwards.
     admin_conf = RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None
 
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["status"] == "migrated"

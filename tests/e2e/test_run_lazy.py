@@ -71,7 +71,7 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
     src_id = ab.docker_a.containers.get(ab.container_name).id
     admin_conf = _conf()
 
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--strategy", "lazy", "--json")
+    p = ab.run("--strategy", "lazy", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["status"] == "migrated" and rep["strategy"] == "lazy", rep
@@ -124,9 +124,7 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
         RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
         RUNC_CRIU_CONF.write_text((original or "") + "work-dir /var/tmp/admin-criu-work\n")
         try:
-            p = ab.migrate_on_a(
-                "run", ab.container_name, *ab.migrate_args, "--strategy", "lazy", "--dry-run"
-            )
+            p = ab.run("--strategy", "lazy", "--dry-run")
         finally:
             if original is None:
                 RUNC_CRIU_CONF.unlink()
@@ -145,7 +143,7 @@ def test_auto_is_lazy_where_possible(
     ab.docker_a.containers.run(
         ab.test_image, ["sleep", "3600"], name=ab.container_name, detach=True
     )
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--strategy", "auto", "--json")
+    p = ab.run("--strategy", "auto", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["strategy"] == "lazy" and rep["postcopy"], rep

@@ -42,7 +42,7 @@ def test_no_checkpoint_copies_or_staging_left(
         name=ab.container_name,
         detach=True,
     )
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     assert ab.docker_b.containers.get(ab.container_name).status == "running"
     assert _copies_with(marker.encode()) == [], "containerd's copy of the checkpoint was left"

@@ -64,7 +64,7 @@ def test_volumes_and_logs_move_to_b(
 ) -> None:
     _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
     anon = _anon_name(ab.docker_a, ab.container_name)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["volumes"] > 0 and rep["bytes"]["logs"] > 0
@@ -104,7 +104,7 @@ def test_volume_with_other_content_on_b_is_refused(
         volumes={volume_name: {"bind": "/v", "mode": "rw"}},
     )
     _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert "not empty" in p.stderr and "docker volume rm" in p.stderr
     assert ab.docker_a.containers.get(ab.container_name).status == "running"
@@ -125,10 +125,7 @@ def test_rollback_removes_the_volumes_it_made(
 ) -> None:
     _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
     anon = _anon_name(ab.docker_a, ab.container_name)
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
     )
     assert p.returncode == 1, p.stderr

@@ -82,7 +82,7 @@ def test_network_ip_aliases_name_and_port_on_b(
     ]["IPAddress"]
     src_net = ab.docker_a.api.inspect_network(network)
 
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
 
     net_b = ab.docker_b.api.inspect_network(network)
@@ -109,10 +109,7 @@ def test_rollback_removes_the_network_it_created(
     ab.docker_a.containers.run(
         ab.test_image, ["sleep", "100000"], name=ab.container_name, network=network, detach=True
     )
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
     )
     assert p.returncode == 1, p.stderr
@@ -157,7 +154,7 @@ def test_container_on_two_networks_keeps_both(
             assert body or time.monotonic() < deadline, "server did not start on A"
             time.sleep(0.2)
 
-        p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+        p = ab.run()
         assert p.returncode == 0, p.stderr
 
         nets_b = ab.docker_b.api.inspect_container(ab.container_name)["NetworkSettings"]["Networks"]

@@ -239,10 +239,7 @@ def test_rollback_after_a_precopy_leaves_nothing_on_b(
     start_churn(ab.docker_a, ab.test_image, ab.container_name, volume_name)
     overlay_b = lab.config.paths("b").data_root / "overlay2"
     layers_before = set(os.listdir(overlay_b))
-    p = ab.migrate_on_a(
-        "run",
-        ab.container_name,
-        *ab.migrate_args,
+    p = ab.run(
         "--json",
         env_extra={"MIGRATE_FAULTS": "source:after_precopy"},
     )

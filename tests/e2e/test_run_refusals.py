@@ -43,7 +43,7 @@ def test_container_not_running_is_refused(
             c.wait(timeout=30)
         else:
             c.pause()
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert f"is {state}" in p.stderr and "only running containers migrate" in p.stderr
     assert "docker start" in p.stderr or "unpause" in p.stderr  # the fix
@@ -125,9 +125,7 @@ def test_destination_daemon_not_experimental_is_refused(
     ab.docker_a.containers.run(
         ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
     )
-    p = ab.migrate_on_a(
-        "run", ab.container_name, *ab.migrate_args, "--dest-docker-host", plain_dockerd_b
-    )
+    p = ab.run("--dest-docker-host", plain_dockerd_b)
     assert p.returncode == 3, p.stderr
     assert "not running with experimental features" in p.stderr
     assert "experimental" in p.stderr.split("not running with experimental features", 1)[1]

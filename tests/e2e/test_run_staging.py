@@ -35,7 +35,7 @@ def test_memory_staging_on_both_ends_keeps_the_memory(
     run_on_b: Any,
 ) -> None:
     before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["staging"] == {"source": "memory", "destination": "memory"}, rep["staging"]
@@ -51,7 +51,7 @@ def test_disk_staging_when_asked(
     run_on_b: Any,
 ) -> None:
     before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args, "--staging", "disk", "--json")
+    p = ab.run("--staging", "disk", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["staging"] == {"source": "disk", "destination": "disk"}, rep["staging"]

@@ -31,7 +31,7 @@ def test_tmpfs_and_dev_shm_content_survive(
     while b"ready" not in ab.docker_a.containers.get(ab.container_name).logs():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    p = ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
     assert _sh(ab.docker_b, ab.container_name, "cat /scratch/f") == "scratch-data\n"
     assert _sh(ab.docker_b, ab.container_name, "cat /dev/shm/seg") == "shm-data\n"
