@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from migrate.core.journal import DEFAULT_DIR, unsettled
-from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable, to_args
 from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, ensure_busybox_image
 
@@ -106,24 +106,14 @@ def main() -> int:
     before = leaks(lab)
     docker(lab, "a", "run", "-d", "--name", name, image, "sh", "-c", WORKLOAD)
     time.sleep(1.0)
-    common = [
-        "--identity",
-        env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        env["MIGRATE_AGENT_COMMAND"],
-        "--json",
-    ]
     rows: list[dict[str, Any]] = []
     here, there = "a", "b"
     last = 0
     failures: list[str] = []
     t0 = time.monotonic()
     for i in range(args.n):
-        url = env[f"MIGRATE_LAB_{there.upper()}_URL"]
         p = lab.host(here).run(
-            [str(migrate_executable()), "run", name, "--to", url, *common],
+            [str(migrate_executable()), "run", name, *to_args(env, there), "--json"],
             env=env,
             check=False,
             timeout=600,

@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import generated_doc  # scripts/: beside this file
 import pydantic
 
 from migrate.wire.methods import REQUESTS, Request
@@ -54,24 +55,8 @@ def table() -> str:
     return "\n".join(rows)
 
 
-def render(text: str) -> str:
-    head, sep, rest = text.partition(BEGIN)
-    _, sep2, tail = rest.partition(END)
-    if not sep or not sep2:
-        raise SystemExit(f"{DOC}: the markers {BEGIN!r} and {END!r} are missing")
-    return f"{head}{BEGIN}\n{table()}\n{END}{tail}"
-
-
 def main() -> int:
-    text = DOC.read_text()
-    new = render(text)
-    if "--check" in sys.argv[1:]:
-        if new != text:
-            print(f"{DOC} is out of date: run python scripts/protocol_doc.py", file=sys.stderr)
-            return 1
-        return 0
-    DOC.write_text(new)
-    return 0
+    return generated_doc.main(DOC, BEGIN, END, table, "scripts/protocol_doc.py")
 
 
 if __name__ == "__main__":

@@ -17,12 +17,13 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from migrate.lab.config import LabConfig, migrate_executable
+from migrate.lab.config import LabConfig, migrate_executable, to_args
 from migrate.lab.dockerd import docker_client
 from migrate.lab.hosts import Lab
 from migrate.lab.images import BUSYBOX_TAG, TEST_LABEL, ensure_busybox_image
@@ -141,17 +142,8 @@ def migrate_on_a(run_on_a: RunFn) -> RunFn:
 @pytest.fixture
 def migrate_args(lab_env: dict[str, str]) -> list[str]:
     """The options that point ``migrate run`` at host B: ``--to`` URL, key, known_hosts and
-    the agent command."""
-    return [
-        "--to",
-        lab_env["MIGRATE_LAB_B_URL"],
-        "--identity",
-        lab_env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        f"{AGENT_FAULTS_ON} {lab_env['MIGRATE_AGENT_COMMAND']}",
-    ]
+    the agent command (one that obeys the fault points tests send)."""
+    return to_args(lab_env, "b", f"{AGENT_FAULTS_ON} {lab_env['MIGRATE_AGENT_COMMAND']}")
 
 
 @pytest.fixture
@@ -161,6 +153,53 @@ def container_name(lab: Lab) -> Iterator[str]:
     yield name
     for h in ("a", "b"):
         remove_containers(lab.host(h).docker_host, name)
+
+
+@dataclass(frozen=True)
+class AB:
+    """What a test that moves one container from lab host A to B works with: the fixtures of
+    the same names, in one (most e2e tests need all of them)."""
+
+    migrate_on_a: RunFn
+    migrate_args: list[str]
+    container_name: str
+    docker_a: Any
+    docker_b: Any
+    test_image: str
+
+    def run(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """``migrate run`` of the container to B with ``args`` (``kwargs``: see ``run_on_a``)."""
+        return self.migrate_on_a("run", self.container_name, *self.migrate_args, *args, **kwargs)
+
+
+@pytest.fixture
+def ab(
+    migrate_on_a: RunFn,
+    migrate_args: list[str],
+    container_name: str,
+    docker_a: Any,
+    docker_b: Any,
+    test_image: str,
+) -> AB:
+    """``ab.migrate_on_a("run", ab.container_name, *ab.migrate_args)``: see ``AB``."""
+    return AB(migrate_on_a, migrate_args, container_name, docker_a, docker_b, test_image)
+
+
+@pytest.fixture
+def volume_name(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
+    """A fresh volume name; afterwards the container named ``container_name`` (on A and B)
+    and the volume are removed, the container first since it holds the volume."""
+    import docker.errors
+
+    name = f"mtv-{uuid.uuid4().hex[:10]}"
+    yield name
+    for client in (docker_a, docker_b):
+        for c in client.containers.list(all=True, filters={"name": container_name}):
+            c.remove(force=True, v=True)
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
 
 
 def remove_containers(docker_host: str, *names: str) -> None:

@@ -221,20 +221,18 @@ def abort(sock: socket.socket) -> None:
     """Close a socket that has SO_LINGER 0 with a reset. shutdown(SHUT_RD) first wakes a
     thread blocked in recv() on it (close() alone would not, and the socket would live on
     until that recv returns); it sends nothing itself."""
-    try:
-        sock.shutdown(socket.SHUT_RD)
-    except OSError:
-        pass
-    try:
-        sock.close()
-    except OSError:
-        pass
+    _shutdown_and_close(sock, socket.SHUT_RD)
 
 
 def close_gently(sock: socket.socket) -> None:
     """An orderly close that also wakes threads blocked on the socket (accept, recv)."""
+    _shutdown_and_close(sock, socket.SHUT_RDWR)
+
+
+def _shutdown_and_close(sock: socket.socket, how: int) -> None:
+    # Either may find the socket closed already (by the peer, or by another thread).
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(how)
     except OSError:
         pass
     try:

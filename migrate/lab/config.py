@@ -352,6 +352,22 @@ def lab_env(cfg: LabConfig) -> dict[str, str]:
     return env
 
 
+def to_args(env: Mapping[str, str], dest: str = "b", agent_command: str = "") -> list[str]:
+    """The options that point a ``migrate`` command at lab host ``dest``, from the variables
+    of ``lab_env``: its URL, the lab's key and known_hosts, and ``agent_command`` (by default
+    the lab's own)."""
+    return [
+        "--to",
+        env[f"MIGRATE_LAB_{dest.upper()}_URL"],
+        "--identity",
+        env["MIGRATE_LAB_KEY"],
+        "--known-hosts",
+        env["MIGRATE_LAB_KNOWN_HOSTS"],
+        "--agent-command",
+        agent_command or env["MIGRATE_AGENT_COMMAND"],
+    ]
+
+
 def shell_exports(env: Mapping[str, str]) -> str:
     return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
 

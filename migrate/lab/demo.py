@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from migrate.core.errors import LabError, MigrateError
-from migrate.lab.config import migrate_executable
+from migrate.lab.config import migrate_executable, to_args
 from migrate.lab.dockerd import docker_client
 from migrate.lab.hosts import Lab
 from migrate.lab.images import ensure_busybox_image
@@ -59,14 +59,7 @@ def run_demo(lab: Lab) -> DemoResult:
             str(migrate_executable()),
             "run",
             DEMO_NAME,
-            "--to",
-            env["MIGRATE_LAB_B_URL"],
-            "--identity",
-            env["MIGRATE_LAB_KEY"],
-            "--known-hosts",
-            env["MIGRATE_LAB_KNOWN_HOSTS"],
-            "--agent-command",
-            env["MIGRATE_AGENT_COMMAND"],
+            *to_args(env),
             "--json",
         ],
         check=False,

@@ -95,37 +95,32 @@ def check_criu_features(caps: criu.CriuCapabilities) -> list[CheckResult]:
             CheckResult(n, False, "unknown", problem="criu not found", required=False)
             for n in ("lazy_pages", "mem_dirty_track")
         ]
-    rows = []
-    if caps.lazy_pages:
-        rows.append(CheckResult("lazy_pages", True, "available (uffd-noncoop)", required=False))
-    else:
-        rows.append(
-            CheckResult(
-                "lazy_pages",
-                False,
-                "unavailable",
-                problem="no post-copy migration (--strategy lazy): `criu check --feature "
-                "uffd-noncoop` fails (the kernel lacks non-cooperative userfaultfd)",
-                fix="a kernel with CONFIG_USERFAULTFD=y; cold migration works without it",
-                required=False,
-            )
-        )
-    if caps.mem_dirty_track:
-        rows.append(CheckResult("mem_dirty_track", True, "available", required=False))
-    else:
-        rows.append(
-            CheckResult(
-                "mem_dirty_track",
-                False,
-                "unavailable",
-                problem="no iterative pre-copy: the kernel does not track dirty memory "
-                "(soft-dirty), so all memory is copied while the container is frozen",
-                fix="a kernel with CONFIG_MEM_SOFT_DIRTY=y; nothing to do otherwise (cold and "
-                "lazy migration work without it)",
-                required=False,
-            )
-        )
-    return rows
+    # (check, whether there, its value when there, what is lost without it, the fix)
+    features = (
+        (
+            "lazy_pages",
+            caps.lazy_pages,
+            "available (uffd-noncoop)",
+            "no post-copy migration (--strategy lazy): `criu check --feature "
+            "uffd-noncoop` fails (the kernel lacks non-cooperative userfaultfd)",
+            "a kernel with CONFIG_USERFAULTFD=y; cold migration works without it",
+        ),
+        (
+            "mem_dirty_track",
+            caps.mem_dirty_track,
+            "available",
+            "no iterative pre-copy: the kernel does not track dirty memory "
+            "(soft-dirty), so all memory is copied while the container is frozen",
+            "a kernel with CONFIG_MEM_SOFT_DIRTY=y; nothing to do otherwise (cold and "
+            "lazy migration work without it)",
+        ),
+    )
+    return [
+        CheckResult(name, True, value, required=False)
+        if there
+        else CheckResult(name, False, "unavailable", problem=lost, fix=fix, required=False)
+        for name, there, value, lost, fix in features
+    ]
 
 
 def check_cpuinfo(binary: str | None) -> CheckResult:

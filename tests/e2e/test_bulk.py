@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AB
 from test_handover import (
     assert_counts_on,
     dest_checkpoints,
+    ended,
     start_counter,
     wait_absent,
     wait_mark,
@@ -84,13 +86,7 @@ def _assert_nothing_left(lab: Any, tmp: Path, dirs_before: set[str]) -> None:
 
 
 def _run(
-    lab: Any,
-    name: str,
-    args: list[str],
-    tmp: Path,
-    *extra: str,
-    faults: str = "",
-    mark: Path | None = None,
+    lab: Any, ab: AB, tmp: Path, *extra: str, faults: str = "", mark: Path | None = None
 ) -> subprocess.Popen[str]:
     env = {**lab.env(), "TMPDIR": str(tmp)}
     if faults:
@@ -98,7 +94,7 @@ def _run(
     if mark is not None:
         env["MIGRATE_FAULT_MARK"] = str(mark)
     return lab.host("a").popen(
-        [str(migrate_executable()), "run", name, *args, "--json", *extra],
+        [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args, "--json", *extra],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -117,97 +113,69 @@ def src_tmp(tmp_path: Path) -> Path:
 def test_state_arrives_over_the_chosen_channel(
     bulk: str,
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     src_tmp: Path,
 ) -> None:
     before_dirs = _bulk_dirs()
-    before = start_counter(docker_a, test_image, container_name)
-    proc = _run(lab, container_name, migrate_args, src_tmp, "--bulk", bulk)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    proc = _run(lab, ab, src_tmp, "--bulk", bulk)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rep = json.loads(out)
     assert rep["status"] == "migrated"
     assert rep["stream_channel"] == ("paramiko" if bulk == "paramiko" else "openssh"), rep
     assert rep["bytes"]["checkpoint"] > 0
-    assert_counts_on(docker_b, container_name, before)
-    assert wait_absent(docker_a, container_name)
+    assert_counts_on(ab.docker_b, ab.container_name, before)
+    assert wait_absent(ab.docker_a, ab.container_name)
     _assert_nothing_left(lab, src_tmp, before_dirs)
 
 
 def test_bulk_that_cannot_log_in_falls_back_under_auto(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     src_tmp: Path,
 ) -> None:
     before_dirs = _bulk_dirs()
-    before = start_counter(docker_a, test_image, container_name)
-    proc = _run(lab, container_name, migrate_args, src_tmp, faults="source:bulk_no_key")
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    proc = _run(lab, ab, src_tmp, faults="source:bulk_no_key")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     rep = json.loads(out)
     assert rep["stream_channel"] == "paramiko", rep
     assert "Permission denied" in rep["stream_channel_note"], rep["stream_channel_note"]
-    assert_counts_on(docker_b, container_name, before)
+    assert_counts_on(ab.docker_b, ab.container_name, before)
     _assert_nothing_left(lab, src_tmp, before_dirs)
 
 
 def test_bulk_that_cannot_log_in_is_refused_under_openssh(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     src_tmp: Path,
 ) -> None:
     before_dirs = _bulk_dirs()
-    before = start_counter(docker_a, test_image, container_name)
-    proc = _run(
-        lab, container_name, migrate_args, src_tmp, "--bulk", "openssh", faults="source:bulk_no_key"
-    )
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    proc = _run(lab, ab, src_tmp, "--bulk", "openssh", faults="source:bulk_no_key")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3, err
     e = json.loads(out)["error"]
     assert e["code"] == "precheck.bulk_unavailable", e
     assert "Permission denied" in e["message"] and "--bulk paramiko" in e["hint"], e
-    assert_counts_on(docker_a, container_name, before)
-    assert not docker_b.containers.list(all=True, filters={"name": f"^/{container_name}$"})
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert not ab.docker_b.containers.list(all=True, filters={"name": f"^/{ab.container_name}$"})
     _assert_nothing_left(lab, src_tmp, before_dirs)
 
 
 def test_bulk_killed_mid_stream_rolls_back(
     lab: Any,
-    migrate_args: list[str],
-    migrate_on_a: Any,
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     src_tmp: Path,
     tmp_path: Path,
 ) -> None:
     before_dirs = _bulk_dirs()
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = _run(
-        lab,
-        container_name,
-        migrate_args,
-        src_tmp,
-        "--bulk",
-        "openssh",
-        faults="source:wait:mid_stream",
-        mark=mark,
-    )
-    try:
+    proc = _run(lab, ab, src_tmp, "--bulk", "openssh", faults="source:wait:mid_stream", mark=mark)
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         ssh = [c for c in _children(pid) if b"--sink" in Path(f"/proc/{c}/cmdline").read_bytes()]
@@ -215,15 +183,11 @@ def test_bulk_killed_mid_stream_rolls_back(
         os.kill(ssh[0], signal.SIGKILL)  # the bulk connection dies in the middle of the stream
         mark.unlink()
         out, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 1, err
     assert "Rolled back" in err, err
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 30), "a copy was left on B"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name, 30), "a copy was left on B"
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
     _assert_nothing_left(lab, src_tmp, before_dirs)
-    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    p = ab.migrate_on_a("recover", ab.container_name, *ab.migrate_args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from conftest import remove_containers
-from test_run import COUNTER, _count, _start_counter, counter_image  # noqa: F401 - fixture
+from test_run import COUNTER, _count, _counting, _start_counter, counter_image  # noqa: F401 - fixture
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.lab.config import migrate_executable
@@ -155,14 +155,7 @@ def test_import_no_start_leaves_the_checkpoint_ready(
         name=container_name,
         detach=True,
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if _count(docker_a, container_name) >= 20:
-                break
-        except (ValueError, Exception):  # noqa: BLE001 - not written yet
-            pass
-        time.sleep(0.2)
+    _counting(docker_a, container_name)  # as before: on with the test even when it did not
     path = tmp_path / "c.tar.zst"
     p = migrate_on_a("export", container_name, "-o", str(path), "--leave-running")
     assert p.returncode == 0, p.stderr

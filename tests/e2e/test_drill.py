@@ -13,7 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from test_run import COUNTER, _count, transport_args  # noqa: F401 - fixture
+from conftest import AB
+from test_run import COUNTER, _count, _counting, transport_args  # noqa: F401 - fixture
 from test_run_leftovers import _copies_with
 
 from migrate.lab.config import migrate_executable
@@ -27,15 +28,8 @@ def _start(docker_a: Any, name: str, image: str, marker: str) -> None:
     # left behind on B) contain it.
     script = f'm="{marker}"; ' + COUNTER
     docker_a.containers.run(image, ["sh", "-c", script], name=name, detach=True)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if _count(docker_a, name) >= 20:
-                return
-        except (ValueError, Exception):  # noqa: BLE001 - not written yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError("counter did not start")
+    if not _counting(docker_a, name):
+        raise AssertionError("counter did not start")
 
 
 def _assert_nothing_left_on_b(docker_b: Any, rep: dict[str, Any], marker: str) -> None:
@@ -112,21 +106,16 @@ def test_drill_passes_and_leaves_nothing(
 
 
 def test_failing_verify_cmd_fails_the_drill(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    marker = f"MARK-{container_name}-{time.time_ns()}"
-    _start(docker_a, container_name, test_image, marker)
+    marker = f"MARK-{ab.container_name}-{time.time_ns()}"
+    _start(ab.docker_a, ab.container_name, ab.test_image, marker)
     report = tmp_path / "drill.json"
     p, rep = _drill(
-        migrate_on_a,
-        migrate_args,
-        container_name,
+        ab.migrate_on_a,
+        ab.migrate_args,
+        ab.container_name,
         report,
         "--settle",
         "0",
@@ -140,27 +129,28 @@ def test_failing_verify_cmd_fails_the_drill(
     assert "not ready" in rep["verification"]["output"]
     md = report.with_suffix(".md").read_text()
     assert "FAILED" in md and "exited with 3" in md
-    assert docker_a.containers.get(container_name).status == "running"
-    _assert_nothing_left_on_b(docker_b, rep, marker)
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    _assert_nothing_left_on_b(ab.docker_b, rep, marker)
 
 
 def test_keep_leaves_an_isolated_copy(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    _start(docker_a, container_name, test_image, "keep")
+    _start(ab.docker_a, ab.container_name, ab.test_image, "keep")
     p, rep = _drill(
-        migrate_on_a, migrate_args, container_name, tmp_path / "r.json", "--settle", "0", "--keep"
+        ab.migrate_on_a,
+        ab.migrate_args,
+        ab.container_name,
+        tmp_path / "r.json",
+        "--settle",
+        "0",
+        "--keep",
     )
     try:
         assert p.returncode == 0, p.stderr
         assert rep["kept"] is True and rep["verification"]["command"] is None
-        copy = docker_b.containers.get(rep["drill_name"])
+        copy = ab.docker_b.containers.get(rep["drill_name"])
         assert copy.status == "running"
         assert copy.attrs["HostConfig"]["NetworkMode"] == "none"
         assert not copy.attrs["HostConfig"]["PortBindings"]
@@ -172,34 +162,25 @@ def test_keep_leaves_an_isolated_copy(
         # It resumed from the checkpoint (kept counting from there).
         n = int(copy.exec_run(["cat", "/tmp/count"]).output)
         assert n >= 20
-        assert docker_a.containers.get(container_name).status == "running"
+        assert ab.docker_a.containers.get(ab.container_name).status == "running"
     finally:
-        for c in docker_b.containers.list(all=True, filters={"name": rep["drill_name"]}):
+        for c in ab.docker_b.containers.list(all=True, filters={"name": rep["drill_name"]}):
             c.remove(force=True)
 
 
 def test_not_running_container_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    docker_a.containers.create(test_image, ["sleep", "100"], name=container_name)
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
+    ab.docker_a.containers.create(ab.test_image, ["sleep", "100"], name=ab.container_name)
+    p, rep = _drill(ab.migrate_on_a, ab.migrate_args, ab.container_name, tmp_path / "r.json")
     assert p.returncode == 3, p.stderr
     assert rep["status"] == "refused" and "created" in rep["reason"]
     assert rep["error"]["code"] == "precheck.container_not_running"
 
 
 def test_drill_with_a_named_volume_uses_its_own_copy(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     vol = f"mt-vol-{uuid.uuid4().hex[:10]}"
@@ -207,19 +188,19 @@ def test_drill_with_a_named_volume_uses_its_own_copy(
     try:
         # The standby holds a volume of the same name (a replica, say): the drill must not
         # touch it.
-        replica = docker_b.volumes.create(vol)
-        docker_a.containers.run(
-            test_image,
+        replica = ab.docker_b.volumes.create(vol)
+        ab.docker_a.containers.run(
+            ab.test_image,
             ["sh", "-c", script],
-            name=container_name,
+            name=ab.container_name,
             detach=True,
             volumes={vol: {"bind": "/data", "mode": "rw"}},
         )
         time.sleep(1)
         p, rep = _drill(
-            migrate_on_a,
-            migrate_args,
-            container_name,
+            ab.migrate_on_a,
+            ab.migrate_args,
+            ab.container_name,
             tmp_path / "r.json",
             "--settle",
             "0",
@@ -230,40 +211,35 @@ def test_drill_with_a_named_volume_uses_its_own_copy(
         assert rep["status"] == "passed" and rep["sizes"]["volumes"] > 0
         own = f"{vol}-drill-{rep['drill_id'][:8]}"
         assert rep["teardown"]["volumes_removed"] == [own]
-        assert not docker_b.volumes.list(filters={"name": own})
+        assert not ab.docker_b.volumes.list(filters={"name": own})
         assert Path(replica.attrs["Mountpoint"]).is_dir()
         assert not any(Path(replica.attrs["Mountpoint"]).iterdir()), "the replica was written"
-        assert docker_a.containers.get(container_name).status == "running"
+        assert ab.docker_a.containers.get(ab.container_name).status == "running"
     finally:
-        for client in (docker_a, docker_b):
-            for ctr in client.containers.list(all=True, filters={"name": container_name}):
+        for client in (ab.docker_a, ab.docker_b):
+            for ctr in client.containers.list(all=True, filters={"name": ab.container_name}):
                 ctr.remove(force=True)
             for v in client.volumes.list(filters={"name": vol}):
                 v.remove(force=True)
 
 
 def test_bind_mount_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sleep", "100"],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
         volumes={"/tmp": {"bind": "/host-tmp", "mode": "ro"}},
     )
-    before = {c.id for c in docker_b.containers.list(all=True)}
-    p, rep = _drill(migrate_on_a, migrate_args, container_name, tmp_path / "r.json")
+    before = {c.id for c in ab.docker_b.containers.list(all=True)}
+    p, rep = _drill(ab.migrate_on_a, ab.migrate_args, ab.container_name, tmp_path / "r.json")
     assert p.returncode == 3, p.stderr
     assert rep["status"] == "refused" and rep["error"]["code"] == "precheck.unsupported"
     assert "bind mount" in rep["reason"] and rep["recovery_point"] is None
-    assert {c.id for c in docker_b.containers.list(all=True)} == before
+    assert {c.id for c in ab.docker_b.containers.list(all=True)} == before
 
 
 def _agents_in(netns: str) -> list[int]:
@@ -285,20 +261,17 @@ def _agents_in(netns: str) -> list[int]:
 
 
 def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
+    ab: AB,
     lab_env: dict[str, str],
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
     tmp_path: Path,
 ) -> None:
-    _start(docker_a, container_name, test_image, "sweep")
+    _start(ab.docker_a, ab.container_name, ab.test_image, "sweep")
     result: dict[str, Any] = {}
     t = threading.Thread(
         target=lambda: result.update(
-            p=migrate_on_a("drill", container_name, *migrate_args, "--settle", "120", "--json")
+            p=ab.migrate_on_a(
+                "drill", ab.container_name, *ab.migrate_args, "--settle", "120", "--json"
+            )
         )
     )
     t.start()
@@ -308,8 +281,8 @@ def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
         while not copies and time.monotonic() < deadline:
             copies = [
                 c
-                for c in docker_b.containers.list(filters={"label": DRILL_LABEL})
-                if c.name.startswith(f"{container_name}-drill-")
+                for c in ab.docker_b.containers.list(filters={"label": DRILL_LABEL})
+                if c.name.startswith(f"{ab.container_name}-drill-")
             ]
             time.sleep(0.2)
         assert copies, "the drill copy never appeared on B"
@@ -323,15 +296,15 @@ def test_copy_left_by_a_killed_agent_is_swept_by_the_next_drill(
     assert p.returncode == 1, p.stderr
     first = json.loads(p.stdout)
     assert first["status"] == "failed"
-    copy = docker_b.containers.get(first["drill_name"])
+    copy = ab.docker_b.containers.get(first["drill_name"])
     assert copy.status == "running", "the killed agent's copy should still be there"
     record = Path("/var/lib/migrate/drills") / f"{first['drill_id']}.json"
     assert record.is_file()
     # The next drill to B removes it before it restores its own copy.
     p, rep = _drill(
-        migrate_on_a, migrate_args, container_name, tmp_path / "r.json", "--settle", "0"
+        ab.migrate_on_a, ab.migrate_args, ab.container_name, tmp_path / "r.json", "--settle", "0"
     )
     assert p.returncode == 0, p.stderr
-    assert not docker_b.containers.list(all=True, filters={"name": first["drill_name"]})
+    assert not ab.docker_b.containers.list(all=True, filters={"name": first["drill_name"]})
     assert not record.exists()
     assert not list(Path("/var/lib/migrate/drills").glob(f"{rep['drill_id']}.*"))

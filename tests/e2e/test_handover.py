@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AB
 
 from migrate.checkpoint import criu
 from migrate.checkpoint.staging import MEMORY_ROOT
-from migrate.lab.config import migrate_executable
+from migrate.lab.config import migrate_executable, to_args
 
 COUNTER = (
     "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; "
@@ -98,6 +99,18 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+@contextlib.contextmanager
+def ended(proc: subprocess.Popen[str], mark: Path) -> Iterator[None]:
+    """On the way out of a test's steps with the run ``proc`` held at a fault hook, whatever
+    happened: the mark gone (the run goes on) and the run killed if it is still there."""
+    try:
+        yield
+    finally:
+        mark.unlink(missing_ok=True)
+        if proc.poll() is None:
+            proc.kill()
+
+
 def wait_mark(mark: Path, proc: subprocess.Popen[str], seconds: float = 300) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -137,30 +150,25 @@ def source_staging(migration_id: str) -> list[Path]:
 
 def test_second_run_of_the_same_container_is_refused(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    first = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    first = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:before_pause")
     try:
         pid = wait_mark(mark, first)
-        second = migrate_on_a("run", container_name, *migrate_args)
+        second = ab.run()
         assert second.returncode == 3, second.stderr
         assert "already being migrated" in second.stderr
         assert f"pid {pid}" in second.stderr
-        assert docker_a.containers.get(container_name).status == "running"
+        assert ab.docker_a.containers.get(ab.container_name).status == "running"
     finally:
         mark.unlink(missing_ok=True)
     out, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
-    assert_counts_on(docker_b, container_name, before)
-    assert absent(docker_a, container_name)
+    assert_counts_on(ab.docker_b, ab.container_name, before)
+    assert absent(ab.docker_a, ab.container_name)
     assert not any(LOCKS.glob("*.lock")) or all(
         p.read_text().strip() != str(pid) for p in LOCKS.glob("*.lock")
     ), "the lock file of the finished run was left"
@@ -217,47 +225,38 @@ def test_source_killed_then_recover(
     point: str,
     winner: str,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
-    try:
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == -signal.SIGKILL
 
     # A new run of that container is refused until the killed one is settled.
-    if point != "after_commit" or not absent(docker_a, container_name):
-        p = migrate_on_a("run", container_name, *migrate_args)
+    if point != "after_commit" or not absent(ab.docker_a, ab.container_name):
+        p = ab.run()
         assert p.returncode in (3, 4), p.stderr
         assert "recover" in p.stderr
 
-    p = recover(migrate_on_a, container_name, migrate_args)
+    p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     assert p.returncode == 0, p.stderr + p.stdout
     settled = json.loads(p.stdout)["settled"]
     assert len(settled) == 1
     assert settled[0]["outcome"] == ("committed" if winner == "b" else "rolled_back")
 
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name), "a second copy was left"
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name), "a second copy was left"
     # (other migrations may be staging at the same time on this machine: look at ours only)
     assert not source_staging(settled[0]["migration_id"]), "source staging left"
     assert not dest_checkpoints(lab, settled[0]["migration_id"]), "checkpoint left on B"
     # Settled: recover again has nothing to do, and a new migration is accepted.
-    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    p = ab.migrate_on_a("recover", ab.container_name, *ab.migrate_args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr
 
 
@@ -271,30 +270,23 @@ def test_source_killed_then_recover(
 def test_agent_dies_at_commit_in_doubt_then_recover(
     fault: str,
     winner: str,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
-    p = migrate_on_a(
-        "run", container_name, *migrate_args, "--json", env_extra={"MIGRATE_FAULTS": fault}
-    )
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    p = ab.run("--json", env_extra={"MIGRATE_FAULTS": fault})
     assert p.returncode == 4, p.stderr
     assert json.loads(p.stdout)["error"]["code"] == "handover.in_doubt"
     assert "migrate recover" in p.stderr
     # Never two running copies: the source waits, paused.
-    assert docker_a.containers.get(container_name).status == "paused"
-    again = migrate_on_a("run", container_name, *migrate_args)
+    assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+    again = ab.run()
     assert again.returncode == 4 and "recover" in again.stderr, again.stderr
 
-    p = recover(migrate_on_a, container_name, migrate_args)
+    p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     assert p.returncode == 0, p.stderr + p.stdout
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name)
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name)
 
 
 AGENT_KILL_POINTS = [
@@ -313,17 +305,12 @@ def test_agent_killed_from_outside(
     rc: int,
     winner: str,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -336,12 +323,12 @@ def test_agent_killed_from_outside(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == rc, err
     if rc == 4:
-        assert docker_a.containers.get(container_name).status == "paused"
-        p = recover(migrate_on_a, container_name, migrate_args)
+        assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
-    here, gone = (docker_a, docker_b) if winner == "a" else (docker_b, docker_a)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name), "a second copy was left"
+    here, gone = (ab.docker_a, ab.docker_b) if winner == "a" else (ab.docker_b, ab.docker_a)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name), "a second copy was left"
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
 
 
@@ -395,11 +382,7 @@ def test_destination_dockerd_restarted(
     point: str,
     rcs: tuple[int, ...],
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """Exactly one copy of the container is left, on one host; it runs with its state on A
@@ -407,8 +390,8 @@ def test_destination_dockerd_restarted(
     container, stopped by the restart like any other)."""
     import docker as docker_sdk
 
-    before = start_counter(docker_a, test_image, container_name)
-    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    proc, mark = start_held(lab, ab.container_name, ab.migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2] if point != "restoring" else None
@@ -424,18 +407,18 @@ def test_destination_dockerd_restarted(
         assert proc.returncode in rcs, err
         if proc.returncode == 1:
             assert "Rolled back" in err, err
-            assert_counts_on(docker_a, container_name, before)
-            assert wait_absent(client_b, container_name), "a second copy was left on B"
+            assert_counts_on(ab.docker_a, ab.container_name, before)
+            assert wait_absent(client_b, ab.container_name), "a second copy was left on B"
         elif point == "after_commit":
-            assert client_b.containers.get(container_name).status == "exited"
-            assert wait_absent(docker_a, container_name), "the source copy was left"
+            assert client_b.containers.get(ab.container_name).status == "exited"
+            assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         else:
-            assert_counts_on(client_b, container_name, before)
-            assert wait_absent(docker_a, container_name), "the source copy was left"
+            assert_counts_on(client_b, ab.container_name, before)
+            assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
             assert not source_staging(migration_id), "source staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     finally:
         client_b.close()
 
@@ -471,11 +454,7 @@ def test_destination_dockerd_restarted_with_live_restore(
     point: str,
     restore_mode: str,
     live_restore_lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """B's dockerd runs with live-restore and is restarted once B's copy runs: the container
@@ -489,18 +468,18 @@ def test_destination_dockerd_restarted_with_live_restore(
     assert info["LiveRestoreEnabled"] is True
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
     heap = fill_heap if restore_mode == "lazy_local" else ""
-    docker_a.containers.run(
-        test_image, ["sh", "-c", heap + COUNTER], name=container_name, detach=True
+    ab.docker_a.containers.run(
+        ab.test_image, ["sh", "-c", heap + COUNTER], name=ab.container_name, detach=True
     )
     deadline = time.monotonic() + 60
     while True:
         with contextlib.suppress(ValueError):
-            if count(docker_a, container_name) >= 5:
+            if count(ab.docker_a, ab.container_name) >= 5:
                 break
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.2)
-    before = count(docker_a, container_name)
-    proc, mark = start_held(lab, container_name, migrate_args, point, tmp_path)
+    before = count(ab.docker_a, ab.container_name)
+    proc, mark = start_held(lab, ab.container_name, ab.migrate_args, point, tmp_path)
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2] if point != "restoring" else None
@@ -508,7 +487,7 @@ def test_destination_dockerd_restarted_with_live_restore(
             journal = (SOURCE_JOURNALS / f"{migration_id}.jsonl").read_text()
             assert f'"restore_mode": "{restore_mode}"' in journal, journal
         client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
-        pid_before = client_b.containers.get(container_name).attrs["State"]["Pid"]
+        pid_before = client_b.containers.get(ab.container_name).attrs["State"]["Pid"]
         client_b.close()
         t0 = time.monotonic()
         restart_dockerd_b(lab)
@@ -519,29 +498,25 @@ def test_destination_dockerd_restarted_with_live_restore(
     assert proc.returncode == 0, err
     client_b = docker_sdk.DockerClient(base_url=lab.host("b").docker_host, timeout=120)
     try:
-        c = client_b.containers.get(container_name)
+        c = client_b.containers.get(ab.container_name)
         # The same process, adopted by the new daemon: not a fresh start counting from 0.
         assert c.attrs["State"]["Pid"] == pid_before, (pid_before, c.attrs["State"])
-        assert_counts_on(client_b, container_name, before)
-        assert wait_absent(docker_a, container_name), "the source copy was left"
+        assert_counts_on(client_b, ab.container_name, before)
+        assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
         if migration_id is not None:
             assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
             assert not source_staging(migration_id), "source staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         # The adopted container is still fully managed: it stops on request.
         c.stop(timeout=2)
-        assert client_b.containers.get(container_name).status == "exited"
+        assert client_b.containers.get(ab.container_name).status == "exited"
     finally:
         client_b.close()
 
 
 def test_destination_disk_full_during_restore(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The file system Docker restores from fills up: a 64 KiB tmpfs mounted on B's new
@@ -553,13 +528,13 @@ def test_destination_disk_full_during_restore(
     def b_mounts() -> str:
         return str(b.run(["cat", "/proc/self/mountinfo"]).stdout)
 
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:before_pause")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:before_pause")
     target = None
     try:
         wait_mark(mark, proc)
-        cid = docker_b.containers.get(container_name).id
+        cid = ab.docker_b.containers.get(ab.container_name).id
         target = lab.config.paths("b").data_root / "containers" / cid / "checkpoints"
         target.mkdir(exist_ok=True)
         b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(target)])
@@ -570,8 +545,8 @@ def test_destination_disk_full_during_restore(
         assert proc.returncode == 1, err
         assert "transfer.disk_full" in err or "No space left" in err, err
         assert "Rolled back" in err
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert str(target) not in b_mounts()
     finally:
         if target is not None and str(target) in b_mounts():
@@ -597,28 +572,26 @@ def test_destination_disk_full_in_the_read_write_layer(
     point: str,
     extra: list[str],
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The read-write layer (1 MiB written in the container) streams into B's new container's
     upper directory, here a 64 KiB tmpfs (in B's mount namespace): DiskFull in the middle of
     that stream, rolled back, and the removal of B's copy (its layer) takes the mount with
     it."""
-    before = start_counter(docker_a, test_image, container_name)
-    docker_a.containers.get(container_name).exec_run(
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    ab.docker_a.containers.get(ab.container_name).exec_run(
         ["dd", "if=/dev/zero", "of=/big", "bs=1024", "count=1024"]
     )
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, [*migrate_args, *extra], mark, f"source:wait:{point}")
+    proc = start_run(
+        lab, ab.container_name, [*ab.migrate_args, *extra], mark, f"source:wait:{point}"
+    )
     b = lab.host("b")
     upper = None
     try:
         wait_mark(mark, proc)
-        attrs = docker_b.containers.get(container_name).attrs
+        attrs = ab.docker_b.containers.get(ab.container_name).attrs
         upper = Path(attrs["GraphDriver"]["Data"]["UpperDir"])
         b.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(upper)])
     finally:
@@ -628,8 +601,8 @@ def test_destination_disk_full_in_the_read_write_layer(
         assert proc.returncode == 1, err
         assert "transfer.disk_full" in err or "No space left" in err, err
         assert "Rolled back" in err
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert f" {upper} " not in mountinfo(lab, "b"), "mount left"
         assert not upper.exists(), "the new container's layer was left"
     finally:
@@ -697,16 +670,7 @@ def test_destination_staging_disk_full(
     stage = Path(f"/tmp/mfault-stage-{container_name}")
     stage.mkdir()
     b.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(stage)])
-    args = [
-        "--to",
-        env["MIGRATE_LAB_B_URL"],
-        "--identity",
-        env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}",
-    ]
+    args = to_args(env, "b", f"{env['MIGRATE_AGENT_COMMAND']} --staging-dir {stage}")
 
     def staged() -> list[str]:
         """What the staging file system holds, seen from B (the test's filler aside)."""
@@ -755,20 +719,15 @@ def test_fault_during_restore(
     fault: str,
     rc: int,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     """The copy on B has just started from the checkpoint; B has not journalled `restored`."""
     from test_link_cut import set_link
 
-    before = start_counter(docker_a, test_image, container_name)
-    mark = Path(f"/tmp/migrate-agent-wait-{container_name}")
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
+    mark = Path(f"/tmp/migrate-agent-wait-{ab.container_name}")
     proc = lab.host("a").popen(
-        [str(migrate_executable()), "run", container_name, *migrate_args],
+        [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args],
         env={**lab.env(), "MIGRATE_FAULTS": "agent:wait:restoring"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -776,7 +735,7 @@ def test_fault_during_restore(
     )
     try:
         agent_pid = wait_mark(mark, proc)
-        assert docker_b.containers.get(container_name).status == "running"
+        assert ab.docker_b.containers.get(ab.container_name).status == "running"
         if fault == "source_killed":
             os.kill(proc.pid, signal.SIGKILL)
         elif fault == "agent_killed":
@@ -793,41 +752,36 @@ def test_fault_during_restore(
         set_link(lab, True)
     assert proc.returncode == rc, err
     if fault == "source_killed":
-        p = recover(migrate_on_a, container_name, migrate_args)
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 45), "a second copy was left"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name, 45), "a second copy was left"
 
 
 def test_source_disk_full_during_the_checkpoint(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     """A's staging area (where CRIU writes the dump) is a 64 KiB tmpfs, in A's mount namespace
     where the source runs: the dump of the paused container fails with ENOSPC. Rolled back:
     the container runs on A with its state (paused by Docker, possibly thawed by the failed
     dump behind Docker's back: unpause settles both), nothing staged, nothing on B."""
     a = lab.host("a")
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     a.run(["mkdir", "-p", str(STAGING)])
     a.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(STAGING)])
     try:
         # On disk by choice: in memory (the default when it fits) this area is not used.
-        p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
+        p = ab.run("--staging", "disk", "--json")
         assert p.returncode == 1, p.stderr
         err = json.loads(p.stdout)["error"]
         assert err["details"]["cause"] == "criu.dump_failed", err
         assert "Rolled back" in err["message"]
         assert "is full" in err["hint"], err["hint"]
-        assert_counts_on(docker_a, container_name, before)
-        assert wait_absent(docker_b, container_name), "the destination copy was left"
+        assert_counts_on(ab.docker_a, ab.container_name, before)
+        assert wait_absent(ab.docker_b, ab.container_name), "the destination copy was left"
         assert str(a.run(["ls", "-A", str(STAGING)]).stdout).split() == [], "staging left"
-        source_journal_settled(migrate_on_a, container_name, migrate_args)
+        source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     finally:
         a.run(["umount", "-l", str(STAGING)], check=False)
 
@@ -849,12 +803,7 @@ def test_source_killed_during_the_criu_dump_then_recover(
     sig: int,
     sigint_ignored: bool,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The source gets SIGKILL (then `migrate recover` at once) or SIGINT/SIGTERM (it rolls
@@ -862,27 +811,27 @@ def test_source_killed_during_the_criu_dump_then_recover(
     container (128 MiB in a tmpfs make the dump last long enough to be caught). The orphaned
     dump may still be going: the container must end up running on A with its state, not
     frozen again by the dump's end, and nothing may be left staged."""
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sh", "-c", COUNTER],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
         tmpfs={"/big": "size=200m"},
     )
-    c = docker_a.containers.get(container_name)
+    c = ab.docker_a.containers.get(ab.container_name)
     res = c.exec_run(["dd", "if=/dev/urandom", "of=/big/f", "bs=1048576", "count=128"])
     assert res.exit_code == 0, res.output
-    before = count(docker_a, container_name)
+    before = count(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
     proc = start_run(
         lab,
-        container_name,
-        migrate_args,
+        ab.container_name,
+        ab.migrate_args,
         mark,
         "source:wait:after_pause",
         sigint_ignored=sigint_ignored,
     )
-    try:
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         # In memory (the default: the counter fits) or on disk if the host is short of memory.
@@ -897,14 +846,10 @@ def test_source_killed_during_the_criu_dump_then_recover(
         # (neither signal reaches CRIU: whether it still dumps says when the signal came)
         dumping = criu.processes_using(staging)
         _, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     if sig == signal.SIGKILL:
         # (128 MiB take CRIU about a second to write: the kill lands in the middle of it)
         assert criu.processes_using(staging), "the dump had ended before the kill"
-        p = recover(migrate_on_a, container_name, migrate_args)
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
     else:
         when = "during" if dumping else "after"
@@ -916,47 +861,39 @@ def test_source_killed_during_the_criu_dump_then_recover(
         time.sleep(0.2)
     assert not criu.processes_using(staging), "the orphaned dump still runs"
     time.sleep(1)
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name), "a copy was left on B"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name), "a copy was left on B"
     assert not staging.exists(), "source staging left"
-    source_journal_settled(migrate_on_a, container_name, migrate_args)
+    source_journal_settled(ab.migrate_on_a, ab.container_name, ab.migrate_args)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_after_the_point_of_no_return_completes_and_says_so(
     sig: int,
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """Ctrl-C (or SIGTERM) once the agent has journalled `committed`: no rollback exists, so
     the migration completes, and says that the interrupt came too late: exit 128 + signal
     (a calling script stops too), never 0 as if no interrupt had come."""
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    args = [*migrate_args, "--json"]
-    proc = start_run(lab, container_name, args, mark, "source:wait:after_commit")
-    try:
+    args = [*ab.migrate_args, "--json"]
+    proc = start_run(lab, ab.container_name, args, mark, "source:wait:after_commit")
+    with ended(proc, mark):
         pid = wait_mark(mark, proc)
         os.kill(pid, sig)
         time.sleep(0.5)  # handled while it waits at the hook
         mark.unlink()
         out, err = proc.communicate(timeout=300)
-    finally:
-        mark.unlink(missing_ok=True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 128 + sig, err
     assert "point of no return" in err and signal.Signals(sig).name in err, err
     report = json.loads(out)
     assert report["status"] == "migrated", out
     assert report["interrupted_after_commit"] == signal.Signals(sig).name, out
-    assert_counts_on(docker_b, container_name, before)
-    assert wait_absent(docker_a, container_name), "the source copy was left"
+    assert_counts_on(ab.docker_b, ab.container_name, before)
+    assert wait_absent(ab.docker_a, ab.container_name), "the source copy was left"
 
 
 @pytest.mark.parametrize("victim", ["agent", "source", "dockerd"])
@@ -1034,11 +971,7 @@ def test_killed_while_docker_restores_the_checkpoint(
 def test_agent_killed_during_a_lazy_local_restore(
     moment: str,
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The agent is SIGKILLed while it restores with its local lazy-pages daemon (48 MB of
@@ -1054,21 +987,21 @@ def test_agent_killed_during_a_lazy_local_restore(
             return False
 
     fill_heap = "x=$(head -c 48000000 /dev/zero | tr '\\0' x); "
-    docker_a.containers.run(
-        test_image, ["sh", "-c", fill_heap + COUNTER], name=container_name, detach=True
+    ab.docker_a.containers.run(
+        ab.test_image, ["sh", "-c", fill_heap + COUNTER], name=ab.container_name, detach=True
     )
     deadline = time.monotonic() + 60
     while True:
         try:
-            if count(docker_a, container_name) >= 5:
+            if count(ab.docker_a, ab.container_name) >= 5:
                 break
         except ValueError:
             pass
         assert time.monotonic() < deadline, "counter did not start"
         time.sleep(0.2)
-    before = count(docker_a, container_name)
+    before = count(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, "source:wait:after_pause")
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, "source:wait:after_pause")
     try:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
@@ -1085,8 +1018,8 @@ def test_agent_killed_during_a_lazy_local_restore(
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err
     assert "Rolled back" in err
-    assert_counts_on(docker_a, container_name, before)
-    assert wait_absent(docker_b, container_name, 60), "a second copy was left on B"
+    assert_counts_on(ab.docker_a, ab.container_name, before)
+    assert wait_absent(ab.docker_b, ab.container_name, 60), "a second copy was left on B"
     deadline = time.monotonic() + 30
     while (work.exists() or criu.processes_using(work)) and time.monotonic() < deadline:
         time.sleep(0.5)

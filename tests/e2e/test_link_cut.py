@@ -8,14 +8,17 @@ its container with its state, and nothing may be left on B.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AB
 from test_handover import (
     absent,
     assert_counts_on,
@@ -42,6 +45,22 @@ def set_link(lab: Any, up: bool) -> None:
     )
 
 
+@contextlib.contextmanager
+def link_cut(lab: Any, mark: Path, proc: Any) -> Iterator[threading.Timer]:
+    """For a test that cuts the link under the run ``proc``: a timer that brings it back up
+    after LINK_DOWN_S once started, and on the way out, whatever happened, the link up, the
+    fault mark gone and the run killed if it still runs."""
+    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
+    try:
+        yield restore
+    finally:
+        mark.unlink(missing_ok=True)
+        restore.cancel()
+        set_link(lab, True)
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.parametrize(
     ("point", "rc"),
     [
@@ -62,19 +81,13 @@ def test_link_cut_rolls_back_in_bounded_time(
     point: str,
     rc: int,
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    before = start_counter(docker_a, test_image, container_name)
+    before = start_counter(ab.docker_a, ab.test_image, ab.container_name)
     mark = tmp_path / "mark"
-    proc = start_run(lab, container_name, migrate_args, mark, f"source:wait:{point}")
-    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
-    try:
+    proc = start_run(lab, ab.container_name, ab.migrate_args, mark, f"source:wait:{point}")
+    with link_cut(lab, mark, proc) as restore:
         wait_mark(mark, proc)
         migration_id = mark.read_text().split()[2]
         set_link(lab, False)
@@ -83,17 +96,11 @@ def test_link_cut_rolls_back_in_bounded_time(
         mark.unlink()
         retired = None  # when the source copy was gone (after `committed`)
         while proc.poll() is None and time.monotonic() - t0 < BOUND_S + 60:
-            if retired is None and rc == 0 and absent(docker_a, container_name):
+            if retired is None and rc == 0 and absent(ab.docker_a, ab.container_name):
                 retired = time.monotonic() - t0
             time.sleep(0.5)
         _, err = proc.communicate(timeout=60)
         elapsed = time.monotonic() - t0
-    finally:
-        mark.unlink(missing_ok=True)
-        restore.cancel()
-        set_link(lab, True)
-        if proc.poll() is None:
-            proc.kill()
     print(
         f"{point}: exit {proc.returncode} after {elapsed:.1f} s with the link down"
         + (f", source copy retired after {retired:.1f} s" if retired is not None else "")
@@ -101,14 +108,14 @@ def test_link_cut_rolls_back_in_bounded_time(
     assert proc.returncode == rc, err
     assert elapsed < BOUND_S, f"the dead link took {elapsed:.0f} s to notice and roll back"
     if rc == 4:
-        assert docker_a.containers.get(container_name).status == "paused"
-        p = recover(migrate_on_a, container_name, migrate_args)
+        assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+        p = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
         assert p.returncode == 0, p.stderr + p.stdout
     elif rc == 1:
         assert "Rolled back" in err
-    here, gone = (docker_b, docker_a) if rc == 0 else (docker_a, docker_b)
-    assert_counts_on(here, container_name, before)
-    assert wait_absent(gone, container_name, 30), "a second copy was left"
+    here, gone = (ab.docker_b, ab.docker_a) if rc == 0 else (ab.docker_a, ab.docker_b)
+    assert_counts_on(here, ab.container_name, before)
+    assert wait_absent(gone, ab.container_name, 30), "a second copy was left"
     assert not dest_checkpoints(lab, migration_id), "checkpoint left on B"
-    p = migrate_on_a("recover", container_name, *migrate_args, "--json")
+    p = ab.migrate_on_a("recover", ab.container_name, *ab.migrate_args, "--json")
     assert p.returncode == 0 and json.loads(p.stdout)["settled"] == [], p.stdout + p.stderr

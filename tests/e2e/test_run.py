@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import AGENT_FAULTS_ON
+from conftest import AB, AGENT_FAULTS_ON
 
 from migrate.lab.config import migrate_executable
 
@@ -60,6 +60,19 @@ def counter_image(lab: Any, test_image: str) -> str:
     return tag
 
 
+def _counting(client: Any, name: str) -> bool:
+    """Whether COUNTER in ``name`` counts to 20 within 20 s (the file is not there at first)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if _count(client, name) >= 20:
+                return True
+        except (ValueError, Exception):  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.2)
+    return False
+
+
 def _start_counter(docker_a: Any, name: str, image: str) -> None:
     docker_a.containers.run(
         image,
@@ -69,15 +82,8 @@ def _start_counter(docker_a: Any, name: str, image: str) -> None:
         environment={"SECRET": "s3"},
         labels={"app": "counter"},
     )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if _count(docker_a, name) >= 20:
-                return
-        except (ValueError, Exception):  # noqa: BLE001 - not written yet
-            pass
-        time.sleep(0.2)
-    raise AssertionError("counter did not start")
+    if not _counting(docker_a, name):
+        raise AssertionError("counter did not start")
 
 
 def test_counter_and_files_resume_on_b(
@@ -116,22 +122,20 @@ def test_missing_container_is_refused(migrate_on_a: Any, migrate_args: list[str]
 
 
 def test_unknown_host_key_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Any,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
     kh = tmp_path / "empty_known_hosts"
     kh.write_text("")
-    args = list(migrate_args)
+    args = list(ab.migrate_args)
     args[args.index("--known-hosts") + 1] = str(kh)
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
     assert "SHA256:" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
 
 
 @pytest.mark.parametrize("fault", ["agent:restore_fail", "agent:exit_mid_stream"])
@@ -159,28 +163,23 @@ def test_fault_rolls_back(
 
 
 def test_tcp_server_answers_on_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     run_on_b: Any,
 ) -> None:
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         [
             "sh",
             "-c",
             "mkdir -p /www; echo served-from-memory > /www/index.html; exec httpd -f -p 80 -h /www",
         ],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
     )
     time.sleep(1)
-    p = migrate_on_a("run", container_name, *migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
-    c = docker_b.containers.get(container_name)
+    c = ab.docker_b.containers.get(ab.container_name)
     ip = c.attrs["NetworkSettings"]["IPAddress"]
     assert ip
     r = run_on_b(["busybox", "wget", "-qO-", f"http://{ip}/"], timeout=30)
@@ -206,50 +205,41 @@ def test_demo_runs_twice(lab: Any) -> None:
 
 def test_image_sent_only_when_missing(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     from migrate.lab.images import build_image, remove_image
 
     tag = "migrate-test/only-on-a:1"
-    build_image(lab.host("a").docker_host, tag, base=test_image, files={"/marker": b"x" * 4096})
+    build_image(lab.host("a").docker_host, tag, base=ab.test_image, files={"/marker": b"x" * 4096})
     remove_image(lab.host("b").docker_host, tag)
-    docker_a.containers.run(tag, ["sleep", "1000"], name=container_name, detach=True)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    ab.docker_a.containers.run(tag, ["sleep", "1000"], name=ab.container_name, detach=True)
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     sent = json.loads(p.stdout)["bytes"]["image"]
     assert sent > 0  # absent on B: transferred
     # ...but only the layer B lacks: its busybox base layer (~2 MB) stays home.
     assert sent < 500_000, sent
     assert (
-        docker_b.containers.get(container_name).exec_run(["cat", "/marker"]).output == b"x" * 4096
+        ab.docker_b.containers.get(ab.container_name).exec_run(["cat", "/marker"]).output
+        == b"x" * 4096
     )
-    docker_b.containers.get(container_name).remove(force=True)
-    docker_a.containers.run(tag, ["sleep", "1000"], name=container_name, detach=True)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    ab.docker_b.containers.get(ab.container_name).remove(force=True)
+    ab.docker_a.containers.run(tag, ["sleep", "1000"], name=ab.container_name, detach=True)
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["bytes"]["image"] == 0  # present on B: not sent
 
 
 def test_config_survives_under_a_new_name(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    new = container_name + "-moved"
-    docker_a.containers.run(
-        test_image,
+    new = ab.container_name + "-moved"
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sleep 1000"],
         entrypoint=["sh", "-c"],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
         environment={"A": "1"},
         labels={"tier": "web"},
@@ -260,77 +250,70 @@ def test_config_survives_under_a_new_name(
         mem_limit="64m",
         nano_cpus=500_000_000,
     )
-    want = docker_a.containers.get(container_name).attrs
+    want = ab.docker_a.containers.get(ab.container_name).attrs
     try:
-        p = migrate_on_a("run", container_name, *migrate_args, "--name", new)
+        p = ab.run("--name", new)
         assert p.returncode == 0, p.stderr
-        got = docker_b.containers.get(new).attrs
+        got = ab.docker_b.containers.get(new).attrs
         for key in ("Env", "Cmd", "Entrypoint", "WorkingDir", "User", "Labels", "Hostname"):
             assert got["Config"][key] == want["Config"][key], key
         for key in ("RestartPolicy", "NetworkMode", "PortBindings", "Memory", "NanoCpus"):
             assert got["HostConfig"][key] == want["HostConfig"][key], key
         assert got["State"]["Running"]
     finally:
-        for client in (docker_a, docker_b):
+        for client in (ab.docker_a, ab.docker_b):
             for c in client.containers.list(all=True, filters={"name": new}):
                 c.remove(force=True)
 
 
 def test_name_taken_on_b_rolls_back(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
+    ab: AB,
     counter_image: str,
-    test_image: str,
 ) -> None:
-    _start_counter(docker_a, container_name, counter_image)
-    docker_b.containers.create(test_image, ["true"], name=container_name)
-    p = migrate_on_a("run", container_name, *migrate_args)
+    _start_counter(ab.docker_a, ab.container_name, counter_image)
+    ab.docker_b.containers.create(ab.test_image, ["true"], name=ab.container_name)
+    p = ab.run()
     assert p.returncode == 3, p.stderr  # the precheck sees it: nothing touched
     # Taken after the precheck (a race): docker create on B refuses, the source rolls back.
-    p = migrate_on_a(
-        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:skip_name_check"}
+    p = ab.run(
+        env_extra={"MIGRATE_FAULTS": "agent:skip_name_check"},
     )
     assert p.returncode == 1, p.stderr
     assert "already exists" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert docker_b.containers.get(container_name).status == "created"  # the other one, untouched
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert (
+        ab.docker_b.containers.get(ab.container_name).status == "created"
+    )  # the other one, untouched
 
 
 def test_older_criu_on_destination_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Any,
 ) -> None:
     fake = tmp_path / "criu"
     fake.write_text("#!/bin/sh\necho 'Version: 4.1.0'\n")
     fake.chmod(0o755)
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    args = list(migrate_args)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    args = list(ab.migrate_args)
     i = args.index("--agent-command") + 1
     args[i] = f"env MIGRATE_CRIU={fake} {args[i]}"
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
     assert "older" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
 
 
 def test_unreachable_destination_is_refused(
     lab_env: dict[str, str],
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    args = list(migrate_args)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    args = list(ab.migrate_args)
     args[args.index("--to") + 1] = f"ssh://root@{lab_env['MIGRATE_LAB_B_ADDR']}:2999"
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"

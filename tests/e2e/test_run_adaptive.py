@@ -5,8 +5,8 @@ memory; `--compression fixed` never changes level."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
+from conftest import AB
 from test_run_fast_restore import _memory_sum, start_holder
 
 # 4 MiB windows: the 48 MiB checkpoint is measured at both levels (one window each at least)
@@ -15,35 +15,22 @@ SMALL_WINDOWS = {"MIGRATE_ADAPT_WINDOW": str(4 << 20)}
 
 
 def test_adaptive_stream_changes_level_and_the_memory_arrives(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json", env_extra=SMALL_WINDOWS)
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
+    p = ab.run("--json", env_extra=SMALL_WINDOWS)
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["fast"] > 0, rep["bytes"]  # at least the measured fast window
     assert rep["bytes"]["fast"] < rep["bytes"]["raw"]  # and the level-1 ones
-    assert _memory_sum(docker_b, container_name) == before
+    assert _memory_sum(ab.docker_b, ab.container_name) == before
 
 
 def test_fixed_compression_keeps_one_level(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
-    p = migrate_on_a(
-        "run",
-        container_name,
-        *migrate_args,
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
+    p = ab.run(
         "--compression",
         "fixed",
         "--json",
@@ -52,4 +39,4 @@ def test_fixed_compression_keeps_one_level(
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["fast"] == 0, rep["bytes"]
-    assert _memory_sum(docker_b, container_name) == before
+    assert _memory_sum(ab.docker_b, ab.container_name) == before

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import AB
 
 from migrate.checkpoint.criu import has_cap_sys_resource
 from migrate.lab.images import build_debian_app_image
@@ -246,19 +247,16 @@ def test_postgres_is_refused_with_the_reason(
 
 
 def test_running_exec_session_is_named(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    eid = docker_a.api.exec_create(c.id, ["sleep", "777"])["Id"]
-    docker_a.api.exec_start(eid, detach=True)
-    _wait(lambda: docker_a.api.exec_inspect(eid)["Running"], "the exec session")
-    p = migrate_on_a("run", container_name, *migrate_args)
+    c = ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    eid = ab.docker_a.api.exec_create(c.id, ["sleep", "777"])["Id"]
+    ab.docker_a.api.exec_start(eid, detach=True)
+    _wait(lambda: ab.docker_a.api.exec_inspect(eid)["Running"], "the exec session")
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert "docker exec" in p.stderr and "sleep 777" in p.stderr, p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert not ab.docker_b.containers.list(all=True, filters={"name": ab.container_name})

@@ -22,6 +22,7 @@ from typing import Any
 import docker.errors
 import docker.types
 import pytest
+from conftest import AB
 
 from migrate.lab.config import LOCAL_DIR
 from migrate.lab.hosts import Lab
@@ -145,49 +146,39 @@ def test_hosts_have_their_own_local_dir(
 
 
 def test_bind_mount_refused_by_default_with_the_hint(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     bind_dir: Path,
 ) -> None:
-    _start(docker_a, container_name, test_image, bind_dir)
+    _start(ab.docker_a, ab.container_name, ab.test_image, bind_dir)
     _wait(lambda: (bind_dir / "count").exists(), "the first count")
-    p = migrate_on_a("run", container_name, *migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert str(bind_dir) in p.stderr and "--bind-mounts same-path" in p.stderr
     assert "--bind-mounts copy" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert not ab.docker_b.containers.list(all=True, filters={"name": ab.container_name})
 
 
 def test_copy_moves_the_directory_and_the_writer_goes_on_there(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     local_path: LocalPath,
 ) -> None:
     local_path.on_a.mkdir(mode=0o711)
     _fill(local_path.on_a)
-    _start(docker_a, container_name, test_image, local_path.path, APPENDER)
+    _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path, APPENDER)
     _wait(lambda: len(_lines(local_path.on_a / "log")) >= 10, "10 lines on A")
     assert not local_path.on_b.exists()
 
-    p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "copy", "--json")
+    p = ab.run("--bind-mounts", "copy", "--json")
     assert p.returncode == 0, p.stderr
     # Copied while the container ran, then the delta in the freeze (migrate/fs/precopy.py).
     assert json.loads(p.stdout)["bytes"]["volumes_precopy"] > 16384
 
-    c = docker_b.containers.get(container_name)
+    c = ab.docker_b.containers.get(ab.container_name)
     assert c.status == "running"
     assert [m["Source"] for m in c.attrs["Mounts"]] == [str(local_path.path)]
     with pytest.raises(docker.errors.NotFound):
-        docker_a.containers.get(container_name)
+        ab.docker_a.containers.get(ab.container_name)
     # A's directory is left as it was when the container was frozen: its writer is gone.
     a_full = _tree(local_path.on_a)
     a_tree = {k: v for k, v in a_full.items() if k != "log"}
@@ -210,12 +201,7 @@ def test_copy_moves_the_directory_and_the_writer_goes_on_there(
 
 
 def test_copy_rollback_removes_what_it_created_on_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     local_path: LocalPath,
 ) -> None:
     """The bind is two levels below a directory B lacks: the copy creates both, the rollback
@@ -223,21 +209,18 @@ def test_copy_rollback_removes_what_it_created_on_b(
     src_a = local_path.on_a / "data"
     src_a.mkdir(parents=True)
     _fill(src_a)
-    _start(docker_a, container_name, test_image, local_path.path / "data", APPENDER)
+    _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path / "data", APPENDER)
     _wait(lambda: len(_lines(src_a / "log")) >= 5, "5 lines on A")
     before = _tree(src_a)
-    p = migrate_on_a(
-        "run",
-        container_name,
-        *migrate_args,
+    p = ab.run(
         "--bind-mounts",
         "copy",
         env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
     )
     assert p.returncode == 1, p.stderr
     assert "Rolled back" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert not ab.docker_b.containers.list(all=True, filters={"name": ab.container_name})
     assert not local_path.on_b.exists(), "the copy's directories were left on B"
     # A's directory: untouched but for its writer, which goes on.
     n = len(_lines(src_a / "log"))
@@ -249,35 +232,25 @@ def test_copy_rollback_removes_what_it_created_on_b(
 
 
 def test_copy_refuses_a_path_with_content_on_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     local_path: LocalPath,
 ) -> None:
     local_path.on_a.mkdir()
     local_path.on_b.mkdir()
     (local_path.on_b / "theirs").write_text("b's own\n")
-    _start(docker_a, container_name, test_image, local_path.path)
+    _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "copy")
+    p = ab.run("--bind-mounts", "copy")
     assert p.returncode == 3, p.stderr
     assert "not empty" in p.stderr and "same-path" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     assert sorted(os.listdir(local_path.on_b)) == ["theirs"]
     assert (local_path.on_b / "theirs").read_text() == "b's own\n"
-    assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    assert not ab.docker_b.containers.list(all=True, filters={"name": ab.container_name})
 
 
 def test_same_path_uses_bs_own_data(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     local_path: LocalPath,
 ) -> None:
     """B holds its own data at the path beforehand (as on shared or replicated storage):
@@ -285,11 +258,11 @@ def test_same_path_uses_bs_own_data(
     for d, who in ((local_path.on_a, "a"), (local_path.on_b, "b")):
         d.mkdir()
         (d / "seed").write_text(f"prepared on {who}\n")
-    _start(docker_a, container_name, test_image, local_path.path)
+    _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "same-path")
+    p = ab.run("--bind-mounts", "same-path")
     assert p.returncode == 0, p.stderr
-    c = docker_b.containers.get(container_name)
+    c = ab.docker_b.containers.get(ab.container_name)
     assert [m["Source"] for m in c.attrs["Mounts"]] == [str(local_path.path)]
     assert c.exec_run(["cat", "/shared/seed"]).output == b"prepared on b\n"
     _wait(lambda: (local_path.on_b / "count").exists(), "B's copy writing to B's directory")
@@ -303,20 +276,15 @@ def test_same_path_uses_bs_own_data(
 
 
 def test_same_path_refuses_a_path_missing_on_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     local_path: LocalPath,
 ) -> None:
     local_path.on_a.mkdir()
-    _start(docker_a, container_name, test_image, local_path.path)
+    _start(ab.docker_a, ab.container_name, ab.test_image, local_path.path)
     _wait(lambda: (local_path.on_a / "count").exists(), "the first count")
-    p = migrate_on_a("run", container_name, *migrate_args, "--bind-mounts", "same-path")
+    p = ab.run("--bind-mounts", "same-path")
     assert p.returncode == 3, p.stderr
     assert "does not exist on the destination" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     assert not local_path.on_b.exists()
-    assert not docker_b.containers.list(all=True, filters={"name": container_name})
+    assert not ab.docker_b.containers.list(all=True, filters={"name": ab.container_name})

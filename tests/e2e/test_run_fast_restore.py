@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import AB
+
 from migrate.engines.docker.runc_conf import RUNC_CRIU_CONF
 
 # 48 MiB of random text held by one awk process, in 8 KiB strings (above the agent's 16 MiB
@@ -59,19 +61,14 @@ def start_holder(client: Any, name: str, image: str) -> str:
 
 
 def test_memory_survives_split_restore(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
     # The administrator's runc.conf (make setup writes `file-locks` there) must not stop the
     # split restore, and must be exactly as it was afterwards.
     admin_conf = RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None
 
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["status"] == "migrated"
@@ -79,8 +76,8 @@ def test_memory_survives_split_restore(
     assert "restore_memory_fill" in rep["phases"], rep["phases"]
     assert 0 < rep["downtime_s"]
 
-    assert docker_b.containers.get(container_name).status == "running"
-    assert _memory_sum(docker_b, container_name) == before
+    assert ab.docker_b.containers.get(ab.container_name).status == "running"
+    assert _memory_sum(ab.docker_b, ab.container_name) == before
     # runc.conf is the administrator's again; no lazy-pages work directory is left behind.
     assert (RUNC_CRIU_CONF.read_text() if RUNC_CRIU_CONF.exists() else None) == admin_conf
     assert not RUNC_CRIU_CONF.with_name("runc.conf.migrate-saved").exists()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+from conftest import AB
 from test_handover import recover, start_run, wait_mark
-from test_link_cut import BOUND_S, LINK_DOWN_S, set_link
+from test_link_cut import BOUND_S, link_cut, set_link
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.checkpoint.staging import MEMORY_ROOT
@@ -65,18 +65,13 @@ def _gone(client: Any, name: str) -> bool:
 
 
 def test_lazy_migration_keeps_memory_and_leaves_nothing(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
-    src_id = docker_a.containers.get(container_name).id
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
+    src_id = ab.docker_a.containers.get(ab.container_name).id
     admin_conf = _conf()
 
-    p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "lazy", "--json")
+    p = ab.run("--strategy", "lazy", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["status"] == "migrated" and rep["strategy"] == "lazy", rep
@@ -90,10 +85,10 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
     assert rep["bytes"]["checkpoint"] < 16 << 20, rep["bytes"]
     assert 0 < rep["downtime_s"] < rep["total_s"]
 
-    dst = docker_b.containers.get(container_name)
+    dst = ab.docker_b.containers.get(ab.container_name)
     assert dst.status == "running"
-    assert _memory_sum(docker_b, container_name) == before
-    assert _gone(docker_a, container_name)
+    assert _memory_sum(ab.docker_b, ab.container_name) == before
+    assert _gone(ab.docker_a, ab.container_name)
     assert _conf() == admin_conf
     assert not RUNC_CRIU_CONF.with_name("runc.conf.migrate-saved").exists()
     # Ours only: other sessions on this machine run post-copies of their own.
@@ -113,17 +108,14 @@ def test_lazy_migration_keeps_memory_and_leaves_nothing(
 
 
 def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     """A runc.conf whose administrator set work-dir would fight post-copy's own settings:
     --strategy lazy is refused before anything is touched (exit 3, the fix named); auto
     falls back to cold and says why."""
-    docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "3600"], name=ab.container_name, detach=True
+    )
     # Hold the host lock while the file is the administrator's "own" (the lab hosts share
     # /etc): no migrate on this machine writes it meanwhile.
     # (Held for the seconds of a dry run only: every checkpoint on this machine waits.)
@@ -132,9 +124,7 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
         RUNC_CRIU_CONF.parent.mkdir(parents=True, exist_ok=True)
         RUNC_CRIU_CONF.write_text((original or "") + "work-dir /var/tmp/admin-criu-work\n")
         try:
-            p = migrate_on_a(
-                "run", container_name, *migrate_args, "--strategy", "lazy", "--dry-run"
-            )
+            p = ab.run("--strategy", "lazy", "--dry-run")
         finally:
             if original is None:
                 RUNC_CRIU_CONF.unlink()
@@ -143,33 +133,25 @@ def test_lazy_refused_when_destination_runc_conf_sets_work_dir(
     assert p.returncode == 3, (p.stdout, p.stderr)
     assert "--strategy lazy is impossible" in p.stderr and "work-dir" in p.stderr, p.stderr
     assert "--strategy cold" in p.stderr  # the fix
-    assert docker_a.containers.get(container_name).status == "running"
-    assert _gone(docker_b, container_name)
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert _gone(ab.docker_b, ab.container_name)
 
 
 def test_auto_is_lazy_where_possible(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "3600"], name=container_name, detach=True)
-    p = migrate_on_a("run", container_name, *migrate_args, "--strategy", "auto", "--json")
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "3600"], name=ab.container_name, detach=True
+    )
+    p = ab.run("--strategy", "auto", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["strategy"] == "lazy" and rep["postcopy"], rep
-    assert docker_b.containers.get(container_name).status == "running"
+    assert ab.docker_b.containers.get(ab.container_name).status == "running"
 
 
 def test_source_lost_mid_postcopy(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     lab: Any,
     tmp_path: Path,
 ) -> None:
@@ -177,14 +159,14 @@ def test_source_lost_mid_postcopy(
     stopped by its agent before its daemon lets go of the memory (never run with holes),
     the source copy stays paused with the state at the pause, `migrate recover` changes
     nothing and says so."""
-    before = start_holder(docker_a, container_name, test_image)
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
     mark = tmp_path / "mark"
     # The test hook stops `migrate run` right after `commit`, post-copy running (the awk reads
     # its memory only when asked, so most pages are still on A, pushed in the background).
     proc = start_run(
         lab,
-        container_name,
-        [*migrate_args, "--strategy", "lazy", "--json"],
+        ab.container_name,
+        [*ab.migrate_args, "--strategy", "lazy", "--json"],
         mark,
         "source:wait:postcopy",
     )
@@ -192,63 +174,57 @@ def test_source_lost_mid_postcopy(
     proc.communicate(timeout=60)
     # The agent notices (tunnel gone, then the session): it stops its copy.
     deadline = time.monotonic() + 120
-    while docker_b.containers.get(container_name).status == "running":
+    while ab.docker_b.containers.get(ab.container_name).status == "running":
         assert time.monotonic() < deadline, "the destination copy kept running"
         time.sleep(0.5)
     # The source copy: paused, whole. Its lazy dump failed and left the tasks frozen.
     deadline = time.monotonic() + 60
-    while _procs_mentioning(docker_a.containers.get(container_name).id):
+    while _procs_mentioning(ab.docker_a.containers.get(ab.container_name).id):
         assert time.monotonic() < deadline, "the source's page server did not exit"
         time.sleep(0.5)
-    assert docker_a.containers.get(container_name).status == "paused"
-    rec = recover(migrate_on_a, container_name, migrate_args)
+    assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+    rec = recover(ab.migrate_on_a, ab.container_name, ab.migrate_args)
     assert rec.returncode == 0, rec.stderr
     settled = json.loads(rec.stdout)["settled"]
     assert [s["outcome"] for s in settled] == ["postcopy_failed"], settled
-    assert docker_a.containers.get(container_name).status == "paused"  # untouched
-    docker_a.containers.get(container_name).unpause()
-    assert _memory_sum(docker_a, container_name) == before
+    assert ab.docker_a.containers.get(ab.container_name).status == "paused"  # untouched
+    ab.docker_a.containers.get(ab.container_name).unpause()
+    assert _memory_sum(ab.docker_a, ab.container_name) == before
 
 
 def test_link_cut_mid_postcopy(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
     """The link dies while pages are still moving: `migrate run` reports it (exit 4, the
     post-copy error and what to decide), B's agent stops its copy, A's copy stays paused
     with the state at the pause and resumes whole when the operator unpauses it."""
-    before = start_holder(docker_a, container_name, test_image)
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
     mark = tmp_path / "mark"
     proc = start_run(
-        lab, container_name, [*migrate_args, "--strategy", "lazy"], mark, "source:wait:postcopy"
+        lab,
+        ab.container_name,
+        [*ab.migrate_args, "--strategy", "lazy"],
+        mark,
+        "source:wait:postcopy",
     )
-    restore = threading.Timer(LINK_DOWN_S, set_link, (lab, True))
-    try:
+    with link_cut(lab, mark, proc) as restore:
         wait_mark(mark, proc, 300)
         set_link(lab, False)
         restore.start()
         mark.unlink()
         _, err = proc.communicate(timeout=BOUND_S + 60)
-    finally:
-        mark.unlink(missing_ok=True)
-        restore.cancel()
-        set_link(lab, True)
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 4, err
     assert "post-copy of" in err and "no rollback" in err and "docker unpause" in err, err
     deadline = time.monotonic() + 120
-    while docker_b.containers.get(container_name).status == "running":
+    while ab.docker_b.containers.get(ab.container_name).status == "running":
         assert time.monotonic() < deadline, "the destination copy kept running"
         time.sleep(0.5)
-    assert docker_a.containers.get(container_name).status == "paused"
-    rec = recover(migrate_on_a, container_name, migrate_args)  # settled already: nothing to do
+    assert ab.docker_a.containers.get(ab.container_name).status == "paused"
+    rec = recover(
+        ab.migrate_on_a, ab.container_name, ab.migrate_args
+    )  # settled already: nothing to do
     assert rec.returncode == 0, rec.stderr
-    docker_a.containers.get(container_name).unpause()
-    assert _memory_sum(docker_a, container_name) == before
+    ab.docker_a.containers.get(ab.container_name).unpause()
+    assert _memory_sum(ab.docker_a, ab.container_name) == before

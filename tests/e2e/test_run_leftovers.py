@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+
+from conftest import AB
 
 from migrate.checkpoint.staging import MEMORY_ROOT
 
@@ -31,24 +32,19 @@ def _copies_with(marker: bytes) -> list[Path]:
 
 
 def test_no_checkpoint_copies_or_staging_left(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    marker = f"MARK-{container_name}-{time.time_ns()}"
+    marker = f"MARK-{ab.container_name}-{time.time_ns()}"
     # The marker lives in the shell's memory (a variable), so it is in the dumped pages.
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sh", "-c", f'm="{marker}"; while true; do sleep 1; done'],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
     )
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
-    assert docker_b.containers.get(container_name).status == "running"
+    assert ab.docker_b.containers.get(ab.container_name).status == "running"
     assert _copies_with(marker.encode()) == [], "containerd's copy of the checkpoint was left"
     # Other sessions on this machine stage their own migrations: look at ours only, in every
     # place a stage can be (source on disk or in memory, destination in memory).

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
 import docker.types
 import pytest
+from conftest import AB
 
 # Writes a counter into the named volume and one into the anonymous volume (the shell's
 # memory holds the same value), and logs a line per tick. Each file is replaced by a rename:
@@ -25,19 +24,6 @@ SETUP = (
     "mkdir -p /data/sub && echo hello > /data/sub/file && chown 1234:5678 /data/sub/file "
     "&& chmod 0640 /data/sub/file && ln -s sub/file /data/link && echo anon > /anon/keep"
 )
-
-
-@pytest.fixture
-def volume_name(lab: Any, docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
-    name = f"mtv-{uuid.uuid4().hex[:10]}"
-    yield name
-    for client in (docker_a, docker_b):
-        for c in client.containers.list(all=True, filters={"name": container_name}):
-            c.remove(force=True, v=True)
-        try:
-            client.volumes.get(name).remove(force=True)
-        except docker.errors.NotFound:
-            pass
 
 
 def _exec(client: Any, name: str, cmd: str) -> str:
@@ -73,38 +59,33 @@ def _anon_name(client: Any, name: str) -> str:
 
 
 def test_volumes_and_logs_move_to_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
+    ab: AB,
     volume_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
 ) -> None:
-    _start(docker_a, container_name, test_image, volume_name)
-    anon = _anon_name(docker_a, container_name)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
+    anon = _anon_name(ab.docker_a, ab.container_name)
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["bytes"]["volumes"] > 0 and rep["bytes"]["logs"] > 0
 
     # The same volumes (named one with its labels, anonymous one by its name) back it on B.
-    assert docker_b.volumes.get(volume_name).attrs["Labels"] == {"team": "storage"}
-    assert _anon_name(docker_b, container_name) == anon
+    assert ab.docker_b.volumes.get(volume_name).attrs["Labels"] == {"team": "storage"}
+    assert _anon_name(ab.docker_b, ab.container_name) == anon
     # The content moved with owners, modes and links; the anonymous volume too.
-    stat = _exec(docker_b, container_name, "stat -c '%u:%g %a' /data/sub/file").strip()
+    stat = _exec(ab.docker_b, ab.container_name, "stat -c '%u:%g %a' /data/sub/file").strip()
     assert stat == "1234:5678 640"
-    assert _exec(docker_b, container_name, "cat /data/link").strip() == "hello"
-    assert _exec(docker_b, container_name, "cat /anon/keep").strip() == "anon"
+    assert _exec(ab.docker_b, ab.container_name, "cat /data/link").strip() == "hello"
+    assert _exec(ab.docker_b, ab.container_name, "cat /anon/keep").strip() == "anon"
     # Captured frozen: the counter in the volume and the one in memory continue together
     # (a lost or stale volume would show a missing file or a jump back).
-    first = int(_exec(docker_b, container_name, "cat /data/count").strip())
+    first = int(_exec(ab.docker_b, ab.container_name, "cat /data/count").strip())
     time.sleep(1.0)
-    later = int(_exec(docker_b, container_name, "cat /data/count").strip())
+    later = int(_exec(ab.docker_b, ab.container_name, "cat /data/count").strip())
     assert later > first >= 10
-    assert int(_exec(docker_b, container_name, "cat /anon/count").strip()) >= later
+    assert int(_exec(ab.docker_b, ab.container_name, "cat /anon/count").strip()) >= later
     # The log history moved: lines from A, then lines written on B.
-    logs = docker_b.containers.get(container_name).logs().decode()
+    logs = ab.docker_b.containers.get(ab.container_name).logs().decode()
     assert logs.startswith("before-move-marker\n"), logs[:200]
     ticks = [int(x.split()[1]) for x in logs.splitlines() if x.startswith("tick ")]
     assert ticks[0] == 1 and ticks[-1] >= later - 1
@@ -112,52 +93,45 @@ def test_volumes_and_logs_move_to_b(
 
 
 def test_volume_with_other_content_on_b_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
+    ab: AB,
     volume_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
 ) -> None:
-    docker_b.volumes.create(volume_name)
-    docker_b.containers.run(
-        test_image,
+    ab.docker_b.volumes.create(volume_name)
+    ab.docker_b.containers.run(
+        ab.test_image,
         ["sh", "-c", "echo theirs > /v/mine"],
         remove=True,
         volumes={volume_name: {"bind": "/v", "mode": "rw"}},
     )
-    _start(docker_a, container_name, test_image, volume_name)
-    p = migrate_on_a("run", container_name, *migrate_args)
+    _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert "not empty" in p.stderr and "docker volume rm" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    out = docker_b.containers.run(
-        test_image, ["ls", "/v"], remove=True, volumes={volume_name: {"bind": "/v", "mode": "ro"}}
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    out = ab.docker_b.containers.run(
+        ab.test_image,
+        ["ls", "/v"],
+        remove=True,
+        volumes={volume_name: {"bind": "/v", "mode": "ro"}},
     )
     assert out.decode().split() == ["mine"]
     with pytest.raises(docker.errors.NotFound):
-        docker_b.containers.get(container_name)
+        ab.docker_b.containers.get(ab.container_name)
 
 
 def test_rollback_removes_the_volumes_it_made(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
+    ab: AB,
     volume_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
 ) -> None:
-    _start(docker_a, container_name, test_image, volume_name)
-    anon = _anon_name(docker_a, container_name)
-    p = migrate_on_a(
-        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:restore_fail"}
+    _start(ab.docker_a, ab.container_name, ab.test_image, volume_name)
+    anon = _anon_name(ab.docker_a, ab.container_name)
+    p = ab.run(
+        env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
     )
     assert p.returncode == 1, p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     for v in (volume_name, anon):
         with pytest.raises(docker.errors.NotFound):
-            docker_b.volumes.get(v)
+            ab.docker_b.volumes.get(v)
     # The source's volume is untouched and still written to.
-    assert int(_exec(docker_a, container_name, "cat /data/count").strip()) > 10
+    assert int(_exec(ab.docker_a, ab.container_name, "cat /data/count").strip()) > 10

@@ -14,6 +14,7 @@ from typing import Any
 import docker.errors
 import docker.types
 import pytest
+from conftest import AB
 
 SERVER = (
     "mkdir -p /www && echo served-from-memory-$(cat /proc/sys/kernel/random/uuid) > /www/i && "
@@ -52,25 +53,20 @@ def _get(url: str) -> str:
 
 
 def test_network_ip_aliases_name_and_port_on_b(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     network: str,
     lab_env: dict[str, str],
 ) -> None:
     port = random.randint(20000, 29999)
-    c = docker_a.containers.create(
-        test_image,
+    c = ab.docker_a.containers.create(
+        ab.test_image,
         ["sh", "-c", SERVER],
-        name=container_name,
+        name=ab.container_name,
         ports={"80/tcp": port},
         network=network,
     )
-    docker_a.networks.get(network).disconnect(c)
-    docker_a.networks.get(network).connect(c, aliases=["svc-alias"])
+    ab.docker_a.networks.get(network).disconnect(c)
+    ab.docker_a.networks.get(network).connect(c, aliases=["svc-alias"])
     c.start()
     a_url = f"http://{lab_env['MIGRATE_LAB_A_ADDR']}:{port}/i"
     deadline = time.monotonic() + 20
@@ -81,57 +77,49 @@ def test_network_ip_aliases_name_and_port_on_b(
         except OSError:
             assert time.monotonic() < deadline, "server did not start on A"
             time.sleep(0.2)
-    ip_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"][network][
-        "IPAddress"
-    ]
-    src_net = docker_a.api.inspect_network(network)
+    ip_a = ab.docker_a.api.inspect_container(ab.container_name)["NetworkSettings"]["Networks"][
+        network
+    ]["IPAddress"]
+    src_net = ab.docker_a.api.inspect_network(network)
 
-    p = migrate_on_a("run", container_name, *migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
 
-    net_b = docker_b.api.inspect_network(network)
+    net_b = ab.docker_b.api.inspect_network(network)
     assert net_b["IPAM"]["Config"] == src_net["IPAM"]["Config"]
     assert net_b["Options"] == src_net["Options"] and net_b["Labels"] == {"team": "net"}
-    ep = docker_b.api.inspect_container(container_name)["NetworkSettings"]["Networks"][network]
+    ep = ab.docker_b.api.inspect_container(ab.container_name)["NetworkSettings"]["Networks"][
+        network
+    ]
     assert ep["IPAddress"] == ip_a
     assert "svc-alias" in (ep["Aliases"] or [])
     # The server answers through the port published on B (from the root namespace).
     assert _get(f"http://{lab_env['MIGRATE_LAB_B_ADDR']}:{port}/i") == body
-    for host in (container_name, "svc-alias"):
-        out = docker_b.containers.run(
-            test_image, ["wget", "-qO-", f"http://{host}/i"], network=network, remove=True
+    for host in (ab.container_name, "svc-alias"):
+        out = ab.docker_b.containers.run(
+            ab.test_image, ["wget", "-qO-", f"http://{host}/i"], network=network, remove=True
         )
         assert out.decode() == body
 
 
 def test_rollback_removes_the_network_it_created(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     network: str,
 ) -> None:
-    docker_a.containers.run(
-        test_image, ["sleep", "100000"], name=container_name, network=network, detach=True
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "100000"], name=ab.container_name, network=network, detach=True
     )
-    p = migrate_on_a(
-        "run", container_name, *migrate_args, env_extra={"MIGRATE_FAULTS": "agent:restore_fail"}
+    p = ab.run(
+        env_extra={"MIGRATE_FAULTS": "agent:restore_fail"},
     )
     assert p.returncode == 1, p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     with pytest.raises(docker.errors.NotFound):
-        docker_b.networks.get(network)
+        ab.docker_b.networks.get(network)
 
 
 def test_container_on_two_networks_keeps_both(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     network: str,
 ) -> None:
     """Connected to a second network after its creation (with a fixed address and an alias):
@@ -139,7 +127,7 @@ def test_container_on_two_networks_keeps_both(
     reached by name on the second one. Without this the second network was silently lost."""
     second = f"{network}-2"
     third = random.randint(1, 250)
-    docker_a.networks.create(
+    ab.docker_a.networks.create(
         second,
         driver="bridge",
         ipam=docker.types.IPAMConfig(
@@ -147,37 +135,41 @@ def test_container_on_two_networks_keeps_both(
         ),
     )
     try:
-        docker_a.containers.run(
-            test_image, ["sh", "-c", SERVER], name=container_name, network=network, detach=True
+        ab.docker_a.containers.run(
+            ab.test_image,
+            ["sh", "-c", SERVER],
+            name=ab.container_name,
+            network=network,
+            detach=True,
         )
-        docker_a.networks.get(second).connect(
-            container_name, aliases=["svc-two"], ipv4_address=f"172.28.{third}.77"
+        ab.docker_a.networks.get(second).connect(
+            ab.container_name, aliases=["svc-two"], ipv4_address=f"172.28.{third}.77"
         )
-        nets_a = docker_a.api.inspect_container(container_name)["NetworkSettings"]["Networks"]
+        nets_a = ab.docker_a.api.inspect_container(ab.container_name)["NetworkSettings"]["Networks"]
         body = ""
         deadline = time.monotonic() + 20
         while not body:
-            res = docker_a.containers.get(container_name).exec_run(["cat", "/www/i"])
+            res = ab.docker_a.containers.get(ab.container_name).exec_run(["cat", "/www/i"])
             body = res.output.decode() if res.exit_code == 0 else ""
             assert body or time.monotonic() < deadline, "server did not start on A"
             time.sleep(0.2)
 
-        p = migrate_on_a("run", container_name, *migrate_args)
+        p = ab.run()
         assert p.returncode == 0, p.stderr
 
-        nets_b = docker_b.api.inspect_container(container_name)["NetworkSettings"]["Networks"]
+        nets_b = ab.docker_b.api.inspect_container(ab.container_name)["NetworkSettings"]["Networks"]
         assert set(nets_b) == {network, second}
         for net in (network, second):
             assert nets_b[net]["IPAddress"] == nets_a[net]["IPAddress"], net
         assert nets_b[second]["IPAddress"] == f"172.28.{third}.77"
         assert "svc-two" in (nets_b[second]["Aliases"] or [])
-        out = docker_b.containers.run(
-            test_image, ["wget", "-qO-", "http://svc-two/i"], network=second, remove=True
+        out = ab.docker_b.containers.run(
+            ab.test_image, ["wget", "-qO-", "http://svc-two/i"], network=second, remove=True
         )
         assert out.decode() == body
     finally:
-        for client in (docker_a, docker_b):
-            for c in client.containers.list(all=True, filters={"name": container_name}):
+        for client in (ab.docker_a, ab.docker_b):
+            for c in client.containers.list(all=True, filters={"name": ab.container_name}):
                 c.remove(force=True)
             try:
                 client.networks.get(second).remove()

@@ -16,13 +16,12 @@ import os
 import stat
 import subprocess
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import docker.errors
 import pytest
+from conftest import AB
 
 from migrate.fs.capture import OVERLAY_HOST_XATTRS
 from migrate.lab.config import migrate_executable
@@ -116,19 +115,6 @@ def upper_dir(client: Any, name: str) -> Path:
     return Path(client.api.inspect_container(name)["GraphDriver"]["Data"]["UpperDir"])
 
 
-@pytest.fixture
-def volume_name(docker_a: Any, docker_b: Any, container_name: str) -> Iterator[str]:
-    name = f"mtp-{uuid.uuid4().hex[:10]}"
-    yield name
-    for client in (docker_a, docker_b):
-        for c in client.containers.list(all=True, filters={"name": container_name}):
-            c.remove(force=True, v=True)
-        try:
-            client.volumes.get(name).remove(force=True)
-        except docker.errors.NotFound:
-            pass
-
-
 def volume_dir(client: Any, name: str) -> Path:
     return Path(client.volumes.get(name).attrs["Mountpoint"])
 
@@ -168,19 +154,15 @@ def wait_step(mark: Path, proc: subprocess.Popen[str], step: str, seconds: float
 
 def test_changed_in_the_last_instant_arrives_exactly(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
     volume_name: str,
 ) -> None:
-    start_churn(docker_a, test_image, container_name, volume_name)
-    upper_a = upper_dir(docker_a, container_name)
+    start_churn(ab.docker_a, ab.test_image, ab.container_name, volume_name)
+    upper_a = upper_dir(ab.docker_a, ab.container_name)
     mark = tmp_path / "mark"
     proc = lab.host("a").popen(
-        [str(migrate_executable()), "run", container_name, *migrate_args, "--json"],
+        [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args, "--json"],
         env={
             **lab.env(),
             "MIGRATE_FAULTS": "source:wait:after_precopy,source:wait:before_restore",
@@ -194,7 +176,7 @@ def test_changed_in_the_last_instant_arrives_exactly(
         wait_step(mark, proc, "after_precopy")
         at_precopy = (upper_a / "data" / "counter").read_bytes()
         once = os.stat(upper_a / "data" / "static" / "once")
-        res = docker_a.containers.get(container_name).exec_run(["sh", "-c", LATE])
+        res = ab.docker_a.containers.get(ab.container_name).exec_run(["sh", "-c", LATE])
         assert res.exit_code == 0, res.output
         after = os.stat(upper_a / "data" / "static" / "once")
         assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
@@ -207,9 +189,9 @@ def test_changed_in_the_last_instant_arrives_exactly(
         wait_step(mark, proc, "before_restore")
         # A is frozen and checkpointed, B's layer is filled and not started: they must match.
         frozen = tree(upper_a)
-        arrived = tree(upper_dir(docker_b, container_name))
-        vol_frozen = tree(volume_dir(docker_a, volume_name))
-        vol_arrived = tree(volume_dir(docker_b, volume_name))
+        arrived = tree(upper_dir(ab.docker_b, ab.container_name))
+        vol_frozen = tree(volume_dir(ab.docker_a, volume_name))
+        vol_arrived = tree(volume_dir(ab.docker_b, volume_name))
         assert (upper_a / "data" / "counter").read_bytes() != at_precopy
     finally:
         mark.unlink(missing_ok=True)
@@ -242,7 +224,7 @@ def test_changed_in_the_last_instant_arrives_exactly(
     assert b["volumes_kept"] >= 4 << 20 and b["volumes"] < 1 << 20, b
     assert "precopy" in rep["phases"]
     # And the workload goes on on B.
-    c = docker_b.containers.get(container_name)
+    c = ab.docker_b.containers.get(ab.container_name)
     assert c.status == "running"
     n1 = c.exec_run(["cat", "/data/counter"]).output
     time.sleep(0.5)
@@ -251,34 +233,26 @@ def test_changed_in_the_last_instant_arrives_exactly(
 
 def test_rollback_after_a_precopy_leaves_nothing_on_b(
     lab: Any,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     volume_name: str,
 ) -> None:
-    start_churn(docker_a, test_image, container_name, volume_name)
+    start_churn(ab.docker_a, ab.test_image, ab.container_name, volume_name)
     overlay_b = lab.config.paths("b").data_root / "overlay2"
     layers_before = set(os.listdir(overlay_b))
-    p = migrate_on_a(
-        "run",
-        container_name,
-        *migrate_args,
+    p = ab.run(
         "--json",
         env_extra={"MIGRATE_FAULTS": "source:after_precopy"},
     )
     assert p.returncode == 1, p.stderr
     assert "rolled back" in p.stderr.lower() or "rolled back" in p.stdout.lower(), p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert not docker_b.containers.list(all=True, filters={"name": f"^/{container_name}$"})
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert not ab.docker_b.containers.list(all=True, filters={"name": f"^/{ab.container_name}$"})
     with pytest.raises(docker.errors.NotFound):
-        docker_b.volumes.get(volume_name)  # made by this migration, pre-copied, removed
+        ab.docker_b.volumes.get(volume_name)  # made by this migration, pre-copied, removed
     # The pre-copied layer went with the container: no overlay2 directory was left.
     assert set(os.listdir(overlay_b)) - layers_before == set()
     # The source still churns.
-    c = docker_a.containers.get(container_name)
+    c = ab.docker_a.containers.get(ab.container_name)
     n1 = c.exec_run(["cat", "/data/counter"]).output
     time.sleep(0.5)
     assert c.exec_run(["cat", "/data/counter"]).output != n1

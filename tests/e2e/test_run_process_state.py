@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from conftest import remove_containers
 
+from migrate.lab.config import to_args
 from migrate.lab.images import build_image
 
 PROG = Path(__file__).resolve().parent / "progs" / "pstate.c"
@@ -136,16 +137,7 @@ def moved(
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     """One pstate container with every feature, migrated A -> B once for the whole module."""
     name = f"mt-ps-{uuid.uuid4().hex[:8]}"
-    args = [
-        "--to",
-        lab_env["MIGRATE_LAB_B_URL"],
-        "--identity",
-        lab_env["MIGRATE_LAB_KEY"],
-        "--known-hosts",
-        lab_env["MIGRATE_LAB_KNOWN_HOSTS"],
-        "--agent-command",
-        lab_env["MIGRATE_AGENT_COMMAND"],
-    ]
+    args = to_args(lab_env)
     try:
         yield run_checks_after_move(docker_a, docker_b, migrate_on_a, args, name, pstate_image)
     finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import AB
 
 from migrate.lab.config import DOCKERD
 from migrate.lab.dockerd import docker_client
@@ -29,28 +30,25 @@ def _nothing_on(client: Any, name: str) -> bool:
 @pytest.mark.parametrize("state", ["exited", "created", "paused"])
 def test_container_not_running_is_refused(
     state: str,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     if state == "created":
-        docker_a.containers.create(test_image, ["sleep", "1000"], name=container_name)
+        ab.docker_a.containers.create(ab.test_image, ["sleep", "1000"], name=ab.container_name)
     else:
-        c = docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
+        c = ab.docker_a.containers.run(
+            ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+        )
         if state == "exited":
             c.kill()
             c.wait(timeout=30)
         else:
             c.pause()
-    p = migrate_on_a("run", container_name, *migrate_args)
+    p = ab.run()
     assert p.returncode == 3, p.stderr
     assert f"is {state}" in p.stderr and "only running containers migrate" in p.stderr
     assert "docker start" in p.stderr or "unpause" in p.stderr  # the fix
-    assert docker_a.containers.get(container_name).status == state  # untouched
-    assert _nothing_on(docker_b, container_name)
+    assert ab.docker_a.containers.get(ab.container_name).status == state  # untouched
+    assert _nothing_on(ab.docker_b, ab.container_name)
 
 
 @pytest.fixture
@@ -122,18 +120,16 @@ def _stop_plain(root: Path) -> None:
 
 def test_destination_daemon_not_experimental_is_refused(
     plain_dockerd_b: str,
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    p = migrate_on_a("run", container_name, *migrate_args, "--dest-docker-host", plain_dockerd_b)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    p = ab.run("--dest-docker-host", plain_dockerd_b)
     assert p.returncode == 3, p.stderr
     assert "not running with experimental features" in p.stderr
     assert "experimental" in p.stderr.split("not running with experimental features", 1)[1]
-    assert docker_a.containers.get(container_name).status == "running"
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
     client = docker_client(plain_dockerd_b, timeout=30)
     try:
         assert client.containers.list(all=True) == []
@@ -160,23 +156,20 @@ def _criu_saying_cpu_differs(tmp_path: Path) -> Path:
 
 
 def test_destination_cpu_mismatch_is_refused(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     tmp_path: Path,
 ) -> None:
-    docker_a.containers.run(test_image, ["sleep", "1000"], name=container_name, detach=True)
-    args = list(migrate_args)
+    ab.docker_a.containers.run(
+        ab.test_image, ["sleep", "1000"], name=ab.container_name, detach=True
+    )
+    args = list(ab.migrate_args)
     i = args.index("--agent-command") + 1
     args[i] = f"env MIGRATE_CRIU={_criu_saying_cpu_differs(tmp_path)} {args[i]}"
-    p = migrate_on_a("run", container_name, *args)
+    p = ab.migrate_on_a("run", ab.container_name, *args)
     assert p.returncode == 3, p.stderr
     assert "CPU lacks features" in p.stderr and "same CPU features" in p.stderr
-    assert docker_a.containers.get(container_name).status == "running"
-    assert _nothing_on(docker_b, container_name)
+    assert ab.docker_a.containers.get(ab.container_name).status == "running"
+    assert _nothing_on(ab.docker_b, ab.container_name)
 
 
 def test_check_to_destination(

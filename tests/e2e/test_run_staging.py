@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import AB
 from test_run_fast_restore import _memory_sum, start_holder
 
 from migrate.checkpoint.staging import MEMORY_ROOT
@@ -29,42 +30,32 @@ def _no_leftovers(run_on_a: Any, run_on_b: Any, rep: dict[str, Any]) -> None:
 
 
 def test_memory_staging_on_both_ends_keeps_the_memory(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     run_on_a: Any,
     run_on_b: Any,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
-    p = migrate_on_a("run", container_name, *migrate_args, "--json")
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
+    p = ab.run("--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["staging"] == {"source": "memory", "destination": "memory"}, rep["staging"]
     # Split restore from the memory staging area (its pages served by the lazy daemon).
     assert "restore_memory_fill" in rep["phases"], rep["phases"]
-    assert _memory_sum(docker_b, container_name) == before
+    assert _memory_sum(ab.docker_b, ab.container_name) == before
     _no_leftovers(run_on_a, run_on_b, rep)
 
 
 def test_disk_staging_when_asked(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     run_on_a: Any,
     run_on_b: Any,
 ) -> None:
-    before = start_holder(docker_a, container_name, test_image)
-    p = migrate_on_a("run", container_name, *migrate_args, "--staging", "disk", "--json")
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
+    p = ab.run("--staging", "disk", "--json")
     assert p.returncode == 0, p.stderr
     rep = json.loads(p.stdout)
     assert rep["staging"] == {"source": "disk", "destination": "disk"}, rep["staging"]
-    assert _memory_sum(docker_b, container_name) == before
+    assert _memory_sum(ab.docker_b, ab.container_name) == before
     _no_leftovers(run_on_a, run_on_b, rep)
 
 
@@ -76,18 +67,14 @@ def test_bad_staging_value_is_a_usage_error(migrate_on_a: Any, migrate_args: lis
 
 def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
     lab: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
     run_on_a: Any,
     tmp_path: Path,
 ) -> None:
     """A 160 MiB tmpfs fits the 48 MiB container when the run decides; the test fills it
     while the run waits just before the pause, so CRIU's dump into it fails with ENOSPC. The
     run dumps again on disk (the container is still paused and intact) and migrates."""
-    before = start_holder(docker_a, container_name, test_image)
+    before = start_holder(ab.docker_a, ab.container_name, ab.test_image)
     small = tmp_path / "small-tmpfs"
     small.mkdir()
     # Mounted in A's mount namespace, where the source runs (not visible from here).
@@ -96,7 +83,7 @@ def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
     mark = tmp_path / "mark"
     try:
         proc = lab.host("a").popen(
-            [str(migrate_executable()), "run", container_name, *migrate_args, "--json"],
+            [str(migrate_executable()), "run", ab.container_name, *ab.migrate_args, "--json"],
             env={
                 **lab.env(),
                 "MIGRATE_MEMORY_STAGING": str(small),
@@ -121,7 +108,7 @@ def test_memory_staging_that_fills_during_the_dump_falls_back_to_disk(
         rep = json.loads(out)
         assert rep["staging"]["source"] == "disk", rep["staging"]
         assert "dumping again on disk" in err
-        assert _memory_sum(docker_b, container_name) == before
+        assert _memory_sum(ab.docker_b, ab.container_name) == before
         p = run_on_a(["sh", "-c", f"ls -A {small}; echo --; ls -A {small}/staging"])
         assert p.stdout.split() == ["filler", "staging", "--"], p.stdout
     finally:

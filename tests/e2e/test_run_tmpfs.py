@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from conftest import AB
+
 SETUP = "echo scratch-data > /scratch/f && echo shm-data > /dev/shm/seg && echo ready; sleep 100000"
 
 
@@ -14,30 +16,25 @@ def _sh(client: Any, name: str, cmd: str) -> str:
 
 
 def test_tmpfs_and_dev_shm_content_survive(
-    migrate_on_a: Any,
-    migrate_args: list[str],
-    container_name: str,
-    docker_a: Any,
-    docker_b: Any,
-    test_image: str,
+    ab: AB,
 ) -> None:
     import time
 
-    docker_a.containers.run(
-        test_image,
+    ab.docker_a.containers.run(
+        ab.test_image,
         ["sh", "-c", SETUP],
-        name=container_name,
+        name=ab.container_name,
         detach=True,
         tmpfs={"/scratch": "size=8m,mode=1770"},
     )
     deadline = time.monotonic() + 20
-    while b"ready" not in docker_a.containers.get(container_name).logs():
+    while b"ready" not in ab.docker_a.containers.get(ab.container_name).logs():
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    p = migrate_on_a("run", container_name, *migrate_args)
+    p = ab.run()
     assert p.returncode == 0, p.stderr
-    assert _sh(docker_b, container_name, "cat /scratch/f") == "scratch-data\n"
-    assert _sh(docker_b, container_name, "cat /dev/shm/seg") == "shm-data\n"
-    mounts = _sh(docker_b, container_name, "grep -E ' /scratch | /dev/shm ' /proc/mounts")
+    assert _sh(ab.docker_b, ab.container_name, "cat /scratch/f") == "scratch-data\n"
+    assert _sh(ab.docker_b, ab.container_name, "cat /dev/shm/seg") == "shm-data\n"
+    mounts = _sh(ab.docker_b, ab.container_name, "grep -E ' /scratch | /dev/shm ' /proc/mounts")
     scratch = next(line for line in mounts.splitlines() if " /scratch " in line)
     assert "tmpfs" in scratch and "size=8192k" in scratch and "mode=1770" in scratch, mounts

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from migrate.core.errors import (
     CheckpointFailed,
@@ -46,6 +46,32 @@ if TYPE_CHECKING:
 # agent:restore_fail point overwrites the core images with zeros).
 CORE_MAGIC = b"FAKECORE"
 BUILTIN_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+
+
+def plain_spec(**changes: Any) -> ContainerSpec:
+    """A running container's spec with every field empty or the default (id ``c1``, name
+    ``web``, the bridge network): for the tests that look at a few fields, set by ``changes``."""
+    spec = ContainerSpec(
+        id="c1",
+        name="web",
+        image_ref="img",
+        image_id="sha256:x",
+        hostname="h",
+        env=(),
+        cmd=(),
+        entrypoint=(),
+        working_dir="",
+        user="",
+        labels={},
+        restart_policy="no",
+        network_mode="bridge",
+        ports=(),
+        memory=0,
+        nano_cpus=0,
+        mounts=(),
+        tty=False,
+    )
+    return replace(spec, **changes)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from migrate.lab.config import (
     shell_exports,
     sshd_argv,
     sshd_config_text,
+    to_args,
     validate_name,
     validate_subnet,
 )
@@ -121,6 +122,21 @@ def test_env_names_and_values() -> None:
     assert env["MIGRATE_LAB_LOCAL_DIR"] == "/srv/migrate-lab-local"
     exe, sub = env["MIGRATE_AGENT_COMMAND"].rsplit(" ", 1)
     assert sub == "agent" and Path(exe).is_absolute() and Path(exe).name == "migrate"
+
+
+def test_to_args_point_at_a_host_with_the_lab_key_and_agent() -> None:
+    c = LabConfig(name="t", subnet="10.50.0.0/24", state_dir=Path("/s"), run_dir=Path("/r"))
+    env = lab_env(c)
+    key = ["--identity", "/s/ssh/id_ed25519", "--known-hosts", "/s/ssh/known_hosts"]
+    agent = env["MIGRATE_AGENT_COMMAND"]
+    assert to_args(env) == ["--to", "ssh://root@10.50.0.2", *key, "--agent-command", agent]
+    assert to_args(env, "a", "x agent") == [
+        "--to",
+        "ssh://root@10.50.0.1",
+        *key,
+        "--agent-command",
+        "x agent",
+    ]
 
 
 def test_shell_exports_round_trip() -> None:

@@ -49,12 +49,19 @@ def _upstream() -> tuple[socket.socket, int]:
     return srv, srv.getsockname()[1]
 
 
-def test_relay_calls_broken_when_upstream_ends_first() -> None:
+def _relayed() -> tuple[socket.socket, PageRelay, socket.socket, socket.socket, list[str]]:
+    """A relay between a page server's socket (``up``) and a lazy-pages daemon's (``daemon``):
+    the listening upstream, the relay, both ends, and what the relay reported broken."""
     srv, port = _upstream()
     seen: list[str] = []
     relay = PageRelay(port, on_broken=seen.append)
     daemon = socket.create_connection(("127.0.0.1", relay.port))
     up, _ = srv.accept()
+    return srv, relay, daemon, up, seen
+
+
+def test_relay_calls_broken_when_upstream_ends_first() -> None:
+    srv, relay, daemon, up, seen = _relayed()
     up.sendall(b"page")
     assert daemon.recv(4) == b"page"
     up.close()  # the source side goes away while the daemon still wants pages
@@ -69,11 +76,7 @@ def test_relay_calls_broken_when_upstream_ends_first() -> None:
 
 
 def test_relay_normal_end_is_not_broken() -> None:
-    srv, port = _upstream()
-    seen: list[str] = []
-    relay = PageRelay(port, on_broken=seen.append)
-    daemon = socket.create_connection(("127.0.0.1", relay.port))
-    up, _ = srv.accept()
+    srv, relay, daemon, up, seen = _relayed()
     daemon.sendall(b"close")
     assert up.recv(5) == b"close"
     up.sendall(b"ok")

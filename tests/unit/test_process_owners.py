@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fake_engine import plain_spec
 
 from migrate.checkpoint import criu
 from migrate.core.errors import Unsupported
@@ -27,26 +28,7 @@ class _Engine:
 
 
 def _spec() -> ContainerSpec:
-    return ContainerSpec(
-        id="c1",
-        name="db",
-        image_ref="img",
-        image_id="sha256:x",
-        hostname="h",
-        env=(),
-        cmd=(),
-        entrypoint=(),
-        working_dir="",
-        user="",
-        labels={},
-        restart_policy="no",
-        network_mode="bridge",
-        ports=(),
-        memory=0,
-        nano_cpus=0,
-        mounts=(),
-        tty=False,
-    )
+    return plain_spec(name="db")
 
 
 def test_refuses_other_users_without_the_capability(monkeypatch: Any) -> None:

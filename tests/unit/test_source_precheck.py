@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from fake_engine import plain_spec
 
 from migrate.checkpoint import criu
 from migrate.core.errors import ContainerNotRunning, CriuUnavailable, Unsupported
@@ -16,26 +17,7 @@ from migrate.source import precheck
 
 pytestmark = pytest.mark.unit
 
-SPEC = ContainerSpec(
-    id="c1",
-    name="web",
-    image_ref="img",
-    image_id="sha256:x",
-    hostname="h",
-    env=(),
-    cmd=(),
-    entrypoint=(),
-    working_dir="",
-    user="",
-    labels={},
-    restart_policy="no",
-    network_mode="bridge",
-    ports=(),
-    memory=0,
-    nano_cpus=0,
-    mounts=(),
-    tty=False,
-)
+SPEC = plain_spec()
 
 
 class _Engine:

@@ -63,22 +63,7 @@ def _target(st: ContainerState) -> tuple[str, Path]:
 
 def checkpoint(st: ContainerState, image_dir: Path, work_dir: Path) -> None:
     """Dump the (paused) container's tasks with CRIU, leaving them paused."""
-    runc, root = _target(st)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        runc,
-        "--root",
-        str(root),
-        "checkpoint",
-        "--leave-running",
-        "--image-path",
-        str(image_dir),
-        "--work-path",
-        str(work_dir),
-        "--file-locks",
-        st.id,
-    ]
+    argv = _checkpoint_argv(st, image_dir, work_dir, "--leave-running")
     log.debug("checkpoint: %s", argv)
     try:
         with runc_conf.criu_config_lock(exclusive=False):
@@ -111,25 +96,10 @@ def start_lazy_checkpoint(st: ContainerState, image_dir: Path, work_dir: Path) -
     until the destination has all of it (postcopy.py). Returns once the images are
     written. No --leave-running: once every page has moved CRIU kills the source tasks;
     if the link breaks first they stay frozen (Docker still sees them paused)."""
-    runc, root = _target(st)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    work_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    argv = [
-        runc,
-        "--root",
-        str(root),
-        "checkpoint",
-        "--lazy-pages",
-        "--page-server",
-        f"{LOOPBACK}:{port}",
-        "--image-path",
-        str(image_dir),
-        "--work-path",
-        str(work_dir),
-        "--file-locks",
-        st.id,
-    ]
+    argv = _checkpoint_argv(
+        st, image_dir, work_dir, "--lazy-pages", "--page-server", f"{LOOPBACK}:{port}"
+    )
     log.debug("lazy checkpoint: %s", argv)
     # CRIU reads runc.conf as it starts: hold the lock (shared) until the images are
     # written, not while the page server runs.
@@ -137,6 +107,37 @@ def start_lazy_checkpoint(st: ContainerState, image_dir: Path, work_dir: Path) -
         server = PageServer(argv, work_dir, port, env=runc_conf.dump_env(work_dir))
         server.wait_ready()
     return server
+
+
+def _checkpoint_argv(st: ContainerState, image_dir: Path, work_dir: Path, *opts: str) -> list[str]:
+    """``runc checkpoint`` of ``st`` with ``opts``, into ``image_dir`` (both directories made)."""
+    runc, root = _target(st)
+    image_dir.mkdir(parents=True, exist_ok=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        runc,
+        "--root",
+        str(root),
+        "checkpoint",
+        *opts,
+        "--image-path",
+        str(image_dir),
+        "--work-path",
+        str(work_dir),
+        "--file-locks",
+        st.id,
+    ]
+
+
+def _runc(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A quick runc command on the state under ``root``."""
+    return subprocess.run(
+        [runc_binary(), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def pause(st: ContainerState) -> None:
@@ -147,13 +148,7 @@ def pause(st: ContainerState) -> None:
             f"docker says {st.name} is paused, runc disagrees, and runc's "
             "state cannot be found to reconcile them"
         )
-    p = subprocess.run(
-        [runc_binary(), "--root", str(root), "pause", st.id],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    p = _runc(root, "pause", st.id)
     if p.returncode != 0:
         raise EngineError(f"runc pause {st.name}: {p.stderr.strip()[-300:]}")
 
@@ -163,11 +158,5 @@ def is_frozen(st: ContainerState) -> bool:
     root = runc_root(st.pid)
     if root is None:
         raise EngineError(f"runc's state for {st.name} cannot be found to freeze it")
-    p = subprocess.run(
-        [runc_binary(), "--root", str(root), "state", st.id],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    p = _runc(root, "state", st.id)
     return p.returncode == 0 and json.loads(p.stdout or "{}").get("status") == "paused"
