@@ -15,11 +15,9 @@ from migrate.agent.state import MigrationState, Part
 from migrate.checkpoint import criu
 from migrate.core.errors import (
     CriuUnavailable,
-    EngineUnavailable,
     MigrateError,
     NameConflict,
     ProtocolError,
-    Unsupported,
     VolumeConflict,
 )
 from migrate.engines.base import ContainerSpec, NetworkInfo, VolumeInfo
@@ -42,18 +40,7 @@ class Preparer(Part):
     """The handlers before any stream: precheck, image status and load, prepare."""
 
     def h_precheck(self, req: Precheck) -> PrecheckResult:
-        info = self.engine.info()
-        if not info.checkpoint_enabled:
-            raise EngineUnavailable(
-                "the destination's Docker daemon is not running with experimental features",
-                hint='add "experimental": true to /etc/docker/daemon.json on the destination '
-                "(or start dockerd with --experimental) and restart it",
-            )
-        if not info.rootfs_supported:
-            raise Unsupported(
-                f"the destination uses the {info.storage_driver!r} storage driver",
-                hint="migrate supports overlay2 only",
-            )
+        self.engine.refuse_unready(self.engine.info(), destination=True)
         found = criu.find_criu()
         caps = criu.capabilities(found)
         if caps.version is None:

@@ -53,7 +53,7 @@ def check(
     2 bad usage.
     """
     from migrate.core.errors import EXIT_REFUSED
-    from migrate.engines.select import CHECK_TIMEOUT_S, open_engine
+    from migrate.engines.select import CHECK_TIMEOUT_S, open_engine, open_readiness
     from migrate.source.check import run_checks
     from migrate.source.dest_checks import check_destination
     from migrate.wire.client import AgentClient
@@ -67,11 +67,11 @@ def check(
             factory = channel_factory(
                 to, identity, known_hosts, accept_new_host_key, agent_command, dest_docker_host
             )
-        report = run_checks(lambda: open_engine(timeout=CHECK_TIMEOUT_S).info())
+        report = run_checks(lambda: open_engine(timeout=CHECK_TIMEOUT_S).info(), open_readiness())
         if factory is not None:
             agent = AgentClient(Connection(factory(), timeout=120.0))
             try:
-                dest = check_destination(agent)
+                dest = check_destination(agent, open_readiness())
                 agent.call(Bye())
             finally:
                 agent.conn.close()

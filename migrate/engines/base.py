@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from migrate.core.checks import CheckResult
+from migrate.core.errors import MigrateError
+
 if TYPE_CHECKING:
     from migrate.checkpoint.postcopy import PageServer
 
@@ -268,10 +271,31 @@ class ExecResult:
     output: str  # the tail of stdout and stderr, interleaved
 
 
+class EngineReadiness(Protocol):
+    """How an engine judges a daemon of its kind for `migrate check`: rows with their fixes."""
+
+    def rows(self, info: EngineInfo | None, error: MigrateError | None) -> list[CheckResult]:
+        """This host's daemon: its info, or the error that reaching it gave."""
+        ...
+
+    def remote_rows(self, info: EngineInfo | None, error: MigrateError | None) -> list[CheckResult]:
+        """A destination's daemon, as its agent described it (fewer facts than our own)."""
+        ...
+
+    def runtime_row(self, runtime: str | None, info: EngineInfo | None) -> CheckResult:
+        """The low-level runtime the checkpoints go through (its path on this host, if found)."""
+        ...
+
+
 class Engine(Protocol):
     name: str
 
     def info(self) -> EngineInfo: ...
+
+    def refuse_unready(self, info: EngineInfo, *, destination: bool) -> None:
+        """Raise the error (with its fix) that stops a migration this daemon cannot take part
+        in as a source or, with ``destination``, as a destination."""
+        ...
 
     # --- the engine's rules on what moves with a container (pure: no daemon is asked) ------
 

@@ -3,7 +3,7 @@ factory of it) to the source and the agent, which see only engines/base.py."""
 
 from __future__ import annotations
 
-from migrate.engines.base import Engine
+from migrate.engines.base import Engine, EngineReadiness
 
 # How long a check waits for the daemon: a check reports an unreachable daemon, it does not
 # wait for it as a migration does.
@@ -19,3 +19,10 @@ def open_engine(docker_host: str | None = None, *, timeout: int | None = None) -
     if timeout is None:
         return DockerEngine(docker_host)
     return DockerEngine(docker_host, timeout=timeout)
+
+
+def open_readiness() -> EngineReadiness:
+    """How `migrate check` judges this host's daemon and a destination's (same kind)."""
+    from migrate.engines.docker.readiness import DockerReadiness
+
+    return DockerReadiness()

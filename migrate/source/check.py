@@ -21,10 +21,11 @@ from pathlib import Path
 
 from migrate.checkpoint import criu
 from migrate.checkpoint import staging as staging_mod
+from migrate.core.checks import CheckResult
 from migrate.core.errors import EngineUnavailable, MigrateError
 from migrate.core.journal import DEFAULT_DIR
-from migrate.engines.base import EngineInfo
-from migrate.source.check_result import CheckReport, CheckResult
+from migrate.engines.base import EngineInfo, EngineReadiness
+from migrate.source.check_result import CheckReport
 from migrate.source.criu_checks import (
     MOUNTS,
     RUNC_CRIU_CONF,
@@ -43,11 +44,9 @@ from migrate.source.criu_checks import (
 from migrate.source.host_checks import (
     MIN_FREE_BYTES,
     check_disk,
-    check_engine,
     check_iptables,
     check_kernel,
     check_memory_staging,
-    check_runc,
     find_tool,
 )
 
@@ -58,12 +57,14 @@ EngineInfoProvider = Callable[[], EngineInfo]
 
 def run_checks(
     engine_info_provider: EngineInfoProvider,
+    readiness: EngineReadiness,
     *,
     criu_binary: str | None = None,
     staging_dir: Path | None = None,
     min_free_bytes: int = MIN_FREE_BYTES,
 ) -> CheckReport:
     """Check this host. ``engine_info_provider``: this host's engine (its info, or raising);
+    ``readiness``: how that engine judges it (engines/select.py);
     ``criu_binary`` to :func:`migrate.checkpoint.criu.find_criu`; ``staging_dir`` to the state
     directory's staging area (where checkpoints are written before they travel)."""
     binary = criu_binary or criu.find_criu()
@@ -79,8 +80,8 @@ def run_checks(
     results.append(check_pipe_max_size(pipe_max_size(), caps_eff))
     results.append(check_cap_sys_resource(caps_eff))
     results.append(check_cpuinfo(binary))
-    results += check_engine(info, engine_error)
-    results.append(check_runc(find_tool("runc"), info))
+    results += readiness.rows(info, engine_error)
+    results.append(readiness.runtime_row(find_tool("runc"), info))
     results.append(check_iptables(find_tool("iptables-restore")))
     results.append(check_runc_criu_conf(_read_text(RUNC_CRIU_CONF)))
     results.append(

@@ -1,5 +1,5 @@
-"""What `migrate check` reports: one :class:`CheckResult` per check (the problem and the fix),
-gathered in a :class:`CheckReport`; ``required`` checks decide readiness."""
+"""What `migrate check` reports: the rows (core/checks.py :class:`CheckResult`, the problem and
+the fix) gathered in a :class:`CheckReport`; ``required`` checks decide readiness."""
 
 from __future__ import annotations
 
@@ -7,33 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-
-@dataclass(frozen=True)
-class CheckResult:
-    name: str  # stable identifier (JSON consumers and tests rely on it)
-    ok: bool
-    value: str  # what was found
-    problem: str = ""  # why it is not ok ("" when ok)
-    fix: str = ""  # what to do about it
-    required: bool = True  # False: a warning, readiness does not depend on it
-
-    @property
-    def status(self) -> str:
-        """ "ok", "fail" (required and not ok) or "warn" (not required and not ok)."""
-        if self.ok:
-            return "ok"
-        return "fail" if self.required else "warn"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ok": self.ok,
-            "status": self.status,
-            "required": self.required,
-            "value": self.value,
-            "problem": self.problem,
-            "fix": self.fix,
-        }
+from migrate.core.checks import CheckResult
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ import tempfile
 from pathlib import Path
 
 from migrate.checkpoint import criu
+from migrate.core.checks import CheckResult
 from migrate.core.errors import MigrateError
-from migrate.source.check_result import CheckResult
 
 # CRIU's page pipes are ~3.3 MB; without CAP_SYS_RESOURCE, F_SETPIPE_SZ above
 # fs.pipe-max-size fails and CRIU 4.2.1's lazy-pages server then splices to an fd it never

@@ -7,10 +7,11 @@ from __future__ import annotations
 import base64
 
 from migrate.checkpoint import criu
-from migrate.core.errors import MigrateError
-from migrate.engines.base import EngineInfo
-from migrate.source.check_result import CheckReport, CheckResult, gib
-from migrate.source.host_checks import MIN_FREE_BYTES, check_engine
+from migrate.core.checks import CheckResult
+from migrate.core.errors import MigrateError, from_wire
+from migrate.engines.base import EngineInfo, EngineReadiness
+from migrate.source.check_result import CheckReport, gib
+from migrate.source.host_checks import MIN_FREE_BYTES
 from migrate.wire.bulk import attach_bulk
 from migrate.wire.client import AgentClient
 from migrate.wire.methods import CpuinfoCheck
@@ -18,7 +19,7 @@ from migrate.wire.results import CpuinfoResult
 from migrate.wire.session import AgentHello, EngineSummary, open_session
 
 
-def check_destination(agent: AgentClient) -> CheckReport:
+def check_destination(agent: AgentClient, readiness: EngineReadiness) -> CheckReport:
     """The destination's readiness, asked of its agent through ``agent``: its handshake (CRIU,
     Docker, disk) and whether a checkpoint taken here restores on its CPU."""
     hello = open_session(agent)
@@ -32,7 +33,7 @@ def check_destination(agent: AgentClient) -> CheckReport:
         else:
             req = CpuinfoCheck(image_b64=base64.b64encode(image).decode())
             cpu = agent.call(req).result
-    rows = destination_results(hello, cpu, local.version)
+    rows = destination_results(hello, cpu, local.version, readiness)
     # The streams' fast path: does the OpenSSH bulk connection come up (`--bulk auto`)?
     bulk = bulk_result(
         attach_bulk(agent, "auto", frozenset(hello.methods)).note, agent.conn.bulk is not None
@@ -64,6 +65,7 @@ def destination_results(
     hello: AgentHello,
     cpu: CpuinfoResult | None,
     local_criu: tuple[int, int, int] | None,
+    readiness: EngineReadiness,
 ) -> list[CheckResult]:
     """Rows for the destination from its agent's answers (pure, for unit tests)."""
     rows = [
@@ -81,7 +83,7 @@ def destination_results(
             fix="" if hello.criu_ok else "run `migrate check` on the destination for details",
         ),
     ]
-    rows += _engine_rows(hello)
+    rows += _engine_rows(hello, readiness)
     free = hello.free_disk
     if free is not None:
         rows.append(
@@ -141,23 +143,12 @@ def _criu_row(version: list[int] | None, local_criu: tuple[int, int, int] | None
     return CheckResult("criu", True, criu.format_version(theirs))
 
 
-def _engine_rows(hello: AgentHello) -> list[CheckResult]:
-    """The destination's engine, judged as this host's own (check_engine)."""
-    engine = hello.engine
-    if engine is None:
+def _engine_rows(hello: AgentHello, readiness: EngineReadiness) -> list[CheckResult]:
+    """The destination's engine, judged by the engine of our kind (engines/select.py)."""
+    if hello.engine is None:
         err = hello.engine_error
-        return [
-            CheckResult(
-                "docker",
-                False,
-                "unreachable",
-                problem=(err.message if err else "") or "no answer",
-                fix=(err.hint if err else "") or "start dockerd --experimental on the destination",
-            )
-        ]
-    info = _engine_info(engine)
-    rows = [CheckResult("docker", True, f"{info.engine} {info.version}")]
-    return rows + [r for r in check_engine(info, None) if r.name != "docker"]
+        return readiness.remote_rows(None, from_wire(err.model_dump()) if err else None)
+    return readiness.remote_rows(_engine_info(hello.engine), None)
 
 
 def _engine_info(engine: EngineSummary) -> EngineInfo:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from migrate.core.errors import EngineUnavailable, InDoubt
+from migrate.core.errors import InDoubt
 from migrate.core.journal import unsettled
 from migrate.core.lock import ContainerLock
 from migrate.engines.base import ContainerSpec, ContainerState
@@ -37,13 +37,7 @@ def precheck(m: Migration) -> ContainerSpec:
             on_state=lambda st: _lock(m, st),
             on_spec=lambda spec: _take_along(m, spec),
         ).spec
-        info = m.engine.info()
-        if not info.checkpoint_enabled:
-            raise EngineUnavailable(
-                "the source's Docker daemon is not running with experimental features",
-                hint='add "experimental": true to /etc/docker/daemon.json and restart '
-                "dockerd (or start it with --experimental)",
-            )
+        m.engine.refuse_unready(m.engine.info(), destination=False)
         source_criu = require_criu()
         m.dest_name = m.opts.name or spec.name
         _ask_destination(m, spec, source_criu)

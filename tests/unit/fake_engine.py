@@ -23,6 +23,7 @@ from migrate.core.errors import (
     CheckpointFailed,
     ContainerNotFound,
     EngineError,
+    EngineUnavailable,
     RestoreFailed,
     Unsupported,
 )
@@ -202,6 +203,10 @@ class FakeEngine:
             host_name=self.host,
             live_restore=False,
         )
+
+    def refuse_unready(self, info: EngineInfo, *, destination: bool) -> None:
+        if not info.checkpoint_enabled or (destination and not info.rootfs_supported):
+            raise EngineUnavailable(f"fake engine on {self.host} cannot checkpoint")
 
     # --- Engine: rules ----------------------------------------------------------------------
 

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 
 from migrate.checkpoint import criu
-from migrate.core.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable
+from migrate.core.errors import EXIT_REFUSED, EXIT_USAGE, EngineUnavailable, Unsupported
 from migrate.engines.base import EngineInfo
+from migrate.engines.docker import readiness
+from migrate.engines.docker.readiness import DockerReadiness
 from migrate.source import criu_checks, dest_checks, host_checks
 from migrate.source.check import run_checks
 from migrate.source.check_result import CheckReport, CheckResult
@@ -124,21 +126,21 @@ def test_features_are_warnings() -> None:
 
 
 def test_engine_rows() -> None:
-    r = rows(host_checks.check_engine(engine_info(), None))
+    r = rows(readiness.check_engine(engine_info(), None))
     assert all(x.ok for x in r.values())
-    r = rows(host_checks.check_engine(engine_info(checkpoint_enabled=False), None))
+    r = rows(readiness.check_engine(engine_info(checkpoint_enabled=False), None))
     assert not r["docker_experimental"].ok and r["docker_experimental"].required
     assert '"experimental": true' in r["docker_experimental"].fix
     assert "--experimental" in r["docker_experimental"].fix
-    r = rows(host_checks.check_engine(engine_info(storage_driver="vfs"), None))
+    r = rows(readiness.check_engine(engine_info(storage_driver="vfs"), None))
     assert not r["storage_driver"].ok and "vfs" in r["storage_driver"].problem
 
 
 def test_live_restore_is_reported_never_required() -> None:
-    assert "live_restore" not in rows(host_checks.check_engine(engine_info(), None))  # unknown
-    on = rows(host_checks.check_engine(engine_info(live_restore=True), None))["live_restore"]
+    assert "live_restore" not in rows(readiness.check_engine(engine_info(), None))  # unknown
+    on = rows(readiness.check_engine(engine_info(live_restore=True), None))["live_restore"]
     assert on.ok and on.value == "on"
-    off = rows(host_checks.check_engine(engine_info(live_restore=False), None))["live_restore"]
+    off = rows(readiness.check_engine(engine_info(live_restore=False), None))["live_restore"]
     assert off.status == "warn" and off.value == "off"
     assert "stops every container here, migrated ones included" in off.problem
     assert '"live-restore": true' in off.fix
@@ -149,7 +151,7 @@ def test_live_restore_is_reported_never_required() -> None:
 
 def test_engine_unreachable() -> None:
     err = EngineUnavailable("cannot reach the Docker daemon at x", hint="start dockerd")
-    r = rows(host_checks.check_engine(None, err))
+    r = rows(readiness.check_engine(None, err))
     assert not r["docker"].ok and r["docker"].fix == "start dockerd"
     assert not r["docker_experimental"].ok and not r["storage_driver"].ok
 
@@ -158,10 +160,10 @@ def test_runc(tmp_path: Path) -> None:
     runc = tmp_path / "runc"
     runc.write_text('#!/bin/sh\necho "runc version 1.1.5+ds1"\necho "spec: 1.0.2-dev"\n')
     runc.chmod(0o755)
-    r = host_checks.check_runc(str(runc), engine_info())
+    r = readiness.check_runc(str(runc), engine_info())
     assert r.ok and "1.1.5+ds1" in r.value
-    assert not host_checks.check_runc(None, engine_info()).ok
-    assert not host_checks.check_runc(str(runc), engine_info(runtime="crun")).ok
+    assert not readiness.check_runc(None, engine_info()).ok
+    assert not readiness.check_runc(str(runc), engine_info(runtime="crun")).ok
 
 
 def test_iptables() -> None:
@@ -222,7 +224,7 @@ def test_run_checks_with_failing_provider(tmp_path: Path) -> None:
     def boom() -> EngineInfo:
         raise RuntimeError("socket exploded")
 
-    rep = run_checks(boom, criu_binary=None, staging_dir=tmp_path)
+    rep = run_checks(boom, DockerReadiness(), criu_binary=None, staging_dir=tmp_path)
     assert not rep.ready
     docker = rep.get("docker")
     assert docker is not None and not docker.ok and "socket exploded" in docker.problem
@@ -241,7 +243,9 @@ def test_run_checks_with_failing_provider(tmp_path: Path) -> None:
 
 
 def test_run_checks_uses_given_engine_info(tmp_path: Path) -> None:
-    rep = run_checks(lambda: engine_info(data_root=str(tmp_path)), staging_dir=tmp_path)
+    rep = run_checks(
+        lambda: engine_info(data_root=str(tmp_path)), DockerReadiness(), staging_dir=tmp_path
+    )
     assert rep.get("docker_experimental").ok  # type: ignore[union-attr]
     assert str(tmp_path) in rep.get("disk_data_root").value  # type: ignore[union-attr]
 
@@ -271,7 +275,10 @@ def dest_rows(
     local: tuple[int, int, int] | None = (4, 2, 1),
 ) -> dict[str, CheckResult]:
     rows = dest_checks.destination_results(
-        parse_hello(hello), CpuinfoResult.model_validate(cpu or {"ok": True, "output": ""}), local
+        parse_hello(hello),
+        CpuinfoResult.model_validate(cpu or {"ok": True, "output": ""}),
+        local,
+        DockerReadiness(),
     )
     return {r.name: r for r in rows}
 
@@ -420,3 +427,25 @@ def test_run_as_tmpfs_caches_criu_kernel_probe() -> None:
     assert criu_checks.check_criu_kdat_cache("tmpfs").status == "ok"
     assert criu_checks.mount_fstype(Path("/run"), "") is None
     assert criu_checks.check_criu_kdat_cache(None).status == "warn"
+
+
+def test_the_engine_refuses_a_daemon_it_cannot_checkpoint_with_with_the_fix() -> None:
+    readiness.refuse_unready(engine_info(), destination=True)  # ready: nothing raised
+    with pytest.raises(EngineUnavailable, match="source's Docker daemon") as e:
+        readiness.refuse_unready(engine_info(checkpoint_enabled=False), destination=False)
+    assert "daemon.json" in e.value.hint
+    with pytest.raises(EngineUnavailable, match="destination's Docker daemon"):
+        readiness.refuse_unready(engine_info(checkpoint_enabled=False), destination=True)
+    vfs = engine_info(storage_driver="vfs")
+    readiness.refuse_unready(vfs, destination=False)  # the source reads its layer otherwise
+    with pytest.raises(Unsupported, match="'vfs' storage driver"):
+        readiness.refuse_unready(vfs, destination=True)
+
+
+def test_a_destination_daemon_is_judged_from_what_its_agent_said() -> None:
+    rows = {r.name: r for r in DockerReadiness().remote_rows(engine_info(), None)}
+    assert rows["docker"].ok and rows["docker"].value.startswith("docker ")
+    assert rows["docker_experimental"].ok
+    (down,) = DockerReadiness().remote_rows(None, None)
+    assert (down.name, down.ok) == ("docker", False)
+    assert "start dockerd" in down.fix

@@ -20,6 +20,7 @@ from migrate.agent.server import Agent
 from migrate.checkpoint import criu
 from migrate.checkpoint.criu import CriuCapabilities
 from migrate.core.errors import HostUnreachable
+from migrate.engines.docker.readiness import DockerReadiness
 from migrate.source import dest_checks, evacuate, freeze, handover
 from migrate.source.limits import POSTCOPY_TIMEOUT_S
 from migrate.source.migration import Migration, RunOptions
@@ -212,7 +213,7 @@ def test_check_to_reads_the_agents_hello_and_says_nothing_of_bulk_locally(
 ) -> None:
     agent = AgentClient(Connection(agents(), timeout=10))
     try:
-        rep = dest_checks.check_destination(agent)
+        rep = dest_checks.check_destination(agent, DockerReadiness())
     finally:
         agent.conn.close()
     rows = {r.name: r for r in rep.results}

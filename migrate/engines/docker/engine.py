@@ -42,7 +42,7 @@ from migrate.engines.base import (
     ProcessInfo,
     VolumeInfo,
 )
-from migrate.engines.docker import containerd, procscan, runc, runc_conf
+from migrate.engines.docker import containerd, procscan, readiness, runc, runc_conf
 from migrate.engines.docker.criu_log import LogHolder, criu_hint
 from migrate.engines.docker.objects import DockerObjects
 from migrate.engines.docker.spec import (
@@ -89,6 +89,9 @@ class DockerEngine(DockerObjects):
         if self._info is None:
             self._info = self.api.info()
         return self._info
+
+    def refuse_unready(self, info: EngineInfo, *, destination: bool) -> None:
+        readiness.refuse_unready(info, destination=destination)
 
     def info(self) -> EngineInfo:
         i = self._raw_info()
