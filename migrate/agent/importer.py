@@ -118,7 +118,7 @@ def _refuse_taken(
             raise NameConflict(
                 f"a volume named {vname} already exists on this host; the bundle "
                 "carries its content and will not overwrite or merge into it",
-                hint=f"remove it (`docker volume rm {vname}`) if it is not needed, or "
+                hint=f"remove it (`{engine.name} volume rm {vname}`) if it is not needed, or "
                 "import on another host",
             )
 
@@ -275,7 +275,7 @@ def _fill_volumes(
         if any(target.iterdir()):
             raise NameConflict(
                 f"volume {m.name} on this host is not empty",
-                hint="remove it (`docker volume rm`) or import elsewhere",
+                hint=f"remove it (`{engine.name} volume rm`) or import elsewhere",
             )
         filled.append(m.name)
         with open(staging / v["member"], "rb") as f:

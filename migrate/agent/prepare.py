@@ -98,14 +98,14 @@ class Preparer(Part):
             raise VolumeConflict(
                 f"a volume named {want.name} already exists on the destination with another "
                 f"driver or options ({have.driver} {dict(have.options)})",
-                hint=f"remove it there (`docker volume rm {want.name}`) if it is not needed",
+                hint=f"remove it there (`{self.engine.name} volume rm {want.name}`) if it is not needed",
             )
         mp = Path(have.mountpoint)
         if mp.is_dir() and any(mp.iterdir()):
             raise VolumeConflict(
                 f"a volume named {want.name} already exists on the destination and is not "
                 "empty: migrate does not overwrite or merge volume content",
-                hint=f"remove it there (`docker volume rm {want.name}`) if its content is not "
+                hint=f"remove it there (`{self.engine.name} volume rm {want.name}`) if its content is not "
                 "needed, or migrate to another host",
             )
         return False

@@ -108,7 +108,7 @@ class Restorer(Part):
         if not st.running or st.paused:
             raise RestoreFailed(
                 f"the restored container is {st.status} now, not running: not committing",
-                hint="the source copy resumes; see the destination dockerd's log",
+                hint=f"the source copy resumes; see the destination {self.engine.name} daemon's log",
             )
         self.s.faults.exit("agent:exit_before_commit")
         m.journal.append("committed", container_id=m.container_id)  # point of no return
@@ -150,7 +150,7 @@ def _move_tree(src: Path, dst: Path) -> None:
         ):
             raise DiskFull(
                 f"no space for the checkpoint images in {dst.parent}: {text[:300]}",
-                hint="free space on the destination's Docker data root",
+                hint="free space on the destination engine's data root",
             ) from None
         raise
     shutil.rmtree(src, ignore_errors=True)

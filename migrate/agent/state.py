@@ -145,7 +145,7 @@ class Session:
             if st.status in ("exited", "dead") or time.monotonic() > deadline:
                 raise RestoreFailed(
                     f"the restored container is {st.status}, not running",
-                    hint="see `docker logs` of the destination container and the CRIU log",
+                    hint=f"see `{self.engine.name} logs` of the destination container and the CRIU log",
                 )
             time.sleep(0.01)
 

@@ -89,7 +89,7 @@ def run_checks(
             "disk_data_root",
             Path(info.data_root) if info and info.data_root else None,
             min_free_bytes,
-            what="the Docker data root",
+            what="the engine's data root",
         )
     )
     results.append(

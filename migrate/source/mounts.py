@@ -79,7 +79,7 @@ def movable_networks(engine: Engine, spec: ContainerSpec) -> list[NetworkInfo]:
             raise Unsupported(
                 f"{spec.name} is on network {name} with driver {net.driver}",
                 hint="only bridge networks (the default and user-defined ones) migrate; "
-                f"`docker network disconnect {name} {spec.name}` first if it can do without",
+                f"`{engine.name} network disconnect {name} {spec.name}` first if it can do without",
             )
         out.append(net)
     return out

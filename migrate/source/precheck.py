@@ -59,14 +59,14 @@ def check_source(
     if not st.running or st.paused:
         raise ContainerNotRunning(
             f"container {st.name} is {st.status}: only running containers {only_running}",
-            hint=f"start it (`docker start {st.name}`) or unpause it first",
+            hint=f"start it (`{engine.name} start {st.name}`) or unpause it first",
         )
     spec = engine.spec(container)
     on_spec(spec)
     execs = engine.exec_sessions(spec.id)
     if execs:
         raise Unsupported(
-            f"`docker exec` sessions are running in {spec.name}: {'; '.join(execs)}",
+            f"`{engine.name} exec` sessions are running in {spec.name}: {'; '.join(execs)}",
             hint="CRIU cannot dump processes outside the container's process tree: "
             "end those exec sessions and retry",
         )

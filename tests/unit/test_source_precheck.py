@@ -21,6 +21,8 @@ SPEC = plain_spec()
 
 
 class _Engine:
+    name = "docker"  # the engine's own command names its hints (`docker start`, ...)
+
     def __init__(self, state: Any, execs: list[str] | None = None) -> None:
         self.st = state
         self.execs = execs or []
