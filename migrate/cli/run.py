@@ -30,6 +30,7 @@ from migrate.core.errors import MigrateError
 from migrate.core.report import human_bytes
 
 
+# long: typer declares each option in the signature; the body renders both hosts' checks
 @app.command(rich_help_panel="Move containers")
 def check(
     to: str | None = typer.Option(

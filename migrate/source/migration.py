@@ -129,6 +129,7 @@ class Migration:
 
     # --- the state machine ---------------------------------------------------------------------------
 
+    # long: the state machine, its steps and how each kind of failure ends, in one place
     def run(self) -> Report:
         t0 = time.monotonic()
         self.interrupts.arm()

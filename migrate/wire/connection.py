@@ -98,6 +98,7 @@ class Connection:
         return decode_control(f.body)
 
     # source side (the typed client, wire/client.py, is its caller)
+    # long: one request and its answer, with the stream between them on either channel
     def exchange(
         self,
         method: str,
